@@ -1,0 +1,249 @@
+"""Model configuration read from a Hugging Face `config.json`, as one frozen value.
+
+Pure Python (no torch): placement and the catalog read model shapes through this module on
+machines and in processes that never load a tensor.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tandem.errors import ModelFormatError, UnsupportedModelError
+
+SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
+SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3")
+
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+
+
+@dataclass(frozen=True)
+class RopeConfig:
+    """Rotary position embedding parameters (`rope_parameters` or the older `rope_scaling`)."""
+
+    theta: float = 10000.0
+    rope_type: str = "default"
+    factor: float = 1.0
+    low_freq_factor: float = 1.0
+    high_freq_factor: float = 4.0
+    original_max_position_embeddings: int | None = None
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The shape and options of a dense decoder-only transformer (Llama, Mistral, Qwen2, Qwen3)."""
+
+    model_type: str
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_attention_heads: int
+    num_kv_heads: int
+    head_dim: int
+    rms_norm_eps: float
+    rope: RopeConfig
+    max_position_embeddings: int
+    tie_word_embeddings: bool = False
+    qkv_bias: bool = False
+    o_bias: bool = False
+    mlp_bias: bool = False
+    qk_norm: bool = False
+    sliding_window: int | None = None
+    # One flag per layer: whether that layer attends only within `sliding_window`.
+    sliding_layers: tuple[bool, ...] = field(default=())
+    bos_token_id: int | None = None
+    eos_token_ids: tuple[int, ...] = ()
+    checkpoint_dtype: str = "float32"
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.num_layers > 0, "num_hidden_layers must be positive"),
+            (self.num_attention_heads > 0 and self.num_kv_heads > 0, "head counts must be positive"),
+            (
+                self.num_attention_heads % self.num_kv_heads == 0,
+                f"num_attention_heads ({self.num_attention_heads}) must be a multiple of "
+                f"num_key_value_heads ({self.num_kv_heads})",
+            ),
+            (self.head_dim % 2 == 0, f"head_dim ({self.head_dim}) must be even for rotary embeddings"),
+            (len(self.sliding_layers) == self.num_layers, "sliding_layers needs one flag per layer"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ModelFormatError(f"invalid model config: {message}")
+
+    @property
+    def num_kv_groups(self) -> int:
+        return self.num_attention_heads // self.num_kv_heads
+
+    def layer_sliding_window(self, layer_index: int) -> int | None:
+        """The attention window of one layer, or None when it attends to the whole context."""
+        return self.sliding_window if self.sliding_layers[layer_index] else None
+
+    # Parameter counts, used by placement to size stages without loading anything.
+    def layer_parameter_count(self) -> int:
+        hidden, head_dim = self.hidden_size, self.head_dim
+        q_out, kv_out = self.num_attention_heads * head_dim, self.num_kv_heads * head_dim
+        attention = hidden * q_out + 2 * hidden * kv_out + q_out * hidden
+        if self.qkv_bias:
+            attention += q_out + 2 * kv_out
+        if self.o_bias:
+            attention += hidden
+        if self.qk_norm:
+            attention += 2 * head_dim
+        mlp = 3 * hidden * self.intermediate_size
+        if self.mlp_bias:
+            mlp += 2 * self.intermediate_size + hidden
+        norms = 2 * hidden
+        return attention + mlp + norms
+
+    def embedding_parameter_count(self) -> int:
+        return self.vocab_size * self.hidden_size
+
+    def head_parameter_count(self) -> int:
+        """The final norm and the output projection (a copy of the embedding when tied)."""
+        return self.hidden_size + self.vocab_size * self.hidden_size
+
+    def total_parameter_count(self) -> int:
+        head = self.hidden_size if self.tie_word_embeddings else self.head_parameter_count()
+        return self.embedding_parameter_count() + self.num_layers * self.layer_parameter_count() + head
+
+    def kv_bytes_per_token(self, dtype_bytes: int, num_layers: int | None = None) -> int:
+        """Bytes of keys and values one token occupies across `num_layers` layers (default: all)."""
+        layers = self.num_layers if num_layers is None else num_layers
+        return 2 * layers * self.num_kv_heads * self.head_dim * dtype_bytes
+
+
+def load_model_config(model_dir: str | Path) -> ModelConfig:
+    """Read `config.json` from a checkpoint directory."""
+    path = Path(model_dir) / "config.json"
+    if not path.is_file():
+        raise ModelFormatError(f"no config.json in {model_dir}: is this a Hugging Face checkpoint directory?")
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise ModelFormatError(f"cannot read {path}: {error}") from None
+    if not isinstance(raw, dict):
+        raise ModelFormatError(f"{path} does not hold a JSON object")
+    return parse_model_config(raw)
+
+
+def parse_model_config(raw: dict[str, Any]) -> ModelConfig:
+    """Build a ModelConfig from the dictionary of a Hugging Face `config.json`."""
+    model_type = raw.get("model_type")
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        raise UnsupportedModelError(
+            f"unsupported model_type {model_type!r}; supported: {', '.join(SUPPORTED_MODEL_TYPES)}"
+        )
+    activation = raw.get("hidden_act", "silu")
+    if activation != "silu":
+        raise UnsupportedModelError(f"unsupported hidden_act {activation!r}; supported: 'silu'")
+    try:
+        hidden_size = int(raw["hidden_size"])
+        num_heads = int(raw["num_attention_heads"])
+        num_layers = int(raw["num_hidden_layers"])
+        common = dict(
+            model_type=model_type,
+            vocab_size=int(raw["vocab_size"]),
+            hidden_size=hidden_size,
+            intermediate_size=int(raw["intermediate_size"]),
+            num_layers=num_layers,
+            num_attention_heads=num_heads,
+            num_kv_heads=int(raw.get("num_key_value_heads") or num_heads),
+            head_dim=int(raw.get("head_dim") or hidden_size // num_heads),
+            rms_norm_eps=float(raw.get("rms_norm_eps", 1e-6)),
+            rope=_parse_rope(raw),
+            max_position_embeddings=int(raw.get("max_position_embeddings", 2048)),
+            tie_word_embeddings=bool(raw.get("tie_word_embeddings", False)),
+            bos_token_id=raw.get("bos_token_id"),
+            eos_token_ids=_as_id_tuple(raw.get("eos_token_id")),
+            checkpoint_dtype=str(raw.get("torch_dtype") or raw.get("dtype") or "float32"),
+        )
+    except (KeyError, TypeError, ValueError) as error:
+        raise ModelFormatError(f"config.json is missing or has a bad value for {error}") from None
+    traits = _FAMILY_TRAITS[model_type](raw, num_layers)
+    return ModelConfig(**common, **traits)
+
+
+def _as_id_tuple(value: Any) -> tuple[int, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, list):
+        return tuple(int(v) for v in value)
+    return (int(value),)
+
+
+def _parse_rope(raw: dict[str, Any]) -> RopeConfig:
+    # transformers 5 writes `rope_parameters` (with rope_theta inside); older checkpoints write
+    # `rope_theta` at the top level and an optional `rope_scaling`.
+    params = dict(raw.get("rope_parameters") or raw.get("rope_scaling") or {})
+    theta = float(params.get("rope_theta", raw.get("rope_theta", 10000.0)))
+    rope_type = params.get("rope_type") or params.get("type") or "default"
+    if rope_type not in SUPPORTED_ROPE_TYPES:
+        raise UnsupportedModelError(
+            f"unsupported rope type {rope_type!r}; supported: {', '.join(SUPPORTED_ROPE_TYPES)}"
+        )
+    original = params.get("original_max_position_embeddings")
+    return RopeConfig(
+        theta=theta,
+        rope_type=rope_type,
+        factor=float(params.get("factor", 1.0)),
+        low_freq_factor=float(params.get("low_freq_factor", 1.0)),
+        high_freq_factor=float(params.get("high_freq_factor", 4.0)),
+        original_max_position_embeddings=int(original) if original is not None else None,
+    )
+
+
+def _no_sliding(num_layers: int) -> tuple[bool, ...]:
+    return (False,) * num_layers
+
+
+def _llama_traits(raw: dict[str, Any], num_layers: int) -> dict[str, Any]:
+    bias = bool(raw.get("attention_bias", False))
+    return dict(
+        qkv_bias=bias,
+        o_bias=bias,
+        mlp_bias=bool(raw.get("mlp_bias", False)),
+        sliding_layers=_no_sliding(num_layers),
+    )
+
+
+def _mistral_traits(raw: dict[str, Any], num_layers: int) -> dict[str, Any]:
+    window = raw.get("sliding_window")
+    return dict(
+        sliding_window=int(window) if window else None,
+        sliding_layers=(bool(window),) * num_layers,
+    )
+
+
+def _qwen_sliding(raw: dict[str, Any], num_layers: int) -> dict[str, Any]:
+    """Qwen2/Qwen3 use a window only when `use_sliding_window`, on layers from `max_window_layers` on."""
+    window = raw.get("sliding_window") if raw.get("use_sliding_window") else None
+    layer_types = raw.get("layer_types")
+    if window and isinstance(layer_types, list) and len(layer_types) == num_layers:
+        flags = tuple(kind == "sliding_attention" for kind in layer_types)
+    elif window:
+        first = int(raw.get("max_window_layers", num_layers))
+        flags = tuple(index >= first for index in range(num_layers))
+    else:
+        flags = _no_sliding(num_layers)
+    return dict(sliding_window=int(window) if window else None, sliding_layers=flags)
+
+
+def _qwen2_traits(raw: dict[str, Any], num_layers: int) -> dict[str, Any]:
+    return dict(qkv_bias=True, **_qwen_sliding(raw, num_layers))
+
+
+def _qwen3_traits(raw: dict[str, Any], num_layers: int) -> dict[str, Any]:
+    bias = bool(raw.get("attention_bias", False))
+    return dict(qkv_bias=bias, o_bias=bias, qk_norm=True, **_qwen_sliding(raw, num_layers))
+
+
+_FAMILY_TRAITS = {
+    "llama": _llama_traits,
+    "mistral": _mistral_traits,
+    "qwen2": _qwen2_traits,
+    "qwen3": _qwen3_traits,
+}

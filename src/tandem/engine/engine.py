@@ -1,0 +1,147 @@
+"""The engine: requests in, token events out, one `step()` at a time.
+
+Three small objects around `step()`: the scheduler (what runs next), the executor (runs it and
+chooses tokens), and per-request text streams (detokenization and stop strings).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from tandem.engine.detokenize import IncrementalDetokenizer, StopMatcher
+from tandem.engine.executor import Executor
+from tandem.engine.sampling import TokenChoice
+from tandem.engine.sampling_params import SamplingParams
+from tandem.engine.scheduler import Scheduler
+from tandem.engine.sequence import FinishReason, Sequence, finish_reason_after
+from tandem.engine.tokenizer import Tokenizer
+from tandem.errors import InvalidRequestError
+
+DEFAULT_MAX_PREFILL_TOKENS = 2048
+
+
+@dataclass
+class TokenEvent:
+    """One generated token of one request, with the text it completed."""
+
+    seq_id: int
+    token_id: int
+    text: str
+    logprob: float | None = None
+    top_logprobs: list[tuple[int, float]] | None = None
+    finish_reason: FinishReason | None = None
+
+
+class TextStream:
+    """Text of one request as it is generated: whole characters, stop strings cut out."""
+
+    def __init__(self, tokenizer: Tokenizer, prompt_ids: list[int], stop: tuple[str, ...]) -> None:
+        self.detokenizer = IncrementalDetokenizer(tokenizer.decode, prompt_ids)
+        self.stop = StopMatcher(stop)
+
+    def push(self, token_id: int) -> str:
+        return self.stop.feed(self.detokenizer.push(token_id))
+
+    def finish(self) -> str:
+        return self.stop.feed(self.detokenizer.flush()) + self.stop.flush()
+
+
+class LLMEngine:
+    def __init__(
+        self,
+        executor: Executor,
+        tokenizer: Tokenizer | None,
+        eos_token_ids: frozenset[int],
+        max_context: int,
+        num_slots: int,
+        max_prefill_tokens: int = DEFAULT_MAX_PREFILL_TOKENS,
+    ) -> None:
+        self.executor = executor
+        self.tokenizer = tokenizer
+        self.eos_token_ids = eos_token_ids
+        self.max_context = max_context
+        self.scheduler = Scheduler(num_slots, max_prefill_tokens)
+        self.sequences: dict[int, Sequence] = {}
+        self._streams: dict[int, TextStream] = {}
+        self._ids = itertools.count()
+
+    def add_request(self, prompt_ids: list[int], params: SamplingParams) -> int:
+        """Queue a request; returns its sequence id. Raises InvalidRequestError for bad prompts."""
+        if not prompt_ids:
+            raise InvalidRequestError("the prompt is empty")
+        if len(prompt_ids) >= self.max_context:
+            raise InvalidRequestError(
+                f"the prompt has {len(prompt_ids)} tokens, but the context holds {self.max_context} "
+                "(prompt and reply together); shorten the prompt or raise the context size"
+            )
+        seq_id = next(self._ids)
+        sequence = Sequence(seq_id, list(prompt_ids), params)
+        self.sequences[seq_id] = sequence
+        if self.tokenizer is not None:
+            self._streams[seq_id] = TextStream(self.tokenizer, sequence.prompt_ids, params.stop)
+        self.executor.start_sequence(seq_id, sequence.prompt_ids, params)
+        self.scheduler.add(sequence)
+        return seq_id
+
+    def abort(self, seq_id: int) -> None:
+        sequence = self.sequences.get(seq_id)
+        if sequence is not None:
+            sequence.finish_reason = FinishReason.ABORT
+            self._release(sequence)
+
+    def has_work(self) -> bool:
+        return self.scheduler.has_work()
+
+    def step(self) -> list[TokenEvent]:
+        """Run one forward pass; returns an event per token generated in it."""
+        plan = self.scheduler.next_plan()
+        if plan is None:
+            return []
+        choices = self.executor.execute(plan)
+        self.scheduler.step_done(plan, self.sequences)
+        events = []
+        for chunk, choice in zip(plan.sampled, choices, strict=True):
+            events.append(self._accept(self.sequences[chunk.seq_id], choice))
+        return events
+
+    def _accept(self, sequence: Sequence, choice: TokenChoice) -> TokenEvent:
+        sequence.output_ids.append(choice.token_id)
+        stream = self._streams.get(sequence.seq_id)
+        text = stream.push(choice.token_id) if stream else ""
+        reason = finish_reason_after(sequence, choice.token_id, self.eos_token_ids, self.max_context)
+        if stream is not None and stream.stop.stopped:
+            reason = FinishReason.STOP
+        if reason is not None:
+            if stream is not None:
+                text += stream.finish()
+            sequence.finish_reason = reason
+            self._release(sequence)
+        return TokenEvent(
+            seq_id=sequence.seq_id,
+            token_id=choice.token_id,
+            text=text,
+            logprob=choice.logprob,
+            top_logprobs=choice.top_logprobs,
+            finish_reason=reason,
+        )
+
+    def _release(self, sequence: Sequence) -> None:
+        self.scheduler.remove(sequence)
+        self.executor.end_sequence(sequence.seq_id)
+        self.sequences.pop(sequence.seq_id, None)
+        self._streams.pop(sequence.seq_id, None)
+
+    def generate(self, prompt_ids: list[int], params: SamplingParams) -> Iterator[TokenEvent]:
+        """Run one request to completion (other queued requests advance too)."""
+        seq_id = self.add_request(prompt_ids, params)
+        try:
+            while True:
+                for event in self.step():
+                    if event.seq_id == seq_id:
+                        yield event
+                        if event.finish_reason is not None:
+                            return
+        finally:
+            self.abort(seq_id)  # a no-op once finished; frees the slot if the caller stopped early

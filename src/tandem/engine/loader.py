@@ -1,0 +1,94 @@
+"""Build one stage of a model and fill it with only the tensors that stage owns."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from tandem.engine.checkpoint import Checkpoint
+from tandem.engine.config import ModelConfig, load_model_config
+from tandem.engine.models import build_empty_model
+from tandem.engine.models.llama import CausalLM
+from tandem.engine.stage import StageSpec
+from tandem.errors import ModelFormatError
+
+TIED_HEAD = ("lm_head.weight", "model.embed_tokens.weight")
+
+
+@dataclass(frozen=True)
+class TensorSlice:
+    """Which block of a checkpoint tensor a parameter holds (tensor parallelism reads blocks)."""
+
+    rows: slice | None = None
+    columns: slice | None = None
+
+
+# Maps a parameter name to the block of its checkpoint tensor it holds; None: the whole tensor.
+SliceRule = Callable[[str], TensorSlice | None]
+
+
+def checkpoint_name(name: str, config: ModelConfig, checkpoint: Checkpoint) -> str:
+    """The checkpoint tensor that fills parameter `name` (a tied head reads the embedding)."""
+    if name == TIED_HEAD[0] and name not in checkpoint and config.tie_word_embeddings:
+        return TIED_HEAD[1]
+    return name
+
+
+def stage_tensor_names(model: torch.nn.Module, config: ModelConfig, checkpoint: Checkpoint) -> list[str]:
+    """The checkpoint tensors a built (empty) stage needs."""
+    return sorted({checkpoint_name(name, config, checkpoint) for name in model.state_dict()})
+
+
+def load_weights(
+    model: torch.nn.Module,
+    config: ModelConfig,
+    checkpoint: Checkpoint,
+    device: torch.device,
+    dtype: torch.dtype,
+    slice_rule: SliceRule | None = None,
+) -> None:
+    """Replace every meta parameter of `model` with its tensor from the checkpoint."""
+    tensors: dict[str, torch.Tensor] = {}
+    for name, empty in model.state_dict().items():
+        source = checkpoint_name(name, config, checkpoint)
+        block = slice_rule(name) if slice_rule else None
+        full_shape = checkpoint.shape(source)
+        tensor = checkpoint.read(source, block.rows, block.columns) if block else checkpoint.read(source)
+        if tuple(tensor.shape) != tuple(empty.shape):
+            detail = f" (a block of {full_shape})" if block else ""
+            raise ModelFormatError(
+                f"tensor {source} has shape {tuple(tensor.shape)}{detail} in the checkpoint, "
+                f"but the config implies {tuple(empty.shape)}"
+            )
+        tensors[name] = tensor.to(device=device, dtype=dtype)
+    model.load_state_dict(tensors, strict=True, assign=True)
+    embedding, head = getattr(model.model, "embed_tokens", None), getattr(model, "lm_head", None)
+    if config.tie_word_embeddings and embedding is not None and head is not None:
+        head.weight = embedding.weight  # one copy when a stage holds both ends of a tied model
+
+
+def load_stage(
+    model_dir: str | Path,
+    stage: StageSpec | None,
+    device: torch.device,
+    dtype: torch.dtype,
+    config: ModelConfig | None = None,
+) -> CausalLM:
+    """Load layers `stage.layers` (plus embedding and/or head for end stages); the whole model when
+    `stage` is None. Only the owned tensors are read from disk."""
+    config = config or load_model_config(model_dir)
+    stage = stage or StageSpec.whole(config.num_layers)
+    checkpoint = Checkpoint(model_dir)
+    model = build_empty_model(config, stage)
+    load_weights(model, config, checkpoint, device, dtype)
+    model.reset_buffers(device)
+    checkpoint.close()
+    return model.eval()
+
+
+def parameter_bytes(model: torch.nn.Module) -> int:
+    """Bytes of parameters a process holds (what placement predicted for its share)."""
+    return sum(p.numel() * p.element_size() for p in model.parameters())

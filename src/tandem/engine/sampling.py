@@ -1,0 +1,143 @@
+"""Choosing the next token: a chain of small pure functions over one sequence's logits.
+
+Order: penalties, temperature, top-k, top-p, min-p, then a draw from the sequence's own seeded
+generator (so a seeded request gives the same tokens whatever else shares its batch).
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass, field
+
+import torch
+
+from tandem.engine.sampling_params import SamplingParams
+
+
+def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
+    """Divide positive (multiply negative) logits of tokens already in the sequence by `penalty`."""
+    if penalty == 1.0 or seen.numel() == 0:
+        return logits
+    scores = logits.gather(-1, seen)
+    scores = torch.where(scores < 0, scores * penalty, scores / penalty)
+    return logits.scatter(-1, seen, scores)
+
+
+def apply_presence_frequency(
+    logits: torch.Tensor, output_counts: torch.Tensor, presence: float, frequency: float
+) -> torch.Tensor:
+    """Subtract `presence` once and `frequency` per occurrence for tokens already generated."""
+    if presence == 0.0 and frequency == 0.0:
+        return logits
+    counts = output_counts.to(logits.dtype)
+    return logits - presence * (counts > 0).to(logits.dtype) - frequency * counts
+
+
+def apply_temperature(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    return logits if temperature == 1.0 else logits / temperature
+
+
+def apply_top_k(logits: torch.Tensor, k: int) -> torch.Tensor:
+    if k <= 0 or k >= logits.shape[-1]:
+        return logits
+    threshold = torch.topk(logits, k).values[..., -1:]
+    return logits.masked_fill(logits < threshold, float("-inf"))
+
+
+def apply_top_p(logits: torch.Tensor, p: float) -> torch.Tensor:
+    """Keep the smallest set of most likely tokens whose probabilities sum to at least `p`."""
+    if p >= 1.0:
+        return logits
+    sorted_logits, order = torch.sort(logits, descending=False)
+    cumulative = sorted_logits.softmax(-1).cumsum(-1)
+    remove_sorted = cumulative <= (1 - p)
+    remove_sorted[..., -1] = False  # always keep the most likely token
+    remove = remove_sorted.scatter(-1, order, remove_sorted)
+    return logits.masked_fill(remove, float("-inf"))
+
+
+def apply_min_p(logits: torch.Tensor, min_p: float) -> torch.Tensor:
+    """Drop tokens less likely than `min_p` times the most likely one."""
+    if min_p <= 0.0:
+        return logits
+    probs = logits.softmax(-1)
+    threshold = min_p * probs.max(-1, keepdim=True).values
+    return logits.masked_fill(probs < threshold, float("-inf"))
+
+
+@dataclass
+class TokenChoice:
+    token_id: int
+    logprob: float | None = None
+    top_logprobs: list[tuple[int, float]] | None = None
+
+
+@dataclass
+class SamplerState:
+    """What sampling remembers about one sequence: its generator and the tokens seen so far."""
+
+    params: SamplingParams
+    generator: torch.Generator
+    seen: torch.Tensor  # [n] unique ids of prompt and output tokens (repetition penalty)
+    output_counts: torch.Tensor  # [vocab] occurrences of each generated token
+    output_tokens: list[int] = field(default_factory=list)
+
+    @classmethod
+    def create(
+        cls, params: SamplingParams, prompt_ids: list[int], vocab_size: int, device: torch.device
+    ) -> SamplerState:
+        generator = torch.Generator(device=device)
+        generator.manual_seed(params.seed if params.seed is not None else secrets.randbits(63))
+        needs_history = params.has_penalties
+        seen = torch.tensor(sorted(set(prompt_ids)) if needs_history else [], dtype=torch.long, device=device)
+        counts = torch.zeros(vocab_size if needs_history else 0, dtype=torch.long, device=device)
+        return cls(params=params, generator=generator, seen=seen, output_counts=counts)
+
+    def record(self, token_id: int) -> None:
+        self.output_tokens.append(token_id)
+        if self.params.has_penalties:
+            self.output_counts[token_id] += 1
+            if not bool((self.seen == token_id).any()):
+                self.seen = torch.cat([self.seen, self.seen.new_tensor([token_id])])
+
+
+def process_logits(logits: torch.Tensor, state: SamplerState) -> torch.Tensor:
+    """Apply the penalty and truncation chain to one sequence's logits ([vocab], float32)."""
+    params = state.params
+    logits = apply_repetition_penalty(logits, state.seen, params.repetition_penalty)
+    logits = apply_presence_frequency(
+        logits, state.output_counts, params.presence_penalty, params.frequency_penalty
+    )
+    if params.greedy:
+        return logits
+    logits = apply_temperature(logits, params.temperature)
+    logits = apply_top_k(logits, params.top_k)
+    logits = apply_top_p(logits, params.top_p)
+    return apply_min_p(logits, params.min_p)
+
+
+def choose_token(logits: torch.Tensor, state: SamplerState) -> int:
+    processed = process_logits(logits, state)
+    if state.params.greedy:
+        return int(processed.argmax(-1))
+    probs = processed.softmax(-1)
+    return int(torch.multinomial(probs, 1, generator=state.generator))
+
+
+def sample_batch(logits: torch.Tensor, states: list[SamplerState]) -> list[TokenChoice]:
+    """Pick one token per row of `logits` ([B, vocab]) and record it in the row's state."""
+    choices: list[TokenChoice] = []
+    plain_greedy = all(s.params.greedy and not s.params.has_penalties for s in states)
+    fast_tokens = logits.argmax(-1).tolist() if plain_greedy else None  # one host sync for the batch
+    for row, state in enumerate(states):
+        token = fast_tokens[row] if fast_tokens is not None else choose_token(logits[row], state)
+        choice = TokenChoice(token)
+        if state.params.logprobs is not None:
+            logprobs = logits[row].log_softmax(-1)
+            choice.logprob = float(logprobs[token])
+            if state.params.logprobs > 0:
+                top = torch.topk(logprobs, state.params.logprobs)
+                choice.top_logprobs = list(zip(top.indices.tolist(), top.values.tolist(), strict=True))
+        state.record(token)
+        choices.append(choice)
+    return choices

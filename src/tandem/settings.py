@@ -1,0 +1,20 @@
+"""Every environment variable Tandem reads, read here and nowhere else."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def debug() -> bool:
+    """TANDEM_DEBUG=1 shows tracebacks for internal errors instead of one-line messages."""
+    return os.environ.get("TANDEM_DEBUG", "") not in ("", "0")
+
+
+def data_dir() -> Path:
+    """Where a node keeps its identity, secret and caches: TANDEM_HOME, else the XDG data dir."""
+    explicit = os.environ.get("TANDEM_HOME")
+    if explicit:
+        return Path(explicit)
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "tandem"

@@ -1,0 +1,1 @@
+"""Models on disk: finding checkpoints by name (and, later, the catalog and downloads)."""

@@ -1,0 +1,36 @@
+"""Shared fixtures. TANDEM_TEST_DEVICE / TANDEM_TEST_DTYPE run the engine tests on a GPU
+(for example `TANDEM_TEST_DEVICE=cuda TANDEM_TEST_DTYPE=bfloat16`); the default is CPU float32."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from checkpoints import FAMILIES, TinyCheckpoint, build_checkpoint
+
+TEST_DEVICE = os.environ.get("TANDEM_TEST_DEVICE", "cpu")
+TEST_DTYPE = os.environ.get("TANDEM_TEST_DTYPE", "float32")
+
+
+@pytest.fixture(scope="session")
+def checkpoint_factory(tmp_path_factory):
+    cache: dict[tuple, TinyCheckpoint] = {}
+
+    def make(family: str, **options) -> TinyCheckpoint:
+        key = (family, tuple(sorted(options.items())))
+        if key not in cache:
+            directory = tmp_path_factory.mktemp(family.replace(".", "_"))
+            cache[key] = build_checkpoint(directory, family, **options)
+        return cache[key]
+
+    return make
+
+
+@pytest.fixture(params=sorted(FAMILIES))
+def family(request) -> str:
+    return request.param

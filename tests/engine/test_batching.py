@@ -1,0 +1,62 @@
+"""Many sequences at once: each gets exactly the tokens it would get alone."""
+
+from __future__ import annotations
+
+import torch
+
+from tandem.engine.local import create_local_engine
+from tandem.engine.sampling_params import SamplingParams
+
+
+def test_concurrent_sequences_match_sequential_runs(checkpoint_factory):
+    checkpoint = checkpoint_factory("qwen3-qknorm")
+    engine = create_local_engine(
+        checkpoint.path, device="cpu", dtype="float32", num_slots=3, max_prefill_tokens=4
+    )
+    generator = torch.Generator().manual_seed(3)
+    prompts = [torch.randint(0, 200, (n,), generator=generator).tolist() for n in (3, 11, 6, 9, 2)]
+    lengths = [12, 5, 20, 8, 15]
+    alone = []
+    for prompt, length in zip(prompts, lengths, strict=True):
+        params = SamplingParams(max_tokens=length, temperature=0.0, ignore_eos=True)
+        alone.append([event.token_id for event in engine.generate(prompt, params)])
+
+    # Five requests on three slots: later ones wait for a slot, prefill chunks interleave with decode.
+    ids = [
+        engine.add_request(prompt, SamplingParams(max_tokens=length, temperature=0.0, ignore_eos=True))
+        for prompt, length in zip(prompts, lengths, strict=True)
+    ]
+    together: dict[int, list[int]] = {seq_id: [] for seq_id in ids}
+    finished = set()
+    while engine.has_work():
+        for event in engine.step():
+            together[event.seq_id].append(event.token_id)
+            if event.finish_reason is not None:
+                finished.add(event.seq_id)
+    assert finished == set(ids)
+    assert [together[seq_id] for seq_id in ids] == alone
+    assert sorted(engine.scheduler.free_slots) == [0, 1, 2]
+
+
+def test_finish_reasons_length_and_context(checkpoint_factory):
+    checkpoint = checkpoint_factory("llama-gqa")
+    engine = create_local_engine(checkpoint.path, device="cpu", dtype="float32", max_context=12)
+    events = list(engine.generate([1, 2, 3], SamplingParams(max_tokens=4, temperature=0.0, ignore_eos=True)))
+    assert len(events) == 4 and events[-1].finish_reason == "length"
+    events = list(
+        engine.generate([1, 2, 3], SamplingParams(max_tokens=100, temperature=0.0, ignore_eos=True))
+    )
+    assert len(events) == 12 - 3 and events[-1].finish_reason == "length"
+
+
+def test_stop_token_ids_and_eos_end_a_sequence(checkpoint_factory):
+    checkpoint = checkpoint_factory("llama-gqa")
+    engine = create_local_engine(checkpoint.path, device="cpu", dtype="float32")
+    greedy = [e.token_id for e in engine.generate([4, 5], SamplingParams(max_tokens=10, temperature=0.0))]
+    stop_at = greedy[3]
+    first = greedy.index(stop_at)
+    events = list(
+        engine.generate([4, 5], SamplingParams(max_tokens=10, temperature=0.0, stop_token_ids=(stop_at,)))
+    )
+    assert [e.token_id for e in events] == greedy[: first + 1]
+    assert events[-1].finish_reason == "stop"

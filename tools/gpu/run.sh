@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Everything the lent GPU machine runs, in one call: `tools/gpu/run.sh TASK...` from the repo root.
+# Tasks: env, correctness (engine tests on CUDA in float32 and bfloat16), demo (train the demo model
+# from build/demo-data, carried with the call), bench (see docs/benchmarks.md).
+# Logs and results go to $OUT (or ./artifacts/gpu when run elsewhere).
+set -uo pipefail
+export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+OUT="${OUT:-$PWD/artifacts/gpu}"
+mkdir -p "$OUT"
+status=0
+for task in "$@"; do
+  echo "=== $task"
+  case "$task" in
+    env)
+      nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+      python3 -c 'import torch, transformers, sys; print(sys.version.split()[0], torch.__version__, transformers.__version__)'
+      ;;
+    correctness)
+      for dtype in float32 bfloat16; do
+        TANDEM_TEST_DEVICE=cuda TANDEM_TEST_DTYPE=$dtype python3 -m pytest -q -p no:cacheprovider tests/engine \
+          2>&1 | tee "$OUT/correctness-$dtype.log" | tail -25 || status=1
+      done
+      ;;
+    demo)
+      python3 tools/demo_model/train.py --data build/demo-data --out /tmp/demo-model 2>&1 | tee "$OUT/demo-train.log" || status=1
+      tar -C /tmp -cf "$OUT/demo-model.tar" demo-model  # one file: the tool brings back at most eight
+      ;;
+    *)
+      echo "unknown task $task"; status=2
+      ;;
+  esac
+done
+exit $status
