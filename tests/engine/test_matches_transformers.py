@@ -45,15 +45,30 @@ def reference_greedy(model, prompt: list[int], new_tokens: int) -> list[int]:
     return output[0, len(prompt) :].tolist()
 
 
+def assert_choices_within_rounding(model, prompt: list[int], ours: list[int]) -> None:
+    """Reduced precision: two correct implementations round differently, so greedy paths may part
+    where the top two logits nearly tie. Teacher-force our tokens through the reference: at every
+    step our choice must be the reference's best, or within rounding of it."""
+    with torch.inference_mode():
+        logits = model(torch.tensor([prompt + ours], device=TEST_DEVICE)).logits[0, len(prompt) - 1 : -1].float()
+    best = logits.max(-1).values
+    chosen = logits.gather(-1, torch.tensor(ours, device=TEST_DEVICE)[:, None])[:, 0]
+    margin = LOGIT_TOLERANCE[TEST_DTYPE] * logits.abs().max()
+    assert bool(((best - chosen) <= margin).all()), f"worst gap {(best - chosen).max():.3g} > {margin:.3g}"
+
+
 def test_greedy_tokens_equal_transformers(checkpoint_factory, family):
     checkpoint = checkpoint_factory(family)
     reference = reference_model(checkpoint)
     engine = create_local_engine(checkpoint.path, device=TEST_DEVICE, dtype=TEST_DTYPE, max_prefill_tokens=6)
     params = SamplingParams(max_tokens=NEW_TOKENS, temperature=0.0, ignore_eos=True)
     for prompt in prompts(checkpoint.config["vocab_size"]):
-        expected = reference_greedy(reference, prompt, NEW_TOKENS)
         ours = [event.token_id for event in engine.generate(prompt, params)]
-        assert ours == expected, f"{family}: prompt of {len(prompt)} tokens diverged"
+        if TEST_DTYPE == "float32":
+            expected = reference_greedy(reference, prompt, NEW_TOKENS)
+            assert ours == expected, f"{family}: prompt of {len(prompt)} tokens diverged"
+        else:
+            assert_choices_within_rounding(reference, prompt, ours)
 
 
 def forward_logits(model, prompt: list[int]) -> torch.Tensor:
