@@ -50,7 +50,9 @@ def assert_choices_within_rounding(model, prompt: list[int], ours: list[int]) ->
     where the top two logits nearly tie. Teacher-force our tokens through the reference: at every
     step our choice must be the reference's best, or within rounding of it."""
     with torch.inference_mode():
-        logits = model(torch.tensor([prompt + ours], device=TEST_DEVICE)).logits[0, len(prompt) - 1 : -1].float()
+        logits = (
+            model(torch.tensor([prompt + ours], device=TEST_DEVICE)).logits[0, len(prompt) - 1 : -1].float()
+        )
     best = logits.max(-1).values
     chosen = logits.gather(-1, torch.tensor(ours, device=TEST_DEVICE)[:, None])[:, 0]
     margin = LOGIT_TOLERANCE[TEST_DTYPE] * logits.abs().max()
