@@ -189,3 +189,15 @@ def test_unreadable_secret_file_is_a_one_line_error(monkeypatch, tmp_path):
     (tmp_path / "secret").write_text("short\n")
     with pytest.raises(TandemError, match=rf"^the secret in {tmp_path}/secret is too short"):
         resolve_secret()
+
+
+def test_untrusted_text_in_rejections_cannot_break_a_log_line():
+    txt = announcement_txt() | {"id": "evil\nFAKE LOG LINE" + "x" * 100, "proto": "2", "ver": "9\r\n9"}
+    verdict = check_txt(txt, SECRET, NOW)
+    assert isinstance(verdict, Rejection) and verdict.node_id is not None
+    assert "\n" not in verdict.reason + verdict.node_id and "\r" not in verdict.reason
+    assert len(verdict.node_id) == 64
+    headers = sign_request(SECRET, "node\nforged", "GET", "/state", now=NOW - 600)
+    with pytest.raises(AuthError) as caught:
+        verify_request(SECRET, "GET", "/state", b"", headers, now=NOW)
+    assert "\n" not in str(caught.value)

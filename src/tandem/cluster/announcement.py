@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from tandem import __version__
-from tandem.cluster.auth import clock_skew_problem, cluster_id, sign, verify
+from tandem.cluster.auth import clock_skew_problem, cluster_id, loggable, sign, verify
 from tandem.errors import TandemError
 
 SERVICE_TYPE = "_tandem._tcp.local."
@@ -139,12 +139,16 @@ def check_txt(
     malformed fields, a bad signature (tampered, or a cluster-id collision), then the timestamp
     (a replayed announcement, or a clock off by more than a minute).
     """
-    node_id = properties.get("id") or None
+    # Everything read before the signature check is untrusted: made loggable before use.
+    node_id = loggable(properties.get("id") or "") or None
     if properties.get("cid") != cluster_id(secret):
         return Rejection("different cluster secret", node_id)
     announced_protocol = properties.get("proto") or "?"
     if announced_protocol != str(protocol):
-        version = properties.get("ver") or "?"
+        announced_protocol, version = (
+            loggable(announced_protocol, 12),
+            loggable(properties.get("ver") or "?", 20),
+        )
         return Rejection(
             f"incompatible protocol version {announced_protocol} (Tandem {version}); this node speaks "
             f"{protocol} (Tandem {tandem_version()}): run the same Tandem version on every machine",

@@ -132,12 +132,19 @@ def verify_request(
         raise AuthError(f"{TIME_HEADER} is not a whole number of seconds: {time_text[:40]!r}") from None
     problem = clock_skew_problem(timestamp, time.time() if now is None else now, max_skew)
     if problem:
-        raise AuthError(f"stale or future request from node {node_id}: {problem}")
+        raise AuthError(f"stale or future request from node {loggable(node_id)}: {problem}")
     if not verify(secret, request_message(method, path, body, node_id, timestamp), signature):
         raise AuthError(
-            f"bad signature on a request from node {node_id}: different cluster secret or altered request"
+            f"bad signature on a request from node {loggable(node_id)}: "
+            "different cluster secret or altered request"
         )
     return node_id
+
+
+def loggable(text: str, limit: int = 64) -> str:
+    """`text` from the network made safe for a one-line log: printable characters, at most `limit`."""
+    kept = "".join(character for character in text if character.isprintable())
+    return kept if len(kept) <= limit else kept[: limit - 1] + "…"
 
 
 def _header(headers: Mapping[str, str], name: str) -> str:

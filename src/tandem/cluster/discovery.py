@@ -35,6 +35,7 @@ from tandem.cluster.announcement import (
     encode_txt,
     validate_node_id,
 )
+from tandem.cluster.auth import loggable
 from tandem.cluster.interfaces import non_loopback_ipv4_addresses, resolve_interfaces
 from tandem.errors import TandemError
 
@@ -275,7 +276,9 @@ class Discovery:
             return
         verdict = check_txt(info.decoded_properties, self._secret, time.time(), self._protocol)
         if isinstance(verdict, Announcement) and f"{verdict.node_id}.{SERVICE_TYPE}".lower() != name.lower():
-            verdict = Rejection(f"announces node id {verdict.node_id} under the name {name}", verdict.node_id)
+            verdict = Rejection(
+                f"announces node id {verdict.node_id} under the name {loggable(name, 100)}", verdict.node_id
+            )
         if isinstance(verdict, Rejection):
             self._report_rejection(name.lower(), info, verdict)
         else:
