@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -12,6 +13,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 from checkpoints import FAMILIES, TinyCheckpoint, build_checkpoint
+from netns import lan
 
 TEST_DEVICE = os.environ.get("TANDEM_TEST_DEVICE", "cpu")
 TEST_DTYPE = os.environ.get("TANDEM_TEST_DTYPE", "float32")
@@ -34,3 +36,11 @@ def checkpoint_factory(tmp_path_factory):
 @pytest.fixture(params=sorted(FAMILIES))
 def family(request) -> str:
     return request.param
+
+
+@pytest.fixture
+def make_lan():
+    """`make_lan(count)`: a private LAN of network namespaces (see tests/netns.py), torn down after
+    the test. Skips the test where namespaces cannot be created."""
+    with contextlib.ExitStack() as stack:
+        yield lambda count: stack.enter_context(lan(count))

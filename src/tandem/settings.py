@@ -18,3 +18,13 @@ def data_dir() -> Path:
         return Path(explicit)
     base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
     return Path(base) / "tandem"
+
+
+def secret() -> str | None:
+    """TANDEM_SECRET: the cluster secret as text; unset or empty means "use the secret file"."""
+    return os.environ.get("TANDEM_SECRET") or None
+
+
+def secret_path() -> Path:
+    """Where the cluster secret is kept: `secret` in the data dir. Copy it to every machine."""
+    return data_dir() / "secret"
