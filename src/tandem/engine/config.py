@@ -121,13 +121,18 @@ def load_model_config(model_dir: str | Path) -> ModelConfig:
     path = Path(model_dir) / "config.json"
     if not path.is_file():
         raise ModelFormatError(f"no config.json in {model_dir}: is this a Hugging Face checkpoint directory?")
+    return parse_model_config(read_config_json(path))
+
+
+def read_config_json(path: Path) -> dict[str, Any]:
+    """The JSON object in a Hugging Face `config.json` file, with one-line errors."""
     try:
         raw = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as error:
         raise ModelFormatError(f"cannot read {path}: {error}") from None
     if not isinstance(raw, dict):
         raise ModelFormatError(f"{path} does not hold a JSON object")
-    return parse_model_config(raw)
+    return raw
 
 
 def parse_model_config(raw: dict[str, Any]) -> ModelConfig:

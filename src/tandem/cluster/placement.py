@@ -1,0 +1,333 @@
+"""Where a model goes: `place(shape, topology, request) -> Placement | Infeasible`. Pure Python.
+
+Cost model (batch-1 decode, which is bound by memory bandwidth):
+
+    seconds per token = Σ over stages  bytes the stage reads per token / its device's memory_bandwidth
+                      + Σ over hops    link latency + hidden_size × dtype bytes / link bandwidth
+
+- A stage reads, per token, every parameter of its layers that the token uses (a mixture-of-experts
+  layer: attention, router, shared experts, top-k routed experts), the KV cache of one sequence at
+  the full requested context, one row of the embedding (a lookup) on the first stage, and the
+  whole head (final norm + output projection) on the last.
+- Hops run from each stage to the next and from the last back to the first, so a pipeline is a
+  ring. Same-node hops use a small constant (no link is measured from a node to itself); an
+  unmeasured pair of nodes is assumed to be gigabit Ethernet (`placement_search` has the numbers).
+- A device may fill `memory_free × (1 − memory_margin) − device_overhead_bytes` with its weights
+  (the first stage also holds the embedding, the last the head: a full copy unless the same stage
+  holds a tied embedding) plus its KV reservation: context_length × num_sequences tokens for each
+  of its layers. The fixed overhead stands for activations, logits and the framework's workspace.
+- Weights and cache take `cuda_dtype_bytes` per value on CUDA and `cpu_dtype_bytes` on CPUs (the CPU
+  engine runs float32); `weight_bytes_per_parameter` overrides the weights' size for quantized
+  checkpoints.
+
+Rules: a model that fits on one device stays on the fastest device that holds it whole, unless a
+split over faster devices is predicted at least `SPLIT_GAIN_REQUIRED` (1.25×) faster (a 70B model
+on two GPUs rather than one big CPU box). Otherwise devices join fastest first (seconds to read the whole model), until together they
+hold every layer; they are ordered as a ring with cheap hops, and the layers are split among them
+by dynamic programming to minimize the summed time, so faster devices fill to what their memory
+allows and slower ones take the rest.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from itertools import islice
+from typing import NamedTuple
+
+from tandem.cluster.placement_search import (
+    UNMEASURED_BANDWIDTH,
+    UNMEASURED_LATENCY,
+    Candidate,
+    LayerCosts,
+    LinkTable,
+    offered_devices,
+    pipeline_order,
+    ring_hop_seconds,
+    rotations,
+    split_layers,
+)
+from tandem.cluster.placement_why import oversized_layer, why_infeasible
+from tandem.cluster.shapes import ModelShape
+from tandem.cluster.topology import DeviceKind, NodeId, Topology
+from tandem.engine.stage import LayerRange, StageSpec
+from tandem.errors import InvalidRequestError
+
+DEFAULT_DEVICE_OVERHEAD_BYTES = 1_000_000_000
+# A split must be predicted this much faster to take a model off a device that holds it whole:
+# the cost model leaves out what splitting adds (per-stage overheads, more machines to fail).
+SPLIT_GAIN_REQUIRED = 1.25
+_ROTATIONS_TRIED = 8
+
+
+class DeviceAddress(NamedTuple):
+    """A device of the cluster: the node it belongs to and its torch name ("cuda:0", "cpu")."""
+
+    node_id: NodeId
+    torch_device: str
+
+    def __str__(self) -> str:
+        return f"{self.node_id} {self.torch_device}"
+
+
+@dataclass(frozen=True)
+class PlacementRequest:
+    """What the placement must provide for; sizes in bytes."""
+
+    context_length: int  # tokens per sequence
+    num_sequences: int = 8  # KV-cache slots
+    cuda_dtype_bytes: float = 2  # bfloat16
+    cpu_dtype_bytes: float = 4  # the CPU engine runs float32
+    weight_bytes_per_parameter: float | None = None  # quantized weights (1 for FP8); None: the dtype's
+    memory_margin: float = 0.1  # fraction of each device's free memory left free
+    device_overhead_bytes: int = DEFAULT_DEVICE_OVERHEAD_BYTES  # activations and workspace, per device
+    devices: tuple[DeviceAddress, ...] | None = None  # a forced split, in pipeline order
+    min_stages: int = 1
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.context_length >= 1, f"context_length must be at least 1, got {self.context_length}"),
+            (self.num_sequences >= 1, f"num_sequences must be at least 1, got {self.num_sequences}"),
+            (self.cuda_dtype_bytes > 0 and self.cpu_dtype_bytes > 0, "dtype sizes must be positive"),
+            (
+                self.weight_bytes_per_parameter is None or self.weight_bytes_per_parameter > 0,
+                "weight_bytes_per_parameter must be positive",
+            ),
+            (0 <= self.memory_margin < 1, f"memory_margin must be in [0, 1), got {self.memory_margin}"),
+            (self.device_overhead_bytes >= 0, "device_overhead_bytes must not be negative"),
+            (self.min_stages >= 1, f"min_stages must be at least 1, got {self.min_stages}"),
+            (self.devices is None or len(self.devices) > 0, "devices, when given, must name at least one"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise InvalidRequestError(f"invalid placement request: {message}")
+        if self.devices is not None:
+            addresses = tuple(DeviceAddress(*device) for device in self.devices)
+            if len(set(addresses)) != len(addresses):
+                raise InvalidRequestError("invalid placement request: a device is named twice in devices")
+            object.__setattr__(self, "devices", addresses)
+
+    def dtype_bytes(self, kind: DeviceKind | str) -> float:
+        """Bytes per value (weights, cache, activations) on a device of this kind."""
+        return self.cuda_dtype_bytes if kind == "cuda" else self.cpu_dtype_bytes
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One pipeline stage: a tensor-parallel group of `members` (one device for now) running
+    `layers`. Byte counts are the whole stage's; a group of k members holds 1/k each."""
+
+    members: tuple[DeviceAddress, ...]
+    layers: LayerRange
+    weight_bytes: int
+    kv_bytes: int
+    compute_seconds: float  # reading this stage's bytes for one token
+    send_seconds: float  # the hop to the next stage (from the last: back to the first)
+
+    @property
+    def predicted_seconds(self) -> float:
+        return self.compute_seconds + self.send_seconds
+
+
+@dataclass(frozen=True)
+class Placement:
+    """A model split into pipeline stages over the cluster's devices, with its predicted speed."""
+
+    model_name: str
+    num_layers: int
+    stages: tuple[Stage, ...]
+    request: PlacementRequest
+    notes: tuple[str, ...] = field(default=())  # why this plan, and what it assumed
+
+    @property
+    def predicted_seconds_per_token(self) -> float:
+        return sum(stage.predicted_seconds for stage in self.stages)
+
+    @property
+    def predicted_tokens_per_second(self) -> float:
+        return 1.0 / self.predicted_seconds_per_token
+
+    @property
+    def backend(self) -> str:
+        """The torch.distributed backend: NCCL when every member is a CUDA device, else gloo."""
+        cuda_only = all(
+            member.torch_device.startswith("cuda") for stage in self.stages for member in stage.members
+        )
+        return "nccl" if cuda_only else "gloo"
+
+    def stage_specs(self) -> list[StageSpec]:
+        """What each stage's loader needs: its layers and whether it holds the embedding and head."""
+        return [StageSpec(stage.layers, self.num_layers) for stage in self.stages]
+
+    def explain(self) -> list[str]:
+        """Human-readable lines: one per stage, then the prediction and the notes."""
+        request = self.request
+        noun = "stage" if len(self.stages) == 1 else "stages"
+        lines = [
+            f"{self.model_name}: {len(self.stages)} {noun} over {self.backend}, "
+            f"{request.context_length} tokens × {request.num_sequences} sequences"
+        ]
+        width = max(len(member.node_id) for stage in self.stages for member in stage.members)
+        for index, stage in enumerate(self.stages):
+            devices = ", ".join(
+                f"{member.node_id:<{width}}  {member.torch_device:<7}" for member in stage.members
+            )
+            lines.append(
+                f"  stage {index}  {devices}  layers {stage.layers!s:<10}  "
+                f"{stage.weight_bytes / 1e9:7.1f} GB weights  {stage.kv_bytes / 1e9:6.1f} GB KV  "
+                f"{stage.predicted_seconds * 1e3:8.2f} ms"
+            )
+        lines.append(
+            f"predicted {self.predicted_seconds_per_token * 1e3:.2f} ms per token, "
+            f"{self.predicted_tokens_per_second:.1f} tokens/s (one sequence decoding)"
+        )
+        lines.extend(f"note: {note}" for note in self.notes)
+        return lines
+
+
+@dataclass(frozen=True)
+class Infeasible:
+    """No placement fits; `reason` says why in numbers."""
+
+    reason: str
+
+    def explain(self) -> list[str]:
+        return [f"cannot place the model: {self.reason}"]
+
+
+def place(shape: ModelShape, topology: Topology, request: PlacementRequest) -> Placement | Infeasible:
+    """Split `shape` over the devices of `topology` for `request`, or say in numbers why not."""
+    if request.context_length > shape.max_context:
+        return Infeasible(
+            f"a context of {request.context_length} tokens is longer than {shape.name}'s "
+            f"{shape.max_context}-token maximum"
+        )
+    costs, links = LayerCosts(shape, request), LinkTable(topology)
+    offered = offered_devices(topology, request)
+    if request.devices is not None:
+        return _place_on_given_devices(costs, links, offered, request)
+    usable = [device for device in offered if device.usable_bytes > 0]
+    # Fastest first: the time to read the whole model on the device.
+    usable.sort(key=lambda device: costs.compute_seconds(device, 0, shape.num_layers))
+    if len(usable) < request.min_stages or shape.num_layers < request.min_stages:
+        return Infeasible(
+            f"{request.min_stages} stages were asked for, but {len(usable)} devices have free memory "
+            f"and {shape.name} has {shape.num_layers} layers"
+        )
+    whole = next((device for device in usable if costs.fits(device, 0, shape.num_layers)), None)
+    single = None
+    if request.min_stages == 1 and whole is not None:
+        single = _placement(costs, links, [whole], [0, shape.num_layers])
+        if whole is usable[0]:
+            return _with_reason(single, "fits on its fastest device")
+    ring = (
+        None
+        if oversized_layer(costs, usable) is not None
+        else _ring_fastest_first(costs, links, usable, request)
+    )
+    if ring is None:
+        if single is not None:
+            return _with_reason(single, "fits on one device, the fastest that holds it whole")
+        return Infeasible(why_infeasible(costs, usable or offered, request))
+    split = _placement(costs, links, *ring)
+    if single is None:
+        wanted = (
+            f"{request.min_stages} stages were asked for"
+            if request.min_stages > 1
+            else "it fits on no device"
+        )
+        return _with_reason(split, f"split over {len(split.stages)} devices, fastest first: {wanted}")
+    if single.predicted_seconds_per_token < SPLIT_GAIN_REQUIRED * split.predicted_seconds_per_token:
+        return _with_reason(single, "fits on one device, and a split over faster devices gains too little")
+    return _with_reason(
+        split,
+        f"split over {len(split.stages)} faster devices: on {single.stages[0].members[0]} alone, where it "
+        f"fits whole, it would take {single.predicted_seconds_per_token * 1e3:.2f} ms per token",
+    )
+
+
+def _ring_fastest_first(
+    costs: LayerCosts, links: LinkTable, usable: list[Candidate], request: PlacementRequest
+) -> tuple[list[Candidate], list[int]] | None:
+    """Devices join fastest first until a ring of them holds every layer: (ring, stage boundaries).
+
+    When a ring holds enough in total but its ends cannot take the embedding or the head, a few
+    other starting nodes are tried before another device joins; the cap keeps 100 nodes fast."""
+    payload = costs.shape.hidden_size * 2  # only ranks hops against each other, so the dtype is moot
+    fraction, layers = 0.0, 0
+    for count, device in enumerate(usable, start=1):
+        fraction += costs.model_fraction(device)
+        layers += costs.max_layers(device)
+        if count > costs.num_layers:
+            break
+        if count < request.min_stages or fraction < 1 or layers < costs.num_layers:
+            continue
+        order = pipeline_order(usable[:count], links, payload)
+        for ring in (order, *islice(rotations(order), _ROTATIONS_TRIED)):
+            boundaries = split_layers(costs, ring)
+            if boundaries is not None:
+                return ring, boundaries
+    return None
+
+
+def _place_on_given_devices(
+    costs: LayerCosts, links: LinkTable, offered: list[Candidate], request: PlacementRequest
+) -> Placement | Infeasible:
+    by_address = {DeviceAddress(device.node_id, device.torch_device): device for device in offered}
+    assert request.devices is not None
+    missing = [str(address) for address in request.devices if address not in by_address]
+    if missing:
+        return Infeasible(f"the topology has no device {', '.join(missing)}")
+    given = [by_address[address] for address in request.devices]
+    if len(given) > costs.num_layers:
+        return Infeasible(
+            f"{len(given)} devices were given for {costs.shape.name}'s {costs.num_layers} layers; "
+            "each stage needs at least one"
+        )
+    boundaries = split_layers(costs, given)
+    if boundaries is None:
+        return Infeasible(why_infeasible(costs, given, request, forced=True))
+    return _with_reason(
+        _placement(costs, links, given, boundaries), f"split over the {len(given)} given devices"
+    )
+
+
+def _with_reason(placement: Placement, reason: str) -> Placement:
+    return replace(placement, notes=(reason, *placement.notes))
+
+
+def _placement(
+    costs: LayerCosts, links: LinkTable, order: list[Candidate], boundaries: list[int]
+) -> Placement:
+    hops = ring_hop_seconds(order, links, costs.shape.hidden_size)
+    stages = []
+    for device, start, end, hop in zip(order, boundaries[:-1], boundaries[1:], hops, strict=True):
+        cost = costs.stage(device, start, end)
+        stages.append(
+            Stage(
+                members=(DeviceAddress(device.node_id, device.torch_device),),
+                layers=LayerRange(start, end),
+                weight_bytes=round(cost.weight_bytes),
+                kv_bytes=round(cost.kv_bytes),
+                compute_seconds=cost.read_bytes / device.bandwidth,
+                send_seconds=hop,
+            )
+        )
+    unmeasured = sorted(
+        {
+            tuple(sorted((device.node_id, following.node_id)))
+            for device, following in zip(order, order[1:] + order[:1], strict=True)
+            if len(order) > 1 and not links.is_measured(device.node_id, following.node_id)
+        }
+    )
+    notes = [
+        f"no link measured between {source} and {target}: assumed {UNMEASURED_LATENCY * 1e3:g} ms "
+        f"and {UNMEASURED_BANDWIDTH * 8 / 1e9:g} Gbit/s"
+        for source, target in unmeasured
+    ]
+    return Placement(
+        model_name=costs.shape.name,
+        num_layers=costs.num_layers,
+        stages=tuple(stages),
+        request=costs.request,
+        notes=tuple(notes),
+    )
