@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+SECRET_FILE = "secret"
+
 
 def debug() -> bool:
     """TANDEM_DEBUG=1 shows tracebacks for internal errors instead of one-line messages."""
@@ -27,4 +29,4 @@ def secret() -> str | None:
 
 def secret_path() -> Path:
     """Where the cluster secret is kept: `secret` in the data dir. Copy it to every machine."""
-    return data_dir() / "secret"
+    return data_dir() / SECRET_FILE

@@ -12,6 +12,7 @@ from tandem.errors import TandemError
 
 # name -> (module under tandem.cli, one-line help)
 COMMANDS = {
+    "node": ("node", "start this machine's node (the default when no command is given)"),
     "generate": ("generate", "generate text from a model on this machine"),
 }
 
@@ -33,10 +34,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help", "--version")):
+        argv = ["node", *argv]  # plain `tandem [node flags]` starts a node
     args = parser.parse_args(argv)
-    if args.command is None:
-        parser.print_help()
-        return 0
     try:
         return int(args.run(args) or 0)
     except TandemError as error:

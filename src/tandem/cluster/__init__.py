@@ -1,2 +1,2 @@
-"""The cluster: who is here (discovery), what they have (profile, topology), what everyone agrees
-on (state), and where a model goes (placement). Topology, state and placement are pure Python."""
+"""The cluster: who is here (discovery), what they have (topology), what everyone agrees on
+(state), who decides (election), and where a model goes (placement). Pure Python: no torch."""

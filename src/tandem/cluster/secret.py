@@ -24,8 +24,11 @@ class ResolvedSecret:
     source: str
 
 
-def resolve_secret(explicit: str | None = None, create: bool = True) -> ResolvedSecret:
-    """The cluster secret, first found of: `explicit` (--secret), TANDEM_SECRET, the secret file.
+def resolve_secret(
+    explicit: str | None = None, create: bool = True, path: Path | None = None
+) -> ResolvedSecret:
+    """The cluster secret, first found of: `explicit` (--secret), TANDEM_SECRET, the secret file
+    (`path`, by default `secret` in the data directory).
 
     With none of them and `create`, a new secret is written to the secret file (readable by its
     owner only); without `create`, that is a TandemError saying how to provide one.
@@ -35,7 +38,7 @@ def resolve_secret(explicit: str | None = None, create: bool = True) -> Resolved
     from_environment = settings.secret()
     if from_environment is not None:
         return ResolvedSecret(parse_secret(from_environment, "TANDEM_SECRET"), "TANDEM_SECRET")
-    path = settings.secret_path()
+    path = path or settings.secret_path()
     if path.exists():
         return ResolvedSecret(read_secret_file(path), str(path))
     if not create:

@@ -1,0 +1,72 @@
+"""`tandem node` (and plain `tandem`): start this machine's node."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from tandem import settings
+from tandem.node.options import DEFAULT_PORT
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"HTTP port (default {DEFAULT_PORT})")
+    parser.add_argument("--host", default="0.0.0.0", help="address to listen on (default: all)")
+    parser.add_argument("--advertise", help="address peers should use for this node (default: detected)")
+    parser.add_argument("--name", help="a name for people (default: the host name)")
+    parser.add_argument(
+        "--peers",
+        default="",
+        help="static peers, comma-separated host:port (for networks where discovery does not pass)",
+    )
+    parser.add_argument("--secret", help="the cluster secret (default: TANDEM_SECRET, else the secret file)")
+    parser.add_argument(
+        "--discovery",
+        default="all",
+        help="interfaces (names or addresses, comma-separated) for mDNS discovery; 'all' (default) or 'none'",
+    )
+    parser.add_argument(
+        "--devices", help="devices this node may use, comma-separated (e.g. cpu or cuda:0,cuda:1)"
+    )
+    parser.add_argument("--runner-threads", type=int, help="CPU threads per runner process")
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        help="identity, secret and caches (default: TANDEM_HOME or ~/.local/share/tandem)",
+    )
+    parser.add_argument("--remeasure", action="store_true", help="profile the devices again")
+
+
+def options_from_args(args: argparse.Namespace):
+    from tandem.cluster.peers import parse_peers
+    from tandem.node.options import NodeOptions
+
+    discovery = (
+        None
+        if args.discovery == "all"
+        else (
+            ()
+            if args.discovery == "none"
+            else tuple(x.strip() for x in args.discovery.split(",") if x.strip())
+        )
+    )
+    return NodeOptions(
+        data_dir=args.data_dir or settings.data_dir(),
+        host=args.host,
+        port=args.port,
+        advertise_host=args.advertise,
+        name=args.name,
+        secret=args.secret,
+        static_peers=parse_peers([p for p in args.peers.split(",") if p.strip()], default_port=DEFAULT_PORT),
+        discovery_interfaces=discovery,
+        devices=tuple(d.strip() for d in args.devices.split(",")) if args.devices else None,
+        runner_threads=args.runner_threads,
+        remeasure=args.remeasure,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from tandem.node.app import run_node
+
+    run_node(options_from_args(args))
+    return 0

@@ -1,0 +1,188 @@
+"""The cluster state: one immutable value, changed only by applying events. Pure Python.
+
+The coordinator applies events and publishes each new state (its `version` grows by one per
+event); every other node keeps the latest state it has seen, so whichever node takes over as
+coordinator continues from it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Literal
+
+from tandem.cluster.placement import Placement
+from tandem.cluster.topology import LinkInfo, NodeId, NodeInfo, Topology
+from tandem.engine.stage import LayerRange
+
+InstanceStatus = Literal["launching", "ready", "failed"]
+RunnerStatus = Literal["starting", "ready", "failed"]
+
+
+@dataclass(frozen=True)
+class RunnerState:
+    """One rank of an instance: which device holds which layers, and how it is doing."""
+
+    rank: int
+    node_id: NodeId
+    device: str
+    layers: LayerRange
+    status: RunnerStatus = "starting"
+    parameter_bytes: int | None = None  # what the runner reports it loaded
+    message: str | None = None
+
+
+@dataclass(frozen=True)
+class Instance:
+    """A model running (or starting) across the runners of a placement."""
+
+    instance_id: str
+    model: str  # as the user named it: a catalog id, a repo id or a directory
+    placement: Placement
+    runners: tuple[RunnerState, ...]
+    status: InstanceStatus = "launching"
+    master_address: str | None = None  # host:port where rank 0 gathers the process group
+    error: str | None = None
+    max_context: int = 0
+    num_slots: int = 0
+
+    @property
+    def driver_node(self) -> NodeId:
+        """The node whose rank-0 runner takes this instance's requests."""
+        return self.runners[0].node_id
+
+
+@dataclass(frozen=True)
+class ClusterState:
+    version: int = 0
+    coordinator: NodeId | None = None
+    nodes: tuple[NodeInfo, ...] = ()
+    links: tuple[LinkInfo, ...] = ()
+    instances: tuple[Instance, ...] = ()
+
+    def topology(self) -> Topology:
+        return Topology(self.nodes, self.links)
+
+    def node(self, node_id: NodeId) -> NodeInfo | None:
+        return next((n for n in self.nodes if n.node_id == node_id), None)
+
+    def instance(self, instance_id: str) -> Instance | None:
+        return next((i for i in self.instances if i.instance_id == instance_id), None)
+
+
+# Events -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CoordinatorChanged:
+    coordinator: NodeId
+
+
+@dataclass(frozen=True)
+class NodesChanged:
+    """The coordinator's view of which nodes are alive, with their latest reports."""
+
+    nodes: tuple[NodeInfo, ...]
+
+
+@dataclass(frozen=True)
+class LinksMeasured:
+    source: NodeId
+    links: tuple[LinkInfo, ...] = field(default=())
+
+
+@dataclass(frozen=True)
+class InstanceCreated:
+    instance: Instance
+
+
+@dataclass(frozen=True)
+class MasterAddressSet:
+    instance_id: str
+    address: str
+
+
+@dataclass(frozen=True)
+class RunnerReported:
+    instance_id: str
+    rank: int
+    status: RunnerStatus
+    parameter_bytes: int | None = None
+    message: str | None = None
+
+
+@dataclass(frozen=True)
+class InstanceRemoved:
+    instance_id: str
+
+
+Event = (
+    CoordinatorChanged
+    | NodesChanged
+    | LinksMeasured
+    | InstanceCreated
+    | MasterAddressSet
+    | RunnerReported
+    | InstanceRemoved
+)
+
+
+def apply(state: ClusterState, event: Event) -> ClusterState:
+    """The state after `event`; the version always advances."""
+    changed = _apply(state, event)
+    return replace(changed, version=state.version + 1)
+
+
+def _apply(state: ClusterState, event: Event) -> ClusterState:
+    match event:
+        case CoordinatorChanged(coordinator):
+            return replace(state, coordinator=coordinator)
+        case NodesChanged(nodes):
+            alive = {n.node_id for n in nodes}
+            links = tuple(l for l in state.links if l.source in alive and l.target in alive)  # noqa: E741
+            instances = tuple(_fail_if_node_lost(i, alive) for i in state.instances)
+            return replace(state, nodes=nodes, links=links, instances=instances)
+        case LinksMeasured(source, links):
+            kept = tuple(link for link in state.links if link.source != source)
+            return replace(state, links=kept + links)
+        case InstanceCreated(instance):
+            return replace(state, instances=(*state.instances, instance))
+        case MasterAddressSet(instance_id, address):
+            return _update_instance(state, instance_id, lambda i: replace(i, master_address=address))
+        case RunnerReported():
+            return _update_instance(state, event.instance_id, lambda i: _with_runner_report(i, event))
+        case InstanceRemoved(instance_id):
+            return replace(state, instances=tuple(i for i in state.instances if i.instance_id != instance_id))
+    raise TypeError(f"unknown event {event!r}")
+
+
+def _update_instance(state: ClusterState, instance_id: str, change) -> ClusterState:
+    return replace(
+        state, instances=tuple(change(i) if i.instance_id == instance_id else i for i in state.instances)
+    )
+
+
+def _with_runner_report(instance: Instance, report: RunnerReported) -> Instance:
+    runners = tuple(
+        replace(r, status=report.status, parameter_bytes=report.parameter_bytes, message=report.message)
+        if r.rank == report.rank
+        else r
+        for r in instance.runners
+    )
+    if instance.status == "failed":
+        return replace(instance, runners=runners)
+    if report.status == "failed":
+        return replace(
+            instance,
+            runners=runners,
+            status="failed",
+            error=f"rank {report.rank} on node {runners[report.rank].node_id}: {report.message}",
+        )
+    status = "ready" if all(r.status == "ready" for r in runners) else instance.status
+    return replace(instance, runners=runners, status=status)
+
+
+def _fail_if_node_lost(instance: Instance, alive: set[NodeId]) -> Instance:
+    lost = [r for r in instance.runners if r.node_id not in alive]
+    if not lost or instance.status == "failed":
+        return instance
+    return replace(instance, status="failed", error=f"node {lost[0].node_id} left the cluster")

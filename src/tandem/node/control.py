@@ -1,0 +1,96 @@
+"""Signed HTTP between nodes: every control request and every reply carries the cluster secret's
+signature (`tandem.cluster.auth`), so a node of another cluster can neither command nor mislead."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+
+from tandem.cluster.auth import AuthError, sign_request, verify_request
+from tandem.errors import TandemError
+
+REPLY_METHOD = "REPLY"  # replies are signed over this pseudo-method, so a request can't pass as one
+CONTROL_TIMEOUT = httpx.Timeout(10.0, connect=3.0)
+
+
+class PeerUnreachable(TandemError):
+    """A peer did not answer, answered with an error, or could not prove it holds the secret."""
+
+
+class ControlClient:
+    def __init__(self, node_id: str, secret: bytes) -> None:
+        self.node_id = node_id
+        self.secret = secret
+        self.http = httpx.AsyncClient(timeout=CONTROL_TIMEOUT)
+
+    async def close(self) -> None:
+        await self.http.aclose()
+
+    def _request_headers(self, method: str, path: str, body: bytes) -> dict[str, str]:
+        headers = sign_request(self.secret, self.node_id, method, path, body)
+        headers["Content-Type"] = "application/json"
+        return headers
+
+    async def call(
+        self, address: str, method: str, path: str, payload: Any = None, timeout: float | None = None
+    ) -> Any:
+        """Send a signed request to `address` (host:port) and return the verified JSON reply."""
+        body = b"" if payload is None else json.dumps(payload).encode()
+        try:
+            response = await self.http.request(
+                method,
+                f"http://{address}{path}",
+                content=body,
+                headers=self._request_headers(method, path, body),
+                timeout=CONTROL_TIMEOUT if timeout is None else timeout,
+            )
+        except httpx.HTTPError as error:
+            raise PeerUnreachable(f"{address} did not answer {path}: {type(error).__name__}") from None
+        try:
+            verify_request(self.secret, REPLY_METHOD, path, response.content, response.headers)
+        except AuthError as error:
+            raise PeerUnreachable(f"{address} sent an unsigned or badly signed reply: {error}") from None
+        if response.status_code >= 400:
+            detail = _error_text(response.content)
+            raise PeerUnreachable(f"{address} refused {path}: {detail}")
+        return response.json() if response.content else None
+
+    async def stream(self, address: str, path: str, payload: Any) -> AsyncIterator[dict[str, Any]]:
+        """POST a signed request and yield the JSON lines of a streamed reply."""
+        body = json.dumps(payload).encode()
+        request = self.http.build_request(
+            "POST",
+            f"http://{address}{path}",
+            content=body,
+            headers=self._request_headers("POST", path, body),
+            timeout=httpx.Timeout(None, connect=3.0),
+        )
+        try:
+            response = await self.http.send(request, stream=True)
+        except httpx.HTTPError as error:
+            raise PeerUnreachable(f"{address} did not answer {path}: {type(error).__name__}") from None
+        try:
+            if response.status_code >= 400:
+                raise PeerUnreachable(f"{address} refused {path}: {_error_text(await response.aread())}")
+            async for line in response.aiter_lines():
+                if line.strip():
+                    yield json.loads(line)
+        except httpx.HTTPError as error:
+            raise PeerUnreachable(f"the stream from {address} broke: {type(error).__name__}") from None
+        finally:
+            await response.aclose()
+
+
+def _error_text(content: bytes) -> str:
+    try:
+        data = json.loads(content)
+        return str(data.get("error") or data.get("detail") or data)
+    except (json.JSONDecodeError, AttributeError):
+        return content[:200].decode(errors="replace")
+
+
+def sign_reply(secret: bytes, node_id: str, path: str, body: bytes) -> dict[str, str]:
+    return sign_request(secret, node_id, REPLY_METHOD, path, body)

@@ -1,0 +1,272 @@
+"""Model instances: launching them across the cluster, stopping them, and routing requests.
+
+Launch (coordinator): place the model, record the instance, start rank 0 on its node (which
+reports the port of the process group's rendezvous), then every other rank. Runners report
+ready or failed to their node, which reports to the coordinator. Requests for an instance go to
+the node of its rank-0 runner; tokens stream back to whichever node took the request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from tandem.cluster.placement import DeviceAddress, Infeasible, PlacementRequest, place
+from tandem.cluster.shapes import shape_from_model_config
+from tandem.cluster.state import Instance, InstanceCreated, InstanceRemoved, MasterAddressSet, RunnerState
+from tandem.engine.config import load_model_config
+from tandem.engine.engine import DEFAULT_MAX_PREFILL_TOKENS
+from tandem.engine.local import context_size
+from tandem.errors import InvalidRequestError, TandemError
+from tandem.node.codec import to_jsonable
+from tandem.node.control import PeerUnreachable
+from tandem.runner.spec import RunnerSpec
+from tandem.store.resolve import resolve_model_dir
+
+log = logging.getLogger("tandem.instances")
+
+DEFAULT_SEQUENCES = 8
+ORPHAN_GRACE_SECONDS = 15.0  # a runner whose instance this node has not yet heard of may be new
+TERMINAL_EVENTS = ("rejected", "finished", "error")
+
+
+class UnknownInstance(TandemError):
+    """No instance with that id (HTTP 404)."""
+
+
+def is_terminal(event: dict[str, Any]) -> bool:
+    return event.get("event") in TERMINAL_EVENTS or "finish_reason" in event
+
+
+def parse_devices(values: list[Any] | None) -> tuple[DeviceAddress, ...] | None:
+    """Forced devices as "node_id/device" strings or [node_id, device] pairs."""
+    if not values:
+        return None
+    devices = []
+    for value in values:
+        node_id, _, device = value.partition("/") if isinstance(value, str) else (value[0], "/", value[1])
+        if not node_id or not device:
+            raise InvalidRequestError(
+                f"devices entries look like NODE_ID/cpu or NODE_ID/cuda:0, not {value!r}"
+            )
+        devices.append(DeviceAddress(str(node_id), str(device)))
+    return tuple(devices)
+
+
+class InstanceManager:
+    def __init__(self, node: Any) -> None:
+        self.node = node
+        self._runner_started: dict[str, float] = {}
+
+    # --- launching (any node asks; the coordinator decides) -----------------------------------
+
+    async def launch(self, request: dict[str, Any]) -> dict[str, Any]:
+        if not self.node.is_coordinator:
+            address = self.node.address_of(self.node.coordinator)
+            launched = await self.node.control.call(
+                address, "POST", "/internal/instances", request, timeout=600
+            )
+            await self.node.refresh_state()
+            return launched
+        instance = await self._launch_as_coordinator(request)
+        if request.get("wait"):
+            instance = await self.wait_until_settled(instance.instance_id)
+        return to_jsonable(instance)
+
+    def plan(self, request: dict[str, Any]):
+        """The placement a launch request would get now (Placement or Infeasible)."""
+        model = str(request.get("model") or "")
+        if not model:
+            raise InvalidRequestError("name a model: a checkpoint directory or 'demo'")
+        config = load_model_config(resolve_model_dir(model))
+        context = context_size(request.get("context"), config.max_position_embeddings)
+        placement_request = PlacementRequest(
+            context_length=context,
+            num_sequences=int(request.get("sequences") or DEFAULT_SEQUENCES),
+            devices=parse_devices(request.get("devices")),
+            min_stages=int(request.get("min_stages") or 1),
+        )
+        return place(shape_from_model_config(config, model), self.node.state.topology(), placement_request)
+
+    async def _launch_as_coordinator(self, request: dict[str, Any]) -> Instance:
+        placement = self.plan(request)
+        if isinstance(placement, Infeasible):
+            raise InvalidRequestError(f"cannot place {request['model']}: {placement.reason}")
+        instance_id = secrets.token_hex(4)
+        runners = tuple(
+            RunnerState(rank, stage.members[0].node_id, stage.members[0].torch_device, stage.layers)
+            for rank, stage in enumerate(placement.stages)
+        )
+        instance = Instance(
+            instance_id=instance_id,
+            model=str(request["model"]),
+            placement=placement,
+            runners=runners,
+            max_context=placement.request.context_length,
+            num_slots=placement.request.num_sequences,
+        )
+        self.node.apply(InstanceCreated(instance))
+        log.info("launching %s as %s:\n%s", instance.model, instance_id, "\n".join(placement.explain()))
+        try:
+            driver_host = self.node.address_of(runners[0].node_id).rsplit(":", 1)[0]
+            reply = await self._start_runner(instance, 0, master_host=driver_host, master_port=0)
+            master = f"{driver_host}:{reply['port']}" if len(runners) > 1 else None
+            if master is not None:
+                self.node.apply(MasterAddressSet(instance_id, master))
+                await asyncio.gather(
+                    *(
+                        self._start_runner(instance, rank, driver_host, int(reply["port"]))
+                        for rank in range(1, len(runners))
+                    )
+                )
+        except TandemError as error:
+            await self.node.submit_runner_report(
+                {
+                    "instance_id": instance_id,
+                    "rank": 0,
+                    "status": "failed",
+                    "parameter_bytes": None,
+                    "message": str(error),
+                }
+            )
+        return self.node.state.instance(instance_id) or instance
+
+    async def _start_runner(self, instance: Instance, rank: int, master_host: str, master_port: int) -> dict:
+        runner = instance.runners[rank]
+        spec = RunnerSpec(
+            instance_id=instance.instance_id,
+            rank=rank,
+            world_size=len(instance.runners),
+            model_dir=instance.model,
+            layer_start=runner.layers.start,
+            layer_end=runner.layers.end,
+            num_layers=instance.placement.num_layers,
+            device=runner.device,
+            dtype=None,
+            max_context=instance.max_context,
+            num_slots=instance.num_slots,
+            max_prefill_tokens=DEFAULT_MAX_PREFILL_TOKENS,
+            backend=instance.placement.backend,  # type: ignore[arg-type]
+            master_host=master_host,
+            master_port=master_port,
+        )
+        if runner.node_id == self.node.node_id:
+            return await self.start_local_runner(spec.to_json())
+        address = self.node.address_of(runner.node_id)
+        if address is None:
+            raise PeerUnreachable(f"node {runner.node_id} is not reachable")
+        return await self.node.control.call(
+            address, "POST", "/internal/runners", {"spec": spec.to_json()}, timeout=120
+        )
+
+    async def start_local_runner(self, spec_json: str) -> dict[str, Any]:
+        """Start a runner here; for rank 0 of a pipeline, wait for its rendezvous port."""
+        spec = RunnerSpec.from_json(spec_json)
+        spec = RunnerSpec(
+            **{
+                **spec.__dict__,
+                "model_dir": str(resolve_model_dir(spec.model_dir)),
+                "threads": self.node.options.runner_threads,
+            }
+        )
+        runner = await self.node.supervisor.start(spec)
+        self._runner_started[spec.instance_id] = time.monotonic()
+        if spec.rank == 0 and spec.world_size > 1:
+            return {"port": await asyncio.wait_for(runner.listening, timeout=120)}
+        return {}
+
+    async def wait_until_settled(self, instance_id: str, timeout: float = 600) -> Instance:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            instance = self.node.state.instance(instance_id)
+            if instance is None:
+                raise UnknownInstance(f"instance {instance_id} was removed while starting")
+            if instance.status != "launching":
+                return instance
+            await asyncio.sleep(0.2)
+        raise TandemError(f"instance {instance_id} did not start within {timeout:.0f} s")
+
+    # --- stopping -------------------------------------------------------------------------------
+
+    async def stop(self, instance_id: str) -> None:
+        if not self.node.is_coordinator:
+            address = self.node.address_of(self.node.coordinator)
+            await self.node.control.call(address, "DELETE", f"/internal/instances/{instance_id}")
+            return
+        instance = self.node.state.instance(instance_id)
+        if instance is None:
+            raise UnknownInstance(f"no instance {instance_id}")
+        self.node.apply(InstanceRemoved(instance_id))
+        await self._stop_runners_everywhere(instance)
+
+    async def _stop_runners_everywhere(self, instance: Instance) -> None:
+        for node_id in {r.node_id for r in instance.runners}:
+            if node_id == self.node.node_id:
+                await self.node.supervisor.stop_instance(instance.instance_id)
+                continue
+            address = self.node.address_of(node_id)
+            if address is not None:
+                with contextlib.suppress(PeerUnreachable):
+                    await self.node.control.call(
+                        address, "POST", "/internal/runners/stop", {"instance_id": instance.instance_id}
+                    )
+
+    async def reconcile(self) -> None:
+        """Stop local runners of instances that failed or that the cluster no longer has."""
+        for instance_id in self.node.supervisor.instance_ids():
+            instance = self.node.state.instance(instance_id)
+            young = time.monotonic() - self._runner_started.get(instance_id, 0.0) < ORPHAN_GRACE_SECONDS
+            if (instance is None and not young) or (instance is not None and instance.status == "failed"):
+                log.info(
+                    "stopping local runners of instance %s (%s)",
+                    instance_id,
+                    "failed" if instance else "no longer in the cluster",
+                )
+                await self.node.supervisor.stop_instance(instance_id)
+
+    # --- requests -------------------------------------------------------------------------------
+
+    async def ready_instance(self, instance_id: str) -> Instance:
+        instance = self.node.state.instance(instance_id)
+        if (instance is None or instance.status != "ready") and not self.node.is_coordinator:
+            await self.node.refresh_state()  # our copy may be a heartbeat behind the coordinator's
+            instance = self.node.state.instance(instance_id)
+        if instance is None:
+            raise UnknownInstance(f"no instance {instance_id}")
+        if instance.status != "ready":
+            detail = f": {instance.error}" if instance.error else ""
+            raise InvalidRequestError(f"instance {instance_id} is {instance.status}{detail}")
+        return instance
+
+    async def generate(self, instance_id: str, command: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        """Events of one request, wherever the instance's rank 0 runs. Closing the iterator early
+        (the client went away) aborts the request and frees its slot."""
+        instance = await self.ready_instance(instance_id)
+        if instance.driver_node != self.node.node_id:
+            address = self.node.address_of(instance.driver_node)
+            if address is None:
+                raise PeerUnreachable(f"node {instance.driver_node} is not reachable")
+            async for event in self.node.control.stream(
+                address, f"/internal/instances/{instance_id}/generate", command
+            ):
+                yield event
+            return
+        runner = self.node.supervisor.driver(instance_id)
+        if runner is None:
+            raise TandemError(f"instance {instance_id} has no runner on this node")
+        request_id = secrets.token_hex(8)
+        queue = await runner.submit(request_id, command)
+        done = False
+        try:
+            while not done:
+                event = await queue.get()
+                done = is_terminal(event)
+                yield event
+        finally:
+            if not done:
+                await runner.abort(request_id)

@@ -1,0 +1,272 @@
+"""The node: membership, the cluster state, and the loops that keep them current.
+
+Every node heartbeats every peer once a second (signed). Replies carry the replier's view;
+the coordinator's replies also carry its cluster state when the asker's copy is out of date.
+Only the coordinator changes the state; other nodes forward their reports to it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import time
+from dataclasses import replace
+from typing import Any
+
+from tandem import __version__
+from tandem.cluster.state import (
+    ClusterState,
+    CoordinatorChanged,
+    Event,
+    LinksMeasured,
+    NodesChanged,
+    RunnerReported,
+    apply,
+)
+from tandem.cluster.topology import DeviceInfo, NodeId, NodeInfo
+from tandem.node.codec import links_from_json, node_from_json, state_from_json, state_to_json, to_jsonable
+from tandem.node.control import ControlClient, PeerUnreachable
+from tandem.node.membership import Membership
+from tandem.node.options import HEARTBEAT_INTERVAL, LINK_MEASURE_INTERVAL, PEER_TIMEOUT, NodeOptions
+from tandem.node.profile import refresh_free_memory
+from tandem.node.supervisor import Supervisor
+
+log = logging.getLogger("tandem.node")
+
+BANDWIDTH_PROBE_BYTES = 4 * 2**20
+NODES_REFRESH_SECONDS = 5.0  # how often the coordinator republishes node reports (free memory)
+
+
+def detect_host() -> str:
+    """The address peers most likely reach this machine at (the one its default route uses)."""
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.connect(("192.0.2.1", 9))  # a documentation address: nothing is sent
+            return probe.getsockname()[0]
+    except OSError:
+        return "127.0.0.1"
+
+
+class Node:
+    def __init__(
+        self, options: NodeOptions, node_id: NodeId, secret: bytes, devices: tuple[DeviceInfo, ...]
+    ) -> None:
+        self.options = options
+        self.node_id = node_id
+        self.secret = secret
+        self.started_at = time.time()
+        host = options.advertise_host or (
+            options.host if options.host not in ("0.0.0.0", "::") else detect_host()
+        )
+        self.info = NodeInfo(
+            node_id=node_id,
+            name=options.name or socket.gethostname(),
+            address=f"{host}:{options.port}",
+            devices=devices,
+            version=__version__,
+        )
+        self.membership = Membership(node_id, self.started_at, PEER_TIMEOUT)
+        for address in options.static_peers:
+            self.membership.add_candidate(address)
+        self.state = ClusterState()
+        self.control = ControlClient(node_id, secret)
+        self.supervisor = Supervisor(self.on_runner_report)
+        self.instances: Any = None  # the InstanceManager, attached by `tandem.node.app`
+        self._nodes_published_at = 0.0
+        self._tasks: list[asyncio.Task] = []
+
+    # --- the state ----------------------------------------------------------------------------
+
+    @property
+    def coordinator(self) -> NodeId:
+        return self.membership.coordinator()
+
+    @property
+    def is_coordinator(self) -> bool:
+        return self.coordinator == self.node_id
+
+    def apply(self, event: Event) -> ClusterState:
+        """Coordinator only: change the state."""
+        self.state = apply(self.state, event)
+        return self.state
+
+    async def refresh_state(self) -> None:
+        """Fetch the coordinator's current state now instead of waiting for the next heartbeat."""
+        address = self.address_of(self.coordinator)
+        if address is None or self.is_coordinator:
+            return
+        with contextlib.suppress(PeerUnreachable):
+            state = state_from_json(await self.control.call(address, "GET", "/internal/state"))
+            if state.version >= self.state.version or state.coordinator != self.state.coordinator:
+                self.state = state
+
+    def address_of(self, node_id: NodeId) -> str | None:
+        if node_id == self.node_id:
+            return self.info.address
+        peer = self.membership.peers.get(node_id)
+        return peer.info.address if peer else None
+
+    def _alive_nodes(self) -> tuple[NodeInfo, ...]:
+        peers = sorted(self.membership.peers.values(), key=lambda p: p.info.node_id)
+        return (self.info, *(p.info for p in peers))
+
+    def _publish_as_coordinator(self, force: bool = False) -> None:
+        if self.state.coordinator != self.node_id:
+            log.info(
+                "this node is now the coordinator (continuing from state version %d)", self.state.version
+            )
+            self.apply(CoordinatorChanged(self.node_id))
+            force = True
+        alive = self._alive_nodes()
+        ids_changed = {n.node_id for n in alive} != {n.node_id for n in self.state.nodes}
+        stale = time.monotonic() - self._nodes_published_at > NODES_REFRESH_SECONDS
+        if force or ids_changed or stale:
+            self.apply(NodesChanged(alive))
+            self._nodes_published_at = time.monotonic()
+        for source, links in self._links_by_source().items():
+            current = tuple(link for link in self.state.links if link.source == source)
+            if links and set(links) != set(current):
+                self.apply(LinksMeasured(source, links))
+
+    def _links_by_source(self) -> dict[NodeId, tuple]:
+        links = {self.node_id: self.membership.measured_links()}
+        for peer in self.membership.peers.values():
+            links[peer.info.node_id] = peer.links
+        return links
+
+    # --- heartbeats ---------------------------------------------------------------------------
+
+    def heartbeat_message(self) -> dict[str, Any]:
+        known = [p.info.address for p in self.membership.peers.values()]
+        return {
+            "node": to_jsonable(self.info),
+            "started_at": self.started_at,
+            "state_version": self.state.version,
+            "known": known,
+            "links": to_jsonable(self.membership.measured_links()),
+        }
+
+    def handle_heartbeat(self, message: dict[str, Any]) -> dict[str, Any]:
+        """A verified heartbeat from a peer; the reply is this node's view (and state, if useful)."""
+        info = node_from_json(message["node"])
+        if self.membership.observe(
+            info, float(message["started_at"]), links_from_json(message.get("links", []))
+        ):
+            log.info("peer %s (%s) joined", info.node_id, info.address)
+        for address in message.get("known", []):
+            self.membership.add_candidate(str(address))
+        reply: dict[str, Any] = self.heartbeat_message()
+        if self.is_coordinator and message.get("state_version") != self.state.version:
+            reply["state"] = state_to_json(self.state)
+        return reply
+
+    def _accept_reply(self, reply: dict[str, Any], round_trip: float) -> None:
+        info = node_from_json(reply["node"])
+        if self.membership.observe(info, float(reply["started_at"]), links_from_json(reply.get("links", []))):
+            log.info("peer %s (%s) joined", info.node_id, info.address)
+        peer = self.membership.peers.get(info.node_id)
+        if peer is not None:
+            peer.record_round_trip(round_trip)
+        for address in reply.get("known", []):
+            self.membership.add_candidate(str(address))
+        if "state" in reply and info.node_id == self.coordinator:
+            self.state = state_from_json(reply["state"])
+
+    async def _beat(self, address: str) -> None:
+        started = time.perf_counter()
+        try:
+            reply = await self.control.call(
+                address, "POST", "/internal/heartbeat", self.heartbeat_message(), timeout=PEER_TIMEOUT / 2
+            )
+        except PeerUnreachable as error:
+            if address in self.membership.candidates:
+                log.debug("candidate %s: %s", address, error)
+            else:
+                log.warning("%s", error)
+            return
+        self._accept_reply(reply, time.perf_counter() - started)
+
+    async def heartbeat_forever(self) -> None:
+        while True:
+            targets = {p.info.address for p in self.membership.peers.values()} | set(
+                self.membership.candidates
+            )
+            await asyncio.gather(*(self._beat(address) for address in targets))
+            for peer in self.membership.expire():
+                log.info(
+                    "peer %s (%s) left: nothing heard for %.0f s",
+                    peer.info.node_id,
+                    peer.info.address,
+                    PEER_TIMEOUT,
+                )
+            self.info = replace(self.info, devices=refresh_free_memory(self.info.devices))
+            if self.is_coordinator:
+                self._publish_as_coordinator()
+                if self.instances is not None:
+                    await self.instances.reconcile()
+            await asyncio.sleep(HEARTBEAT_INTERVAL)
+
+    async def measure_links_forever(self) -> None:
+        while True:
+            for peer in list(self.membership.peers.values()):
+                started = time.perf_counter()
+                try:
+                    await self.control.call(
+                        peer.info.address, "GET", f"/internal/blob?bytes={BANDWIDTH_PROBE_BYTES}"
+                    )
+                except PeerUnreachable:
+                    continue
+                elapsed = time.perf_counter() - started
+                peer.bandwidth = BANDWIDTH_PROBE_BYTES / max(
+                    elapsed - min(peer.round_trips, default=0.0), 1e-6
+                )
+            await asyncio.sleep(LINK_MEASURE_INTERVAL if self.membership.peers else HEARTBEAT_INTERVAL)
+
+    # --- runner reports -----------------------------------------------------------------------
+
+    async def on_runner_report(
+        self, instance_id: str, rank: int, status: str, parameter_bytes: int | None, message: str | None
+    ) -> None:
+        report = {
+            "instance_id": instance_id,
+            "rank": rank,
+            "status": status,
+            "parameter_bytes": parameter_bytes,
+            "message": message,
+        }
+        log.info("runner %s rank %d: %s%s", instance_id, rank, status, f" ({message})" if message else "")
+        await self.submit_runner_report(report)
+
+    async def submit_runner_report(self, report: dict[str, Any]) -> None:
+        for _ in range(int(PEER_TIMEOUT * 2)):
+            if self.is_coordinator:
+                self.apply(RunnerReported(**report))
+                return
+            address = self.address_of(self.coordinator)
+            if address is not None:
+                with contextlib.suppress(PeerUnreachable):
+                    await self.control.call(address, "POST", "/internal/runner-report", report)
+                    return
+            await asyncio.sleep(0.5)  # the coordinator may be changing; try the next one
+        log.error(
+            "could not report runner %s rank %s to any coordinator", report["instance_id"], report["rank"]
+        )
+
+    # --- lifecycle ----------------------------------------------------------------------------
+
+    def start_background(self) -> None:
+        self._tasks = [
+            asyncio.create_task(self.heartbeat_forever()),
+            asyncio.create_task(self.measure_links_forever()),
+        ]
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self.supervisor.stop_all()
+        await self.control.close()

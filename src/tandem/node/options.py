@@ -1,0 +1,27 @@
+"""A node's settings, from the command line (and the environment, through `tandem.settings`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DEFAULT_PORT = 52525
+HEARTBEAT_INTERVAL = 1.0  # seconds between heartbeats to each peer
+PEER_TIMEOUT = 5.0  # a peer not heard from for this long has left
+LINK_MEASURE_INTERVAL = 30.0  # seconds between link measurements to each peer
+
+
+@dataclass(frozen=True)
+class NodeOptions:
+    data_dir: Path
+    host: str = "0.0.0.0"  # address the HTTP server binds
+    port: int = DEFAULT_PORT
+    advertise_host: str | None = None  # what peers use to reach this node; None: detected
+    name: str | None = None
+    secret: str | None = None  # --secret; else TANDEM_SECRET or the secret file
+    static_peers: tuple[str, ...] = ()
+    discovery_interfaces: tuple[str, ...] | None = None  # None: every interface; (): mDNS off
+    devices: tuple[str, ...] | None = None  # torch device names this node may use; None: all
+    runner_threads: int | None = None  # CPU threads per runner process
+    remeasure: bool = False
+    extra: dict = field(default_factory=dict)

@@ -1,0 +1,120 @@
+"""What this machine has: its devices, with matrix throughput and memory bandwidth measured once.
+
+The measurements take a second or two per device at a node's first start and are cached in the
+data directory, keyed by the hardware they describe; free memory is read fresh every time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import psutil
+import torch
+
+from tandem.cluster.topology import DeviceInfo
+
+CACHE_FILE = "profile.json"
+
+
+def _median_seconds(work: Callable[[], None], synchronize: Callable[[], None], repeats: int) -> float:
+    work()  # warm-up: first-call allocations and kernel selection stay out of the timing
+    synchronize()
+    samples = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        work()
+        synchronize()
+        samples.append(time.perf_counter() - started)
+    return sorted(samples)[len(samples) // 2]
+
+
+def measure_device(device: torch.device) -> tuple[float, float]:
+    """(matmul FLOP/s, copy bandwidth in bytes read + written per second) of one device."""
+    if device.type == "cuda":
+        size, dtype, copy_bytes = 4096, torch.bfloat16, 512 * 2**20
+        synchronize = lambda: torch.cuda.synchronize(device)  # noqa: E731
+    else:
+        size, dtype, copy_bytes = 512, torch.float32, 64 * 2**20
+        synchronize = lambda: None  # noqa: E731
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+    flops = 2 * size**3 / _median_seconds(lambda: torch.mm(a, b), synchronize, repeats=5)
+    source = torch.empty(copy_bytes, dtype=torch.uint8, device=device).random_(0, 255)
+    target = torch.empty_like(source)
+    bandwidth = 2 * copy_bytes / _median_seconds(lambda: target.copy_(source), synchronize, repeats=5)
+    return flops, bandwidth
+
+
+def cpu_name() -> str:
+    name = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{name} ({os.cpu_count()} cores)"
+
+
+def _load_cache(path: Path) -> dict[str, list[float]]:
+    try:
+        data = json.loads(path.read_text())
+        return {k: v for k, v in data.items() if isinstance(v, list) and len(v) == 2}
+    except (OSError, json.JSONDecodeError, AttributeError):
+        return {}
+
+
+def profile_devices(
+    data_dir: Path, allowed: list[str] | None = None, remeasure: bool = False
+) -> tuple[DeviceInfo, ...]:
+    """This machine's devices (`allowed` torch names such as ["cpu", "cuda:0"]; None for all)."""
+    cache_path = data_dir / CACHE_FILE
+    cache = {} if remeasure else _load_cache(cache_path)
+    found: list[tuple[torch.device, str, int, int]] = []
+    if torch.cuda.is_available():
+        for index in range(torch.cuda.device_count()):
+            free, total = torch.cuda.mem_get_info(index)
+            found.append((torch.device("cuda", index), torch.cuda.get_device_name(index), total, free))
+    memory = psutil.virtual_memory()
+    found.append((torch.device("cpu"), cpu_name(), memory.total, memory.available))
+    devices = []
+    for device, name, total, free in found:
+        torch_name = "cpu" if device.type == "cpu" else f"cuda:{device.index}"
+        if allowed is not None and torch_name not in allowed:
+            continue
+        key = f"{torch_name}|{name}|{total}"
+        if key not in cache:
+            cache[key] = list(measure_device(device))
+        flops, bandwidth = cache[key]
+        devices.append(
+            DeviceInfo(
+                kind="cpu" if device.type == "cpu" else "cuda",
+                index=device.index or 0,
+                name=name,
+                memory_total=total,
+                memory_free=free,
+                matmul_flops=flops,
+                memory_bandwidth=bandwidth,
+            )
+        )
+    data_dir.mkdir(parents=True, exist_ok=True)
+    cache_path.write_text(json.dumps(cache, indent=2))
+    return tuple(devices)
+
+
+def refresh_free_memory(devices: tuple[DeviceInfo, ...]) -> tuple[DeviceInfo, ...]:
+    """The same devices with free memory read now (measurements unchanged)."""
+    refreshed = []
+    for device in devices:
+        if device.kind == "cuda":
+            free, _ = torch.cuda.mem_get_info(device.index)
+        else:
+            free = psutil.virtual_memory().available
+        refreshed.append(DeviceInfo(**{**device.__dict__, "memory_free": free}))
+    return tuple(refreshed)

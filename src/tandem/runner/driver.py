@@ -1,0 +1,130 @@
+"""Rank 0's request loop: commands from the node in, token events out (JSON lines).
+
+Commands (node → runner, one JSON object per line on stdin):
+  {"op": "generate", "request_id": str, "prompt": str | "messages": [...] | "prompt_ids": [...],
+   "params": {SamplingParams fields}}
+  {"op": "abort", "request_id": str}
+  {"op": "shutdown"}
+Events (runner → node, stdout): see `emit` calls; every event names its request when it has one.
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import sys
+import threading
+from collections.abc import Callable
+from typing import Any, TextIO
+
+from tandem.engine.engine import LLMEngine, TokenEvent
+from tandem.engine.sampling_params import SamplingParams
+from tandem.errors import TandemError
+
+Emit = Callable[[dict[str, Any]], None]
+
+
+def line_emitter(stream: TextIO) -> Emit:
+    lock = threading.Lock()
+
+    def emit(event: dict[str, Any]) -> None:
+        with lock:
+            stream.write(json.dumps(event) + "\n")
+            stream.flush()
+
+    return emit
+
+
+def read_commands(stream: TextIO, commands: queue.Queue) -> None:
+    """Reader thread: parse stdin lines into the queue; end of input means shut down."""
+    for line in stream:
+        line = line.strip()
+        if line:
+            try:
+                commands.put(json.loads(line))
+            except json.JSONDecodeError:
+                print(f"runner: ignoring a malformed command line: {line[:80]}", file=sys.stderr)
+    commands.put({"op": "shutdown"})
+
+
+def prompt_ids_of(engine: LLMEngine, command: dict[str, Any]) -> list[int]:
+    tokenizer = engine.tokenizer
+    if "prompt_ids" in command:
+        return [int(t) for t in command["prompt_ids"]]
+    if tokenizer is None:
+        raise TandemError("this model has no tokenizer; send prompt_ids")
+    if "messages" in command:
+        return tokenizer.encode_chat(command["messages"])
+    return tokenizer.encode(str(command.get("prompt", "")))
+
+
+class Driver:
+    """Feeds commands to the engine and its events back to the node."""
+
+    def __init__(self, engine: LLMEngine, emit: Emit) -> None:
+        self.engine = engine
+        self.emit = emit
+        self.request_of: dict[int, str] = {}  # seq_id -> request_id
+        self.seq_of: dict[str, int] = {}
+
+    def handle(self, command: dict[str, Any]) -> bool:
+        """Apply one command; False when it asks the loop to stop."""
+        op = command.get("op")
+        if op == "shutdown":
+            return False
+        request_id = str(command.get("request_id", ""))
+        if op == "generate":
+            self._generate(request_id, command)
+        elif op == "abort" and request_id in self.seq_of:
+            seq_id = self.seq_of.pop(request_id)
+            self.request_of.pop(seq_id, None)
+            self.engine.abort(seq_id)
+            self.emit({"event": "finished", "request_id": request_id, "finish_reason": "abort"})
+        return True
+
+    def _generate(self, request_id: str, command: dict[str, Any]) -> None:
+        try:
+            params = SamplingParams.from_dict(command.get("params") or {})
+            prompt_ids = prompt_ids_of(self.engine, command)
+            seq_id = self.engine.add_request(prompt_ids, params)
+        except (TandemError, TypeError, ValueError) as error:
+            self.emit({"event": "rejected", "request_id": request_id, "message": str(error)})
+            return
+        self.request_of[seq_id] = request_id
+        self.seq_of[request_id] = seq_id
+        self.emit({"event": "accepted", "request_id": request_id, "prompt_tokens": len(prompt_ids)})
+
+    def publish(self, event: TokenEvent) -> None:
+        request_id = self.request_of.get(event.seq_id)
+        if request_id is None:
+            return
+        message: dict[str, Any] = {
+            "event": "token",
+            "request_id": request_id,
+            "token_id": event.token_id,
+            "text": event.text,
+        }
+        if event.logprob is not None:
+            message["logprob"] = event.logprob
+            message["top_logprobs"] = event.top_logprobs
+        if event.finish_reason is not None:
+            message["finish_reason"] = str(event.finish_reason)
+            self.request_of.pop(event.seq_id, None)
+            self.seq_of.pop(request_id, None)
+        self.emit(message)
+
+    def run(self, commands: queue.Queue) -> None:
+        while True:
+            try:
+                command = commands.get(block=not self.engine.has_work())
+            except queue.Empty:
+                command = None
+            while command is not None:
+                if not self.handle(command):
+                    return
+                try:
+                    command = commands.get_nowait()
+                except queue.Empty:
+                    command = None
+            for event in self.engine.step():
+                self.publish(event)

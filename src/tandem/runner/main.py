@@ -1,0 +1,140 @@
+"""Runner process entry point: `python -m tandem.runner SPEC_JSON`.
+
+Joins the instance's process group, loads its stage, reports `ready`, then serves: rank 0 takes
+requests from stdin, the other ranks follow rank 0's plans. Logs go to stderr.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import socket
+import sys
+import threading
+import traceback
+from datetime import timedelta
+
+import psutil
+import torch
+import torch.distributed as dist
+
+from tandem.engine.device import resolve_device, resolve_dtype
+from tandem.engine.engine import LLMEngine
+from tandem.engine.executor import LocalExecutor
+from tandem.engine.loader import load_stage, parameter_bytes
+from tandem.engine.model_runner import ModelRunner
+from tandem.engine.tokenizer import Tokenizer
+from tandem.errors import TandemError
+from tandem.runner.driver import Driver, Emit, line_emitter, read_commands
+from tandem.runner.pipeline import PipelineExecutor, serve_stage
+from tandem.runner.spec import RunnerSpec
+from tandem.runner.wire import Wire
+
+JOIN_TIMEOUT = timedelta(minutes=10)  # loading a large stage from disk can take minutes
+
+
+def interface_towards(host: str) -> str | None:
+    """The name of the local network interface that traffic to `host` leaves through."""
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.connect((host, 9))  # UDP connect sends nothing; it only picks a route
+            local_ip = probe.getsockname()[0]
+    except OSError:
+        return None
+    for name, addresses in psutil.net_if_addrs().items():
+        if any(a.family == socket.AF_INET and a.address == local_ip for a in addresses):
+            return name
+    return None
+
+
+def join_group(spec: RunnerSpec, emit: Emit) -> None:
+    interface = interface_towards(spec.master_host)
+    if interface:
+        # gloo and NCCL otherwise pick an interface from the host name, which may not reach peers.
+        os.environ.setdefault("GLOO_SOCKET_IFNAME", interface)
+        os.environ.setdefault("NCCL_SOCKET_IFNAME", interface)
+    if spec.is_driver:
+        store = dist.TCPStore(
+            spec.master_host,
+            spec.master_port,
+            spec.world_size,
+            is_master=True,
+            timeout=JOIN_TIMEOUT,
+            wait_for_workers=False,
+        )
+        emit({"event": "listening", "port": store.port})
+    else:
+        store = dist.TCPStore(
+            spec.master_host, spec.master_port, spec.world_size, is_master=False, timeout=JOIN_TIMEOUT
+        )
+    dist.init_process_group(
+        spec.backend, store=store, rank=spec.rank, world_size=spec.world_size, timeout=JOIN_TIMEOUT
+    )
+
+
+def run(spec: RunnerSpec, emit: Emit) -> None:
+    if spec.threads:
+        torch.set_num_threads(spec.threads)
+    device = resolve_device(spec.device)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    dtype = resolve_dtype(spec.dtype, device)
+    if spec.world_size > 1:
+        join_group(spec, emit)
+    model = load_stage(spec.model_dir, spec.stage, device, dtype)
+    runner = ModelRunner(model, spec.num_slots, spec.max_context)
+    emit(
+        {
+            "event": "ready",
+            "rank": spec.rank,
+            "parameter_bytes": parameter_bytes(model),
+            "kv_cache_bytes": runner.kv_cache.bytes(),
+            "layers": [spec.layer_start, spec.layer_end],
+        }
+    )
+    wire = Wire(device if spec.backend == "nccl" else torch.device("cpu"))
+    if not spec.is_driver:
+        serve_stage(runner, wire, spec.rank, spec.world_size)
+        return
+    tokenizer = Tokenizer(spec.model_dir)
+    if spec.world_size > 1:
+        executor = PipelineExecutor(runner, wire, spec.world_size)
+    else:
+        executor = LocalExecutor(runner)
+    engine = LLMEngine(
+        executor,
+        tokenizer,
+        tokenizer.eos_token_ids,
+        spec.max_context,
+        spec.num_slots,
+        spec.max_prefill_tokens,
+    )
+    commands: queue.Queue = queue.Queue()
+    threading.Thread(target=read_commands, args=(sys.stdin, commands), daemon=True).start()
+    try:
+        Driver(engine, emit).run(commands)
+    finally:
+        if isinstance(executor, PipelineExecutor):
+            executor.shutdown()
+
+
+def main() -> int:
+    emit = line_emitter(sys.stdout)
+    try:
+        spec = RunnerSpec.from_json(sys.argv[1])
+        run(spec, emit)
+    except TandemError as error:
+        emit({"event": "failed", "message": str(error)})
+        return 1
+    except Exception as error:  # report the cause to the node in one line, the detail to the log
+        traceback.print_exc()
+        emit({"event": "failed", "message": f"{type(error).__name__}: {error}"})
+        return 1
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
