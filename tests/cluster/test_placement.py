@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 from itertools import pairwise
+from pathlib import Path
 
 import pytest
 
@@ -264,3 +268,13 @@ def test_a_hundred_node_mixed_cluster_plans_deepseek_v3_in_well_under_a_second()
     assert_covers_all_layers(result, shape.num_layers)
     assert elapsed < 1.0, f"placement took {elapsed:.2f} s"
     assert all(member.torch_device.startswith("cuda") for stage in result.stages for member in stage.members)
+
+
+def test_placement_imports_no_torch():
+    code = (
+        "import sys, tandem.cluster.placement, tandem.cluster.topology_file, tandem.cli.place; "
+        "sys.exit('torch' in sys.modules)"
+    )
+    src = str(Path(__file__).parents[2] / "src")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}
+    assert subprocess.run([sys.executable, "-c", code], env=env, timeout=60).returncode == 0

@@ -13,6 +13,7 @@ from tandem.errors import TandemError
 # name -> (module under tandem.cli, one-line help)
 COMMANDS = {
     "generate": ("generate", "generate text from a model on this machine"),
+    "place": ("place", "plan how a model splits over a cluster described by a topology file"),
 }
 
 
