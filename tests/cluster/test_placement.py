@@ -201,6 +201,18 @@ def test_ring_order_follows_the_cheap_links():
     assert sum(stage.send_seconds for stage in placement.stages) == pytest.approx(4 * fast_hop)
 
 
+def test_the_ring_starts_elsewhere_when_its_ends_cannot_take_the_embedding_and_head():
+    # 2 GB layers, a 1 GB embedding and a 1 GB head. Starting at the fastest node, its 4 GB GPU
+    # would carry the embedding and hold one layer, leaving five layers for 2 × 5.2 GB: too few.
+    shape = uniform_shape(num_layers=6, kv_elements=0, embedding_parameters=500_000_000, hidden_size=0)
+    first = node("first", gpu(4, 3000, index=0), gpu(5.2, 2000, index=1))
+    topology = cluster(first, node("second", gpu(5.2, 1000)))
+    placement = placed(shape, topology, exact())
+    members = [stage.members[0] for stage in placement.stages]
+    assert members == [("second", "cuda:0"), ("first", "cuda:0"), ("first", "cuda:1")]
+    assert [len(stage.layers) for stage in placement.stages] == [2, 2, 2]
+
+
 def test_an_unmeasured_link_is_assumed_slow_and_noted():
     topology = Topology(nodes=(node("a", gpu(14, 1000)), node("b", gpu(14, 1000))))
     placement = placed(SHAPE, topology, exact())
