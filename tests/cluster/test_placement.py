@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 from itertools import pairwise
+from pathlib import Path
 
 import pytest
 
@@ -197,6 +201,18 @@ def test_ring_order_follows_the_cheap_links():
     assert sum(stage.send_seconds for stage in placement.stages) == pytest.approx(4 * fast_hop)
 
 
+def test_the_ring_starts_elsewhere_when_its_ends_cannot_take_the_embedding_and_head():
+    # 2 GB layers, a 1 GB embedding and a 1 GB head. Starting at the fastest node, its 4 GB GPU
+    # would carry the embedding and hold one layer, leaving five layers for 2 × 5.2 GB: too few.
+    shape = uniform_shape(num_layers=6, kv_elements=0, embedding_parameters=500_000_000, hidden_size=0)
+    first = node("first", gpu(4, 3000, index=0), gpu(5.2, 2000, index=1))
+    topology = cluster(first, node("second", gpu(5.2, 1000)))
+    placement = placed(shape, topology, exact())
+    members = [stage.members[0] for stage in placement.stages]
+    assert members == [("second", "cuda:0"), ("first", "cuda:0"), ("first", "cuda:1")]
+    assert [len(stage.layers) for stage in placement.stages] == [2, 2, 2]
+
+
 def test_an_unmeasured_link_is_assumed_slow_and_noted():
     topology = Topology(nodes=(node("a", gpu(14, 1000)), node("b", gpu(14, 1000))))
     placement = placed(SHAPE, topology, exact())
@@ -264,3 +280,13 @@ def test_a_hundred_node_mixed_cluster_plans_deepseek_v3_in_well_under_a_second()
     assert_covers_all_layers(result, shape.num_layers)
     assert elapsed < 1.0, f"placement took {elapsed:.2f} s"
     assert all(member.torch_device.startswith("cuda") for stage in result.stages for member in stage.members)
+
+
+def test_placement_imports_no_torch():
+    code = (
+        "import sys, tandem.cluster.placement, tandem.cluster.topology_file, tandem.cli.place; "
+        "sys.exit('torch' in sys.modules)"
+    )
+    src = str(Path(__file__).parents[2] / "src")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}
+    assert subprocess.run([sys.executable, "-c", code], env=env, timeout=60).returncode == 0

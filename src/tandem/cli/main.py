@@ -14,6 +14,7 @@ from tandem.errors import TandemError
 COMMANDS = {
     "node": ("node", "start this machine's node (the default when no command is given)"),
     "generate": ("generate", "generate text from a model on this machine"),
+    "place": ("place", "plan how a model splits over a cluster described by a topology file"),
 }
 
 

@@ -22,10 +22,10 @@ Cost model (batch-1 decode, which is bound by memory bandwidth):
 
 Rules: a model that fits on one device stays on the fastest device that holds it whole, unless a
 split over faster devices is predicted at least `SPLIT_GAIN_REQUIRED` (1.25×) faster (a 70B model
-on two GPUs rather than one big CPU box). Otherwise devices join fastest first (seconds to read the whole model), until together they
-hold every layer; they are ordered as a ring with cheap hops, and the layers are split among them
-by dynamic programming to minimize the summed time, so faster devices fill to what their memory
-allows and slower ones take the rest.
+on two GPUs rather than one big CPU box). Otherwise devices join fastest first (the least time to
+read the whole model), until together they hold every layer; they are ordered as a ring with
+cheap hops, and the layers are split among them by dynamic programming to minimize the summed
+time, so faster devices fill to what their memory allows and slower ones take the rest.
 """
 
 from __future__ import annotations

@@ -185,6 +185,8 @@ def split_layers(costs: LayerCosts, order: list[Candidate]) -> list[int] | None:
     memory only grows with it, so each inner loop stops at the first start that does not fit.
     Each device's end is also bounded by how many layers it and the others can hold at most, so
     a tight cluster explores a narrow band: about devices × spare layers × layers per device.
+    Devices with room to spare (a forced split, `min_stages`) cost up to devices × layers²:
+    30 devices × 126 layers take about 0.3 s.
     """
     n, num_layers = len(order), costs.num_layers
     capacities = [costs.max_layers(device) for device in order]

@@ -70,7 +70,8 @@ def _layer_bytes(costs: LayerCosts, device: Candidate, layer: int) -> tuple[floa
 
 def _dtype_note(usable: list[Candidate], reference: Candidate) -> str:
     others = sorted({device.weight_bytes for device in usable} - {reference.weight_bytes})
-    note = f" at {reference.weight_bytes:g} bytes per parameter"
+    unit = "byte" if reference.weight_bytes == 1 else "bytes"
+    note = f" at {reference.weight_bytes:g} {unit} per parameter"
     if others:
         note += (
             f" on {reference.kind.upper()} devices ({'/'.join(f'{size:g}' for size in others)} on the others)"
