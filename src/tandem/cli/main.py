@@ -13,8 +13,12 @@ from tandem.errors import TandemError
 # name -> (module under tandem.cli, one-line help)
 COMMANDS = {
     "node": ("node", "start this machine's node (the default when no command is given)"),
+    "run": ("run", "launch a model on the cluster and chat with it in the terminal"),
     "generate": ("generate", "generate text from a model on this machine"),
-    "place": ("place", "plan how a model splits over a cluster described by a topology file"),
+    "place": (
+        "place",
+        "place a model on the cluster (--dry-run: only print the plan; --topology: plan a cluster on paper)",
+    ),
 }
 
 

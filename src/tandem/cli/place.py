@@ -1,7 +1,8 @@
-"""`tandem place`: plan where a model's layers go on a cluster written down as a topology file.
+"""`tandem place`: plan where a model's layers go, on the live cluster or a topology file.
 
-Nothing is loaded and no torch is imported: this reads a config.json and a topology, and prints
-the plan or, with exit code 1, why no plan fits.
+`--dry-run` asks the node for the plan a launch would get now; `--topology FILE` plans a
+hypothetical cluster written down as JSON. Neither loads a model or imports torch: they print the
+plan or, with exit code 1, why no plan fits. Without either, the model is launched.
 """
 
 from __future__ import annotations
@@ -9,14 +10,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from tandem.cli.client import NodeClient, add_node_argument
 from tandem.cluster.placement import Infeasible, PlacementRequest, place
 from tandem.cluster.shapes import ModelShape, load_shape
 from tandem.cluster.topology import Topology
-from tandem.engine.config import DTYPE_BYTES
+from tandem.engine.config import DEFAULT_MAX_CONTEXT, DTYPE_BYTES, context_size
 from tandem.errors import TandemError
 
-# The context `tandem generate` allocates when none is given (engine.local, which imports torch).
-DEFAULT_CONTEXT = 4096
 DTYPES = ("auto", *DTYPE_BYTES)
 
 
@@ -24,11 +24,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "model", metavar="MODEL", help="checkpoint directory, its config.json file, or 'demo'"
     )
+    target = parser.add_mutually_exclusive_group()
+    target.add_argument(
+        "--topology", metavar="FILE", help="plan for a cluster written as a JSON file (docs/placement.md)"
+    )
+    target.add_argument(
+        "--dry-run", action="store_true", help="print the plan for the live cluster; launch nothing"
+    )
+    add_node_argument(parser)
     parser.add_argument(
-        "--topology", required=True, metavar="FILE", help="the cluster as a JSON file (docs/placement.md)"
+        "--context",
+        type=int,
+        help=f"tokens per sequence (default: the model's, at most {DEFAULT_MAX_CONTEXT})",
     )
     parser.add_argument(
-        "--context", type=int, help=f"tokens per sequence (default: the model's, at most {DEFAULT_CONTEXT})"
+        "--devices", help="live cluster: force these devices in order, NODE_ID/cpu,NODE_ID/cuda:0"
     )
     parser.add_argument(
         "--sequences", type=int, default=8, help="sequences to reserve KV cache for (default 8)"
@@ -48,11 +58,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tandem.cluster.topology_file import load_topology
+    if args.topology:
+        from tandem.cluster.topology_file import load_topology
 
-    shape = load_model_shape(args.model)
-    topology = load_topology(args.topology)
-    return print_plan(shape, topology, request_from_args(args, shape))
+        shape = load_model_shape(args.model)
+        return print_plan(shape, load_topology(args.topology), request_from_args(args, shape))
+    client = NodeClient(args.node)
+    body = {
+        "model": args.model,
+        "context": args.context,
+        "sequences": args.sequences,
+        "devices": args.devices.split(",") if args.devices else None,
+    }
+    if args.dry_run:
+        preview = client.request("POST", "/v1/placements", body)
+        if not preview["feasible"]:
+            raise TandemError(f"cannot place {args.model}: {preview['reason']}")
+        print("\n".join(preview["explain"]))
+        return 0
+    instance = client.request("POST", "/v1/instances", {**body, "wait": True})
+    if instance["status"] != "ready":
+        raise TandemError(f"instance {instance['instance_id']} failed: {instance.get('error')}")
+    print(f"instance {instance['instance_id']} is ready")
+    return 0
 
 
 def print_plan(shape: ModelShape, topology: Topology, request: PlacementRequest) -> int:
@@ -76,7 +104,7 @@ def load_model_shape(model: str) -> ModelShape:
 
 
 def request_from_args(args: argparse.Namespace, shape: ModelShape) -> PlacementRequest:
-    context = args.context if args.context is not None else min(shape.max_context, DEFAULT_CONTEXT)
+    context = context_size(args.context, shape.max_context)
     if args.dtype == "auto":
         sizes = {}
     else:

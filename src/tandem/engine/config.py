@@ -11,12 +11,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tandem.errors import ModelFormatError, UnsupportedModelError
+from tandem.errors import InvalidRequestError, ModelFormatError, UnsupportedModelError
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3")
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+DEFAULT_MAX_CONTEXT = 4096  # tokens allocated per sequence when nobody asks for a size
+
+
+def context_size(requested: int | None, model_limit: int) -> int:
+    """The context to allocate: what was asked, else the model's limit capped at the default."""
+    if requested is None:
+        return min(model_limit, DEFAULT_MAX_CONTEXT)
+    if not 1 < requested <= model_limit:
+        raise InvalidRequestError(f"context must be between 2 and the model's limit of {model_limit} tokens")
+    return requested
 
 
 @dataclass(frozen=True)

@@ -4,26 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tandem.engine.config import load_model_config
+from tandem.engine.config import context_size, load_model_config
 from tandem.engine.device import resolve_device, resolve_dtype
 from tandem.engine.engine import DEFAULT_MAX_PREFILL_TOKENS, LLMEngine
 from tandem.engine.executor import LocalExecutor
 from tandem.engine.loader import load_stage
 from tandem.engine.model_runner import ModelRunner
 from tandem.engine.tokenizer import Tokenizer
-from tandem.errors import InvalidRequestError
 
-DEFAULT_MAX_CONTEXT = 4096
 DEFAULT_NUM_SLOTS = 8
-
-
-def context_size(requested: int | None, model_limit: int) -> int:
-    """The context to allocate: what was asked, else the model's limit capped at the default."""
-    if requested is None:
-        return min(model_limit, DEFAULT_MAX_CONTEXT)
-    if not 1 < requested <= model_limit:
-        raise InvalidRequestError(f"context must be between 2 and the model's limit of {model_limit} tokens")
-    return requested
 
 
 def create_local_engine(

@@ -19,9 +19,8 @@ from typing import Any
 from tandem.cluster.placement import DeviceAddress, Infeasible, PlacementRequest, place
 from tandem.cluster.shapes import shape_from_model_config
 from tandem.cluster.state import Instance, InstanceCreated, InstanceRemoved, MasterAddressSet, RunnerState
-from tandem.engine.config import load_model_config
+from tandem.engine.config import context_size, load_model_config
 from tandem.engine.engine import DEFAULT_MAX_PREFILL_TOKENS
-from tandem.engine.local import context_size
 from tandem.errors import InvalidRequestError, TandemError
 from tandem.node.codec import to_jsonable
 from tandem.node.control import PeerUnreachable
