@@ -85,5 +85,5 @@ def test_mistakes_are_one_line_errors(tmp_path):
     assert_one_line_error(tandem_place(str(gpt2), "--topology", MACS), "model_type 'gpt2'", "kimi_k2")
     assert_one_line_error(tandem_place(str(tmp_path / "nothing"), "--topology", MACS), "not found")
     assert_one_line_error(
-        tandem_place(KIMI, "--topology", MACS, "--context", "0"), "context_length must be at least 1"
+        tandem_place(KIMI, "--topology", MACS, "--context", "0"), "context must be between 2"
     )
