@@ -257,10 +257,12 @@ class Node:
     # --- lifecycle ----------------------------------------------------------------------------
 
     def start_background(self) -> None:
-        self._tasks = [
-            asyncio.create_task(self.heartbeat_forever()),
-            asyncio.create_task(self.measure_links_forever()),
-        ]
+        self.keep_task(asyncio.create_task(self.heartbeat_forever()))
+        self.keep_task(asyncio.create_task(self.measure_links_forever()))
+
+    def keep_task(self, task: asyncio.Task) -> None:
+        """Hold a background task (so it is not garbage-collected) and cancel it on close."""
+        self._tasks.append(task)
 
     async def close(self) -> None:
         for task in self._tasks:
