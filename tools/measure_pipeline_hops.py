@@ -25,8 +25,12 @@ from tandem.store.resolve import resolve_model_dir
 
 
 def start(spec: RunnerSpec) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "tandem.runner", spec.to_json()], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "tandem.runner", spec.to_json()],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
 
 
 def read(process: subprocess.Popen) -> dict:
@@ -35,22 +39,47 @@ def read(process: subprocess.Popen) -> dict:
 
 def seconds_per_token(model_dir: str, num_layers: int, stages: int, tokens: int) -> float:
     ranges = split_evenly(num_layers, stages)
-    base = RunnerSpec(instance_id="hops", rank=0, world_size=stages, model_dir=model_dir, layer_start=0,
-                      layer_end=ranges[0].end, num_layers=num_layers, device="cpu", dtype="float32",
-                      max_context=1024, num_slots=1, max_prefill_tokens=512, threads=1)
+    base = RunnerSpec(
+        instance_id="hops",
+        rank=0,
+        world_size=stages,
+        model_dir=model_dir,
+        layer_start=0,
+        layer_end=ranges[0].end,
+        num_layers=num_layers,
+        device="cpu",
+        dtype="float32",
+        max_context=1024,
+        num_slots=1,
+        max_prefill_tokens=512,
+        threads=1,
+    )
     processes = [start(base)]
     if stages > 1:
         port = read(processes[0])["port"]
         for rank in range(1, stages):
-            processes.append(start(replace(base, rank=rank, layer_start=ranges[rank].start,
-                                           layer_end=ranges[rank].end, master_port=port)))
+            processes.append(
+                start(
+                    replace(
+                        base,
+                        rank=rank,
+                        layer_start=ranges[rank].start,
+                        layer_end=ranges[rank].end,
+                        master_port=port,
+                    )
+                )
+            )
     try:
         for process in processes:
             assert read(process)["event"] == "ready"
         samples = []
         for trial in range(3):
-            command = {"op": "generate", "request_id": str(trial), "prompt_ids": [1, 2, 3],
-                       "params": {"max_tokens": tokens, "temperature": 0, "ignore_eos": True}}
+            command = {
+                "op": "generate",
+                "request_id": str(trial),
+                "prompt_ids": [1, 2, 3],
+                "params": {"max_tokens": tokens, "temperature": 0, "ignore_eos": True},
+            }
             processes[0].stdin.write(json.dumps(command) + "\n")  # type: ignore[union-attr]
             processes[0].stdin.flush()  # type: ignore[union-attr]
             times = []
@@ -70,18 +99,22 @@ def seconds_per_token(model_dir: str, num_layers: int, stages: int, tokens: int)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--tokens", type=int, default=200)
     args = parser.parse_args()
     model_dir = str(resolve_model_dir("demo"))
     num_layers = load_model_config(model_dir).num_layers
     one = seconds_per_token(model_dir, num_layers, 1, args.tokens)
-    print(f"stages  ms/token  extra ms  hops  ms/hop")
+    print("stages  ms/token  extra ms  hops  ms/hop")
     print(f"{1:6d}  {one * 1e3:8.3f}")
     for stages in (2, 3, 4):
         seconds = seconds_per_token(model_dir, num_layers, stages, args.tokens)
         extra = seconds - one
-        print(f"{stages:6d}  {seconds * 1e3:8.3f}  {extra * 1e3:8.3f}  {stages:4d}  {extra / stages * 1e3:6.3f}")
+        print(
+            f"{stages:6d}  {seconds * 1e3:8.3f}  {extra * 1e3:8.3f}  {stages:4d}  {extra / stages * 1e3:6.3f}"
+        )
 
 
 if __name__ == "__main__":

@@ -13,6 +13,11 @@ def debug() -> bool:
     return os.environ.get("TANDEM_DEBUG", "") not in ("", "0")
 
 
+def eager_only() -> bool:
+    """TANDEM_EAGER=1 runs CUDA without Triton kernels or CUDA graphs (for comparisons)."""
+    return os.environ.get("TANDEM_EAGER", "") not in ("", "0")
+
+
 def data_dir() -> Path:
     """Where a node keeps its identity, secret and caches: TANDEM_HOME, else the XDG data dir."""
     explicit = os.environ.get("TANDEM_HOME")

@@ -15,15 +15,34 @@ from nodes import TEST_SECRET, wait_for
 
 SOURCE = str(Path(tandem.__file__).resolve().parents[1])
 PORT = 52525
-PEEK = "import json, sys, urllib.request; print(urllib.request.urlopen(sys.argv[1], timeout=3).read().decode())"
+PEEK = (
+    "import json, sys, urllib.request; print(urllib.request.urlopen(sys.argv[1], timeout=3).read().decode())"
+)
 
 
 def start_node(host, tmp_path: Path, secret: str):
     log = (tmp_path / f"{host.name}.log").open("w")
-    environment = {**{k: v for k, v in os.environ.items() if not k.startswith("TANDEM_")},
-                   "PYTHONPATH": SOURCE, "TANDEM_SECRET": secret}
-    command = [sys.executable, "-m", "tandem.cli.main", "node", "--host", host.address, "--port", str(PORT),
-               "--discovery", host.address, "--devices", "cpu", "--data-dir", str(tmp_path / host.name)]
+    environment = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("TANDEM_")},
+        "PYTHONPATH": SOURCE,
+        "TANDEM_SECRET": secret,
+    }
+    command = [
+        sys.executable,
+        "-m",
+        "tandem.cli.main",
+        "node",
+        "--host",
+        host.address,
+        "--port",
+        str(PORT),
+        "--discovery",
+        host.address,
+        "--devices",
+        "cpu",
+        "--data-dir",
+        str(tmp_path / host.name),
+    ]
     host.popen(command, env=environment, stdout=log, stderr=subprocess.STDOUT)
     return tmp_path / f"{host.name}.log"
 
@@ -41,7 +60,10 @@ def test_nodes_on_a_lan_discover_each_other_and_refuse_another_cluster(make_lan,
 
     def everyone_sees_three() -> bool:
         views = [cluster_seen_from(host) for host in members]
-        return all(len(view.get("nodes", [])) == 3 for view in views) and len({v["coordinator"] for v in views}) == 1
+        return (
+            all(len(view.get("nodes", [])) == 3 for view in views)
+            and len({v["coordinator"] for v in views}) == 1
+        )
 
     wait_for(everyone_sees_three, timeout=40, interval=1.0, what="three nodes to discover each other")
     addresses = {node["address"] for node in cluster_seen_from(members[0])["nodes"]}

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Everything the lent GPU machine runs, in one call: `tools/gpu/run.sh TASK...` from the repo root.
-# Tasks: env, correctness (engine tests on CUDA in float32 and bfloat16), demo (train the demo model
-# from build/demo-data, carried with the call), bench (see docs/benchmarks.md).
+# Tasks: env; correctness (kernel and engine tests on CUDA in float32 and bfloat16); bench (llama3-8b
+# with the transformers baseline, see docs/benchmarks.md); demo (train the demo model from
+# build/demo-data, carried with the call).
 # Logs and results go to $OUT (or ./artifacts/gpu when run elsewhere).
 set -uo pipefail
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1

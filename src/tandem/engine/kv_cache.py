@@ -7,44 +7,13 @@ sequences of different lengths without padding bookkeeping.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
-
-@dataclass
-class AttentionBatch:
-    """What every attention layer needs to know about the tokens in one forward pass."""
-
-    positions: torch.Tensor  # [B, T] position of each token in its sequence
-    slots: torch.Tensor  # [B] cache row of each sequence
-    kv_length: int  # cache positions [0, kv_length) are attended
-    cos: torch.Tensor  # [B, T, head_dim]
-    sin: torch.Tensor  # [B, T, head_dim]
-    masks: dict[int | None, torch.Tensor]  # sliding window (None: full) -> [B, 1, T, kv_length] bool
-    contiguous_slots: tuple[int, int] | None = None  # (first, end) when slots are a plain range
-
-
-def attention_masks(
-    positions: torch.Tensor, kv_length: int, windows: set[int | None]
-) -> dict[int | None, torch.Tensor]:
-    """Boolean masks (True = attend): key j is visible to a query at position p when j <= p,
-    and, under a sliding window w, when p - j < w."""
-    keys = torch.arange(kv_length, device=positions.device)  # [S]
-    queries = positions[:, None, :, None]  # [B, 1, T, 1]
-    causal = keys <= queries  # [B, 1, T, S]
-    masks: dict[int | None, torch.Tensor] = {}
-    for window in windows:
-        masks[window] = causal if window is None else causal & (queries - keys < window)
-    return masks
-
-
-def slot_range(slots: list[int]) -> tuple[int, int] | None:
-    """(first, end) when `slots` is an ascending run of consecutive integers, else None."""
-    if slots and slots == list(range(slots[0], slots[0] + len(slots))):
-        return slots[0], slots[0] + len(slots)
-    return None
+if TYPE_CHECKING:
+    from tandem.engine.attention import AttentionBatch
 
 
 class KVCache:
@@ -73,12 +42,12 @@ class KVCache:
         """A cache shaped for the attention layers `model` holds (after any tensor-parallel split)."""
         layers = model.attention_layers()  # type: ignore[operator]
         first = next(iter(layers.values()))
-        parameter = first.k_proj.weight
+        parameter = first.o_proj.weight
         return cls(
             layer_indices=list(layers),
             num_slots=num_slots,
             max_length=max_length,
-            num_kv_heads=first.k_proj.out_features // first.head_dim,
+            num_kv_heads=first.local_kv_heads,
             head_dim=first.head_dim,
             dtype=parameter.dtype,
             device=parameter.device,

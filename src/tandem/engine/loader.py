@@ -85,6 +85,7 @@ def load_stage(
     model = build_empty_model(config, stage)
     load_weights(model, config, checkpoint, device, dtype)
     model.reset_buffers(device)
+    model.fuse_projections()
     checkpoint.close()
     return model.eval()
 

@@ -1,20 +1,34 @@
-"""Runs one stage of a model for a step plan: builds the input tensors, owns the KV cache."""
+"""Runs one stage of a model for a step plan: builds the input tensors, owns the KV cache, and
+on CUDA replays captured graphs for decode steps."""
 
 from __future__ import annotations
 
 import torch
 
+from tandem.engine import ops
+from tandem.engine.attention import slot_range
 from tandem.engine.kv_cache import KVCache
 from tandem.engine.models.llama import CausalLM
 from tandem.engine.sequence import StepPlan
 
 
 class ModelRunner:
-    def __init__(self, model: CausalLM, num_slots: int, max_context: int) -> None:
+    def __init__(
+        self, model: CausalLM, num_slots: int, max_context: int, use_graphs: bool | None = None
+    ) -> None:
         self.model = model
         self.device = next(model.parameters()).device
         self.max_context = max_context
-        self.kv_cache = KVCache.for_model(model, num_slots, max_context)
+        self.num_slots = num_slots
+        if use_graphs is None:
+            use_graphs = self.device.type == "cuda" and ops.kernels_available()
+        # Graphs pad a batch up to a bucket; the padding rows write to one extra, scratch slot.
+        self.kv_cache = KVCache.for_model(model, num_slots + (1 if use_graphs else 0), max_context)
+        self.graphs = None
+        if use_graphs:
+            from tandem.engine.cuda.graphs import DecodeGraphs
+
+            self.graphs = DecodeGraphs(model, self.kv_cache, max_batch=num_slots, scratch_slot=num_slots)
 
     @property
     def is_first_stage(self) -> bool:
@@ -43,13 +57,21 @@ class ModelRunner:
         """First stage: reads token ids from the plan. Later stages: take the previous stage's
         hidden states. Returns hidden states [B, T, hidden], or on the last stage logits
         [sampled chunks, vocab]."""
-        positions = self.positions(plan)
         end = max(c.end for c in plan.chunks)
         if end > self.max_context:
             raise ValueError(f"step reaches position {end} but the cache holds {self.max_context}")
-        batch = self.model.attention_batch(positions, [c.slot for c in plan.chunks], kv_length=end)
-        inputs = self.token_ids(plan) if self.is_first_stage else hidden
-        if inputs is None:
+        if not self.is_first_stage and hidden is None:
             raise ValueError("a stage after the first needs the previous stage's hidden states")
+        if self.graphs is not None and self.graphs.handles(plan) and all(c.sample for c in plan.chunks):
+            return self.graphs.run(plan, hidden)
+        slots = [c.slot for c in plan.chunks]
+        batch = self.model.attention_batch(
+            self.positions(plan),
+            torch.tensor(slots, dtype=torch.long, device=self.device),
+            kv_length=end,
+            contiguous_slots=slot_range(slots),
+            prompt_from_start=all(c.start == 0 for c in plan.chunks),
+        )
+        inputs = self.token_ids(plan) if self.is_first_stage else hidden
         rows = self.logit_rows(plan) if self.is_last_stage else None
         return self.model(inputs, batch, self.kv_cache, rows)

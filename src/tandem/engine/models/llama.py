@@ -5,17 +5,21 @@ weights load by name. Layers live in a ModuleDict keyed by their global index, s
 stage that holds layers [8, 16) still names them `model.layers.8` to `model.layers.15`.
 The differences between the families are config flags (see `tandem.engine.config`):
 qkv/o/mlp biases, Qwen3's per-head q/k RMSNorm, and Mistral/Qwen sliding windows.
+
+After loading, `fuse_projections` joins q/k/v into one `qkv_proj` and gate/up into one
+`gate_up_proj` (one matrix product each instead of three and two).
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from tandem.engine import ops
+from tandem.engine.attention import AttentionBatch, attend, attention_masks
 from tandem.engine.config import ModelConfig
-from tandem.engine.kv_cache import AttentionBatch, KVCache, attention_masks, slot_range
-from tandem.engine.rope import apply_rotary, inverse_frequencies, rotary_cos_sin
+from tandem.engine.kv_cache import KVCache
+from tandem.engine.rope import inverse_frequencies, rotary_cos_sin
 from tandem.engine.stage import StageSpec
 
 
@@ -26,10 +30,24 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Normalize in float32, scale in the activation dtype (as the reference does).
-        x32 = x.float()
-        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * x32.to(x.dtype)
+        return ops.add_rms_norm(x, None, self.weight, self.eps)[0]
+
+
+def _fused_linear(parts: list[nn.Linear]) -> nn.Linear:
+    """One Linear whose output is the concatenation of `parts`' outputs."""
+    weight = torch.cat([p.weight for p in parts], dim=0)
+    fused = nn.Linear(
+        weight.shape[1],
+        weight.shape[0],
+        bias=parts[0].bias is not None,
+        device=weight.device,
+        dtype=weight.dtype,
+    )
+    with torch.no_grad():
+        fused.weight.copy_(weight)
+        if fused.bias is not None:
+            fused.bias.copy_(torch.cat([p.bias for p in parts]))  # type: ignore[misc]
+    return fused
 
 
 class Attention(nn.Module):
@@ -39,48 +57,76 @@ class Attention(nn.Module):
         self.layer_index = layer_index
         self.head_dim = head_dim
         self.sliding_window = config.layer_sliding_window(layer_index)
-        self.q_proj = nn.Linear(hidden, config.num_attention_heads * head_dim, bias=config.qkv_bias)
-        self.k_proj = nn.Linear(hidden, config.num_kv_heads * head_dim, bias=config.qkv_bias)
-        self.v_proj = nn.Linear(hidden, config.num_kv_heads * head_dim, bias=config.qkv_bias)
+        self.q_proj: nn.Linear | None = nn.Linear(
+            hidden, config.num_attention_heads * head_dim, bias=config.qkv_bias
+        )
+        self.k_proj: nn.Linear | None = nn.Linear(
+            hidden, config.num_kv_heads * head_dim, bias=config.qkv_bias
+        )
+        self.v_proj: nn.Linear | None = nn.Linear(
+            hidden, config.num_kv_heads * head_dim, bias=config.qkv_bias
+        )
+        self.qkv_proj: nn.Linear | None = None
         self.o_proj = nn.Linear(config.num_attention_heads * head_dim, hidden, bias=config.o_bias)
         if config.qk_norm:
             self.q_norm = RMSNorm(head_dim, config.rms_norm_eps)
             self.k_norm = RMSNorm(head_dim, config.rms_norm_eps)
         else:
             self.q_norm = self.k_norm = None
+        # Head counts of this module's share (a tensor-parallel split narrows the projections).
+        self.local_heads = config.num_attention_heads
+        self.local_kv_heads = config.num_kv_heads
+
+    def fuse(self) -> None:
+        assert self.q_proj is not None and self.k_proj is not None and self.v_proj is not None
+        self.local_heads = self.q_proj.out_features // self.head_dim
+        self.local_kv_heads = self.k_proj.out_features // self.head_dim
+        self.qkv_proj = _fused_linear([self.q_proj, self.k_proj, self.v_proj])
+        self.q_proj = self.k_proj = self.v_proj = None
 
     def forward(self, x: torch.Tensor, batch: AttentionBatch, kv_cache: KVCache) -> torch.Tensor:
         B, T, _ = x.shape
-        # Head counts come from the projections' widths, so a tensor-parallel split needs no edits here.
-        q = self.q_proj(x).view(B, T, -1, self.head_dim)  # [B, T, heads, head_dim]
-        k = self.k_proj(x).view(B, T, -1, self.head_dim)  # [B, T, kv_heads, head_dim]
-        v = self.v_proj(x).view(B, T, -1, self.head_dim)
+        if self.qkv_proj is not None:
+            qkv = self.qkv_proj(x)  # [B, T, (heads + 2 kv_heads) * head_dim]
+        else:
+            assert self.q_proj is not None and self.k_proj is not None and self.v_proj is not None
+            qkv = torch.cat([self.q_proj(x), self.k_proj(x), self.v_proj(x)], dim=-1)
+        q_width, kv_width = self.local_heads * self.head_dim, self.local_kv_heads * self.head_dim
+        q, k, v = qkv.view(B, T, -1).split([q_width, kv_width, kv_width], dim=-1)
+        q = q.view(B, T, -1, self.head_dim)  # [B, T, heads, head_dim]
+        k = k.view(B, T, -1, self.head_dim)  # [B, T, kv_heads, head_dim]
+        v = v.view(B, T, -1, self.head_dim)
+        packed = qkv
         if self.q_norm is not None and self.k_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
-        q = apply_rotary(q.transpose(1, 2), batch.cos, batch.sin)  # [B, heads, T, head_dim]
-        k = apply_rotary(k.transpose(1, 2), batch.cos, batch.sin)  # [B, kv_heads, T, head_dim]
-        keys, values = kv_cache.update(self.layer_index, batch, k, v.transpose(1, 2))  # [B, kv, S, hd]
-        out = F.scaled_dot_product_attention(
-            q,
-            keys,
-            values,
-            attn_mask=batch.masks[self.sliding_window],
-            scale=self.head_dim**-0.5,
-            enable_gqa=q.shape[1] != keys.shape[1],
-        )  # [B, heads, T, head_dim]
-        return self.o_proj(out.transpose(1, 2).reshape(B, T, -1))
+            packed = None
+        out = attend(
+            self.layer_index, q, k, v, self.sliding_window, batch, kv_cache, packed
+        )  # [B, T, H * hd]
+        return self.o_proj(out)
 
 
 class MLP(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         hidden, inner = config.hidden_size, config.intermediate_size
-        self.gate_proj = nn.Linear(hidden, inner, bias=config.mlp_bias)
-        self.up_proj = nn.Linear(hidden, inner, bias=config.mlp_bias)
+        self.gate_proj: nn.Linear | None = nn.Linear(hidden, inner, bias=config.mlp_bias)
+        self.up_proj: nn.Linear | None = nn.Linear(hidden, inner, bias=config.mlp_bias)
+        self.gate_up_proj: nn.Linear | None = None
         self.down_proj = nn.Linear(inner, hidden, bias=config.mlp_bias)
 
+    def fuse(self) -> None:
+        assert self.gate_proj is not None and self.up_proj is not None
+        self.gate_up_proj = _fused_linear([self.gate_proj, self.up_proj])
+        self.gate_proj = self.up_proj = None
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        if self.gate_up_proj is not None:
+            gate_up = self.gate_up_proj(x)  # [B, T, 2 * inner]
+        else:
+            assert self.gate_proj is not None and self.up_proj is not None
+            gate_up = torch.cat([self.gate_proj(x), self.up_proj(x)], dim=-1)
+        return self.down_proj(ops.silu_mul(gate_up))
 
 
 class DecoderLayer(nn.Module):
@@ -91,9 +137,17 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.mlp = MLP(config)
 
-    def forward(self, x: torch.Tensor, batch: AttentionBatch, kv_cache: KVCache) -> torch.Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), batch, kv_cache)
-        return x + self.mlp(self.post_attention_layernorm(x))
+    def forward(
+        self, x: torch.Tensor, residual: torch.Tensor | None, batch: AttentionBatch, kv_cache: KVCache
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """x: the previous sublayer's output, not yet added to the residual stream (so the add
+        fuses into the norm). Returns this layer's MLP output and the residual stream."""
+        norm = self.input_layernorm
+        normed, residual = ops.add_rms_norm(x, residual, norm.weight, norm.eps)
+        attention = self.self_attn(normed, batch, kv_cache)
+        norm = self.post_attention_layernorm
+        normed, residual = ops.add_rms_norm(attention, residual, norm.weight, norm.eps)
+        return self.mlp(normed), residual
 
 
 class DecoderStack(nn.Module):
@@ -126,23 +180,47 @@ class CausalLM(nn.Module):
         """Recompute non-checkpoint buffers on `device` (a model built on meta has none)."""
         self.inv_freq = inverse_frequencies(self.config.rope, self.config.head_dim).to(device)
 
+    def fuse_projections(self) -> None:
+        """Join q/k/v and gate/up into single matrices (after loading, and after any split)."""
+        for layer in self.model.layers.values():
+            layer.self_attn.fuse()  # type: ignore[union-attr]
+            layer.mlp.fuse()  # type: ignore[union-attr]
+
     def attention_layers(self) -> dict[int, Attention]:
         return {int(i): layer.self_attn for i, layer in self.model.layers.items()}  # type: ignore[union-attr]
 
     def activation_dtype(self) -> torch.dtype:
         return next(self.parameters()).dtype
 
-    def attention_batch(self, positions: torch.Tensor, slots: list[int], kv_length: int) -> AttentionBatch:
-        dtype = self.activation_dtype()
-        cos, sin = rotary_cos_sin(self.inv_freq, positions, dtype)
+    def attention_batch(
+        self,
+        positions: torch.Tensor,
+        slots: torch.Tensor,
+        kv_length: int,
+        contiguous_slots: tuple[int, int] | None = None,
+        prompt_from_start: bool = False,
+    ) -> AttentionBatch:
+        """Everything attention needs for `positions` ([B, T]) of sequences in cache `slots` ([B])."""
+        cos, sin = rotary_cos_sin(self.inv_freq, positions, self.activation_dtype())
+        decode_kernels = positions.shape[1] == 1 and ops.use_kernels(positions)
+        prompt_from_start = prompt_from_start and positions.shape[1] > 1
+        if decode_kernels:
+            needed: set[int | None] = set()
+        elif prompt_from_start:
+            needed = {w for w in self.windows if w is not None}
+        else:
+            needed = set(self.windows)
         return AttentionBatch(
             positions=positions,
-            slots=torch.tensor(slots, dtype=torch.long, device=positions.device),
+            slots=slots,
             kv_length=kv_length,
             cos=cos,
             sin=sin,
-            masks=attention_masks(positions, kv_length, self.windows),
-            contiguous_slots=slot_range(slots),
+            masks=attention_masks(positions, kv_length, needed),
+            contiguous_slots=contiguous_slots,
+            prompt_from_start=prompt_from_start,
+            decode_kernels=decode_kernels,
+            lengths=positions[:, -1] + 1 if decode_kernels else None,
         )
 
     def forward(
@@ -161,11 +239,16 @@ class CausalLM(nn.Module):
             x = self.model.embed_tokens(inputs)  # [B, T, hidden]
         else:
             x = inputs.to(self.activation_dtype())
+        residual = None
         for layer in self.model.layers.values():
-            x = layer(x, batch, kv_cache)
+            x, residual = layer(x, residual, batch, kv_cache)
         if self.lm_head is None or self.model.norm is None:
-            return x
-        x = x.reshape(-1, x.shape[-1])  # [B*T, hidden]
+            return x if residual is None else x + residual
+        hidden = x.shape[-1]
+        x = x.reshape(-1, hidden)  # [B*T, hidden]
+        residual = residual.reshape(-1, hidden) if residual is not None else None
         if logit_rows is not None:
             x = x[logit_rows]  # [R, hidden]
-        return self.lm_head(self.model.norm(x)).float()  # [R, vocab]
+            residual = residual[logit_rows] if residual is not None else None
+        normed, _ = ops.add_rms_norm(x, residual, self.model.norm.weight, self.model.norm.eps)
+        return self.lm_head(normed).float()  # [R, vocab]

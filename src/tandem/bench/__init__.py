@@ -1,0 +1,1 @@
+"""`tandem bench`: measured speed beside the hardware's floors and a baseline, in one run."""

@@ -1,0 +1,155 @@
+"""The measurements: the device's floors (copy bandwidth, matrix throughput), and the engine's
+and the baseline's time to first token and decode speed, with energy from the GPU's counter."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from tandem.engine.engine import LLMEngine
+from tandem.engine.executor import LocalExecutor
+from tandem.engine.model_runner import ModelRunner
+from tandem.engine.models.llama import CausalLM
+from tandem.engine.sampling_params import SamplingParams
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(work: Callable[[], object], device: torch.device, repeats: int, warmup: int = 2) -> float:
+    """Median seconds of `work` (device work included)."""
+    for _ in range(warmup):
+        work()
+    samples = []
+    for _ in range(repeats):
+        synchronize(device)
+        started = time.perf_counter()
+        work()
+        synchronize(device)
+        samples.append(time.perf_counter() - started)
+    return sorted(samples)[len(samples) // 2]
+
+
+def copy_bandwidth(device: torch.device) -> float:
+    """Bytes read + written per second by a large device-to-device copy."""
+    size = 2 * 2**30 if device.type == "cuda" else 256 * 2**20
+    source = torch.empty(size, dtype=torch.uint8, device=device).random_(0, 255)
+    target = torch.empty_like(source)
+    seconds = timed(lambda: target.copy_(source), device, repeats=10)
+    return 2 * size / seconds
+
+
+def matmul_flops(device: torch.device, dtype: torch.dtype) -> float:
+    size = 8192 if device.type == "cuda" else 1024
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+    return 2 * size**3 / timed(lambda: a @ b, device, repeats=10)
+
+
+class EnergyMeter:
+    """Joules from the GPU's cumulative energy counter (NVML); None where it cannot be read."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.handle = None
+        if device.type != "cuda":
+            return
+        try:
+            import pynvml
+
+            pynvml.nvmlInit()
+            self.handle = pynvml.nvmlDeviceGetHandleByIndex(device.index or 0)
+            self.read()
+        except Exception:  # NVML missing or the counter unsupported: report no energy
+            self.handle = None
+
+    def read(self) -> float | None:
+        if self.handle is None:
+            return None
+        import pynvml
+
+        return pynvml.nvmlDeviceGetTotalEnergyConsumption(self.handle) / 1000.0
+
+
+@dataclass
+class GenerationTiming:
+    ttft_seconds: dict[int, float]  # prompt length -> time to first token
+    decode_tokens_per_second: float
+    joules_per_token: float | None
+
+
+def engine_for(model: CausalLM, max_context: int, num_slots: int = 1) -> LLMEngine:
+    runner = ModelRunner(model, num_slots=num_slots, max_context=max_context)
+    return LLMEngine(
+        LocalExecutor(runner),
+        tokenizer=None,
+        eos_token_ids=frozenset(),
+        max_context=max_context,
+        num_slots=num_slots,
+        max_prefill_tokens=max_context,
+    )
+
+
+def prompt_of(length: int, vocab: int) -> list[int]:
+    generator = torch.Generator().manual_seed(length)
+    return torch.randint(0, vocab, (length,), generator=generator).tolist()
+
+
+def time_engine(
+    model: CausalLM, prompt_lengths: list[int], decode_tokens: int, device: torch.device
+) -> GenerationTiming:
+    vocab = model.config.vocab_size
+    engine = engine_for(model, max_context=max([*prompt_lengths, 128]) + decode_tokens + 8)
+    first_token = SamplingParams(max_tokens=1, temperature=0.0, ignore_eos=True)
+    ttft = {}
+    for length in prompt_lengths:
+        prompt = prompt_of(length, vocab)
+        ttft[length] = timed(
+            lambda p=prompt: list(engine.generate(p, first_token)), device, repeats=3, warmup=1
+        )
+    meter = EnergyMeter(device)
+    params = SamplingParams(max_tokens=decode_tokens, temperature=0.0, ignore_eos=True)
+    prompt = prompt_of(128, vocab)
+    list(engine.generate(prompt, params))  # warm-up: captures the decode graph
+    rates, joules = [], []
+    for _ in range(3):
+        stamps = []
+        energy_before = meter.read()
+        for _event in engine.generate(prompt, params):
+            stamps.append(time.perf_counter())
+        energy_after = meter.read()
+        rates.append((len(stamps) - 1) / (stamps[-1] - stamps[0]))
+        if energy_before is not None and energy_after is not None:
+            joules.append((energy_after - energy_before) / len(stamps))
+    return GenerationTiming(ttft, sorted(rates)[1], sorted(joules)[1] if joules else None)
+
+
+def time_transformers(
+    model, vocab: int, prompt_lengths: list[int], decode_tokens: int, device: torch.device
+) -> GenerationTiming:
+    """`transformers` `generate`, eager, batch 1: what a user would otherwise run."""
+
+    def generate(prompt: list[int], new_tokens: int) -> None:
+        ids = torch.tensor([prompt], device=device)
+        with torch.inference_mode():
+            model.generate(
+                ids,
+                attention_mask=torch.ones_like(ids),
+                max_new_tokens=new_tokens,
+                min_new_tokens=new_tokens,
+                do_sample=False,
+                pad_token_id=0,
+            )
+
+    ttft = {}
+    for length in prompt_lengths:
+        prompt = prompt_of(length, vocab)
+        ttft[length] = timed(lambda p=prompt: generate(p, 1), device, repeats=3, warmup=1)
+    prompt = prompt_of(128, vocab)
+    one = timed(lambda: generate(prompt, 1), device, repeats=3, warmup=1)
+    many = timed(lambda: generate(prompt, decode_tokens), device, repeats=2, warmup=1)
+    return GenerationTiming(ttft, (decode_tokens - 1) / (many - one), None)

@@ -1,0 +1,135 @@
+"""Running a benchmark and reporting it: every speed beside its floor and its baseline."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+
+from tandem.bench.measure import copy_bandwidth, matmul_flops, time_engine, time_transformers
+from tandem.bench.shapes import named_shape
+from tandem.bench.weights import engine_model, random_weights, transformers_model
+from tandem.engine.config import ModelConfig
+from tandem.engine.device import DTYPE_NAMES
+
+
+@dataclass
+class BenchReport:
+    device: str
+    torch_version: str
+    shape: str
+    dtype: str
+    parameters: int
+    weight_bytes_read_per_token: int  # every weight once, but only one row of the embedding
+    copy_bandwidth: float  # bytes/s, read + written
+    matmul_flops: float
+    decode_floor_tokens_per_second: float
+    engine: dict[str, Any] = field(default_factory=dict)
+    baseline: dict[str, Any] | None = None
+    peak_memory_bytes: int = 0
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2)
+
+
+def bytes_read_per_token(config: ModelConfig, dtype_bytes: int) -> int:
+    layers = config.num_layers * config.layer_parameter_count()
+    return (layers + config.head_parameter_count() + config.hidden_size) * dtype_bytes
+
+
+def prefill_floor_seconds(config: ModelConfig, prompt_length: int, flops: float) -> float:
+    """Matrix work of a prompt over the measured throughput: 2 FLOPs per parameter per token,
+    plus causal attention (QK^T and PV, half the square)."""
+    dense = 2 * config.total_parameter_count() * prompt_length
+    attention = (
+        2 * 2 * config.num_layers * config.num_attention_heads * config.head_dim * prompt_length**2 / 2
+    )
+    return (dense + attention) / flops
+
+
+def run_benchmark(
+    shape: str,
+    device: torch.device,
+    dtype: torch.dtype,
+    prompt_lengths: list[int],
+    decode_tokens: int,
+    baseline: bool,
+) -> BenchReport:
+    config, raw = named_shape(shape)
+    dtype_bytes = torch.finfo(dtype).bits // 8
+    bandwidth = copy_bandwidth(device)
+    flops = matmul_flops(device, dtype)
+    read = bytes_read_per_token(config, dtype_bytes)
+    report = BenchReport(
+        device=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        torch_version=torch.__version__,
+        shape=shape,
+        dtype=DTYPE_NAMES[dtype],
+        parameters=config.total_parameter_count(),
+        weight_bytes_read_per_token=read,
+        copy_bandwidth=bandwidth,
+        matmul_flops=flops,
+        decode_floor_tokens_per_second=bandwidth / read,
+    )
+    if baseline:
+        reference, weights = transformers_model(raw, device, dtype)
+        timing = time_transformers(reference, config.vocab_size, prompt_lengths, decode_tokens, device)
+        report.baseline = {
+            "name": "transformers generate (eager)",
+            "ttft_seconds": timing.ttft_seconds,
+            "decode_tokens_per_second": timing.decode_tokens_per_second,
+        }
+    else:
+        reference, weights = None, random_weights(config, device, dtype)
+    model = engine_model(config, weights, device, dtype)
+    del reference, weights
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+    timing = time_engine(model, prompt_lengths, decode_tokens, device)
+    report.engine = {
+        "ttft_seconds": timing.ttft_seconds,
+        "prefill_floor_seconds": {n: prefill_floor_seconds(config, n, flops) for n in prompt_lengths},
+        "decode_tokens_per_second": timing.decode_tokens_per_second,
+        "decode_bytes_per_second": timing.decode_tokens_per_second * read,
+        "fraction_of_floor": timing.decode_tokens_per_second / report.decode_floor_tokens_per_second,
+        "joules_per_token": timing.joules_per_token,
+    }
+    if device.type == "cuda":
+        report.peak_memory_bytes = torch.cuda.max_memory_allocated(device)
+    return report
+
+
+def format_report(report: BenchReport) -> list[str]:
+    engine = report.engine
+    lines = [
+        f"{report.shape} {report.dtype} on {report.device} (torch {report.torch_version}), batch 1",
+        f"floors: copy {report.copy_bandwidth / 1e12:.2f} TB/s, matmul {report.matmul_flops / 1e12:.0f} TFLOP/s; "
+        f"{report.weight_bytes_read_per_token / 1e9:.2f} GB read per token -> decode floor "
+        f"{report.decode_floor_tokens_per_second:.1f} tokens/s",
+        f"{'prompt':>8} {'TTFT ms':>9} {'floor ms':>9} {'x floor':>8} {'prefill tok/s':>14}"
+        + (f" {'baseline ms':>12}" if report.baseline else ""),
+    ]
+    for length, seconds in engine["ttft_seconds"].items():
+        floor = engine["prefill_floor_seconds"][length]
+        line = f"{length:>8} {seconds * 1e3:>9.1f} {floor * 1e3:>9.1f} {seconds / floor:>8.2f} {length / seconds:>14.0f}"
+        if report.baseline:
+            line += f" {report.baseline['ttft_seconds'][length] * 1e3:>12.1f}"
+        lines.append(line)
+    decode = engine["decode_tokens_per_second"]
+    lines.append(
+        f"decode: {decode:.1f} tokens/s = {engine['decode_bytes_per_second'] / 1e12:.2f} TB/s, "
+        f"{engine['fraction_of_floor'] * 100:.0f}% of the floor"
+    )
+    if report.baseline:
+        base = report.baseline["decode_tokens_per_second"]
+        lines.append(
+            f"baseline ({report.baseline['name']}): {base:.1f} tokens/s -> engine is {decode / base:.2f}x"
+        )
+    if engine.get("joules_per_token") is not None:
+        lines.append(f"energy: {engine['joules_per_token']:.2f} J per decoded token")
+    if report.peak_memory_bytes:
+        lines.append(f"peak GPU memory (engine): {report.peak_memory_bytes / 1e9:.1f} GB")
+    return lines

@@ -1,0 +1,95 @@
+"""Named model shapes for benchmarks with random weights (no checkpoint needed)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tandem.engine.config import ModelConfig, parse_model_config
+from tandem.errors import InvalidRequestError
+
+_LLAMA3 = dict(
+    model_type="llama",
+    vocab_size=128256,
+    rms_norm_eps=1e-5,
+    rope_theta=500000.0,
+    max_position_embeddings=131072,
+    bos_token_id=128000,
+    eos_token_id=128001,
+    rope_scaling=dict(
+        rope_type="llama3",
+        factor=8.0,
+        low_freq_factor=1.0,
+        high_freq_factor=4.0,
+        original_max_position_embeddings=8192,
+    ),
+)
+
+NAMED_SHAPES: dict[str, dict[str, Any]] = {
+    "llama3-8b": dict(
+        _LLAMA3,
+        hidden_size=4096,
+        intermediate_size=14336,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+    ),
+    "llama3-70b": dict(
+        _LLAMA3,
+        hidden_size=8192,
+        intermediate_size=28672,
+        num_hidden_layers=80,
+        num_attention_heads=64,
+        num_key_value_heads=8,
+    ),
+    "llama3.2-1b": dict(
+        _LLAMA3,
+        hidden_size=2048,
+        intermediate_size=8192,
+        num_hidden_layers=16,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        tie_word_embeddings=True,
+    ),
+    "llama3.2-3b": dict(
+        _LLAMA3,
+        hidden_size=3072,
+        intermediate_size=8192,
+        num_hidden_layers=28,
+        num_attention_heads=24,
+        num_key_value_heads=8,
+        tie_word_embeddings=True,
+    ),
+    "qwen2.5-7b": dict(
+        model_type="qwen2",
+        vocab_size=152064,
+        hidden_size=3584,
+        intermediate_size=18944,
+        num_hidden_layers=28,
+        num_attention_heads=28,
+        num_key_value_heads=4,
+        rms_norm_eps=1e-6,
+        rope_theta=1000000.0,
+        max_position_embeddings=32768,
+    ),
+    "qwen3-8b": dict(
+        model_type="qwen3",
+        vocab_size=151936,
+        hidden_size=4096,
+        intermediate_size=12288,
+        num_hidden_layers=36,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        head_dim=128,
+        rms_norm_eps=1e-6,
+        rope_theta=1000000.0,
+        max_position_embeddings=40960,
+    ),
+}
+
+
+def named_shape(name: str) -> tuple[ModelConfig, dict[str, Any]]:
+    """The engine config and the raw Hugging Face config dict of a named shape."""
+    if name not in NAMED_SHAPES:
+        raise InvalidRequestError(f"unknown shape {name!r}; known: {', '.join(NAMED_SHAPES)}")
+    raw = NAMED_SHAPES[name]
+    return parse_model_config(raw), raw

@@ -1,0 +1,51 @@
+"""`tandem bench`: time to first token, prefill and decode speed of a model shape on this machine,
+beside the measured floors (copy bandwidth, matrix throughput) and, with --baseline, the speed of
+`transformers` on the same weights in the same run."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from tandem.bench.shapes import NAMED_SHAPES
+
+    parser.add_argument(
+        "--shape",
+        default="llama3-8b",
+        choices=sorted(NAMED_SHAPES),
+        help="model shape with random weights (default llama3-8b)",
+    )
+    parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
+    parser.add_argument("--dtype", default="auto", help="auto (bfloat16 on CUDA, float32 on CPU)")
+    parser.add_argument(
+        "--prompt-lengths",
+        default="128,2048,8192",
+        help="prompt lengths for time to first token (default 128,2048,8192)",
+    )
+    parser.add_argument("--decode-tokens", type=int, default=256, help="tokens per decode run (default 256)")
+    parser.add_argument("--baseline", action="store_true", help="also run transformers generate (eager)")
+    parser.add_argument("--json", type=Path, help="write the full report as JSON here")
+
+
+def run(args: argparse.Namespace) -> int:
+    from tandem.bench.report import format_report, run_benchmark
+    from tandem.engine.device import resolve_device, resolve_dtype
+    from tandem.errors import InvalidRequestError
+
+    try:
+        lengths = [int(n) for n in args.prompt_lengths.split(",") if n.strip()]
+    except ValueError:
+        raise InvalidRequestError(
+            f"--prompt-lengths takes comma-separated integers, not {args.prompt_lengths!r}"
+        ) from None
+    if not lengths or min(lengths) < 1 or args.decode_tokens < 2:
+        raise InvalidRequestError("prompt lengths must be positive and --decode-tokens at least 2")
+    device = resolve_device(args.device)
+    dtype = resolve_dtype(args.dtype, device)
+    report = run_benchmark(args.shape, device, dtype, lengths, args.decode_tokens, args.baseline)
+    print("\n".join(format_report(report)))
+    if args.json:
+        args.json.write_text(report.to_json())
+    return 0

@@ -1,0 +1,84 @@
+"""CUDA graphs of the decode step: one launch per token instead of hundreds.
+
+A graph is captured per batch-size bucket (1, 2, 4, ...) the first time a decode step of that
+size runs. Inputs live in static device buffers filled by one host-to-device copy per step;
+rows beyond the real batch point at a scratch cache slot. Attention reads sequence lengths on
+the device, so one graph serves every context length.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from tandem.engine.kv_cache import KVCache
+from tandem.engine.models.llama import CausalLM
+from tandem.engine.sequence import StepPlan
+
+BUCKETS = (1, 2, 4, 8, 16, 32, 64)
+WARMUP_RUNS = 2
+
+
+def bucket_for(batch: int, max_batch: int) -> int:
+    """The smallest bucket that holds `batch` sequences."""
+    return next((b for b in BUCKETS if b >= batch and b <= max_batch), max_batch)
+
+
+class DecodeGraphs:
+    def __init__(self, model: CausalLM, kv_cache: KVCache, max_batch: int, scratch_slot: int) -> None:
+        self.model = model
+        self.kv_cache = kv_cache
+        self.max_batch = max_batch
+        self.scratch_slot = scratch_slot
+        device = next(model.parameters()).device
+        # rows: token ids, positions, slots; one pinned host copy of it feeds every replay
+        self.host_inputs = torch.zeros(3, max_batch, dtype=torch.long).pin_memory()
+        self.inputs = torch.zeros(3, max_batch, dtype=torch.long, device=device)
+        self.hidden = None
+        if not model.stage.is_first:
+            self.hidden = torch.zeros(
+                max_batch, 1, model.config.hidden_size, dtype=model.activation_dtype(), device=device
+            )
+        self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
+        self.pool = torch.cuda.graph_pool_handle()
+
+    def handles(self, plan: StepPlan) -> bool:
+        return plan.tokens_per_sequence == 1 and len(plan.chunks) <= self.max_batch
+
+    def _forward(self, bucket: int) -> torch.Tensor:
+        positions = self.inputs[1, :bucket].view(bucket, 1)
+        batch = self.model.attention_batch(positions, self.inputs[2, :bucket], kv_length=0)
+        inputs = self.inputs[0, :bucket].view(bucket, 1) if self.hidden is None else self.hidden[:bucket]
+        return self.model(inputs, batch, self.kv_cache)
+
+    def _capture(self, bucket: int) -> None:
+        self.inputs[2].fill_(self.scratch_slot)  # warm-up writes go to the scratch slot
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            for _ in range(WARMUP_RUNS):  # compiles kernels, creates library handles
+                self._forward(bucket)
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self.pool):
+            output = self._forward(bucket)
+        self.graphs[bucket] = (graph, output)
+
+    @torch.inference_mode()
+    def run(self, plan: StepPlan, hidden: torch.Tensor | None) -> torch.Tensor:
+        batch = len(plan.chunks)
+        bucket = bucket_for(batch, self.max_batch)
+        if bucket not in self.graphs:
+            self._capture(bucket)
+        staged = self.host_inputs
+        staged[0, :batch] = torch.tensor([c.token_ids[0] for c in plan.chunks])
+        staged[1, :batch] = torch.tensor([c.start for c in plan.chunks])
+        staged[2, :batch] = torch.tensor([c.slot for c in plan.chunks])
+        staged[1, batch:bucket] = 0
+        staged[2, batch:bucket] = self.scratch_slot
+        self.inputs[:, :bucket].copy_(staged[:, :bucket], non_blocking=True)
+        if self.hidden is not None:
+            assert hidden is not None
+            self.hidden[:batch].copy_(hidden.reshape(batch, 1, -1))
+        graph, output = self.graphs[bucket]
+        graph.replay()
+        return output[:batch]

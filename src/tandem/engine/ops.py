@@ -1,0 +1,57 @@
+"""Elementwise building blocks with a fast path: fused Triton kernels on CUDA, the reference
+PyTorch code elsewhere. Both round where the reference rounds."""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+import torch.nn.functional as F
+
+
+@functools.cache
+def kernels_available() -> bool:
+    """Triton kernels run on CUDA when Triton imports; TANDEM_EAGER=1 turns them off."""
+    from tandem import settings
+
+    if settings.eager_only() or not torch.cuda.is_available():
+        return False
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def use_kernels(x: torch.Tensor) -> bool:
+    return x.is_cuda and kernels_available()
+
+
+def rms_norm_reference(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    # Normalize in float32, scale in the activation dtype (as the reference implementation does).
+    x32 = x.float()
+    x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * x32.to(x.dtype)
+
+
+def add_rms_norm(
+    x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor, eps: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(RMSNorm(x + residual), x + residual); without a residual, x itself is the new residual."""
+    if use_kernels(x):
+        from tandem.engine.cuda.kernels import rms_norm
+
+        normalized, summed = rms_norm(x, weight, eps, residual)
+        return normalized, (summed if summed is not None else x)
+    summed = x if residual is None else x + residual
+    return rms_norm_reference(summed, weight, eps), summed
+
+
+def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
+    """silu(gate) * up, for the fused gate_up projection's output [..., 2 * inner]."""
+    if use_kernels(gate_up):
+        from tandem.engine.cuda.kernels import silu_mul as fused
+
+        return fused(gate_up)
+    gate, up = gate_up.chunk(2, dim=-1)
+    return F.silu(gate) * up

@@ -1,0 +1,120 @@
+"""The Triton kernels of the CUDA decode path against the eager code they replace.
+
+On a GPU they run for real (TANDEM_TEST_DEVICE=cuda); on a CPU they run in Triton's
+interpreter, which checks their logic (indexing, masking, the online softmax) though not GPU
+rounding. Skipped where Triton is not installed.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from conftest import TEST_DEVICE
+
+INTERPRETED = TEST_DEVICE == "cpu"
+if INTERPRETED:
+    os.environ.setdefault("TRITON_INTERPRET", "1")  # must precede the first import of triton
+triton = pytest.importorskip("triton")
+
+from tandem.engine.attention import attention_masks  # noqa: E402
+from tandem.engine.cuda import kernels  # noqa: E402
+from tandem.engine.models.llama import RMSNorm  # noqa: E402
+from tandem.engine.rope import apply_rotary  # noqa: E402
+
+# The interpreter truncates float32 to bfloat16 where a GPU rounds to nearest, and its matrix
+# products read bfloat16 as raw bits: bfloat16 is checked on a GPU only.
+DTYPES = [
+    pytest.param(torch.bfloat16, marks=pytest.mark.skipif(INTERPRETED, reason="bfloat16 needs a real GPU")),
+    torch.float32,
+]
+EXACT = {"rtol": 0, "atol": 0}
+
+
+def random(*shape, dtype, generator):
+    return torch.randn(*shape, generator=generator).to(device=TEST_DEVICE, dtype=dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("with_residual", [False, True])
+def test_rms_norm_matches_eager_bit_for_bit(dtype, with_residual):
+    generator = torch.Generator().manual_seed(0)
+    x, residual = (
+        random(3, 320, dtype=dtype, generator=generator),
+        random(3, 320, dtype=dtype, generator=generator),
+    )
+    norm = RMSNorm(320, 1e-5).to(TEST_DEVICE)
+    with torch.no_grad():
+        norm.weight.copy_(random(320, dtype=torch.float32, generator=generator))
+    norm = norm.to(dtype)
+    summed_eager = x + residual if with_residual else x
+    expected = norm(summed_eager)
+    out, summed = kernels.rms_norm(x, norm.weight, 1e-5, residual if with_residual else None)
+    torch.testing.assert_close(out, expected, **EXACT)
+    if with_residual:
+        torch.testing.assert_close(summed, summed_eager, **EXACT)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_silu_mul_matches_eager(dtype):
+    generator = torch.Generator().manual_seed(1)
+    gate_up = random(2, 1, 2 * 1500, dtype=dtype, generator=generator)
+    gate, up = gate_up.chunk(2, dim=-1)
+    # exp is computed by different code than PyTorch's: allow one step of the dtype
+    step = 2**-7 if dtype == torch.bfloat16 else 2**-22
+    torch.testing.assert_close(
+        kernels.silu_mul(gate_up), torch.nn.functional.silu(gate) * up, rtol=step, atol=1e-6
+    )
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_rotary_and_cache_write(dtype):
+    generator = torch.Generator().manual_seed(2)
+    batch, heads, kv_heads, head_dim, slots, max_length = 3, 8, 2, 32, 5, 40
+    qkv = random(batch, (heads + 2 * kv_heads) * head_dim, dtype=dtype, generator=generator)
+    angles = torch.rand(batch, head_dim // 2, generator=generator) * 6
+    angles = torch.cat([angles, angles], -1)
+    cos, sin = angles.cos().to(TEST_DEVICE, dtype), angles.sin().to(TEST_DEVICE, dtype)
+    slot_ids = torch.tensor([4, 0, 2], device=TEST_DEVICE)
+    positions = torch.tensor([0, 17, 39], device=TEST_DEVICE)
+    k_cache = torch.zeros(slots, kv_heads, max_length, head_dim, dtype=dtype, device=TEST_DEVICE)
+    v_cache = torch.zeros_like(k_cache)
+    q_out = kernels.rotary_and_cache_write(
+        qkv, cos, sin, slot_ids, positions, k_cache, v_cache, heads, kv_heads
+    )
+
+    q, k, v = qkv.view(batch, 1, -1, head_dim).split([heads, kv_heads, kv_heads], dim=2)
+    q_expected = apply_rotary(q.transpose(1, 2), cos[:, None], sin[:, None])[:, :, 0]
+    k_expected = apply_rotary(k.transpose(1, 2), cos[:, None], sin[:, None])[:, :, 0]
+    torch.testing.assert_close(q_out, q_expected, **EXACT)
+    for row in range(batch):
+        torch.testing.assert_close(k_cache[slot_ids[row], :, positions[row]], k_expected[row], **EXACT)
+        torch.testing.assert_close(v_cache[slot_ids[row], :, positions[row]], v[row, 0], rtol=0, atol=0)
+    assert int((k_cache != 0).any(-1).sum()) == batch * kv_heads  # nothing else was written
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("window", [None, 37])
+def test_decode_attention_matches_sdpa(dtype, window):
+    generator = torch.Generator().manual_seed(3)
+    heads, kv_heads, head_dim, slots, max_length = 8, 2, 64, 4, 300
+    k_cache = random(slots, kv_heads, max_length, head_dim, dtype=dtype, generator=generator)
+    v_cache = random(slots, kv_heads, max_length, head_dim, dtype=dtype, generator=generator)
+    lengths = torch.tensor([1, 129, 300], device=TEST_DEVICE)  # one, past a partition, the whole cache
+    slot_ids = torch.tensor([3, 0, 1], device=TEST_DEVICE)
+    q = random(3, heads, head_dim, dtype=dtype, generator=generator)
+    out = kernels.decode_attention(q, k_cache, v_cache, slot_ids, lengths, window, head_dim**-0.5)
+    positions = (lengths - 1)[:, None]
+    mask = attention_masks(positions, max_length, {window})[window]
+    expected = torch.nn.functional.scaled_dot_product_attention(
+        q[:, :, None].float(),
+        k_cache[slot_ids].float(),
+        v_cache[slot_ids].float(),
+        attn_mask=mask,
+        enable_gqa=True,
+        scale=head_dim**-0.5,
+    )[:, :, 0]
+    tolerance = 2e-2 if dtype == torch.bfloat16 else 1e-5
+    torch.testing.assert_close(out.float(), expected, rtol=tolerance, atol=tolerance)
