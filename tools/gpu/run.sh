@@ -19,12 +19,17 @@ for task in "$@"; do
       ;;
     correctness)
       for dtype in float32 bfloat16; do
-        TANDEM_TEST_DEVICE=cuda TANDEM_TEST_DTYPE=$dtype python3 -m pytest -q -p no:cacheprovider tests/engine \
-          2>&1 | tee "$OUT/correctness-$dtype.log" | tail -25 || status=1
+        TANDEM_TEST_DEVICE=cuda TANDEM_TEST_DTYPE=$dtype python3 -m pytest -q -p no:cacheprovider \
+          tests/kernels tests/engine 2>&1 | tee "$OUT/correctness-$dtype.log" | tail -15 || status=1
       done
       ;;
+    bench)
+      python3 -m tandem.cli.main bench --shape llama3-8b --baseline --json "$OUT/bench-llama3-8b.json" \
+        2>&1 | tee "$OUT/bench-llama3-8b.log" || status=1
+      ;;
     demo)
-      python3 tools/demo_model/train.py --data build/demo-data --out /tmp/demo-model 2>&1 | tee "$OUT/demo-train.log" || status=1
+      python3 tools/demo_model/train.py --data build/demo-data --out /tmp/demo-model --steps "${DEMO_STEPS:-1000}" \
+        2>&1 | tee "$OUT/demo-train.log" || status=1
       tar -C /tmp -cf "$OUT/demo-model.tar" demo-model  # one file: the tool brings back at most eight
       ;;
     *)

@@ -21,7 +21,12 @@ class ModelRunner:
         self.max_context = max_context
         self.num_slots = num_slots
         if use_graphs is None:
-            use_graphs = self.device.type == "cuda" and ops.kernels_available()
+            # graphs need the device-side lengths of the decode kernels
+            use_graphs = (
+                self.device.type == "cuda"
+                and ops.kernels_available()
+                and ops.kernel_head_dim(model.config.head_dim)
+            )
         # Graphs pad a batch up to a bucket; the padding rows write to one extra, scratch slot.
         self.kv_cache = KVCache.for_model(model, num_slots + (1 if use_graphs else 0), max_context)
         self.graphs = None

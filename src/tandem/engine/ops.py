@@ -27,6 +27,11 @@ def use_kernels(x: torch.Tensor) -> bool:
     return x.is_cuda and kernels_available()
 
 
+def kernel_head_dim(head_dim: int) -> bool:
+    """The attention kernels tile a head with matrix instructions: a power of two, at least 16."""
+    return head_dim >= 16 and head_dim & (head_dim - 1) == 0
+
+
 def rms_norm_reference(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     # Normalize in float32, scale in the activation dtype (as the reference implementation does).
     x32 = x.float()

@@ -202,7 +202,11 @@ class CausalLM(nn.Module):
     ) -> AttentionBatch:
         """Everything attention needs for `positions` ([B, T]) of sequences in cache `slots` ([B])."""
         cos, sin = rotary_cos_sin(self.inv_freq, positions, self.activation_dtype())
-        decode_kernels = positions.shape[1] == 1 and ops.use_kernels(positions)
+        decode_kernels = (
+            positions.shape[1] == 1
+            and ops.use_kernels(positions)
+            and ops.kernel_head_dim(self.config.head_dim)
+        )
         prompt_from_start = prompt_from_start and positions.shape[1] > 1
         if decode_kernels:
             needed: set[int | None] = set()
