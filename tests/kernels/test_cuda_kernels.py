@@ -88,9 +88,14 @@ def test_rotary_and_cache_write(dtype):
     q, k, v = qkv.view(batch, 1, -1, head_dim).split([heads, kv_heads, kv_heads], dim=2)
     q_expected = apply_rotary(q.transpose(1, 2), cos[:, None], sin[:, None])[:, :, 0]
     k_expected = apply_rotary(k.transpose(1, 2), cos[:, None], sin[:, None])[:, :, 0]
-    torch.testing.assert_close(q_out, q_expected, **EXACT)
+    # In float32 the GPU compiler fuses x*cos + rotated*sin into one multiply-add (one rounding
+    # instead of two); in bfloat16 the kernel rounds each product explicitly, as eager does.
+    rotary_tolerance = EXACT if dtype == torch.bfloat16 else {"rtol": 1e-6, "atol": 1e-6}
+    torch.testing.assert_close(q_out, q_expected, **rotary_tolerance)
     for row in range(batch):
-        torch.testing.assert_close(k_cache[slot_ids[row], :, positions[row]], k_expected[row], **EXACT)
+        torch.testing.assert_close(
+            k_cache[slot_ids[row], :, positions[row]], k_expected[row], **rotary_tolerance
+        )
         torch.testing.assert_close(v_cache[slot_ids[row], :, positions[row]], v[row, 0], rtol=0, atol=0)
     assert int((k_cache != 0).any(-1).sum()) == batch * kv_heads  # nothing else was written
 
