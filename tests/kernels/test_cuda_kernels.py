@@ -123,3 +123,19 @@ def test_decode_attention_matches_sdpa(dtype, window):
     )[:, :, 0]
     tolerance = 2e-2 if dtype == torch.bfloat16 else 1e-5
     torch.testing.assert_close(out.float(), expected, rtol=tolerance, atol=tolerance)
+
+
+@pytest.mark.skipif(INTERPRETED, reason="autotuning needs a GPU")
+@pytest.mark.parametrize("rows", [1, 5, 16])
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_gemv_matches_a_float32_product(rows, with_bias):
+    from tandem.engine.cuda.gemv import gemv
+
+    generator = torch.Generator().manual_seed(4)
+    weight = random(300, 1000, dtype=torch.bfloat16, generator=generator)
+    x = random(rows, 1000, dtype=torch.bfloat16, generator=generator)
+    bias = random(300, dtype=torch.bfloat16, generator=generator) if with_bias else None
+    expected = x.float() @ weight.float().T + (bias.float() if bias is not None else 0)
+    out = gemv(x, weight, bias)
+    assert out.dtype == torch.bfloat16 and out.shape == (rows, 300)
+    torch.testing.assert_close(out.float(), expected, rtol=1e-2, atol=5e-2)

@@ -27,6 +27,9 @@ for task in "$@"; do
       python3 -m tandem.cli.main bench --shape llama3-8b --baseline --json "$OUT/bench-llama3-8b.json" \
         2>&1 | tee "$OUT/bench-llama3-8b.log" || status=1
       ;;
+    profile)
+      python3 tools/profile_decode.py 2>&1 | tee "$OUT/profile-decode.log" || status=1
+      ;;
     demo)
       python3 tools/demo_model/train.py --data build/demo-data --out /tmp/demo-model --steps "${DEMO_STEPS:-1000}" \
         2>&1 | tee "$OUT/demo-train.log" || status=1

@@ -32,6 +32,22 @@ def kernel_head_dim(head_dim: int) -> bool:
     return head_dim >= 16 and head_dim & (head_dim - 1) == 0
 
 
+# Decode products with a few rows go through the Triton matrix-vector kernel (set False to compare
+# with cuBLAS); larger products, and float32 (which Triton would round to tf32), use F.linear.
+TRITON_GEMV = True
+GEMV_DTYPES = (torch.bfloat16, torch.float16)
+
+
+def linear(layer: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    """layer(x), by the kernel that streams the weight fastest for this shape."""
+    if TRITON_GEMV and x.dtype in GEMV_DTYPES and use_kernels(x):
+        from tandem.engine.cuda.gemv import MAX_ROWS, gemv
+
+        if x.numel() // x.shape[-1] <= MAX_ROWS:
+            return gemv(x, layer.weight, layer.bias)
+    return layer(x)
+
+
 def rms_norm_reference(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     # Normalize in float32, scale in the activation dtype (as the reference implementation does).
     x32 = x.float()

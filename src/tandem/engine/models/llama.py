@@ -87,7 +87,7 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor, batch: AttentionBatch, kv_cache: KVCache) -> torch.Tensor:
         B, T, _ = x.shape
         if self.qkv_proj is not None:
-            qkv = self.qkv_proj(x)  # [B, T, (heads + 2 kv_heads) * head_dim]
+            qkv = ops.linear(self.qkv_proj, x)  # [B, T, (heads + 2 kv_heads) * head_dim]
         else:
             assert self.q_proj is not None and self.k_proj is not None and self.v_proj is not None
             qkv = torch.cat([self.q_proj(x), self.k_proj(x), self.v_proj(x)], dim=-1)
@@ -103,7 +103,7 @@ class Attention(nn.Module):
         out = attend(
             self.layer_index, q, k, v, self.sliding_window, batch, kv_cache, packed
         )  # [B, T, H * hd]
-        return self.o_proj(out)
+        return ops.linear(self.o_proj, out)
 
 
 class MLP(nn.Module):
@@ -122,11 +122,11 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.gate_up_proj is not None:
-            gate_up = self.gate_up_proj(x)  # [B, T, 2 * inner]
+            gate_up = ops.linear(self.gate_up_proj, x)  # [B, T, 2 * inner]
         else:
             assert self.gate_proj is not None and self.up_proj is not None
             gate_up = torch.cat([self.gate_proj(x), self.up_proj(x)], dim=-1)
-        return self.down_proj(ops.silu_mul(gate_up))
+        return ops.linear(self.down_proj, ops.silu_mul(gate_up))
 
 
 class DecoderLayer(nn.Module):
@@ -255,4 +255,4 @@ class CausalLM(nn.Module):
             x = x[logit_rows]  # [R, hidden]
             residual = residual[logit_rows] if residual is not None else None
         normed, _ = ops.add_rms_norm(x, residual, self.model.norm.weight, self.model.norm.eps)
-        return self.lm_head(normed).float()  # [R, vocab]
+        return ops.linear(self.lm_head, normed).float()  # [R, vocab]

@@ -1,0 +1,106 @@
+"""Where a decode step's time goes on a GPU (for tuning; `tandem bench` is the report).
+
+1. Each weight matrix of the shape as a matrix-vector product: cuBLAS (F.linear) against the
+   Triton kernel, in GB/s of weight read.
+2. The decode step: CUDA-graph replay alone (GPU time) against a whole engine step (adds the
+   host's scheduling, sampling and synchronization), with the Triton products and with cuBLAS.
+3. The kernels of one replay, by total time (torch.profiler).
+
+    python tools/profile_decode.py [--shape llama3-8b]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+import torch.nn.functional as F
+
+from tandem.bench.measure import engine_for, prompt_of
+from tandem.bench.shapes import named_shape
+from tandem.bench.weights import engine_model, random_weights
+from tandem.engine import ops
+from tandem.engine.cuda.gemv import gemv
+from tandem.engine.sampling_params import SamplingParams
+
+
+def gpu_seconds(work, repeats: int = 50) -> float:
+    for _ in range(5):
+        work()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(repeats):
+        work()
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) / 1000 / repeats
+
+
+def matrix_products(model) -> None:
+    layer = model.model.layers["0"]
+    matrices = {
+        "qkv": layer.self_attn.qkv_proj.weight,
+        "o": layer.self_attn.o_proj.weight,
+        "gate_up": layer.mlp.gate_up_proj.weight,
+        "down": layer.mlp.down_proj.weight,
+        "lm_head": model.lm_head.weight,
+    }
+    print(f"{'matrix':>8} {'shape':>16} {'rows':>4} {'cuBLAS GB/s':>12} {'Triton GB/s':>12}")
+    for name, weight in matrices.items():
+        for rows in (1, 8):
+            x = torch.randn(rows, weight.shape[1], device=weight.device, dtype=weight.dtype)
+            size = weight.numel() * weight.element_size()
+            cublas = size / gpu_seconds(lambda x=x, w=weight: F.linear(x, w))
+            triton = size / gpu_seconds(lambda x=x, w=weight: gemv(x, w))
+            print(
+                f"{name:>8} {tuple(weight.shape)!s:>16} {rows:>4} {cublas / 1e9:>12.0f} {triton / 1e9:>12.0f}"
+            )
+
+
+def decode_step(model, label: str) -> None:
+    engine = engine_for(model, max_context=1024)
+    params = SamplingParams(max_tokens=128, temperature=0.0, ignore_eos=True)
+    prompt = prompt_of(128, model.config.vocab_size)
+    list(engine.generate(prompt, params))
+    stamps = [time.perf_counter() for _ in engine.generate(prompt, params)]
+    step = (stamps[-1] - stamps[0]) / (len(stamps) - 1)
+    graphs = engine.executor.runner.graphs  # type: ignore[attr-defined]
+    graph, _ = graphs.graphs[1]
+    replay = gpu_seconds(graph.replay)
+    print(
+        f"{label}: engine step {step * 1e3:.3f} ms ({1 / step:.1f} tokens/s); graph replay {replay * 1e3:.3f} ms "
+        f"({1 / replay:.1f} tokens/s); host share {(step - replay) / step * 100:.0f}%"
+    )
+    return graph
+
+
+def kernel_table(graph) -> None:
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(5):
+            graph.replay()
+        torch.cuda.synchronize()
+    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=18, max_name_column_width=60))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--shape", default="llama3-8b")
+    args = parser.parse_args()
+    device, dtype = torch.device("cuda"), torch.bfloat16
+    config, _ = named_shape(args.shape)
+    model = engine_model(config, random_weights(config, device, dtype), device, dtype)
+    matrix_products(model)
+    ops.TRITON_GEMV = False
+    decode_step(model, "cuBLAS products")
+    ops.TRITON_GEMV = True
+    graph = decode_step(model, "Triton products")
+    kernel_table(graph)
+
+
+if __name__ == "__main__":
+    main()
