@@ -4,6 +4,7 @@ and screenshots saved under artifacts/screenshots/ (gitignored; CI keeps them as
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -32,12 +33,16 @@ def open_page(
     context = browser.new_context(viewport=viewport, **options)
     page = context.new_page()
     errors: list[str] = []
+    elsewhere: list[str] = []  # the dashboard works offline: it asks only the node that served it
+    origin = url.rstrip("/")
     page.on("pageerror", lambda error: errors.append(str(error)))
     page.on("console", lambda message: message.type == "error" and errors.append(message.text))
+    page.on("request", lambda request: request.url.startswith(origin) or elsewhere.append(request.url))
     page.goto(url)
     try:
         yield page
         assert allow_errors or not errors, f"the page logged errors: {errors}"
+        assert not elsewhere, f"the page fetched from elsewhere: {elsewhere}"
     finally:
         context.close()
 
@@ -53,3 +58,22 @@ def screenshot(target, name: str, full_page: bool = True) -> Path:
     else:
         target.screenshot(path=str(path))
     return path
+
+
+CONTROL_ROLES = (
+    "button",
+    "link",
+    "textbox",
+    "combobox",
+    "checkbox",
+    "radio",
+    "spinbutton",
+    "slider",
+    "switch",
+)
+UNNAMED = re.compile(rf"^\s*- ({'|'.join(CONTROL_ROLES)})(:|$| \[)")
+
+
+def unnamed_controls(page) -> list[str]:
+    """Controls without an accessible name, as Chromium's accessibility tree has them."""
+    return [line for line in page.locator("body").aria_snapshot().splitlines() if UNNAMED.match(line)]

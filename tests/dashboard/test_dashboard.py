@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 
-from pages import PHONE, open_page, screenshot
+from pages import PHONE, open_page, screenshot, unnamed_controls
 from playwright.sync_api import expect
 
 from nodes import NodeProcess, generate, start_node
@@ -148,13 +148,17 @@ def test_launch_shows_the_placement_and_chat_streams_the_greedy_answer(browser, 
                 )
             )
         screenshot(page, "chat-laptop")
+        assert unnamed_controls(page) == []  # with options open, an instance, and a conversation
 
-        with open_page(browser, beta.url, viewport=PHONE, is_mobile=True, has_touch=True) as phone:
+        with open_page(
+            browser, beta.url, viewport=PHONE, is_mobile=True, has_touch=True, reduced_motion="reduce"
+        ) as phone:
             expect(instance_card(phone, "demo").locator(".card-head .status")).to_have_text("ready")
             ask(phone, "Good morrow.")
             assert phone.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
+            assert unnamed_controls(phone) == []
             screenshot(phone, "dashboard-phone")
-            phone.get_by_role("link", name="Chat").click()
+            phone.get_by_role("link", name="Chat", exact=True).click()
             screenshot(phone, "chat-phone", full_page=False)
 
         card.get_by_role("button", name=f"Stop demo {instance_id}").click()

@@ -45,7 +45,7 @@ export function deviceRow(device, nodeName) {
         "div",
         { class: "metric" },
         h("span", { class: "metric-name", text: "Power" }),
-        meter(`${nodeName} ${title} power draw`, limit ? device.power_draw / limit : 0, text),
+        meter(`${nodeName} ${title} power draw`, limit ? device.power_draw / limit : 0, text, { tone: limit ? tone(device.power_draw / limit) : "" }),
         h("span", { class: "metric-value", text }),
       ),
     );

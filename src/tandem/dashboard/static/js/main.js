@@ -35,7 +35,7 @@ const instances = new InstancesPanel(
   {
     onChat: (instanceId) => {
       chat.choose(instanceId);
-      byId("chat").scrollIntoView({ behavior: "smooth", block: "start" });
+      byId("chat").scrollIntoView({ block: "start" }); // smooth unless the reader asks for less motion
       byId("chat-input").focus({ preventScroll: true });
     },
   },

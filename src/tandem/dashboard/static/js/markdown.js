@@ -8,7 +8,7 @@
 // Supported: headings, paragraphs (single line breaks kept: models write verse and lists of
 // lines), **bold**, *italic* / _italic_, `inline code`, fenced code blocks (an unclosed fence
 // runs to the end, which is what a streaming answer looks like), bullet and numbered lists
-// nested by indentation, > quotes, horizontal rules, [links](https://…).
+// nested by indentation, > quotes, horizontal rules, [links](target) to http, https or mailto.
 
 const ESCAPES = { "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" };
 
