@@ -9,8 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from pages import CHROMIUM, CHROMIUM_ARGS
 
+from dashboard.pages import CHROMIUM, CHROMIUM_ARGS
 from nodes import NodeProcess, start_node, wait_for
 
 

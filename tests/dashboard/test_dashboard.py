@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import re
 
-from pages import PHONE, open_page, screenshot, unnamed_controls
 from playwright.sync_api import expect
 
+from dashboard.pages import PHONE, open_page, screenshot, unnamed_controls
 from nodes import NodeProcess, generate, start_node
 
 LAUNCH_TIMEOUT_MS = 120_000

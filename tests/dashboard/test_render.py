@@ -7,8 +7,9 @@ from __future__ import annotations
 import re
 
 import pytest
-from pages import open_page, screenshot
 from playwright.sync_api import expect
+
+from dashboard.pages import open_page, screenshot
 
 LINK = 'target="_blank" rel="noopener noreferrer nofollow"'
 

@@ -6,7 +6,12 @@ import { h } from "./dom.js";
 import { duration, modelLabel, tokenRate } from "./format.js";
 import { renderMarkdown } from "./markdown.js";
 
-const FINISH_TEXT = { stop: "finished", length: "reached the token limit", abort: "stopped", stopped: "stopped" };
+const FINISH_TEXT = {
+  stop: "finished",
+  length: "reached the token limit",
+  abort: "stopped",
+  stopped: "stopped",
+};
 
 /** "first token 52 ms · 40 tokens · 512 tokens/s": decode speed counts the tokens after the
  * first over the time after it, so it measures decoding alone (prefill is in the first). */
@@ -49,11 +54,13 @@ export class ChatPanel {
       this.el.instance.dataset.renderKey = key;
       this.el.instance.replaceChildren(
         ...(ready.length
-          ? ready.map((i) => h("option", { value: i.instance_id, text: `${modelLabel(i.model)} · ${i.instance_id}` }))
+          ? ready.map((i) =>
+              h("option", { value: i.instance_id, text: `${modelLabel(i.model)} · ${i.instance_id}` }),
+            )
           : [h("option", { value: "", text: "no running instance: launch one" })]),
       );
       const keep = ready.some((i) => i.instance_id === this.instanceId);
-      this.el.instance.value = keep ? this.instanceId : ready[0]?.instance_id ?? "";
+      this.el.instance.value = keep ? this.instanceId : (ready[0]?.instance_id ?? "");
       if (!keep) this.choose(this.el.instance.value);
     }
     this.el.instance.disabled = ready.length === 0;
@@ -95,12 +102,25 @@ export class ChatPanel {
     if (!text || this.controller || !this.instanceId) return;
     this.el.input.value = "";
     this.messages.push({ role: "user", content: text });
-    this.append(h("article", { class: "message message-user", "aria-label": "You" }, h("div", { class: "message-body", text })));
+    this.append(
+      h(
+        "article",
+        { class: "message message-user", "aria-label": "You" },
+        h("div", { class: "message-body", text }),
+      ),
+    );
     const answer = this.startAnswer();
     const controller = new AbortController();
     this.controller = controller;
     this.syncButtons();
-    const run = { started: performance.now(), first: null, last: null, tokens: 0, promptTokens: null, finish: null };
+    const run = {
+      started: performance.now(),
+      first: null,
+      last: null,
+      tokens: 0,
+      promptTokens: null,
+      finish: null,
+    };
     let content = "";
     let error = null;
     try {
@@ -128,14 +148,20 @@ export class ChatPanel {
     // A failed answer leaves the question in the transcript but not in what the model sees next.
     if (error) this.messages.pop();
     else this.messages.push({ role: "assistant", content });
-    if (document.activeElement === this.el.stop || document.activeElement === document.body) this.el.input.focus();
+    if (document.activeElement === this.el.stop || document.activeElement === document.body)
+      this.el.input.focus();
   }
 
   /** A new answer bubble; `show` re-renders it at most once per frame while tokens stream in. */
   startAnswer() {
     const body = h("div", { class: "message-body markdown" });
     const stats = h("p", { class: "message-stats muted small", text: "waiting for the first token…" });
-    const element = h("article", { class: "message message-assistant streaming", "aria-label": "Answer", "aria-busy": "true" }, body, stats);
+    const element = h(
+      "article",
+      { class: "message message-assistant streaming", "aria-label": "Answer", "aria-busy": "true" },
+      body,
+      stats,
+    );
     this.append(element);
     let pending = null;
     let latest = null;

@@ -18,7 +18,10 @@ export function nodeCard(node, { coordinator, self }) {
       "data-node-id": node.node_id,
     },
     h("header", { class: "card-head" }, h("h3", { class: "node-name", text: node.name }), badges),
-    h("p", { class: "muted small node-meta", text: `${node.address} · id ${shortId(node.node_id)} · v${node.version}` }),
+    h("p", {
+      class: "muted small node-meta",
+      text: `${node.address} · id ${shortId(node.node_id)} · v${node.version}`,
+    }),
     devicesList(node),
     downloadsList(node),
   );
@@ -87,7 +90,8 @@ export class ClusterView {
     const names = Object.fromEntries(view.nodes.map((node) => [node.node_id, node.name]));
     // The coordinator first, then by name: cards stay put as readings change.
     const ordered = [...view.nodes].sort(
-      (a, b) => (b.node_id === view.coordinator) - (a.node_id === view.coordinator) || a.name.localeCompare(b.name),
+      (a, b) =>
+        (b.node_id === view.coordinator) - (a.node_id === view.coordinator) || a.name.localeCompare(b.name),
     );
     renderIfChanged(this.nodes, JSON.stringify([ordered, view.coordinator, view.self]), () =>
       ordered.map((node) => nodeCard(node, { coordinator: view.coordinator, self: view.self })),

@@ -32,20 +32,26 @@ export function deviceRow(device, nodeName) {
         "div",
         { class: "metric" },
         h("span", { class: "metric-name", text: "Load" }),
-        meter(`${nodeName} ${title} utilization`, device.utilization, percent(device.utilization), { tone: "accent" }),
+        meter(`${nodeName} ${title} utilization`, device.utilization, percent(device.utilization), {
+          tone: "accent",
+        }),
         h("span", { class: "metric-value", text: percent(device.utilization) }),
       ),
     );
   }
   if (device.power_draw !== null && device.power_draw !== undefined) {
     const limit = device.power_limit || null;
-    const text = limit ? `${device.power_draw.toFixed(0)} / ${limit.toFixed(0)} W` : `${device.power_draw.toFixed(0)} W`;
+    const text = limit
+      ? `${device.power_draw.toFixed(0)} / ${limit.toFixed(0)} W`
+      : `${device.power_draw.toFixed(0)} W`;
     rows.push(
       h(
         "div",
         { class: "metric" },
         h("span", { class: "metric-name", text: "Power" }),
-        meter(`${nodeName} ${title} power draw`, limit ? device.power_draw / limit : 0, text, { tone: limit ? tone(device.power_draw / limit) : "" }),
+        meter(`${nodeName} ${title} power draw`, limit ? device.power_draw / limit : 0, text, {
+          tone: limit ? tone(device.power_draw / limit) : "",
+        }),
         h("span", { class: "metric-value", text }),
       ),
     );
@@ -108,12 +114,24 @@ export function downloadsList(node) {
         return h(
           "li",
           { class: `download download-${download.status}` },
-          h("div", { class: "download-head" }, h("span", { class: "download-model", text: download.model }), h("span", { class: "muted", text })),
-          meter(`download of ${download.model} to ${node.name}`, download.status === "done" ? 1 : fraction, text, {
-            role: "progressbar",
-            tone: download.status === "failed" ? "bad" : "accent",
-          }),
-          download.message && download.status !== "failed" ? h("p", { class: "muted small", text: download.message }) : null,
+          h(
+            "div",
+            { class: "download-head" },
+            h("span", { class: "download-model", text: download.model }),
+            h("span", { class: "muted", text }),
+          ),
+          meter(
+            `download of ${download.model} to ${node.name}`,
+            download.status === "done" ? 1 : fraction,
+            text,
+            {
+              role: "progressbar",
+              tone: download.status === "failed" ? "bad" : "accent",
+            },
+          ),
+          download.message && download.status !== "failed"
+            ? h("p", { class: "muted small", text: download.message })
+            : null,
         );
       }),
     ),

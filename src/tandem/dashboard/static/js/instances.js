@@ -11,7 +11,12 @@ function instanceCard(instance, names, { onStop, onChat }) {
   const label = `${model} ${instance.instance_id}`;
   return h(
     "article",
-    { class: `card instance instance-${instance.status}`, role: "listitem", "aria-label": `instance ${label}`, "data-instance-id": instance.instance_id },
+    {
+      class: `card instance instance-${instance.status}`,
+      role: "listitem",
+      "aria-label": `instance ${label}`,
+      "data-instance-id": instance.instance_id,
+    },
     h(
       "header",
       { class: "card-head" },
@@ -66,7 +71,10 @@ export class InstancesPanel {
     renderIfChanged(this.list, JSON.stringify([view.instances, names]), () =>
       view.instances.length
         ? view.instances.map((instance) =>
-            instanceCard(instance, names, { onStop: (i, button) => this.stop(i, button), onChat: this.onChat }),
+            instanceCard(instance, names, {
+              onStop: (i, button) => this.stop(i, button),
+              onChat: this.onChat,
+            }),
           )
         : h("p", { class: "muted", text: "No instances. Choose a model above and launch it." }),
     );

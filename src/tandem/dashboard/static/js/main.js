@@ -8,7 +8,11 @@ import { ModelsPanel } from "./models.js";
 
 const byId = (id) => document.getElementById(id);
 
-const cluster = new ClusterView({ nodes: byId("nodes"), links: byId("links"), summary: byId("cluster-summary") });
+const cluster = new ClusterView({
+  nodes: byId("nodes"),
+  links: byId("links"),
+  summary: byId("cluster-summary"),
+});
 const models = new ModelsPanel({
   list: byId("model-list"),
   form: byId("launch-form"),

@@ -36,7 +36,7 @@ function renderBlocks(lines) {
     if (paragraph.length) out.push(`<p>${paragraph.map(inline).join("<br>")}</p>`);
     paragraph = [];
   };
-  for (let i = 0; i < lines.length; ) {
+  for (let i = 0; i < lines.length;) {
     const line = lines[i];
     const fence = line.match(FENCE);
     if (fence) {
@@ -115,7 +115,7 @@ function renderItems(items, from, to) {
   const tag = first.ordered ? "ol" : "ul";
   const start = first.ordered && first.number !== 1 ? ` start="${first.number}"` : "";
   const parts = [`<${tag}${start}>`];
-  for (let i = from; i < to; ) {
+  for (let i = from; i < to;) {
     let end = i + 1;
     while (end < to && items[end].indent > items[i].indent) end += 1;
     const nested = end > i + 1 ? renderItems(items, i + 1, end) : "";

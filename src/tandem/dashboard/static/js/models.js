@@ -12,11 +12,9 @@ function modelOption(model, checked) {
     model.layers ? `${model.layers} layers` : null,
     model.max_context ? `${model.max_context} context` : null,
   ].filter(Boolean);
+  const speed = model.predicted_tokens_per_second;
   const fit = model.fits
-    ? h("span", {
-        class: "status status-ready",
-        text: `fits${model.predicted_tokens_per_second ? ` · ~${tokenRate(model.predicted_tokens_per_second)}` : ""}`,
-      })
+    ? h("span", { class: "status status-ready", text: speed ? `fits · ~${tokenRate(speed)}` : "fits" })
     : h("span", { class: "status status-failed", text: "does not fit" });
   return h(
     "div",
@@ -28,7 +26,13 @@ function modelOption(model, checked) {
       h(
         "span",
         { class: "model-text" },
-        h("span", { class: "model-head" }, h("strong", { text: model.label }), h("span", { class: "badge", text: model.source }), fit),
+        h(
+          "span",
+          { class: "model-head" },
+          h("strong", { text: model.label }),
+          h("span", { class: "badge", text: model.source }),
+          fit,
+        ),
         h("span", { class: "muted small", text: facts.join(" · ") }),
         model.reason ? h("span", { class: "muted small model-reason", text: model.reason }) : null,
       ),
@@ -76,7 +80,10 @@ export class ModelsPanel {
       JSON.stringify(nodeOrder.map((n) => [n.node_id, n.name, n.devices.map((d) => [d.kind, d.index])])),
       () => deviceOptions({ nodes: nodeOrder }, checked),
     );
-    const key = JSON.stringify([view.nodes.map((n) => n.node_id).sort(), view.instances.map((i) => [i.instance_id, i.status])]);
+    const key = JSON.stringify([
+      view.nodes.map((n) => n.node_id).sort(),
+      view.instances.map((i) => [i.instance_id, i.status]),
+    ]);
     if (key !== this.refreshKey) {
       this.refreshKey = key;
       this.refresh();
@@ -94,7 +101,10 @@ export class ModelsPanel {
     renderIfChanged(this.el.list, JSON.stringify([this.models, chosen]), () =>
       this.models.length
         ? this.models.map((model) => modelOption(model, model.name === chosen))
-        : h("p", { class: "muted", text: "No models. Start the node with --models-dir DIR to offer checkpoints." }),
+        : h("p", {
+            class: "muted",
+            text: "No models. Start the node with --models-dir DIR to offer checkpoints.",
+          }),
     );
   }
 
@@ -115,7 +125,11 @@ export class ModelsPanel {
       const value = this.el.form.elements[name].value.trim();
       return value === "" ? undefined : Number(value);
     };
-    for (const [field, name] of [["context", "context"], ["sequences", "sequences"], ["min_stages", "min-stages"]]) {
+    for (const [field, name] of [
+      ["context", "context"],
+      ["sequences", "sequences"],
+      ["min_stages", "min-stages"],
+    ]) {
       const value = number(name);
       if (value !== undefined) body[field] = value;
     }
@@ -147,7 +161,13 @@ export class ModelsPanel {
         h("h3", { class: "preview-title", text: `Preview: ${placement.model_name}` }),
         h("p", { class: "preview-summary", text: placementSummary(placement) }),
         placementBars(placement, this.names()),
-        placement.notes.length ? h("ul", { class: "notes muted small" }, placement.notes.map((note) => h("li", { text: note }))) : null,
+        placement.notes.length
+          ? h(
+              "ul",
+              { class: "notes muted small" },
+              placement.notes.map((note) => h("li", { text: note })),
+            )
+          : null,
       );
       this.say("");
     } catch (error) {
@@ -166,7 +186,9 @@ export class ModelsPanel {
     this.say(`Launching ${body.model}…`);
     try {
       const instance = await launchInstance(body);
-      this.say(`Launched ${modelLabel(instance.model)} as ${instance.instance_id}; it appears under Instances.`);
+      this.say(
+        `Launched ${modelLabel(instance.model)} as ${instance.instance_id}; it appears under Instances.`,
+      );
     } catch (error) {
       this.say(`Could not launch: ${error.message}`, "error");
     } finally {

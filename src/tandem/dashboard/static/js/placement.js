@@ -67,7 +67,11 @@ export function placementBars(placement, names, runners = null) {
     rows.push(
       h(
         "li",
-        { class: "placement-row", "aria-label": `${name}: ${spans} of ${placement.num_layers}`, "data-node-id": nodeId },
+        {
+          class: "placement-row",
+          "aria-label": `${name}: ${spans} of ${placement.num_layers}`,
+          "data-node-id": nodeId,
+        },
         h("span", { class: "placement-node", text: name }),
         h(
           "span",
