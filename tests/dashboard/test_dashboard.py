@@ -88,6 +88,9 @@ def test_the_page_shows_every_node_its_devices_and_the_links(browser, cluster):
         )
         expect(rows.nth(1)).to_contain_text(re.compile(r"beta\s*alpha"))
         screenshot(page, "cluster-laptop")
+    with open_page(browser, alpha.url, color_scheme="dark") as dark:
+        expect(node_cards(dark)).to_have_count(2)
+        screenshot(dark, "cluster-laptop-dark")
 
 
 def test_launch_shows_the_placement_and_chat_streams_the_greedy_answer(browser, cluster):
