@@ -35,6 +35,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="identity, secret and caches (default: TANDEM_HOME or ~/.local/share/tandem)",
     )
     parser.add_argument("--remeasure", action="store_true", help="profile the devices again")
+    parser.add_argument(
+        "--models-dir",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="offer the checkpoint directories in DIR in the dashboard's model list (repeatable)",
+    )
 
 
 def options_from_args(args: argparse.Namespace):
@@ -62,6 +70,7 @@ def options_from_args(args: argparse.Namespace):
         devices=tuple(d.strip() for d in args.devices.split(",")) if args.devices else None,
         runner_threads=args.runner_threads,
         remeasure=args.remeasure,
+        models_dirs=tuple(args.models_dir),
     )
 
 

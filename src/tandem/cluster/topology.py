@@ -23,10 +23,27 @@ class DeviceInfo:
     memory_free: int
     matmul_flops: float  # measured: bf16 on CUDA, float32 on CPU
     memory_bandwidth: float  # measured device-to-device copy, bytes read + written per second
+    # Live readings where the hardware reports them (NVML for GPUs, the OS for CPUs); None: unknown.
+    utilization: float | None = None  # fraction of the last interval the device was busy, 0..1
+    power_draw: float | None = None  # watts
+    power_limit: float | None = None  # watts
 
     @property
     def torch_device(self) -> str:
         return "cpu" if self.kind == "cpu" else f"cuda:{self.index}"
+
+
+@dataclass(frozen=True)
+class DownloadProgress:
+    """A model download on a node, as that node reports it (the model store fills these in; the
+    dashboard draws one progress bar per entry). `total_bytes` is None until the size is known."""
+
+    model: str  # as the user named it: a catalog id, a repo id
+    done_bytes: int
+    total_bytes: int | None = None
+    bytes_per_second: float | None = None
+    status: Literal["downloading", "verifying", "done", "failed"] = "downloading"
+    message: str | None = None  # what failed, or what is being fetched now
 
 
 @dataclass(frozen=True)
@@ -36,6 +53,7 @@ class NodeInfo:
     address: str  # host:port of the node's HTTP server
     devices: tuple[DeviceInfo, ...]
     version: str = ""
+    downloads: tuple[DownloadProgress, ...] = ()  # in progress or recently finished
 
     def device(self, torch_device: str) -> DeviceInfo | None:
         return next((d for d in self.devices if d.torch_device == torch_device), None)

@@ -30,8 +30,8 @@ from tandem.node.codec import links_from_json, node_from_json, state_from_json, 
 from tandem.node.control import ControlClient, PeerUnreachable
 from tandem.node.membership import Membership
 from tandem.node.options import HEARTBEAT_INTERVAL, LINK_MEASURE_INTERVAL, PEER_TIMEOUT, NodeOptions
-from tandem.node.profile import refresh_free_memory
 from tandem.node.supervisor import Supervisor
+from tandem.node.telemetry import Telemetry
 
 log = logging.getLogger("tandem.node")
 
@@ -76,6 +76,8 @@ class Node:
         self.instances: Any = None  # the InstanceManager, attached by `tandem.node.app`
         self._nodes_published_at = 0.0
         self._tasks: list[asyncio.Task] = []
+        self.telemetry = Telemetry()
+        self.closing = asyncio.Event()  # set when the node shuts down: long-lived streams end
 
     # --- the state ----------------------------------------------------------------------------
 
@@ -201,7 +203,7 @@ class Node:
                     peer.info.address,
                     PEER_TIMEOUT,
                 )
-            self.info = replace(self.info, devices=refresh_free_memory(self.info.devices))
+            self.info = replace(self.info, devices=self.telemetry.refresh(self.info.devices))
             if self.is_coordinator:
                 self._publish_as_coordinator()
                 if self.instances is not None:
@@ -265,6 +267,7 @@ class Node:
         self._tasks.append(task)
 
     async def close(self) -> None:
+        self.closing.set()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -272,3 +275,4 @@ class Node:
                 await task
         await self.supervisor.stop_all()
         await self.control.close()
+        self.telemetry.close()

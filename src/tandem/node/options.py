@@ -24,4 +24,5 @@ class NodeOptions:
     devices: tuple[str, ...] | None = None  # torch device names this node may use; None: all
     runner_threads: int | None = None  # CPU threads per runner process
     remeasure: bool = False
+    models_dirs: tuple[Path, ...] = ()  # folders of checkpoint directories to offer (--models-dir)
     extra: dict = field(default_factory=dict)

@@ -18,7 +18,9 @@ from pydantic import BaseModel, Field
 from tandem import __version__
 from tandem.cluster.auth import AuthError, verify_request
 from tandem.cluster.placement import Infeasible
+from tandem.dashboard import mount_dashboard
 from tandem.errors import TandemError
+from tandem.node.cluster_views import cluster_views_router
 from tandem.node.codec import state_to_json, to_jsonable
 from tandem.node.control import PeerUnreachable, sign_reply
 from tandem.node.instances import UnknownInstance
@@ -187,6 +189,8 @@ def create_app(node: Any) -> FastAPI:
         await node.instances.ready_instance(instance_id)  # 404/400 before the stream starts
         return await stream_events(node.instances.generate(instance_id, body.model_dump(exclude_none=True)))
 
+    app.include_router(cluster_views_router(node))
+    mount_dashboard(app)
     return app
 
 

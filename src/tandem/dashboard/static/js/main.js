@@ -1,0 +1,64 @@
+// The dashboard page: follow the cluster state and hand each new state to every panel.
+
+import { watchCluster } from "./api.js";
+import { ChatPanel } from "./chat.js";
+import { ClusterView } from "./cluster.js";
+import { InstancesPanel } from "./instances.js";
+import { ModelsPanel } from "./models.js";
+
+const byId = (id) => document.getElementById(id);
+
+const cluster = new ClusterView({
+  nodes: byId("nodes"),
+  links: byId("links"),
+  summary: byId("cluster-summary"),
+});
+const models = new ModelsPanel({
+  list: byId("model-list"),
+  form: byId("launch-form"),
+  devices: byId("launch-devices"),
+  preview: byId("preview"),
+  status: byId("launch-status"),
+  refresh: byId("refresh-models"),
+  previewButton: byId("preview-button"),
+  launchButton: byId("launch-button"),
+});
+const chat = new ChatPanel({
+  instance: byId("chat-instance"),
+  temperature: byId("chat-temperature"),
+  maxTokens: byId("chat-max-tokens"),
+  newChat: byId("chat-new"),
+  transcript: byId("transcript"),
+  form: byId("chat-form"),
+  input: byId("chat-input"),
+  send: byId("chat-send"),
+  stop: byId("chat-stop"),
+});
+const instances = new InstancesPanel(
+  { list: byId("instances"), status: byId("instances-status") },
+  {
+    onChat: (instanceId) => {
+      chat.choose(instanceId);
+      byId("chat").scrollIntoView({ block: "start" }); // smooth unless the reader asks for less motion
+      byId("chat-input").focus({ preventScroll: true });
+    },
+  },
+);
+
+const connection = byId("connection");
+
+function setConnection(status) {
+  connection.dataset.status = status;
+  connection.textContent = status === "live" ? "live" : "reconnecting…";
+  document.body.classList.toggle("stale", status !== "live");
+}
+
+watchCluster((view) => {
+  setConnection("live");
+  byId("node-title").textContent = view.nodes.find((node) => node.node_id === view.self)?.name ?? "";
+  cluster.update(view);
+  models.update(view);
+  instances.update(view);
+  chat.update(view);
+  document.body.dataset.stateVersion = String(view.version);
+}, setConnection);

@@ -1,0 +1,113 @@
+"""The models this node can launch, with their size and whether each fits the cluster now.
+
+Sources, in order: the bundled demo model, then every checkpoint directory under the node's
+`--models-dir` folders. A catalog adds its own source by appending a function to
+`MODEL_SOURCES` (it yields `LocalModel`s); the listing and the fit check stay the same.
+
+A checkpoint directory is one that holds `config.json` and at least one `.safetensors` file.
+A launch names the model by its `name` (the directory's path), which must exist at the same
+path on every node that will hold a stage, as for any launch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any, Literal
+
+from tandem.cluster.placement import Infeasible, Placement
+from tandem.engine.config import load_model_config
+from tandem.errors import TandemError
+from tandem.store.resolve import DEMO_MODEL_DIR, DEMO_MODEL_NAME
+
+ModelSourceKind = Literal["bundled", "directory", "catalog"]
+
+
+@dataclass(frozen=True)
+class LocalModel:
+    """A model the node can name in a launch request."""
+
+    name: str  # what a launch request says: "demo", or the checkpoint directory's path
+    label: str  # a short name for people
+    source: ModelSourceKind
+    path: Path
+
+
+@dataclass(frozen=True)
+class ModelListing:
+    """What the dashboard shows for one model; sizes in bytes."""
+
+    name: str
+    label: str
+    source: ModelSourceKind
+    path: str
+    architecture: str | None = None
+    parameters: int | None = None
+    file_bytes: int | None = None  # the safetensors files on disk
+    layers: int | None = None
+    max_context: int | None = None
+    fits: bool = False
+    predicted_tokens_per_second: float | None = None  # of the placement a launch would get now
+    reason: str | None = None  # why it does not fit, or why it cannot be read
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def is_checkpoint_dir(path: Path) -> bool:
+    return (path / "config.json").is_file() and any(path.glob("*.safetensors"))
+
+
+def bundled_models(_: tuple[Path, ...]) -> Iterator[LocalModel]:
+    yield LocalModel(DEMO_MODEL_NAME, DEMO_MODEL_NAME, "bundled", DEMO_MODEL_DIR)
+
+
+def directory_models(models_dirs: tuple[Path, ...]) -> Iterator[LocalModel]:
+    """Each folder given, if it is a checkpoint itself, and each checkpoint directly inside it."""
+    for folder in models_dirs:
+        folder = folder.expanduser().resolve()
+        candidates = [folder] if is_checkpoint_dir(folder) else []
+        if folder.is_dir():
+            candidates += sorted(child for child in folder.iterdir() if child.is_dir())
+        for path in candidates:
+            if is_checkpoint_dir(path):
+                yield LocalModel(str(path), path.name, "directory", path)
+
+
+MODEL_SOURCES: list[Callable[[tuple[Path, ...]], Iterable[LocalModel]]] = [bundled_models, directory_models]
+
+
+def find_models(models_dirs: tuple[Path, ...]) -> list[LocalModel]:
+    """Every model the sources offer, once each (the first source to name a model wins)."""
+    seen: dict[str, LocalModel] = {}
+    for source in MODEL_SOURCES:
+        for model in source(models_dirs):
+            seen.setdefault(model.name, model)
+    return list(seen.values())
+
+
+def describe_model(
+    model: LocalModel, plan: Callable[[dict[str, Any]], Placement | Infeasible]
+) -> ModelListing:
+    """The model's size from its config and files, and whether `plan` finds room for it now."""
+    listing = ModelListing(model.name, model.label, model.source, str(model.path))
+    try:
+        config = load_model_config(model.path)
+    except TandemError as error:
+        return replace(listing, reason=str(error))
+    listing = replace(
+        listing,
+        architecture=config.model_type,
+        parameters=config.total_parameter_count(),
+        file_bytes=sum(file.stat().st_size for file in model.path.glob("*.safetensors")),
+        layers=config.num_layers,
+        max_context=config.max_position_embeddings,
+    )
+    try:
+        placement = plan({"model": model.name})
+    except TandemError as error:
+        return replace(listing, reason=str(error))
+    if isinstance(placement, Infeasible):
+        return replace(listing, reason=placement.reason)
+    return replace(listing, fits=True, predicted_tokens_per_second=placement.predicted_tokens_per_second)
