@@ -99,11 +99,22 @@ def prompt_of(length: int, vocab: int) -> list[int]:
     return torch.randint(0, vocab, (length,), generator=generator).tolist()
 
 
+def context_for(prompt_lengths: list[int], decode_tokens: int) -> int:
+    """The context a benchmark engine allocates: its longest prompt (at least 128) plus decode."""
+    return max([*prompt_lengths, 128]) + decode_tokens + 8
+
+
 def time_engine(
     model: CausalLM, prompt_lengths: list[int], decode_tokens: int, device: torch.device
 ) -> GenerationTiming:
-    vocab = model.config.vocab_size
-    engine = engine_for(model, max_context=max([*prompt_lengths, 128]) + decode_tokens + 8)
+    engine = engine_for(model, max_context=context_for(prompt_lengths, decode_tokens))
+    return time_generation(engine, model.config.vocab_size, prompt_lengths, decode_tokens, device)
+
+
+def time_generation(
+    engine: LLMEngine, vocab: int, prompt_lengths: list[int], decode_tokens: int, device: torch.device
+) -> GenerationTiming:
+    """Time to first token per prompt length, then decode tokens/s at batch 1, through `engine`."""
     first_token = SamplingParams(max_tokens=1, temperature=0.0, ignore_eos=True)
     ttft = {}
     for length in prompt_lengths:

@@ -25,6 +25,17 @@ _LLAMA3 = dict(
 )
 
 NAMED_SHAPES: dict[str, dict[str, Any]] = {
+    # a toy for tests of the benchmark itself
+    "tiny": dict(
+        _LLAMA3,
+        vocab_size=512,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=4096,
+    ),
     "llama3-8b": dict(
         _LLAMA3,
         hidden_size=4096,

@@ -27,6 +27,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--decode-tokens", type=int, default=256, help="tokens per decode run (default 256)")
     parser.add_argument("--baseline", action="store_true", help="also run transformers generate (eager)")
     parser.add_argument("--json", type=Path, help="write the full report as JSON here")
+    parser.add_argument(
+        "--plans",
+        help="compare placements on this machine's GPUs instead, e.g. 1,tp2,tp4,pp2 "
+        "(1 GPU, tensor parallel over N, pipeline over N); each runs under torchrun",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -42,6 +47,14 @@ def run(args: argparse.Namespace) -> int:
         ) from None
     if not lengths or min(lengths) < 1 or args.decode_tokens < 2:
         raise InvalidRequestError("prompt lengths must be positive and --decode-tokens at least 2")
+    if args.plans:
+        from tandem.bench.plans import compare_plans, parse_plans
+
+        lines = compare_plans(args.shape, parse_plans(args.plans), lengths, args.decode_tokens)
+        print("\n".join(lines))
+        if args.json:
+            args.json.write_text(lines[-1].removeprefix("JSON: "))
+        return 0
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
     report = run_benchmark(args.shape, device, dtype, lengths, args.decode_tokens, args.baseline)

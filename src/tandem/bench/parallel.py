@@ -1,0 +1,176 @@
+"""One benchmark plan on several GPUs, run under torchrun: `python -m torch.distributed.run
+--nproc_per_node N -m tandem.bench.parallel --plan tpN|ppN ...` (the `tandem bench --plans`
+launcher does this). Rank 0 writes the plan's measurements as JSON.
+
+- `tpN`: every rank holds a tensor-parallel shard of the whole model and runs the same engine in
+  lockstep (greedy, so every rank picks the same tokens); all-reduces go through symmetric
+  memory where available (else NCCL), inside the decode CUDA graph.
+- `ppN`: rank r holds the r-th of N pipeline stages; rank 0 drives the engine and the stages pass
+  hidden states as the cluster's runners do (`runner/pipeline.py`), over NCCL.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from tandem.bench.measure import (
+    context_for,
+    copy_bandwidth,
+    engine_for,
+    time_generation,
+)
+from tandem.bench.shapes import named_shape
+from tandem.engine.config import ModelConfig
+from tandem.engine.engine import LLMEngine
+from tandem.engine.model_runner import ModelRunner
+from tandem.engine.models import build_empty_model
+from tandem.engine.models.llama import CausalLM
+from tandem.engine.stage import StageSpec, split_evenly
+
+
+def randomize(model: CausalLM, device: torch.device, dtype: torch.dtype, seed: int) -> CausalLM:
+    """Materialize a meta-device model (or shard) on `device` with random weights, then fuse."""
+    model = model.to_empty(device=device).to(dtype)
+    generator = torch.Generator(device=device).manual_seed(seed)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if name.endswith("norm.weight"):
+                parameter.fill_(1.0)
+            else:
+                parameter.normal_(0.0, 0.02, generator=generator)
+    model.reset_buffers(device)
+    model.fuse_projections()
+    return model.eval()
+
+
+def all_reduce_latency(all_reduce, hidden: int, device: torch.device, dtype: torch.dtype) -> float:
+    """Seconds per decode-sized all-reduce (one token's hidden state), captured in a CUDA graph."""
+    message = torch.ones(hidden, dtype=dtype, device=device)
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(3):
+            all_reduce(message.clone())
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    repeats = 64
+    with torch.cuda.graph(graph):
+        for _ in range(repeats):
+            all_reduce(message)
+    graph.replay()
+    torch.cuda.synchronize()
+    started = time.perf_counter()
+    for _ in range(10):
+        graph.replay()
+    torch.cuda.synchronize()
+    return (time.perf_counter() - started) / (10 * repeats)
+
+
+def tensor_parallel_engine(
+    config: ModelConfig, device: torch.device, dtype: torch.dtype, context: int, report: dict
+) -> LLMEngine:
+    from tandem.engine.cuda.symmetric import SymmetricMemoryAllReduce, symmetric_memory_available
+    from tandem.engine.parallel.apply import apply_tensor_parallel
+    from tandem.engine.parallel.group import ProcessGroupAllReduce, TensorParallelGroup
+
+    nccl = ProcessGroupAllReduce(None)
+    fast = nccl
+    if device.type == "cuda":
+        report["all_reduce_seconds_nccl"] = all_reduce_latency(nccl, config.hidden_size, device, dtype)
+    if device.type == "cuda" and symmetric_memory_available():
+        fast = SymmetricMemoryAllReduce(dist.group.WORLD, device, dtype)
+        report["all_reduce_seconds_symmetric"] = all_reduce_latency(fast, config.hidden_size, device, dtype)
+    report["all_reduce"] = "symmetric memory one-shot" if fast is not nccl else "NCCL"
+    group = TensorParallelGroup.from_process_group(None, all_reduce=fast)
+    model = build_empty_model(config, StageSpec.whole(config.num_layers))
+    apply_tensor_parallel(model, group)
+    model = randomize(model, device, dtype, seed=dist.get_rank())
+    return engine_for(model, context)
+
+
+def pipeline_engine(
+    config: ModelConfig, device: torch.device, dtype: torch.dtype, context: int
+) -> LLMEngine | None:
+    """Rank 0's engine; other ranks serve their stage until rank 0 stops them, then return None."""
+    from tandem.runner.pipeline import PipelineExecutor, serve_stage
+    from tandem.runner.wire import Wire
+
+    rank, world = dist.get_rank(), dist.get_world_size()
+    layers = split_evenly(config.num_layers, world)[rank]
+    model = randomize(
+        build_empty_model(config, StageSpec(layers, config.num_layers)), device, dtype, seed=rank
+    )
+    runner = ModelRunner(model, num_slots=1, max_context=context)
+    wire = Wire(device)
+    if rank > 0:
+        serve_stage(runner, wire, rank, world)
+        return None
+    return LLMEngine(
+        PipelineExecutor(runner, wire, world),
+        tokenizer=None,
+        eos_token_ids=frozenset(),
+        max_context=context,
+        num_slots=1,
+        max_prefill_tokens=context,
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--plan", required=True)
+    parser.add_argument("--shape", required=True)
+    parser.add_argument("--prompt-lengths", default="128,2048")
+    parser.add_argument("--decode-tokens", type=int, default=128)
+    parser.add_argument("--json", type=Path, required=True)
+    args = parser.parse_args()
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    if torch.cuda.is_available():
+        device, dtype = torch.device("cuda", local_rank), torch.bfloat16
+        torch.cuda.set_device(device)
+        dist.init_process_group("nccl", device_id=device)
+    else:  # CPU processes over gloo: the same code paths, for tests
+        device, dtype = torch.device("cpu"), torch.float32
+        torch.set_num_threads(1)
+        dist.init_process_group("gloo")
+    config, _ = named_shape(args.shape)
+    lengths = [int(n) for n in args.prompt_lengths.split(",")]
+    context = context_for(lengths, args.decode_tokens)
+    report: dict = {
+        "plan": args.plan,
+        "shape": args.shape,
+        "gpus": dist.get_world_size(),
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "copy_bandwidth": copy_bandwidth(device),
+    }
+    if args.plan == "1":
+        model = randomize(
+            build_empty_model(config, StageSpec.whole(config.num_layers)), device, dtype, seed=0
+        )
+        engine = engine_for(model, context)
+    elif args.plan.startswith("tp"):
+        engine = tensor_parallel_engine(config, device, dtype, context, report)
+    else:
+        engine = pipeline_engine(config, device, dtype, context)
+    if engine is not None:
+        timing = time_generation(engine, config.vocab_size, lengths, args.decode_tokens, device)
+        report.update(asdict(timing))
+        report["peak_memory_bytes"] = torch.cuda.max_memory_allocated(device)
+        if args.plan.startswith("pp"):
+            engine.executor.shutdown()  # type: ignore[attr-defined]
+    if dist.get_rank() == 0:
+        args.json.write_text(json.dumps(report, indent=2))
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,115 @@
+"""`tandem bench --plans 1,tp2,tp4,pp2`: one model shape under several placements on this
+machine's GPUs, in one run, each beside its comm-aware ceiling and the speedup over one GPU.
+
+Each plan runs in its own process group (`tandem.bench.parallel` under torchrun), one after the
+other, so every plan has the GPUs to itself and starts from empty memory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from tandem.bench.report import bytes_read_per_token
+from tandem.bench.shapes import named_shape
+from tandem.errors import InvalidRequestError
+
+PLAN_PATTERN = re.compile(r"^(1|tp[1-8]|pp[2-8])$")
+NCCL_SAFETY = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
+
+
+def gpus_of(plan: str) -> int:
+    return 1 if plan == "1" else int(plan[2:])
+
+
+def parse_plans(text: str) -> list[str]:
+    plans = [p.strip() for p in text.split(",") if p.strip()]
+    bad = [p for p in plans if not PLAN_PATTERN.match(p)]
+    if not plans or bad:
+        raise InvalidRequestError(
+            f"--plans takes 1, tpN or ppN (N up to 8), comma-separated; not {', '.join(bad)}"
+        )
+    return plans
+
+
+def run_plan(plan: str, shape: str, prompt_lengths: list[int], decode_tokens: int) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as work:
+        output = Path(work) / "plan.json"
+        command = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc_per_node={gpus_of(plan)}",
+            "-m",
+            "tandem.bench.parallel",
+            "--plan",
+            plan,
+            "--shape",
+            shape,
+            "--json",
+            str(output),
+            "--prompt-lengths",
+            ",".join(map(str, prompt_lengths)),
+            "--decode-tokens",
+            str(decode_tokens),
+        ]
+        result = subprocess.run(command, env={**os.environ, **NCCL_SAFETY}, capture_output=True, text=True)
+        if result.returncode != 0 or not output.exists():
+            tail = (result.stderr or result.stdout).strip().splitlines()[-3:]
+            return {"plan": plan, "error": " | ".join(tail) or f"exit code {result.returncode}"}
+        return json.loads(output.read_text())
+
+
+def ceiling_tokens_per_second(report: dict[str, Any], read_bytes: int, num_layers: int) -> float:
+    """Weight bytes over the GPUs' bandwidth, plus (tensor parallel) the measured all-reduce
+    latency times the all-reduces per token: two a layer, the embedding's, and the head's gather."""
+    gpus = report["gpus"]
+    seconds = read_bytes / (report["copy_bandwidth"] * (gpus if report["plan"].startswith("tp") else 1))
+    if report["plan"].startswith("tp") and gpus > 1:
+        latency = report.get("all_reduce_seconds_symmetric") or report["all_reduce_seconds_nccl"]
+        seconds += (2 * num_layers + 2) * latency
+    return 1.0 / seconds
+
+
+def compare_plans(shape: str, plans: list[str], prompt_lengths: list[int], decode_tokens: int) -> list[str]:
+    config, _ = named_shape(shape)
+    read = bytes_read_per_token(config, 2)
+    reports = [run_plan(plan, shape, prompt_lengths, decode_tokens) for plan in plans]
+    measured = [r for r in reports if "error" not in r]
+    reference = next((r for r in measured if r["gpus"] == min(m["gpus"] for m in measured)), None)
+    lines = [
+        f"{shape} bfloat16, batch 1 decode ({read / 1e9:.1f} GB of weights read per token)",
+        f"{'plan':>5} {'GPUs':>4} {'tokens/s':>9} {'speedup':>8} {'ceiling':>8} {'of ceiling':>10} "
+        f"{'TTFT ms':>8} {'all-reduce':>22}",
+    ]
+    for report in reports:
+        if "error" in report:
+            lines.append(f"{report['plan']:>5}  failed: {report['error'][:150]}")
+            continue
+        rate = report["decode_tokens_per_second"]
+        ceiling = ceiling_tokens_per_second(report, read, config.num_layers)
+        speedup = rate / reference["decode_tokens_per_second"] if reference else float("nan")
+        longest = max(report["ttft_seconds"], key=int)
+        collective = ""
+        if "all_reduce_seconds_nccl" in report and report["gpus"] > 1:
+            collective = f"NCCL {report['all_reduce_seconds_nccl'] * 1e6:.1f} us"
+            if "all_reduce_seconds_symmetric" in report:
+                collective += f", symm {report['all_reduce_seconds_symmetric'] * 1e6:.1f} us"
+        lines.append(
+            f"{report['plan']:>5} {report['gpus']:>4} {rate:>9.1f} {speedup:>7.2f}x {ceiling:>8.1f} "
+            f"{rate / ceiling * 100:>9.0f}% {report['ttft_seconds'][longest] * 1e3:>8.1f} {collective:>22}"
+        )
+    if reference:
+        lines.append(
+            f"speedups are against plan {reference['plan']} ({reference['gpus']} GPU"
+            f"{'s' if reference['gpus'] > 1 else ''}); TTFT is for the {max(prompt_lengths)}-token prompt"
+        )
+    lines.append("JSON: " + json.dumps(reports))
+    return lines
