@@ -84,8 +84,9 @@ def compare_plans(shape: str, plans: list[str], prompt_lengths: list[int], decod
     reports = [run_plan(plan, shape, prompt_lengths, decode_tokens) for plan in plans]
     measured = [r for r in reports if "error" not in r]
     reference = next((r for r in measured if r["gpus"] == min(m["gpus"] for m in measured)), None)
+    devices = sorted({r["device"] for r in measured}) or ["?"]
     lines = [
-        f"{shape} bfloat16, batch 1 decode ({read / 1e9:.1f} GB of weights read per token)",
+        f"{shape} on {', '.join(devices)}, batch 1 decode ({read / 1e9:.2f} GB of bfloat16 weights per token)",
         f"{'plan':>5} {'GPUs':>4} {'tokens/s':>9} {'speedup':>8} {'ceiling':>8} {'of ceiling':>10} "
         f"{'TTFT ms':>8} {'all-reduce':>22}",
     ]

@@ -1,0 +1,57 @@
+"""`tandem bench` end to end on the CPU with a toy shape: the report's structure and arithmetic
+(the speed figures themselves come from GPUs; docs/benchmarks.md)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+
+def tandem_bench(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "tandem.cli.main", "bench", "--shape", "tiny", *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def test_single_device_report_with_baseline(tmp_path):
+    report_path = tmp_path / "report.json"
+    result = tandem_bench(
+        "--device",
+        "cpu",
+        "--prompt-lengths",
+        "8,32",
+        "--decode-tokens",
+        "6",
+        "--baseline",
+        "--json",
+        str(report_path),
+    )
+    assert result.returncode == 0, result.stderr
+    assert "decode floor" in result.stdout and "engine is" in result.stdout
+    report = json.loads(report_path.read_text())
+    engine = report["engine"]
+    assert set(engine["ttft_seconds"]) == {"8", "32"}
+    assert engine["decode_tokens_per_second"] > 0 and report["baseline"]["decode_tokens_per_second"] > 0
+    expected_fraction = engine["decode_tokens_per_second"] / report["decode_floor_tokens_per_second"]
+    assert abs(engine["fraction_of_floor"] - expected_fraction) < 1e-9
+
+
+def test_placements_compared_in_one_run(tmp_path):
+    report_path = tmp_path / "plans.json"
+    result = tandem_bench(
+        "--plans", "1,pp2", "--prompt-lengths", "8", "--decode-tokens", "6", "--json", str(report_path)
+    )
+    assert result.returncode == 0, result.stderr
+    reports = json.loads(report_path.read_text())
+    assert [r["plan"] for r in reports] == ["1", "pp2"] and all("error" not in r for r in reports)
+    assert "speedups are against plan 1" in result.stdout
+
+
+def test_bad_plans_are_one_line_errors():
+    result = tandem_bench("--plans", "1,tp9")
+    assert result.returncode == 1
+    assert result.stderr.strip().startswith("tandem: error: --plans takes")
