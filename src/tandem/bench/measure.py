@@ -139,6 +139,20 @@ def time_generation(
     return GenerationTiming(ttft, sorted(rates)[1], sorted(joules)[1] if joules else None)
 
 
+def aggregate_throughput(
+    engine: LLMEngine, vocab: int, requests: int, prompt_length: int, new_tokens: int
+) -> float:
+    """Generated tokens per second with `requests` sequences in flight together (greedy)."""
+    params = SamplingParams(max_tokens=new_tokens, temperature=0.0, ignore_eos=True)
+    for index in range(requests):
+        engine.add_request(prompt_of(prompt_length + index % 7, vocab), params)
+    started = time.perf_counter()
+    generated = 0
+    while engine.has_work():
+        generated += len(engine.step())
+    return generated / (time.perf_counter() - started)
+
+
 def time_transformers(
     model, vocab: int, prompt_lengths: list[int], decode_tokens: int, device: torch.device
 ) -> GenerationTiming:

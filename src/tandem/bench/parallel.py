@@ -22,6 +22,7 @@ import torch
 import torch.distributed as dist
 
 from tandem.bench.measure import (
+    aggregate_throughput,
     context_for,
     copy_bandwidth,
     engine_for,
@@ -75,7 +76,7 @@ def all_reduce_latency(all_reduce, hidden: int, device: torch.device, dtype: tor
 
 
 def tensor_parallel_engine(
-    config: ModelConfig, device: torch.device, dtype: torch.dtype, context: int, report: dict
+    config: ModelConfig, device: torch.device, dtype: torch.dtype, context: int, slots: int, report: dict
 ) -> LLMEngine:
     from tandem.engine.cuda.symmetric import SymmetricMemoryAllReduce, symmetric_memory_available
     from tandem.engine.parallel.apply import apply_tensor_parallel
@@ -93,11 +94,11 @@ def tensor_parallel_engine(
     model = build_empty_model(config, StageSpec.whole(config.num_layers))
     apply_tensor_parallel(model, group)
     model = randomize(model, device, dtype, seed=dist.get_rank())
-    return engine_for(model, context)
+    return engine_for(model, context, slots)
 
 
 def pipeline_engine(
-    config: ModelConfig, device: torch.device, dtype: torch.dtype, context: int
+    config: ModelConfig, device: torch.device, dtype: torch.dtype, context: int, slots: int
 ) -> LLMEngine | None:
     """Rank 0's engine; other ranks serve their stage until rank 0 stops them, then return None."""
     from tandem.runner.pipeline import PipelineExecutor, serve_stage
@@ -108,7 +109,7 @@ def pipeline_engine(
     model = randomize(
         build_empty_model(config, StageSpec(layers, config.num_layers)), device, dtype, seed=rank
     )
-    runner = ModelRunner(model, num_slots=1, max_context=context)
+    runner = ModelRunner(model, num_slots=slots, max_context=context)
     wire = Wire(device)
     if rank > 0:
         serve_stage(runner, wire, rank, world)
@@ -118,7 +119,7 @@ def pipeline_engine(
         tokenizer=None,
         eos_token_ids=frozenset(),
         max_context=context,
-        num_slots=1,
+        num_slots=slots,
         max_prefill_tokens=context,
     )
 
@@ -132,6 +133,9 @@ def main() -> None:
     parser.add_argument("--prompt-lengths", default="128,2048")
     parser.add_argument("--decode-tokens", type=int, default=128)
     parser.add_argument("--json", type=Path, required=True)
+    parser.add_argument(
+        "--concurrency", type=int, default=0, help="also measure N requests in flight together"
+    )
     args = parser.parse_args()
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     if torch.cuda.is_available():
@@ -145,6 +149,7 @@ def main() -> None:
     config, _ = named_shape(args.shape)
     lengths = [int(n) for n in args.prompt_lengths.split(",")]
     context = context_for(lengths, args.decode_tokens)
+    slots = max(1, args.concurrency)
     report: dict = {
         "plan": args.plan,
         "shape": args.shape,
@@ -156,14 +161,19 @@ def main() -> None:
         model = randomize(
             build_empty_model(config, StageSpec.whole(config.num_layers)), device, dtype, seed=0
         )
-        engine = engine_for(model, context)
+        engine = engine_for(model, context, slots)
     elif args.plan.startswith("tp"):
-        engine = tensor_parallel_engine(config, device, dtype, context, report)
+        engine = tensor_parallel_engine(config, device, dtype, context, slots, report)
     else:
-        engine = pipeline_engine(config, device, dtype, context)
+        engine = pipeline_engine(config, device, dtype, context, slots)
     if engine is not None:
         timing = time_generation(engine, config.vocab_size, lengths, args.decode_tokens, device)
         report.update(asdict(timing))
+        if args.concurrency > 1:
+            report["concurrency"] = args.concurrency
+            report["aggregate_tokens_per_second"] = aggregate_throughput(
+                engine, config.vocab_size, args.concurrency, prompt_length=128, new_tokens=128
+            )
         report["peak_memory_bytes"] = torch.cuda.max_memory_allocated(device)
         if args.plan.startswith("pp"):
             engine.executor.shutdown()  # type: ignore[attr-defined]

@@ -38,7 +38,9 @@ def parse_plans(text: str) -> list[str]:
     return plans
 
 
-def run_plan(plan: str, shape: str, prompt_lengths: list[int], decode_tokens: int) -> dict[str, Any]:
+def run_plan(
+    plan: str, shape: str, prompt_lengths: list[int], decode_tokens: int, concurrency: int
+) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as work:
         output = Path(work) / "plan.json"
         command = [
@@ -59,6 +61,8 @@ def run_plan(plan: str, shape: str, prompt_lengths: list[int], decode_tokens: in
             ",".join(map(str, prompt_lengths)),
             "--decode-tokens",
             str(decode_tokens),
+            "--concurrency",
+            str(concurrency),
         ]
         result = subprocess.run(command, env={**os.environ, **NCCL_SAFETY}, capture_output=True, text=True)
         if result.returncode != 0 or not output.exists():
@@ -78,10 +82,12 @@ def ceiling_tokens_per_second(report: dict[str, Any], read_bytes: int, num_layer
     return 1.0 / seconds
 
 
-def compare_plans(shape: str, plans: list[str], prompt_lengths: list[int], decode_tokens: int) -> list[str]:
+def compare_plans(
+    shape: str, plans: list[str], prompt_lengths: list[int], decode_tokens: int, concurrency: int = 0
+) -> list[str]:
     config, _ = named_shape(shape)
     read = bytes_read_per_token(config, 2)
-    reports = [run_plan(plan, shape, prompt_lengths, decode_tokens) for plan in plans]
+    reports = [run_plan(plan, shape, prompt_lengths, decode_tokens, concurrency) for plan in plans]
     measured = [r for r in reports if "error" not in r]
     reference = next((r for r in measured if r["gpus"] == min(m["gpus"] for m in measured)), None)
     devices = sorted({r["device"] for r in measured}) or ["?"]
@@ -107,6 +113,11 @@ def compare_plans(shape: str, plans: list[str], prompt_lengths: list[int], decod
             f"{report['plan']:>5} {report['gpus']:>4} {rate:>9.1f} {speedup:>7.2f}x {ceiling:>8.1f} "
             f"{rate / ceiling * 100:>9.0f}% {report['ttft_seconds'][longest] * 1e3:>8.1f} {collective:>22}"
         )
+        if "aggregate_tokens_per_second" in report:
+            lines.append(
+                f"{'':>5} {'':>4} {report['concurrency']} requests together: "
+                f"{report['aggregate_tokens_per_second']:.0f} tokens/s in aggregate"
+            )
     if reference:
         lines.append(
             f"speedups are against plan {reference['plan']} ({reference['gpus']} GPU"

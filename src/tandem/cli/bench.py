@@ -28,6 +28,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--baseline", action="store_true", help="also run transformers generate (eager)")
     parser.add_argument("--json", type=Path, help="write the full report as JSON here")
     parser.add_argument(
+        "--concurrency",
+        type=int,
+        default=0,
+        help="with --plans: also measure this many requests in flight together",
+    )
+    parser.add_argument(
         "--plans",
         help="compare placements on this machine's GPUs instead, e.g. 1,tp2,tp4,pp2 "
         "(1 GPU, tensor parallel over N, pipeline over N); each runs under torchrun",
@@ -50,7 +56,9 @@ def run(args: argparse.Namespace) -> int:
     if args.plans:
         from tandem.bench.plans import compare_plans, parse_plans
 
-        lines = compare_plans(args.shape, parse_plans(args.plans), lengths, args.decode_tokens)
+        lines = compare_plans(
+            args.shape, parse_plans(args.plans), lengths, args.decode_tokens, args.concurrency
+        )
         print("\n".join(lines))
         if args.json:
             args.json.write_text(lines[-1].removeprefix("JSON: "))
