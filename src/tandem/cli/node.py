@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from tandem import settings
+from tandem.errors import TandemError
 from tandem.node.options import DEFAULT_PORT
 
 
@@ -35,6 +36,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="identity, secret and caches (default: TANDEM_HOME or ~/.local/share/tandem)",
     )
     parser.add_argument("--remeasure", action="store_true", help="profile the devices again")
+    parser.add_argument(
+        "--api-key", help="require this key on every API route (default: TANDEM_API_KEY; unset: open)"
+    )
+    parser.add_argument(
+        "--requests-per-slot",
+        type=int,
+        default=4,
+        help="in-flight API requests this node admits per KV-cache slot of an instance (default 4)",
+    )
 
 
 def options_from_args(args: argparse.Namespace):
@@ -62,10 +72,14 @@ def options_from_args(args: argparse.Namespace):
         devices=tuple(d.strip() for d in args.devices.split(",")) if args.devices else None,
         runner_threads=args.runner_threads,
         remeasure=args.remeasure,
+        api_key=args.api_key or settings.api_key(),
+        requests_per_slot=args.requests_per_slot,
     )
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.requests_per_slot < 1:
+        raise TandemError("--requests-per-slot must be at least 1")
     from tandem.node.app import run_node
 
     run_node(options_from_args(args))

@@ -24,4 +24,6 @@ class NodeOptions:
     devices: tuple[str, ...] | None = None  # torch device names this node may use; None: all
     runner_threads: int | None = None  # CPU threads per runner process
     remeasure: bool = False
+    api_key: str | None = None  # --api-key, else TANDEM_API_KEY; None: the API is open
+    requests_per_slot: int = 4  # in-flight API requests per KV-cache slot of an instance, at this node
     extra: dict = field(default_factory=dict)
