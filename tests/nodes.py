@@ -57,6 +57,7 @@ class NodeProcess:
         secret: str = TEST_SECRET,
         extra_args: tuple[str, ...] = (),
         env: dict[str, str] | None = None,
+        api_key: str | None = None,
     ) -> None:
         self.directory = directory
         self.port = port
@@ -87,6 +88,8 @@ class NodeProcess:
         ]
         if peers:
             command += ["--peers", ",".join(peers)]
+        if api_key:
+            command += ["--api-key", api_key]
         self.log = self.log_path.open("w")
         self.process = subprocess.Popen(
             command,
@@ -95,7 +98,8 @@ class NodeProcess:
             start_new_session=True,
             env={**os.environ, "TANDEM_SECRET": secret, **(env or {})},
         )
-        self.http = httpx.Client(base_url=self.url, timeout=30.0)
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else None
+        self.http = httpx.Client(base_url=self.url, timeout=30.0, headers=headers)
 
     def cluster(self) -> dict[str, Any]:
         response = self.http.get("/v1/cluster")

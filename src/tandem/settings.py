@@ -32,6 +32,11 @@ def secret() -> str | None:
     return os.environ.get("TANDEM_SECRET") or None
 
 
+def api_key() -> str | None:
+    """TANDEM_API_KEY: when set (and no --api-key is given), every API route requires this key."""
+    return os.environ.get("TANDEM_API_KEY") or None
+
+
 def secret_path() -> Path:
     """Where the cluster secret is kept: `secret` in the data dir. Copy it to every machine."""
     return data_dir() / SECRET_FILE

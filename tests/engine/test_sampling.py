@@ -68,6 +68,19 @@ def test_greedy_takes_the_argmax_and_reports_logprobs():
 
 
 @pytest.mark.parametrize(
+    "settings",
+    [
+        {"temperature": 5e-324},  # 1 / 5e-324 overflows: such a temperature is greedy
+        {"temperature": 1.0, "repetition_penalty": 0.01, "top_p": 1e-300, "min_p": 1.0},
+    ],
+)
+def test_extreme_but_valid_settings_still_choose_a_token(settings):
+    state = SamplerState.create(SamplingParams(**settings), [1, 2], 4, torch.device("cpu"))
+    (choice,) = sample_batch(torch.tensor([[0.0, 30.0, -30.0, 2.0]]), [state])
+    assert choice.token_id == 1
+
+
+@pytest.mark.parametrize(
     "field,value",
     [
         ("temperature", -0.1),
@@ -76,6 +89,7 @@ def test_greedy_takes_the_argmax_and_reports_logprobs():
         ("top_k", -1),
         ("min_p", 2.0),
         ("repetition_penalty", 0.0),
+        ("repetition_penalty", 0.001),
         ("presence_penalty", 3.0),
         ("frequency_penalty", -2.5),
         ("max_tokens", 0),

@@ -9,6 +9,7 @@ from typing import Any
 
 import httpx
 
+from tandem import settings
 from tandem.errors import TandemError
 from tandem.node.options import DEFAULT_PORT
 
@@ -24,7 +25,12 @@ def add_node_argument(parser: argparse.ArgumentParser) -> None:
 class NodeClient:
     def __init__(self, url: str) -> None:
         self.url = url.rstrip("/")
-        self.http = httpx.Client(base_url=self.url, timeout=httpx.Timeout(600.0, connect=5.0))
+        key = settings.api_key()  # a node started with an API key wants it on /v1/* too
+        self.http = httpx.Client(
+            base_url=self.url,
+            timeout=httpx.Timeout(600.0, connect=5.0),
+            headers={"Authorization": f"Bearer {key}"} if key else None,
+        )
 
     def _check(self, response: httpx.Response) -> Any:
         if response.status_code >= 400:

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from tandem import settings
+from tandem.errors import TandemError
 from tandem.node.options import DEFAULT_PORT
 
 
@@ -43,6 +44,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="DIR",
         help="offer the checkpoint directories in DIR in the dashboard's model list (repeatable)",
     )
+    parser.add_argument(
+        "--api-key", help="require this key on every API route (default: TANDEM_API_KEY; unset: open)"
+    )
+    parser.add_argument(
+        "--requests-per-slot",
+        type=int,
+        default=4,
+        help="in-flight API requests this node admits per KV-cache slot of an instance (default 4)",
+    )
 
 
 def options_from_args(args: argparse.Namespace):
@@ -71,10 +81,14 @@ def options_from_args(args: argparse.Namespace):
         runner_threads=args.runner_threads,
         remeasure=args.remeasure,
         models_dirs=tuple(args.models_dir),
+        api_key=args.api_key or settings.api_key(),
+        requests_per_slot=args.requests_per_slot,
     )
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.requests_per_slot < 1:
+        raise TandemError("--requests-per-slot must be at least 1")
     from tandem.node.app import run_node
 
     run_node(options_from_args(args))

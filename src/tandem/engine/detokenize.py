@@ -55,6 +55,7 @@ class StopMatcher:
         self._stop = [s for s in stop if s]
         self._pending = ""
         self.stopped = False
+        self.matched: str | None = None  # the stop string that ended the stream
 
     def feed(self, text: str) -> str:
         """Add streamed text; return what is safe to emit now."""
@@ -65,7 +66,7 @@ class StopMatcher:
         self._pending += text
         hits = [(self._pending.find(s), s) for s in self._stop if s in self._pending]
         if hits:
-            index = min(position for position, _ in hits)
+            index, self.matched = min(hits, key=lambda hit: hit[0])
             self.stopped = True
             released, self._pending = self._pending[:index], ""
             return released

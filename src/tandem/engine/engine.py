@@ -32,6 +32,7 @@ class TokenEvent:
     logprob: float | None = None
     top_logprobs: list[tuple[int, float]] | None = None
     finish_reason: FinishReason | None = None
+    stop_sequence: str | None = None  # the stop string that ended the request, if one did
 
 
 class TextStream:
@@ -111,8 +112,9 @@ class LLMEngine:
         stream = self._streams.get(sequence.seq_id)
         text = stream.push(choice.token_id) if stream else ""
         reason = finish_reason_after(sequence, choice.token_id, self.eos_token_ids, self.max_context)
+        stop_sequence = None
         if stream is not None and stream.stop.stopped:
-            reason = FinishReason.STOP
+            reason, stop_sequence = FinishReason.STOP, stream.stop.matched
         if reason is not None:
             if stream is not None:
                 text += stream.finish()
@@ -125,6 +127,7 @@ class LLMEngine:
             logprob=choice.logprob,
             top_logprobs=choice.top_logprobs,
             finish_reason=reason,
+            stop_sequence=stop_sequence,
         )
 
     def _release(self, sequence: Sequence) -> None:

@@ -8,11 +8,15 @@ from typing import Any
 from tandem.errors import InvalidRequestError
 
 MAX_TOP_LOGPROBS = 20
+# Below this temperature sampling is greedy: dividing float32 logits by less would overflow to
+# infinity and leave no distribution to draw from (vLLM draws the same line).
+GREEDY_TEMPERATURE = 1e-5
+MIN_REPETITION_PENALTY = 0.01  # dividing logits by less overflows the same way
 
 
 @dataclass(frozen=True)
 class SamplingParams:
-    """Sampling and stopping settings of one request. `temperature == 0` means greedy."""
+    """Sampling and stopping settings of one request. `temperature == 0` (or below 1e-5) means greedy."""
 
     max_tokens: int = 256
     temperature: float = 1.0
@@ -35,7 +39,10 @@ class SamplingParams:
             (isinstance(self.top_k, int) and self.top_k >= 0, "top_k must be a non-negative integer"),
             (0.0 < self.top_p <= 1.0, "top_p must be in (0, 1]"),
             (0.0 <= self.min_p <= 1.0, "min_p must be in [0, 1]"),
-            (0.0 < self.repetition_penalty <= 100.0, "repetition_penalty must be in (0, 100]"),
+            (
+                MIN_REPETITION_PENALTY <= self.repetition_penalty <= 100.0,
+                f"repetition_penalty must be between {MIN_REPETITION_PENALTY} and 100",
+            ),
             (-2.0 <= self.presence_penalty <= 2.0, "presence_penalty must be between -2 and 2"),
             (-2.0 <= self.frequency_penalty <= 2.0, "frequency_penalty must be between -2 and 2"),
             (
@@ -54,7 +61,7 @@ class SamplingParams:
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0.0
+        return self.temperature < GREEDY_TEMPERATURE
 
     @property
     def has_penalties(self) -> bool:

@@ -25,4 +25,6 @@ class NodeOptions:
     runner_threads: int | None = None  # CPU threads per runner process
     remeasure: bool = False
     models_dirs: tuple[Path, ...] = ()  # folders of checkpoint directories to offer (--models-dir)
+    api_key: str | None = None  # --api-key, else TANDEM_API_KEY; None: the API is open
+    requests_per_slot: int = 4  # in-flight API requests per KV-cache slot of an instance, at this node
     extra: dict = field(default_factory=dict)

@@ -16,8 +16,12 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, Field
 
 from tandem import __version__
+from tandem.api import mount_api
+from tandem.api.cluster_schemas import ClusterView, GenerateEvent, PlacementPreview, StoppedInstance
+from tandem.api.openapi import stream_response
 from tandem.cluster.auth import AuthError, verify_request
 from tandem.cluster.placement import Infeasible
+from tandem.cluster.state import Instance
 from tandem.dashboard import mount_dashboard
 from tandem.errors import TandemError
 from tandem.node.cluster_views import cluster_views_router
@@ -153,44 +157,59 @@ def create_app(node: Any) -> FastAPI:
 
     # --- public cluster API -------------------------------------------------------------------
 
-    @app.get("/v1/cluster", summary="The cluster state: nodes, devices, links, coordinator, instances")
+    @app.get(
+        "/v1/cluster",
+        summary="The cluster state: nodes, devices, links, coordinator, instances",
+        response_model=ClusterView,
+    )
     async def cluster() -> dict[str, Any]:
         return {"self": node.node_id, **state_to_json(node.state)}
 
-    @app.post("/v1/instances", summary="Launch a model instance across the cluster")
+    @app.post("/v1/instances", summary="Launch a model instance across the cluster", response_model=Instance)
     async def launch(body: LaunchRequest) -> dict[str, Any]:
         return await node.instances.launch(body.model_dump(exclude_none=True))
 
-    @app.post("/v1/placements", summary="Preview where a model would go, without launching it")
+    @app.post(
+        "/v1/placements",
+        summary="Preview where a model would go, without launching it",
+        response_model=PlacementPreview,
+    )
     async def preview(body: LaunchRequest) -> dict[str, Any]:
         placement = node.instances.plan(body.model_dump(exclude_none=True))
         if isinstance(placement, Infeasible):
             return {"feasible": False, "reason": placement.reason}
         return {"feasible": True, "placement": to_jsonable(placement), "explain": placement.explain()}
 
-    @app.get("/v1/instances", summary="Model instances and their status")
+    @app.get("/v1/instances", summary="Model instances and their status", response_model=list[Instance])
     async def instances() -> list[dict[str, Any]]:
         return [to_jsonable(instance) for instance in node.state.instances]
 
-    @app.get("/v1/instances/{instance_id}", summary="One model instance")
+    @app.get("/v1/instances/{instance_id}", summary="One model instance", response_model=Instance)
     async def instance(instance_id: str) -> dict[str, Any]:
         found = node.state.instance(instance_id)
         if found is None:
             raise UnknownInstance(f"no instance {instance_id}")
         return to_jsonable(found)
 
-    @app.delete("/v1/instances/{instance_id}", summary="Stop a model instance")
+    @app.delete(
+        "/v1/instances/{instance_id}", summary="Stop a model instance", response_model=StoppedInstance
+    )
     async def stop(instance_id: str) -> dict[str, Any]:
         await node.instances.stop(instance_id)
         return {"stopped": instance_id}
 
-    @app.post("/v1/instances/{instance_id}/generate", summary="Generate; events stream as JSON lines")
+    @app.post(
+        "/v1/instances/{instance_id}/generate",
+        summary="Generate; events stream as JSON lines",
+        responses=stream_response(GenerateEvent, "application/x-ndjson", "one event per line"),
+    )
     async def generate(instance_id: str, body: GenerateRequest) -> Response:
         await node.instances.ready_instance(instance_id)  # 404/400 before the stream starts
         return await stream_events(node.instances.generate(instance_id, body.model_dump(exclude_none=True)))
 
     app.include_router(cluster_views_router(node))
     mount_dashboard(app)
+    mount_api(app, node)
     return app
 
 

@@ -47,10 +47,14 @@ def read_commands(stream: TextIO, commands: queue.Queue) -> None:
     commands.put({"op": "shutdown"})
 
 
-def prompt_ids_of(engine: LLMEngine, command: dict[str, Any]) -> list[int]:
+def prompt_ids_of(engine: LLMEngine, command: dict[str, Any], vocab_size: int | None = None) -> list[int]:
     tokenizer = engine.tokenizer
     if "prompt_ids" in command:
-        return [int(t) for t in command["prompt_ids"]]
+        ids = [int(t) for t in command["prompt_ids"]]
+        limit = vocab_size or (tokenizer.vocab_size if tokenizer else None)
+        if limit is not None and any(not 0 <= t < limit for t in ids):
+            raise TandemError(f"prompt_ids must be token ids between 0 and {limit - 1}")
+        return ids
     if tokenizer is None:
         raise TandemError("this model has no tokenizer; send prompt_ids")
     if "messages" in command:
@@ -61,9 +65,10 @@ def prompt_ids_of(engine: LLMEngine, command: dict[str, Any]) -> list[int]:
 class Driver:
     """Feeds commands to the engine and its events back to the node."""
 
-    def __init__(self, engine: LLMEngine, emit: Emit) -> None:
+    def __init__(self, engine: LLMEngine, emit: Emit, vocab_size: int | None = None) -> None:
         self.engine = engine
         self.emit = emit
+        self.vocab_size = vocab_size  # token ids at or above it would index past the embedding
         self.request_of: dict[int, str] = {}  # seq_id -> request_id
         self.seq_of: dict[str, int] = {}
 
@@ -85,10 +90,14 @@ class Driver:
     def _generate(self, request_id: str, command: dict[str, Any]) -> None:
         try:
             params = SamplingParams.from_dict(command.get("params") or {})
-            prompt_ids = prompt_ids_of(self.engine, command)
+            prompt_ids = prompt_ids_of(self.engine, command, self.vocab_size)
             seq_id = self.engine.add_request(prompt_ids, params)
-        except (TandemError, TypeError, ValueError) as error:
+        except TandemError as error:
             self.emit({"event": "rejected", "request_id": request_id, "message": str(error)})
+            return
+        except Exception as error:  # a malformed command rejects its request, never the runner
+            message = f"malformed request: {type(error).__name__}: {error}"
+            self.emit({"event": "rejected", "request_id": request_id, "message": message})
             return
         self.request_of[seq_id] = request_id
         self.seq_of[request_id] = seq_id
@@ -105,13 +114,24 @@ class Driver:
             "text": event.text,
         }
         if event.logprob is not None:
+            message["token"] = self.token_text(event.token_id)
             message["logprob"] = event.logprob
-            message["top_logprobs"] = event.top_logprobs
+            message["top_logprobs"] = [
+                {"token_id": token_id, "token": self.token_text(token_id), "logprob": logprob}
+                for token_id, logprob in event.top_logprobs or []
+            ]
         if event.finish_reason is not None:
             message["finish_reason"] = str(event.finish_reason)
+            if event.stop_sequence is not None:
+                message["stop_sequence"] = event.stop_sequence
             self.request_of.pop(event.seq_id, None)
             self.seq_of.pop(request_id, None)
         self.emit(message)
+
+    def token_text(self, token_id: int) -> str:
+        """One token decoded alone (for logprobs); a piece of a multi-byte character shows as U+FFFD."""
+        tokenizer = self.engine.tokenizer
+        return tokenizer.decode([token_id], skip_special_tokens=False) if tokenizer else ""
 
     def run(self, commands: queue.Queue) -> None:
         while True:

@@ -112,7 +112,7 @@ def run(spec: RunnerSpec, emit: Emit) -> None:
     commands: queue.Queue = queue.Queue()
     threading.Thread(target=read_commands, args=(sys.stdin, commands), daemon=True).start()
     try:
-        Driver(engine, emit).run(commands)
+        Driver(engine, emit, vocab_size=runner.model.config.vocab_size).run(commands)
     finally:
         if isinstance(executor, PipelineExecutor):
             executor.shutdown()

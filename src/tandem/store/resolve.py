@@ -14,8 +14,12 @@ def resolve_model_dir(name: str) -> Path:
     """`demo` is the model shipped with Tandem; anything else is a checkpoint directory."""
     if name == DEMO_MODEL_NAME:
         return DEMO_MODEL_DIR
-    path = Path(name).expanduser()
-    if not path.exists():
+    try:
+        path = Path(name).expanduser()
+        exists = path.exists()
+    except (RuntimeError, OSError, ValueError):  # ~nobody, a name too long for the file system
+        exists = False
+    if not exists:
         raise TandemError(f"model {name!r} not found: give a checkpoint directory, or 'demo'")
     if not path.is_dir():
         raise TandemError(f"model {name!r} is a file; give the checkpoint directory that holds it")

@@ -1,0 +1,41 @@
+"""The node's public model APIs: OpenAI-, Anthropic- and Ollama-compatible routes over every
+instance in the cluster, plus the model lists and placement previews.
+
+`mount_api(app, node)` adds them to the node's FastAPI app (see `tandem.node.server`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI
+
+from tandem.api import anthropic, models, ollama, ollama_models, openai
+from tandem.api.anthropic_schemas import Message
+from tandem.api.auth import ApiGate
+from tandem.api.cluster_schemas import GenerateEvent
+from tandem.api.errors import install_error_handlers
+from tandem.api.ollama_schemas import OllamaChatResponse, OllamaGenerateResponse
+from tandem.api.openai_schemas import ChatCompletionChunk, TextCompletion
+from tandem.api.openapi import install_openapi
+from tandem.api.serving import Serving
+
+STREAMED_SCHEMAS = [
+    ChatCompletionChunk,
+    TextCompletion,
+    Message,
+    OllamaChatResponse,
+    OllamaGenerateResponse,
+    GenerateEvent,
+]
+
+
+def mount_api(app: FastAPI, node: Any) -> None:
+    """Add the API routes, the error formats, the API key check and the OpenAPI additions."""
+    api_key = node.options.api_key
+    app.state.serving = Serving(node, node.options.requests_per_slot)
+    for module in (openai, anthropic, models, ollama, ollama_models):
+        app.include_router(module.router)
+    install_error_handlers(app)
+    app.add_middleware(ApiGate, api_key=api_key)
+    install_openapi(app, STREAMED_SCHEMAS, api_key_required=api_key is not None)

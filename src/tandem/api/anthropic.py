@@ -1,0 +1,134 @@
+"""Anthropic-compatible route: POST /v1/messages, answered whole or streamed as Anthropic's
+server-sent events (message_start, content_block_start, ping, content_block_delta...,
+content_block_stop, message_delta with the usage, message_stop)."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter, Request
+
+from tandem.api.anthropic_schemas import MAX_STOP_SEQUENCES, ContentBlock, Message, MessagesRequest
+from tandem.api.errors import APIError
+from tandem.api.generation import Generation, GenerationFailed
+from tandem.api.openapi import stream_response
+from tandem.api.streaming import GenerationResponse, collect, sse
+from tandem.engine.sampling_params import SamplingParams
+
+router = APIRouter(tags=["Anthropic"])
+
+
+def block_text(content: str | list[ContentBlock], where: str) -> str:
+    if isinstance(content, str):
+        return content
+    texts = []
+    for block in content:
+        if block.type != "text" or block.text is None:
+            raise APIError(400, f"{where}: only text content blocks are supported, not {block.type!r}")
+        texts.append(block.text)
+    return "\n".join(texts)
+
+
+def conversation(body: MessagesRequest) -> list[dict[str, str]]:
+    messages = []
+    if body.system:
+        messages.append({"role": "system", "content": block_text(body.system, "system")})
+    for index, message in enumerate(body.messages):
+        messages.append(
+            {"role": message.role, "content": block_text(message.content, f"messages.{index}.content")}
+        )
+    return messages
+
+
+def sampling_params(body: MessagesRequest) -> dict[str, Any]:
+    if body.tools:
+        raise APIError(400, "tools: this server does not support tool use")
+    if body.thinking and body.thinking.get("type", "disabled") != "disabled":
+        raise APIError(400, "thinking: extended thinking is not supported")
+    stops = [stop for stop in body.stop_sequences or [] if stop]
+    if len(stops) > MAX_STOP_SEQUENCES:
+        raise APIError(400, f"stop_sequences: at most {MAX_STOP_SEQUENCES}")
+    return SamplingParams(
+        max_tokens=body.max_tokens,
+        temperature=1.0 if body.temperature is None else body.temperature,
+        top_p=1.0 if body.top_p is None else body.top_p,
+        top_k=body.top_k or 0,
+        stop=tuple(stops),
+    ).to_dict()
+
+
+def stop_reason(finish_reason: str, stop_sequence: str | None) -> str:
+    if finish_reason == "length":
+        return "max_tokens"
+    return "stop_sequence" if stop_sequence is not None else "end_turn"
+
+
+@router.post(
+    "/v1/messages",
+    summary="Create a message (Anthropic-compatible)",
+    response_model=Message,
+    responses=stream_response(
+        Message, "text/event-stream", "the message, or with stream: Anthropic's events"
+    ),
+)
+async def messages(body: MessagesRequest, request: Request) -> Any:
+    command = {"messages": conversation(body), "params": sampling_params(body)}
+    generation = await request.app.state.serving.start(body.model, command)
+    message_id = f"msg_{secrets.token_hex(12)}"
+    if body.stream:
+        return GenerationResponse(
+            message_events(generation, message_id, body.model), generation, "text/event-stream"
+        )
+    done = await collect(request, generation)
+    return {
+        "id": message_id,
+        "type": "message",
+        "role": "assistant",
+        "model": body.model,
+        "content": [{"type": "text", "text": done.text}],
+        "stop_reason": stop_reason(done.finish_reason, done.stop_sequence),
+        "stop_sequence": done.stop_sequence,
+        "usage": {"input_tokens": generation.prompt_tokens, "output_tokens": done.completion_tokens},
+    }
+
+
+async def message_events(generation: Generation, message_id: str, model: str) -> AsyncIterator[bytes]:
+    def event(kind: str, **data: Any) -> bytes:
+        return sse({"type": kind, **data}, event=kind)
+
+    yield event(
+        "message_start",
+        message={
+            "id": message_id,
+            "type": "message",
+            "role": "assistant",
+            "content": [],
+            "model": model,
+            "stop_reason": None,
+            "stop_sequence": None,
+            "usage": {"input_tokens": generation.prompt_tokens, "output_tokens": 0},
+        },
+    )
+    yield event("content_block_start", index=0, content_block={"type": "text", "text": ""})
+    yield event("ping")
+    reason, stop_sequence = "end_turn", None
+    try:
+        async for token in generation.tokens():
+            text = str(token.get("text", ""))
+            if text:
+                yield event("content_block_delta", index=0, delta={"type": "text_delta", "text": text})
+            if "finish_reason" in token:
+                stop_sequence = token.get("stop_sequence")
+                reason = stop_reason(token["finish_reason"], stop_sequence)
+    except GenerationFailed as error:
+        yield event("error", error={"type": "api_error", "message": str(error)})
+        return
+    yield event("content_block_stop", index=0)
+    yield event(
+        "message_delta",
+        delta={"stop_reason": reason, "stop_sequence": stop_sequence},
+        usage={"output_tokens": generation.completion_tokens},
+    )
+    yield event("message_stop")

@@ -1,0 +1,181 @@
+"""Ollama-compatible generation: POST /api/chat and POST /api/generate, streamed as JSON lines
+(Ollama's default) or answered whole with `stream: false`."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Any
+
+from fastapi import APIRouter, Request
+
+from tandem.api.errors import APIError
+from tandem.api.generation import Generation, GenerationFailed
+from tandem.api.ollama_schemas import (
+    OllamaChatRequest,
+    OllamaChatResponse,
+    OllamaGenerateRequest,
+    OllamaGenerateResponse,
+    OllamaOptions,
+)
+from tandem.api.openapi import stream_response
+from tandem.api.serving import without_default_tag
+from tandem.api.streaming import GenerationResponse, collect, json_line
+from tandem.engine.sampling_params import SamplingParams
+
+router = APIRouter(tags=["Ollama"])
+
+# Ollama's documented defaults for what a request leaves out (its default repeat_penalty of 1.1
+# is not copied: greedy decoding here stays the model's plain argmax).
+DEFAULT_TEMPERATURE = 0.8
+DEFAULT_TOP_K = 40
+DEFAULT_TOP_P = 0.9
+UNLIMITED_TOKENS = 2**31 - 1
+NDJSON = "application/x-ndjson"
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat().replace("+00:00", "Z")
+
+
+def sampling_params(options: OllamaOptions | None) -> dict[str, Any]:
+    options = options or OllamaOptions()
+    if options.num_predict == 0:
+        raise APIError(400, "options.num_predict must be positive, or -1 for no limit")
+    limit = options.num_predict
+    stops = [options.stop] if isinstance(options.stop, str) else list(options.stop or [])
+    return SamplingParams(
+        max_tokens=UNLIMITED_TOKENS if limit is None or limit < 0 else min(limit, UNLIMITED_TOKENS),
+        temperature=DEFAULT_TEMPERATURE if options.temperature is None else options.temperature,
+        top_k=DEFAULT_TOP_K if options.top_k is None else options.top_k,
+        top_p=DEFAULT_TOP_P if options.top_p is None else options.top_p,
+        min_p=options.min_p or 0.0,
+        seed=None if options.seed is None else options.seed % 2**63,
+        stop=tuple(stop for stop in stops if stop),
+        repetition_penalty=options.repeat_penalty or 1.0,
+        presence_penalty=options.presence_penalty or 0.0,
+        frequency_penalty=options.frequency_penalty or 0.0,
+    ).to_dict()
+
+
+def refuse_unsupported(body: OllamaChatRequest | OllamaGenerateRequest) -> None:
+    if body.format:
+        raise APIError(400, "format: structured (JSON) output is not supported")
+    if getattr(body, "tools", None):
+        raise APIError(400, "tools: this server does not support tool calls")
+    images = getattr(body, "images", None) or [
+        image for message in getattr(body, "messages", []) for image in message.images or []
+    ]
+    if images:
+        raise APIError(400, "images: this server serves text models only")
+    if getattr(body, "suffix", None) or getattr(body, "template", None):
+        raise APIError(400, "suffix and template are not supported")
+
+
+def nanoseconds(seconds: float) -> int:
+    return max(int(seconds * 1e9), 0)
+
+
+def final_stats(generation: Generation, model: str, arrived: float, reason: str) -> dict[str, Any]:
+    """The last line's fields: why it stopped, token counts and durations."""
+    now = time.monotonic()
+    accepted = generation.accepted_at or generation.started_at
+    first = generation.first_token_at or now
+    return {
+        "model": model,
+        "created_at": now_iso(),
+        "done": True,
+        "done_reason": reason,
+        "total_duration": nanoseconds(now - arrived),
+        "load_duration": nanoseconds(generation.started_at - arrived),
+        "prompt_eval_count": generation.prompt_tokens,
+        "prompt_eval_duration": nanoseconds(first - accepted),
+        "eval_count": generation.completion_tokens,
+        "eval_duration": nanoseconds(now - first),
+    }
+
+
+def loaded(model: str, piece: dict[str, Any], arrived: float) -> dict[str, Any]:
+    """The answer to a request with nothing to generate, which Ollama clients send to load a model."""
+    return {
+        "model": model,
+        "created_at": now_iso(),
+        **piece,
+        "done": True,
+        "done_reason": "load",
+        "total_duration": nanoseconds(time.monotonic() - arrived),
+    }
+
+
+async def reply_lines(generation: Generation, model: str, arrived: float, piece: Any) -> AsyncIterator[bytes]:
+    reason = "stop"
+    try:
+        async for token in generation.tokens():
+            text = str(token.get("text", ""))
+            if text:
+                yield json_line({"model": model, "created_at": now_iso(), **piece(text), "done": False})
+            if "finish_reason" in token:
+                reason = str(token["finish_reason"])
+    except GenerationFailed as error:
+        yield json_line({"error": str(error)})
+        return
+    yield json_line({**final_stats(generation, model, arrived, reason), **piece("")})
+
+
+async def answer(
+    request: Request, model: str, command: dict[str, Any] | None, stream: bool | None, piece: Any
+) -> Any:
+    arrived = time.monotonic()
+    serving = request.app.state.serving
+    name = without_default_tag(model)
+    if command is None:
+        await serving.instance_for(name)
+        return loaded(model, piece(""), arrived)
+    generation = await serving.start(name, command)
+    if stream is not False:
+        return GenerationResponse(reply_lines(generation, model, arrived, piece), generation, NDJSON)
+    done = await collect(request, generation)
+    return {**final_stats(generation, model, arrived, done.finish_reason), **piece(done.text)}
+
+
+def chat_piece(text: str) -> dict[str, Any]:
+    return {"message": {"role": "assistant", "content": text}}
+
+
+def generate_piece(text: str) -> dict[str, Any]:
+    return {"response": text}
+
+
+@router.post(
+    "/api/chat",
+    summary="Chat (Ollama-compatible); JSON lines unless stream is false",
+    response_model=OllamaChatResponse,
+    responses=stream_response(OllamaChatResponse, NDJSON, "the reply, or JSON lines unless stream is false"),
+)
+async def chat(body: OllamaChatRequest, request: Request) -> Any:
+    refuse_unsupported(body)
+    params = sampling_params(body.options)
+    messages = [{"role": m.role, "content": m.content} for m in body.messages]
+    command = {"messages": messages, "params": params} if messages else None
+    return await answer(request, body.model, command, body.stream, chat_piece)
+
+
+@router.post(
+    "/api/generate",
+    summary="Generate from a prompt (Ollama-compatible); JSON lines unless stream is false",
+    response_model=OllamaGenerateResponse,
+    responses=stream_response(
+        OllamaGenerateResponse, NDJSON, "the reply, or JSON lines unless stream is false"
+    ),
+)
+async def generate(body: OllamaGenerateRequest, request: Request) -> Any:
+    refuse_unsupported(body)
+    params = sampling_params(body.options)
+    command: dict[str, Any] | None = None
+    if body.prompt and body.raw:
+        command = {"prompt": body.prompt, "params": params}
+    elif body.prompt:
+        system = [{"role": "system", "content": body.system}] if body.system else []
+        command = {"messages": [*system, {"role": "user", "content": body.prompt}], "params": params}
+    return await answer(request, body.model, command, body.stream, generate_piece)

@@ -1,0 +1,298 @@
+"""OpenAI-compatible routes: POST /v1/chat/completions and POST /v1/completions, streamed as
+server-sent events (`data: {chunk}` lines, then `data: [DONE]`) or answered whole."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter, Request
+
+from tandem.api.errors import APIError
+from tandem.api.generation import Completion, Generation, GenerationFailed
+from tandem.api.openai_schemas import (
+    MAX_STOP_STRINGS,
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    ChatMessage,
+    CompletionRequest,
+    SamplingFields,
+    TextCompletion,
+)
+from tandem.api.openapi import stream_response
+from tandem.api.streaming import GenerationResponse, collect, sse
+from tandem.engine.sampling_params import SamplingParams
+
+router = APIRouter(tags=["OpenAI"])
+
+SSE = "text/event-stream"
+UNLIMITED_TOKENS = 2**31 - 1  # the engine stops at the end of the context anyway
+LOWEST_LOGPROB = -9999.0  # what OpenAI reports for impossible tokens; JSON has no -Infinity
+
+
+def sampling_params(body: SamplingFields, max_tokens: int | None, logprobs: int | None) -> dict[str, Any]:
+    """The engine's sampling settings for an OpenAI request; 400 for what it cannot honour."""
+    if body.n not in (None, 1):
+        raise APIError(400, "n: only n=1 is supported", param="n")
+    if body.logit_bias:
+        raise APIError(400, "logit_bias is not supported", param="logit_bias")
+    stops = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
+    stops = [stop for stop in stops if stop]
+    if len(stops) > MAX_STOP_STRINGS:
+        raise APIError(400, f"stop: at most {MAX_STOP_STRINGS} stop strings", param="stop")
+    params = SamplingParams(
+        max_tokens=min(max_tokens or UNLIMITED_TOKENS, UNLIMITED_TOKENS),
+        temperature=1.0 if body.temperature is None else body.temperature,
+        top_p=1.0 if body.top_p is None else body.top_p,
+        top_k=max(body.top_k or 0, 0),
+        min_p=body.min_p or 0.0,
+        repetition_penalty=body.repetition_penalty or 1.0,
+        presence_penalty=body.presence_penalty or 0.0,
+        frequency_penalty=body.frequency_penalty or 0.0,
+        seed=None if body.seed is None else body.seed % 2**63,
+        stop=tuple(stops),
+        ignore_eos=bool(body.ignore_eos),
+        logprobs=logprobs,
+    )
+    return params.to_dict()
+
+
+def message_text(message: ChatMessage, index: int) -> str:
+    if message.content is None or isinstance(message.content, str):
+        return message.content or ""
+    texts = []
+    for part in message.content:
+        if part.type != "text" or part.text is None:
+            raise APIError(
+                400,
+                f"messages.{index}.content: only text parts are supported, not {part.type!r}",
+                param=f"messages.{index}.content",
+            )
+        texts.append(part.text)
+    return "\n".join(texts)
+
+
+def chat_messages(messages: list[ChatMessage]) -> list[dict[str, str]]:
+    # Chat templates know "system"; OpenAI's newer "developer" role means the same.
+    return [
+        {"role": "system" if m.role == "developer" else m.role, "content": message_text(m, i)}
+        for i, m in enumerate(messages)
+    ]
+
+
+def refuse_unsupported_chat(body: ChatCompletionRequest) -> None:
+    if body.tools:
+        raise APIError(400, "tools: this server does not support tool calls", param="tools")
+    format_type = (body.response_format or {}).get("type", "text")
+    if format_type != "text":
+        raise APIError(
+            400, f"response_format: only 'text' is supported, not {format_type!r}", param="response_format"
+        )
+
+
+def logprob_value(value: Any) -> float:
+    return max(float(value), LOWEST_LOGPROB)
+
+
+def chat_logprob(event: dict[str, Any]) -> dict[str, Any]:
+    """OpenAI's entry for one chosen token, with its top alternatives."""
+    token = str(event.get("token", event.get("text", "")))
+    return {
+        "token": token,
+        "logprob": logprob_value(event.get("logprob", LOWEST_LOGPROB)),
+        "bytes": list(token.encode()),
+        "top_logprobs": [
+            {
+                "token": top["token"],
+                "logprob": logprob_value(top["logprob"]),
+                "bytes": list(top["token"].encode()),
+            }
+            for top in event.get("top_logprobs") or []
+        ],
+    }
+
+
+def usage(generation: Generation) -> dict[str, int]:
+    return {
+        "prompt_tokens": generation.prompt_tokens,
+        "completion_tokens": generation.completion_tokens,
+        "total_tokens": generation.prompt_tokens + generation.completion_tokens,
+    }
+
+
+def stream_error(error: GenerationFailed) -> bytes:
+    # The openai client raises APIError when an event carries an `error` object.
+    return sse({"error": {"message": str(error), "type": "server_error", "param": None, "code": None}})
+
+
+def include_usage(body: SamplingFields) -> bool:
+    return bool(body.stream_options and body.stream_options.include_usage)
+
+
+# --- chat completions ----------------------------------------------------------------------------
+
+
+@router.post(
+    "/v1/chat/completions",
+    summary="Chat completion (OpenAI-compatible)",
+    response_model=ChatCompletion,
+    responses=stream_response(ChatCompletionChunk, SSE, "the completion, or with stream: chunks"),
+)
+async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
+    refuse_unsupported_chat(body)
+    top = (body.top_logprobs or 0) if body.logprobs else None
+    params = sampling_params(body, body.max_completion_tokens or body.max_tokens, top)
+    command = {"messages": chat_messages(body.messages), "params": params}
+    generation = await request.app.state.serving.start(body.model, command)
+    reply_id, created = f"chatcmpl-{secrets.token_hex(12)}", int(time.time())
+    if body.stream:
+        events = chat_chunks(generation, reply_id, created, body.model, include_usage(body), top is not None)
+        return GenerationResponse(events, generation, SSE)
+    done = await collect(request, generation)
+    return {
+        "id": reply_id,
+        "object": "chat.completion",
+        "created": created,
+        "model": body.model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": done.text},
+                "logprobs": {"content": [chat_logprob(e) for e in done.tokens]} if top is not None else None,
+                "finish_reason": done.finish_reason,
+            }
+        ],
+        "usage": usage(generation),
+    }
+
+
+async def chat_chunks(
+    generation: Generation, reply_id: str, created: int, model: str, with_usage: bool, with_logprobs: bool
+) -> AsyncIterator[bytes]:
+    head = {"id": reply_id, "object": "chat.completion.chunk", "created": created, "model": model}
+    tail = {"usage": None} if with_usage else {}
+
+    def chunk(delta: dict[str, Any], finish: str | None = None, logprobs: Any = None) -> bytes:
+        choice = {"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
+        return sse({**head, "choices": [choice], **tail})
+
+    yield chunk({"role": "assistant", "content": ""})
+    try:
+        async for event in generation.tokens():
+            text = str(event.get("text", ""))
+            logprobs = {"content": [chat_logprob(event)]} if with_logprobs else None
+            if text or logprobs:
+                yield chunk({"content": text}, logprobs=logprobs)
+            if "finish_reason" in event:
+                yield chunk({}, finish=event["finish_reason"])
+    except GenerationFailed as error:
+        yield stream_error(error)
+        return
+    if with_usage:
+        yield sse({**head, "choices": [], "usage": usage(generation)})
+    yield sse("[DONE]")
+
+
+# --- text completions ----------------------------------------------------------------------------
+
+
+def completion_prompt(body: CompletionRequest) -> dict[str, Any]:
+    """The runner's prompt: text, or token ids; one prompt only."""
+    prompt = body.prompt
+    if isinstance(prompt, list) and prompt and isinstance(prompt[0], (str, list)):
+        if len(prompt) != 1:
+            raise APIError(400, "prompt: only one prompt per request is supported", param="prompt")
+        prompt = prompt[0]
+    if isinstance(prompt, str):
+        return {"prompt": prompt}
+    if not prompt:
+        raise APIError(400, "prompt: the prompt is empty", param="prompt")
+    return {"prompt_ids": list(prompt)}
+
+
+def completion_logprobs(tokens: list[dict[str, Any]], offset: int = 0) -> dict[str, Any]:
+    """The legacy completions format: parallel lists, and a dict of alternatives per token;
+    `offset` is where the first token's text starts in the completion."""
+    offsets = []
+    for event in tokens:
+        offsets.append(offset)
+        offset += len(str(event.get("text", "")))
+    return {
+        "tokens": [str(e.get("token", e.get("text", ""))) for e in tokens],
+        "token_logprobs": [logprob_value(e.get("logprob", LOWEST_LOGPROB)) for e in tokens],
+        "top_logprobs": [
+            {top["token"]: logprob_value(top["logprob"]) for top in e.get("top_logprobs") or []}
+            for e in tokens
+        ],
+        "text_offset": offsets,
+    }
+
+
+@router.post(
+    "/v1/completions",
+    summary="Text completion (OpenAI-compatible, legacy)",
+    response_model=TextCompletion,
+    responses=stream_response(TextCompletion, SSE, "the completion, or with stream: chunks"),
+)
+async def completions(body: CompletionRequest, request: Request) -> Any:
+    if body.echo:
+        raise APIError(400, "echo is not supported", param="echo")
+    if body.suffix:
+        raise APIError(400, "suffix is not supported", param="suffix")
+    if body.best_of not in (None, 1):
+        raise APIError(400, "best_of: only 1 is supported", param="best_of")
+    command = {**completion_prompt(body), "params": sampling_params(body, body.max_tokens, body.logprobs)}
+    generation = await request.app.state.serving.start(body.model, command)
+    reply_id, created = f"cmpl-{secrets.token_hex(12)}", int(time.time())
+    with_logprobs = body.logprobs is not None
+    if body.stream:
+        events = completion_chunks(
+            generation, reply_id, created, body.model, include_usage(body), with_logprobs
+        )
+        return GenerationResponse(events, generation, SSE)
+    done: Completion = await collect(request, generation)
+    return {
+        "id": reply_id,
+        "object": "text_completion",
+        "created": created,
+        "model": body.model,
+        "choices": [
+            {
+                "text": done.text,
+                "index": 0,
+                "logprobs": completion_logprobs(done.tokens) if with_logprobs else None,
+                "finish_reason": done.finish_reason,
+            }
+        ],
+        "usage": usage(generation),
+    }
+
+
+async def completion_chunks(
+    generation: Generation, reply_id: str, created: int, model: str, with_usage: bool, with_logprobs: bool
+) -> AsyncIterator[bytes]:
+    head = {"id": reply_id, "object": "text_completion", "created": created, "model": model}
+
+    def chunk(text: str, finish: str | None = None, logprobs: Any = None) -> bytes:
+        choice = {"text": text, "index": 0, "logprobs": logprobs, "finish_reason": finish}
+        return sse({**head, "choices": [choice], **({"usage": None} if with_usage else {})})
+
+    offset = 0
+    try:
+        async for event in generation.tokens():
+            text = str(event.get("text", ""))
+            logprobs = completion_logprobs([event], offset) if with_logprobs else None
+            offset += len(text)
+            if text or logprobs:
+                yield chunk(text, logprobs=logprobs)
+            if "finish_reason" in event:
+                yield chunk("", finish=event["finish_reason"])
+    except GenerationFailed as error:
+        yield stream_error(error)
+        return
+    if with_usage:
+        yield sse({**head, "choices": [], "usage": usage(generation)})
+    yield sse("[DONE]")

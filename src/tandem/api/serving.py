@@ -1,0 +1,136 @@
+"""From a request's `model` to a running instance, and from there to a started generation.
+
+`model` names a running instance by the model it was launched with (a catalog name, a directory)
+or by its instance id. When several instances serve the model, the one with the fewest requests
+in flight here (per slot) takes it. When none runs and the name is one the cluster can serve
+(`catalog.servable_model_names`), this node asks the coordinator to launch one and waits for it
+(one launch per name at a time at this node); if the model does not fit, the answer says why.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from tandem.api.catalog import servable_model_names
+from tandem.api.errors import APIError
+from tandem.api.generation import Generation
+from tandem.api.limits import InFlightLimits
+from tandem.cluster.placement import Infeasible
+from tandem.cluster.state import Instance
+from tandem.errors import TandemError
+
+log = logging.getLogger("tandem.api")
+
+OLLAMA_DEFAULT_TAG = ":latest"
+
+
+class Serving:
+    """The API's view of the cluster's instances; one per node."""
+
+    def __init__(self, node: Any, requests_per_slot: int) -> None:
+        self.node = node
+        self.limits = InFlightLimits(requests_per_slot)
+        self._launch_locks: dict[str, asyncio.Lock] = {}
+
+    def instances(self) -> tuple[Instance, ...]:
+        return self.node.state.instances
+
+    def matching(self, name: str) -> list[Instance]:
+        return [i for i in self.instances() if name in (i.instance_id, i.model)]
+
+    def known_models(self) -> dict[str, list[str]]:
+        """Every model name the API lists: those with instances (and their ids), then those the
+        cluster could launch by name."""
+        names: dict[str, list[str]] = {}
+        for instance in self.instances():
+            if instance.status != "failed":
+                names.setdefault(instance.model, []).append(instance.instance_id)
+        for name in servable_model_names():
+            names.setdefault(name, [])
+        return names
+
+    def _pick(self, name: str) -> Instance | None:
+        """The ready instance with the least load, else one still launching, else None."""
+        matches = self.matching(name)
+        ready = [i for i in matches if i.status == "ready"]
+        if ready:
+            return min(ready, key=self.limits.load)
+        return next((i for i in matches if i.status == "launching"), None)
+
+    async def instance_for(self, name: str) -> Instance:
+        """The instance that serves `name`, launched now if need be. Raises APIError."""
+        name = name.strip()
+        if not name:
+            raise APIError(400, "model: name a model (GET /v1/models lists them)", param="model")
+        instance = self._pick(name)
+        if instance is None and not self.node.is_coordinator:
+            await self.node.refresh_state()  # our copy may be a heartbeat behind
+            instance = self._pick(name)
+        if instance is not None:
+            return await self._settled(instance)
+        if name not in servable_model_names():
+            failed = self.matching(name)
+            if failed:
+                raise APIError(503, f"instance {failed[0].instance_id} of {name} failed: {failed[0].error}")
+            raise APIError(
+                404,
+                f"model {name!r} is not running and is not one this cluster can launch by name; "
+                "GET /v1/models lists the models",
+                code="model_not_found",
+                param="model",
+            )
+        return await self._launch(name)
+
+    async def _settled(self, instance: Instance) -> Instance:
+        if instance.status == "launching":
+            try:
+                instance = await self.node.instances.wait_until_settled(instance.instance_id)
+            except TandemError as error:
+                raise APIError(503, f"instance {instance.instance_id} did not start: {error}") from None
+        if instance.status != "ready":
+            raise APIError(
+                503, f"instance {instance.instance_id} of {instance.model} failed to start: {instance.error}"
+            )
+        return instance
+
+    async def _launch(self, name: str) -> Instance:
+        lock = self._launch_locks.setdefault(name, asyncio.Lock())
+        async with lock:
+            instance = self._pick(name)  # a request that held the lock before us may have launched it
+            if instance is not None:
+                return await self._settled(instance)
+            placement = self.node.instances.plan({"model": name})
+            if isinstance(placement, Infeasible):
+                raise APIError(
+                    400,
+                    f"model {name!r} does not fit this cluster: {placement.reason}",
+                    code="model_does_not_fit",
+                    param="model",
+                )
+            log.info("a request names %s, which is not running: launching an instance", name)
+            try:
+                launched = await self.node.instances.launch({"model": name, "wait": True})
+            except TandemError as error:
+                raise APIError(503, f"could not launch {name}: {error}") from None
+            instance = self.node.state.instance(launched["instance_id"])
+            if instance is None or launched.get("status") != "ready":
+                raise APIError(503, f"the instance launched for {name} failed: {launched.get('error')}")
+            return instance
+
+    async def start(self, name: str, command: dict[str, Any]) -> Generation:
+        """Find (or launch) the instance, admit the request under its limit, and wait until the
+        runner has accepted it. The caller owns the returned generation and must close it."""
+        instance = await self.instance_for(name)
+        release = self.limits.admit(instance)
+        generation = Generation(
+            self.node.instances.generate(instance.instance_id, command), release, instance
+        )
+        await generation.start()
+        return generation
+
+
+def without_default_tag(name: str) -> str:
+    """Ollama clients say `demo:latest` for `demo`."""
+    return name.removesuffix(OLLAMA_DEFAULT_TAG) if name.endswith(OLLAMA_DEFAULT_TAG) else name

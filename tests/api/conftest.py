@@ -1,0 +1,25 @@
+"""Fixtures of the API tests: one node with the demo model running, shared by the OpenAI,
+Anthropic and Ollama tests, and the local engine that computes the expected answers."""
+
+from __future__ import annotations
+
+import pytest
+
+from nodes import launch, running_nodes
+from tandem.engine.local import create_local_engine
+from tandem.store.resolve import DEMO_MODEL_DIR
+
+from .api_expected import CONTEXT
+
+
+@pytest.fixture(scope="session")
+def demo_engine():
+    return create_local_engine(DEMO_MODEL_DIR, device="cpu", dtype="float32", max_context=CONTEXT)
+
+
+@pytest.fixture(scope="session")
+def demo_node(tmp_path_factory):
+    """A node serving the demo model (context 512, 8 sequences); `demo_node.instance` is its instance."""
+    with running_nodes(tmp_path_factory.mktemp("api"), 1) as (node,):
+        node.instance = launch(node, model="demo", context=CONTEXT)
+        yield node
