@@ -148,7 +148,32 @@ class Node:
             "state_version": self.state.version,
             "known": known,
             "links": to_jsonable(self.membership.measured_links()),
+            "runners": self.supervisor.reports(),
         }
+
+    def reconcile_runners(self, reports: list[dict[str, Any]]) -> None:
+        """Coordinator only: apply runner statuses the state has not recorded (reports that went
+        to a coordinator which then left, or were lost on the way)."""
+        for report in reports:
+            instance = self.state.instance(str(report.get("instance_id")))
+            rank = report.get("rank")
+            if instance is None or not isinstance(rank, int) or not 0 <= rank < len(instance.runners):
+                continue
+            recorded = instance.runners[rank].status
+            if (
+                report.get("status") in ("ready", "failed")
+                and recorded != report["status"]
+                and recorded != "failed"
+            ):
+                self.apply(
+                    RunnerReported(
+                        instance.instance_id,
+                        rank,
+                        report["status"],
+                        report.get("parameter_bytes"),
+                        report.get("message"),
+                    )
+                )
 
     def handle_heartbeat(self, message: dict[str, Any]) -> dict[str, Any]:
         """A verified heartbeat from a peer; the reply is this node's view (and state, if useful)."""
@@ -159,6 +184,8 @@ class Node:
             log.info("peer %s (%s) joined", info.node_id, info.address)
         for address in message.get("known", []):
             self.membership.add_candidate(str(address))
+        if self.is_coordinator:
+            self.reconcile_runners(message.get("runners", []))
         reply: dict[str, Any] = self.heartbeat_message()
         if self.is_coordinator and message.get("state_version") != self.state.version:
             reply["state"] = state_to_json(self.state)
@@ -175,6 +202,8 @@ class Node:
             self.membership.add_candidate(str(address))
         if "state" in reply and info.node_id == self.coordinator:
             self.state = state_from_json(reply["state"])
+        if self.is_coordinator:
+            self.reconcile_runners(reply.get("runners", []))
 
     async def _beat(self, address: str) -> None:
         started = time.perf_counter()
@@ -206,6 +235,7 @@ class Node:
             self.info = replace(self.info, devices=self.telemetry.refresh(self.info.devices))
             if self.is_coordinator:
                 self._publish_as_coordinator()
+                self.reconcile_runners(self.supervisor.reports())
                 if self.instances is not None:
                     await self.instances.reconcile()
             await asyncio.sleep(HEARTBEAT_INTERVAL)

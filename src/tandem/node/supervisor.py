@@ -148,6 +148,25 @@ class Supervisor:
         )
         return runner
 
+    def reports(self) -> list[dict[str, Any]]:
+        """Every local runner's status, as RunnerReported fields (heartbeats carry them, so a new
+        coordinator learns what the old one was told)."""
+        reports = []
+        for (instance_id, rank), runner in self.runners.items():
+            ready = runner.ready.done() and runner.ready.exception() is None
+            exited = runner.process.returncode is not None and not runner.stopping
+            status = "ready" if ready and not exited else ("failed" if exited else "starting")
+            reports.append(
+                {
+                    "instance_id": instance_id,
+                    "rank": rank,
+                    "status": status,
+                    "parameter_bytes": runner.ready.result().get("parameter_bytes") if ready else None,
+                    "message": f"runner exited with code {runner.process.returncode}" if exited else None,
+                }
+            )
+        return reports
+
     def driver(self, instance_id: str) -> RunnerProcess | None:
         return self.runners.get((instance_id, 0))
 
