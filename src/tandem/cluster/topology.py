@@ -8,6 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from tandem.cluster.downloads import ModelDownload
+
 NodeId = str
 DeviceKind = Literal["cuda", "cpu"]
 
@@ -36,6 +38,7 @@ class NodeInfo:
     address: str  # host:port of the node's HTTP server
     devices: tuple[DeviceInfo, ...]
     version: str = ""
+    downloads: tuple[ModelDownload, ...] = ()  # model files being fetched now, and recently
 
     def device(self, torch_device: str) -> DeviceInfo | None:
         return next((d for d in self.devices if d.torch_device == torch_device), None)
