@@ -15,6 +15,7 @@ COMMANDS = {
     "node": ("node", "start this machine's node (the default when no command is given)"),
     "run": ("run", "launch a model on the cluster and chat with it in the terminal"),
     "generate": ("generate", "generate text from a model on this machine"),
+    "models": ("models", "list the model catalog and which models this machine holds"),
     "place": (
         "place",
         "place a model on the cluster (--dry-run: only print the plan; --topology: plan a cluster on paper)",
