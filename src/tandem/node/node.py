@@ -74,6 +74,7 @@ class Node:
         self.control = ControlClient(node_id, secret)
         self.supervisor = Supervisor(self.on_runner_report)
         self.instances: Any = None  # the InstanceManager, attached by `tandem.node.app`
+        self.models: Any = None  # the NodeModels (model files), attached by `tandem.node.app`
         self._nodes_published_at = 0.0
         self._tasks: list[asyncio.Task] = []
 
@@ -121,8 +122,10 @@ class Node:
             force = True
         alive = self._alive_nodes()
         ids_changed = {n.node_id for n in alive} != {n.node_id for n in self.state.nodes}
+        # Download progress is republished as it moves, so the dashboard sees it within a second.
+        downloads_moved = [n.downloads for n in alive] != [n.downloads for n in self.state.nodes]
         stale = time.monotonic() - self._nodes_published_at > NODES_REFRESH_SECONDS
-        if force or ids_changed or stale:
+        if force or ids_changed or downloads_moved or stale:
             self.apply(NodesChanged(alive))
             self._nodes_published_at = time.monotonic()
         for source, links in self._links_by_source().items():
@@ -201,7 +204,10 @@ class Node:
                     peer.info.address,
                     PEER_TIMEOUT,
                 )
-            self.info = replace(self.info, devices=refresh_free_memory(self.info.devices))
+            downloads = self.models.downloads() if self.models is not None else ()
+            self.info = replace(
+                self.info, devices=refresh_free_memory(self.info.devices), downloads=downloads
+            )
             if self.is_coordinator:
                 self._publish_as_coordinator()
                 if self.instances is not None:
