@@ -65,10 +65,10 @@ def test_bad_bytes_from_a_peer_fall_back_to_the_hub(tmp_path, hub, sharded):
         assert sorted(peer_stand_in.fetched()) == sorted(stage_files)
 
     (record,) = board.snapshot()
-    assert (record.state, record.layers) == ("done", "3:4")
+    assert (record.status, record.layers, record.source) == ("done", "3:4", "hub")
     assert record.files_done == record.files_total == len(stage_files)
     assert (
-        record.bytes_done == record.bytes_total == sum((sharded.path / n).stat().st_size for n in stage_files)
+        record.done_bytes == record.total_bytes == sum((sharded.path / n).stat().st_size for n in stage_files)
     )
 
 
@@ -105,4 +105,4 @@ def test_a_server_that_ignores_ranges_still_completes_a_resumed_file(tmp_path, h
     assert (snapshot / name).read_bytes() == whole
     assert [e.range for e in hub.log if e.path == f"/cdn/{sha}"] == ["bytes=30000-"]
     (record,) = board.snapshot()
-    assert record.bytes_done == record.bytes_total  # the part it held was neither counted twice nor lost
+    assert record.done_bytes == record.total_bytes  # the part it held was neither counted twice nor lost

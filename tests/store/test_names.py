@@ -35,13 +35,19 @@ def test_each_kind_of_name(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize(
-    "bad", ["no such model", "a/b/c", "a--b/c", "org/name@", "org/name@../../x", "llama"]
+    "bad", ["no such model", "a/b/c", "a--b/c", "org/name@", "org/name@../../x", "llama", "x" * 5000, "a\0b"]
 )
 def test_names_that_are_nothing_say_what_a_name_may_be(bad):
     with pytest.raises(UnknownModelName) as caught:
         parse_model_name(bad)
     assert "\n" not in str(caught.value)
     assert "catalog id" in str(caught.value) or "revision" in str(caught.value)
+
+
+@pytest.mark.parametrize("path", ["~nobody-at-all/model", "/" + "x" * 5000, "/tmp/a\0b"])
+def test_paths_no_file_system_takes_are_not_found(path):
+    with pytest.raises(TandemError, match="not found"):
+        resolve_model_dir(path)
 
 
 def test_a_repo_resolves_to_its_cached_snapshot_or_says_how_to_get_it(tmp_path, monkeypatch):

@@ -53,11 +53,12 @@ def test_a_node_takes_its_stage_from_a_peer_when_the_hub_is_off(tmp_path, hub, h
                 lambda: [
                     d
                     for d in downloads_of(taker, holder_id)
-                    if d["layers"] == "0:4" and d["state"] == "downloading" and d["speed"] > 0
+                    if d["layers"] == "0:4" and d["status"] == "downloading" and d["bytes_per_second"] > 0
                 ],
                 what="a download in progress in the cluster state",
             )
-            assert 0 < moving[0]["bytes_done"] < moving[0]["bytes_total"] and moving[0]["eta"] > 0
+            assert 0 < moving[0]["done_bytes"] < moving[0]["total_bytes"] and moving[0]["eta"] > 0
+            assert moving[0]["message"].endswith("from hub")  # the file being fetched
             alone = launching.result()
         hub.rate = None
         expected = tokens(holder, alone["instance_id"])
@@ -65,9 +66,9 @@ def test_a_node_takes_its_stage_from_a_peer_when_the_hub_is_off(tmp_path, hub, h
         done = wait_for(
             lambda: [d for d in downloads_of(taker, holder_id) if d["layers"] == "0:4"], what="progress"
         )
-        assert done[0]["state"] == "done" and done[0]["source"] == "hub"
+        assert done[0]["status"] == "done" and done[0]["source"] == "hub"
         weights = sum((sharded.path / name).stat().st_size for name in shards_by_name(sharded.path, 0, 4))
-        assert done[0]["bytes_done"] == done[0]["bytes_total"] == weights  # the config came first, to plan
+        assert done[0]["done_bytes"] == done[0]["total_bytes"] == weights  # the config came first, to plan
         holder.http.delete(f"/v1/instances/{alone['instance_id']}")
 
         # Hub gone: the taker's stage comes from the holder, and only its stage.
@@ -83,7 +84,7 @@ def test_a_node_takes_its_stage_from_a_peer_when_the_hub_is_off(tmp_path, hub, h
             lambda: [d for d in downloads_of(holder, taker_id) if d["layers"] == f"{start}:{end}"],
             what="progress",
         )
-        assert fetched[0]["state"] == "done"
+        assert fetched[0]["status"] == "done"
         assert fetched[0]["source"] == f"peer {holder_id}"
         assert fetched[0]["files_done"] == fetched[0]["files_total"] == len(stage_files)
 

@@ -8,8 +8,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from tandem.cluster.downloads import ModelDownload
-
 NodeId = str
 DeviceKind = Literal["cuda", "cpu"]
 
@@ -32,13 +30,36 @@ class DeviceInfo:
 
 
 @dataclass(frozen=True)
+class DownloadProgress:
+    """A model download on a node, as that node reports it (the model store fills these in; the
+    dashboard draws one progress bar per entry). `total_bytes` is None until the size is known."""
+
+    model: str  # as the user named it: a catalog id, a repo id
+    done_bytes: int
+    total_bytes: int | None = None
+    bytes_per_second: float | None = None
+    status: Literal["downloading", "verifying", "done", "failed"] = "downloading"
+    message: str | None = None  # what failed, or what is being fetched now
+    # What the model store adds (tandem.store.progress, docs/models.md). Bytes and files count only
+    # what had to be fetched: a model found in place never appears here.
+    repo_id: str | None = None
+    commit: str | None = None
+    layers: str | None = None  # "START:END" (half-open) when only one stage's files are fetched
+    files_done: int = 0
+    files_total: int = 0
+    eta: float | None = None  # seconds left at `bytes_per_second`; None when unknown
+    source: str | None = None  # where the current file comes from: "hub" or "peer NODE_ID"
+    started_at: float | None = None  # Unix time
+
+
+@dataclass(frozen=True)
 class NodeInfo:
     node_id: NodeId
     name: str  # host name, for people
     address: str  # host:port of the node's HTTP server
     devices: tuple[DeviceInfo, ...]
     version: str = ""
-    downloads: tuple[ModelDownload, ...] = ()  # model files being fetched now, and recently
+    downloads: tuple[DownloadProgress, ...] = ()  # in progress or recently finished
 
     def device(self, torch_device: str) -> DeviceInfo | None:
         return next((d for d in self.devices if d.torch_device == torch_device), None)

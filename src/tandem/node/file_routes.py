@@ -1,4 +1,4 @@
-"""The signed routes through which nodes share model files (`tandem.node.models`).
+"""The signed routes through which nodes share model files (`tandem.node.model_files`).
 
     GET  /internal/files/manifest?repo=R&revision=V       what this node holds of R at V (signed JSON)
     GET  /internal/files/blob?repo=R&commit=C&file=F      the file's bytes; Range requests get 206
@@ -27,7 +27,7 @@ def add_file_routes(
     @app.get("/internal/files/manifest", include_in_schema=False)
     async def manifest(request: Request, repo: str, revision: str) -> Response:
         await verified_json(request)
-        held = node.models.held_manifest(repo, revision)
+        held = node.model_files.held_manifest(repo, revision)
         if held is None:
             return signed(request, {"error": f"this node holds no files of {repo} at {revision}"}, 404)
         return signed(request, held.to_json())
@@ -35,11 +35,11 @@ def add_file_routes(
     @app.get("/internal/files/blob", include_in_schema=False)
     async def blob(request: Request, repo: str, commit: str, file: str) -> Response:
         await verified_json(request)
-        path = node.models.held_file(repo, commit, file)
+        path = node.model_files.held_file(repo, commit, file)
         if path is None:
             return JSONResponse({"error": f"this node does not hold {file} of {repo}"}, status_code=404)
         return FileResponse(path, media_type="application/octet-stream")
 
     @app.post("/internal/files/prepare", include_in_schema=False)
     async def prepare(request: Request) -> Response:
-        return await signed_call(request, node.models.prepare_request)
+        return await signed_call(request, node.model_files.prepare_request)

@@ -83,7 +83,7 @@ class InstanceManager:
             raise InvalidRequestError(
                 "name a model: a catalog id, a Hugging Face repo id, a directory or 'demo'"
             )
-        config = load_model_config(self.node.models.config_dir(model))  # fetches config.json if need be
+        config = load_model_config(self.node.model_files.config_dir(model))  # fetches config.json if need be
         context = context_size(request.get("context"), config.max_position_embeddings)
         placement_request = PlacementRequest(
             context_length=context,
@@ -113,7 +113,7 @@ class InstanceManager:
         self.node.apply(InstanceCreated(instance))
         log.info("launching %s as %s:\n%s", instance.model, instance_id, "\n".join(placement.explain()))
         try:
-            await self.node.models.prepare_instance(instance)  # every node fetches its files, at once
+            await self.node.model_files.prepare_instance(instance)  # every node fetches its files, at once
             driver_host = self.node.address_of(runners[0].node_id).rsplit(":", 1)[0]
             reply = await self._start_runner(instance, 0, master_host=driver_host, master_port=0)
             master = f"{driver_host}:{reply['port']}" if len(runners) > 1 else None
@@ -143,7 +143,7 @@ class InstanceManager:
             instance_id=instance.instance_id,
             rank=rank,
             world_size=len(instance.runners),
-            model_dir=self.node.models.pinned(instance.model),  # the commit the coordinator planned with
+            model_dir=self.node.model_files.pinned(instance.model),  # the commit the coordinator planned with
             layer_start=runner.layers.start,
             layer_end=runner.layers.end,
             num_layers=instance.placement.num_layers,
@@ -171,7 +171,7 @@ class InstanceManager:
         spec = RunnerSpec(
             **{
                 **spec.__dict__,
-                "model_dir": str(await self.node.models.ensure_stage(spec.model_dir, spec.stage)),
+                "model_dir": str(await self.node.model_files.ensure_stage(spec.model_dir, spec.stage)),
                 "threads": self.node.options.runner_threads,
             }
         )

@@ -74,7 +74,7 @@ class Node:
         self.control = ControlClient(node_id, secret)
         self.supervisor = Supervisor(self.on_runner_report)
         self.instances: Any = None  # the InstanceManager, attached by `tandem.node.app`
-        self.models: Any = None  # the NodeModels (model files), attached by `tandem.node.app`
+        self.model_files: Any = None  # the ModelFiles, attached by `tandem.node.app`
         self._nodes_published_at = 0.0
         self._tasks: list[asyncio.Task] = []
 
@@ -204,7 +204,7 @@ class Node:
                     peer.info.address,
                     PEER_TIMEOUT,
                 )
-            downloads = self.models.downloads() if self.models is not None else ()
+            downloads = self.model_files.downloads() if self.model_files is not None else ()
             self.info = replace(
                 self.info, devices=refresh_free_memory(self.info.devices), downloads=downloads
             )

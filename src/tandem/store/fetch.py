@@ -205,9 +205,7 @@ class ModelFetcher:
         count = f"{len(missing)} file{'s' if len(missing) != 1 else ''}"
         check_disk_space(needed, cache.folder, f"{download.name.text} ({count})")
         if download.tracker is None:
-            download.tracker = self.board.start(
-                download.name.text, cache.repo_id, commit, download.layers, 0, 0
-            )
+            download.tracker = self.board.start(download.name.text, cache.repo_id, commit, download.layers)
         tracker = download.tracker
         tracker.extend(len(missing), needed)
         log.info("%s: fetching %d files, %s", download.name.text, len(missing), format_bytes(needed))

@@ -69,13 +69,23 @@ def _looks_like_path(text: str) -> bool:
     return text.startswith(("/", "./", "../", "~")) or text in (".", "..") or "\\" in text
 
 
+def local_path(text: str) -> tuple[Path, bool]:
+    """`text` as a local path, and whether it exists; a name no file system takes (`~nobody`, too
+    long, a NUL byte) is a path that does not exist, not an error."""
+    try:
+        path = Path(text).expanduser()
+        return path, path.exists()
+    except (RuntimeError, OSError, ValueError):
+        return Path(text), False
+
+
 def parse_model_name(text: str) -> ModelName:
     """Classify `text`; raises UnknownModelName with the forms a name may take."""
     text = text.strip()
     if text == DEMO_MODEL_NAME:
         return ModelName(text, "demo", path=DEMO_MODEL_DIR)
-    path = Path(text).expanduser()
-    if _looks_like_path(text) or path.exists():
+    path, exists = local_path(text)
+    if _looks_like_path(text) or exists:
         return ModelName(text, "directory", path=path)
     base, _, revision = text.partition("@")
     if "@" in text and not is_revision(revision):

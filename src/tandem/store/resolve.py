@@ -9,7 +9,7 @@ from typing import Literal
 
 from tandem.errors import TandemError
 from tandem.store.cache import RepoCache
-from tandem.store.names import DEFAULT_REVISION, DEMO_MODEL_DIR, DEMO_MODEL_NAME, parse_model_name
+from tandem.store.names import DEFAULT_REVISION, DEMO_MODEL_DIR, DEMO_MODEL_NAME, local_path, parse_model_name
 from tandem.store.selection import stage_weight_files
 
 __all__ = ["DEMO_MODEL_DIR", "DEMO_MODEL_NAME", "local_status", "resolve_model_dir"]
@@ -22,7 +22,7 @@ def resolve_model_dir(name: str) -> Path:
         return DEMO_MODEL_DIR
     if parsed.kind == "directory":
         assert parsed.path is not None
-        if not parsed.path.exists():
+        if not local_path(name)[1]:
             raise TandemError(
                 f"model {name!r} not found: give a checkpoint directory, a catalog id, a Hugging Face "
                 "repo id, or 'demo'"

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import TextIO
 
-from tandem.cluster.downloads import ModelDownload
+from tandem.cluster.topology import DownloadProgress
 from tandem.engine.stage import LayerRange
 from tandem.store.cache import format_bytes
 from tandem.store.progress import DownloadBoard
@@ -25,12 +25,12 @@ def format_duration(seconds: float | None) -> str:
     return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
 
 
-def progress_line(download: ModelDownload) -> str:
+def progress_line(download: DownloadProgress) -> str:
     source = f"  from {download.source}" if download.source else ""
     return (
         f"{download.model}: {download.files_done}/{download.files_total} files  "
-        f"{format_bytes(download.bytes_done)} / {format_bytes(download.bytes_total)}  "
-        f"{format_bytes(download.speed)}/s  ETA {format_duration(download.eta)}{source}"
+        f"{format_bytes(download.done_bytes)} / {format_bytes(download.total_bytes or 0)}  "
+        f"{format_bytes(download.bytes_per_second or 0.0)}/s  ETA {format_duration(download.eta)}{source}"
     )
 
 
@@ -81,13 +81,13 @@ class TerminalProgress:
         self.stream.flush()
 
 
-def summary(download: ModelDownload | None, elapsed: float) -> str:
+def summary(download: DownloadProgress | None, elapsed: float) -> str:
     """The last line of a download: what was fetched, and how fast."""
     if download is None:
         return "every file was already here"
-    rate = download.bytes_done / elapsed if elapsed > 0 else 0.0
+    rate = download.done_bytes / elapsed if elapsed > 0 else 0.0
     return (
-        f"fetched {download.files_done} files ({format_bytes(download.bytes_done)}) in "
+        f"fetched {download.files_done} files ({format_bytes(download.done_bytes)}) in "
         f"{format_duration(elapsed)} ({format_bytes(rate)}/s)"
     )
 

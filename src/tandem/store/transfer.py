@@ -67,7 +67,7 @@ class FileSource(Protocol):
 
 class Progress(Protocol):
     def advance(self, count: int) -> None: ...
-    def source(self, label: str) -> None: ...
+    def fetching(self, file_name: str, source: str) -> None: ...
 
 
 @contextlib.contextmanager
@@ -112,7 +112,7 @@ def fetch_file(
             cache.link(commit, file)
             return "cache"
         for source in sources:
-            progress.source(source.label)
+            progress.fetching(file.name, source.label)
             held_before = cache.partial_bytes(file)
             counted = _CountingProgress(progress)
             try:
@@ -140,8 +140,8 @@ class _CountingProgress:
         self.total += count
         self.progress.advance(count)
 
-    def source(self, label: str) -> None:
-        self.progress.source(label)
+    def fetching(self, file_name: str, source: str) -> None:
+        self.progress.fetching(file_name, source)
 
 
 def _download(cache: RepoCache, commit: str, file: RepoFile, source: FileSource, progress: Progress) -> None:

@@ -21,7 +21,7 @@ from urllib.parse import urlencode
 import httpx
 
 from tandem.cluster.auth import AuthError, sign_request, verify_request
-from tandem.cluster.downloads import ModelDownload
+from tandem.cluster.topology import DownloadProgress
 from tandem.engine.stage import LayerRange, StageSpec
 from tandem.errors import TandemError
 from tandem.node.control import REPLY_METHOD, PeerUnreachable
@@ -32,7 +32,7 @@ from tandem.store.names import COMMIT_HASH, is_repo_id, is_revision
 from tandem.store.progress import DownloadBoard
 from tandem.store.transfer import ByteStream, open_http_stream
 
-log = logging.getLogger("tandem.models")
+log = logging.getLogger("tandem.model_files")
 
 MANIFEST_TIMEOUT = httpx.Timeout(5.0, connect=2.0)
 FILE_TIMEOUT = httpx.Timeout(60.0, connect=3.0)
@@ -98,7 +98,7 @@ class ClusterPeers:
         return [(peer, manifest) for peer, manifest in zip(peers, answers, strict=True) if manifest]
 
 
-class NodeModels:
+class ModelFiles:
     """What `InstanceManager` and the `/internal/files` routes use."""
 
     def __init__(self, node: Any) -> None:
@@ -152,7 +152,7 @@ class NodeModels:
         )
         return {"model_dir": str(await self.ensure_stage(str(body["model"]), stage))}
 
-    def downloads(self) -> tuple[ModelDownload, ...]:
+    def downloads(self) -> tuple[DownloadProgress, ...]:
         return self.board.snapshot()
 
     # --- serving this node's cache to peers -------------------------------------------------------
