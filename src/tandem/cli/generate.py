@@ -11,7 +11,9 @@ from tandem.cli.sampling_args import add_sampling_arguments, sampling_params_fro
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--model", required=True, help="checkpoint directory, or 'demo' for the bundled model"
+        "--model",
+        required=True,
+        help="a catalog id, a Hugging Face repo id (downloaded if need be), a checkpoint directory, or 'demo'",
     )
     parser.add_argument("--prompt", required=True, help="the prompt text")
     parser.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
@@ -31,10 +33,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from tandem.engine.local import create_local_engine
     from tandem.errors import InvalidRequestError
-    from tandem.store.resolve import resolve_model_dir
+    from tandem.store.terminal import fetch_with_progress
 
     params = sampling_params_from_args(args)
-    model_dir = resolve_model_dir(args.model)
+    model_dir = fetch_with_progress(args.model)
     engine = create_local_engine(
         model_dir, device=args.device, dtype=args.dtype, max_context=args.context, num_slots=1
     )

@@ -16,6 +16,8 @@ COMMANDS = {
     "run": ("run", "launch a model on the cluster and chat with it in the terminal"),
     "generate": ("generate", "generate text from a model on this machine"),
     "bench": ("bench", "measure prefill and decode speed against the hardware's floors and a baseline"),
+    "models": ("models", "list the model catalog and which models this machine holds"),
+    "download": ("download", "download a model (or one layer range of it) from the Hugging Face Hub"),
     "place": (
         "place",
         "place a model on the cluster (--dry-run: only print the plan; --topology: plan a cluster on paper)",

@@ -12,9 +12,9 @@ from pathlib import Path
 
 from tandem.cli.client import NodeClient, add_node_argument
 from tandem.cluster.placement import Infeasible, PlacementRequest, place
-from tandem.cluster.shapes import ModelShape, load_shape
+from tandem.cluster.shapes import ModelShape, load_shape, shape_from_hf_config
 from tandem.cluster.topology import Topology
-from tandem.engine.config import DEFAULT_MAX_CONTEXT, DTYPE_BYTES, context_size
+from tandem.engine.config import DEFAULT_MAX_CONTEXT, DTYPE_BYTES, context_size, read_config_json
 from tandem.errors import TandemError
 
 DTYPES = ("auto", *DTYPE_BYTES)
@@ -22,7 +22,9 @@ DTYPES = ("auto", *DTYPE_BYTES)
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "model", metavar="MODEL", help="checkpoint directory, its config.json file, or 'demo'"
+        "model",
+        metavar="MODEL",
+        help="a catalog id, a Hugging Face repo id, a checkpoint directory, its config.json file, or 'demo'",
     )
     target = parser.add_mutually_exclusive_group()
     target.add_argument(
@@ -96,11 +98,21 @@ def print_plan(shape: ModelShape, topology: Topology, request: PlacementRequest)
 
 
 def load_model_shape(model: str) -> ModelShape:
-    """MODEL as the command line gives it: a config.json file, a checkpoint directory, or 'demo'."""
-    from tandem.store.resolve import resolve_model_dir
+    """MODEL as the command line gives it: a config.json file, a checkpoint directory, 'demo', a
+    catalog id (its shipped config: nothing is downloaded), or a repo id (its config is fetched)."""
+    from tandem.store.names import parse_model_name
+    from tandem.store.terminal import fetch_with_progress
 
     path = Path(model).expanduser()
-    return load_shape(path if path.is_file() else resolve_model_dir(model))
+    if path.is_file():
+        return load_shape(path)
+    name = parse_model_name(model)
+    if name.card is not None and name.revision == "main":
+        return name.card.shape()
+    directory = fetch_with_progress(model, metadata_only=True)
+    if name.kind == "repo":  # named as the user named it, not by its snapshot's commit
+        return shape_from_hf_config(read_config_json(directory / "config.json"), name=model)
+    return load_shape(directory)
 
 
 def request_from_args(args: argparse.Namespace, shape: ModelShape) -> PlacementRequest:

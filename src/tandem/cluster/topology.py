@@ -44,6 +44,16 @@ class DownloadProgress:
     bytes_per_second: float | None = None
     status: Literal["downloading", "verifying", "done", "failed"] = "downloading"
     message: str | None = None  # what failed, or what is being fetched now
+    # What the model store adds (tandem.store.progress, docs/models.md). Bytes and files count only
+    # what had to be fetched: a model found in place never appears here.
+    repo_id: str | None = None
+    commit: str | None = None
+    layers: str | None = None  # "START:END" (half-open) when only one stage's files are fetched
+    files_done: int = 0
+    files_total: int = 0
+    eta: float | None = None  # seconds left at `bytes_per_second`; None when unknown
+    source: str | None = None  # where the current file comes from: "hub" or "peer NODE_ID"
+    started_at: float | None = None  # Unix time
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ import uvicorn
 from tandem.cluster.secret import resolve_secret
 from tandem.node.identity import load_or_create_node_id
 from tandem.node.instances import InstanceManager
+from tandem.node.model_files import ModelFiles
 from tandem.node.node import Node
 from tandem.node.options import NodeOptions
 from tandem.node.profile import profile_devices
@@ -29,6 +30,7 @@ def build_node(options: NodeOptions) -> Node:
     )
     node = Node(options, node_id, secret.secret, devices)
     node.instances = InstanceManager(node)
+    node.model_files = ModelFiles(node)
     log.info(
         "node %s (%s) at %s; cluster secret from %s",
         node_id,

@@ -25,7 +25,6 @@ from tandem.errors import InvalidRequestError, TandemError
 from tandem.node.codec import to_jsonable
 from tandem.node.control import PeerUnreachable
 from tandem.runner.spec import RunnerSpec
-from tandem.store.resolve import resolve_model_dir
 
 log = logging.getLogger("tandem.instances")
 
@@ -81,8 +80,10 @@ class InstanceManager:
         """The placement a launch request would get now (Placement or Infeasible)."""
         model = str(request.get("model") or "")
         if not model:
-            raise InvalidRequestError("name a model: a checkpoint directory or 'demo'")
-        config = load_model_config(resolve_model_dir(model))
+            raise InvalidRequestError(
+                "name a model: a catalog id, a Hugging Face repo id, a directory or 'demo'"
+            )
+        config = load_model_config(self.node.model_files.config_dir(model))  # fetches config.json if need be
         context = context_size(request.get("context"), config.max_position_embeddings)
         placement_request = PlacementRequest(
             context_length=context,
@@ -93,7 +94,7 @@ class InstanceManager:
         return place(shape_from_model_config(config, model), self.node.state.topology(), placement_request)
 
     async def _launch_as_coordinator(self, request: dict[str, Any]) -> Instance:
-        placement = self.plan(request)
+        placement = await asyncio.to_thread(self.plan, request)  # may fetch the config: off the loop
         if isinstance(placement, Infeasible):
             raise InvalidRequestError(f"cannot place {request['model']}: {placement.reason}")
         instance_id = secrets.token_hex(4)
@@ -112,6 +113,7 @@ class InstanceManager:
         self.node.apply(InstanceCreated(instance))
         log.info("launching %s as %s:\n%s", instance.model, instance_id, "\n".join(placement.explain()))
         try:
+            await self.node.model_files.prepare_instance(instance)  # every node fetches its files, at once
             driver_host = self.node.address_of(runners[0].node_id).rsplit(":", 1)[0]
             reply = await self._start_runner(instance, 0, master_host=driver_host, master_port=0)
             master = f"{driver_host}:{reply['port']}" if len(runners) > 1 else None
@@ -141,7 +143,7 @@ class InstanceManager:
             instance_id=instance.instance_id,
             rank=rank,
             world_size=len(instance.runners),
-            model_dir=instance.model,
+            model_dir=self.node.model_files.pinned(instance.model),  # the commit the coordinator planned with
             layer_start=runner.layers.start,
             layer_end=runner.layers.end,
             num_layers=instance.placement.num_layers,
@@ -169,7 +171,7 @@ class InstanceManager:
         spec = RunnerSpec(
             **{
                 **spec.__dict__,
-                "model_dir": str(resolve_model_dir(spec.model_dir)),
+                "model_dir": str(await self.node.model_files.ensure_stage(spec.model_dir, spec.stage)),
                 "threads": self.node.options.runner_threads,
             }
         )

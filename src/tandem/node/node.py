@@ -74,6 +74,7 @@ class Node:
         self.control = ControlClient(node_id, secret)
         self.supervisor = Supervisor(self.on_runner_report)
         self.instances: Any = None  # the InstanceManager, attached by `tandem.node.app`
+        self.model_files: Any = None  # the ModelFiles, attached by `tandem.node.app`
         self._nodes_published_at = 0.0
         self._tasks: list[asyncio.Task] = []
         self.telemetry = Telemetry()
@@ -123,8 +124,10 @@ class Node:
             force = True
         alive = self._alive_nodes()
         ids_changed = {n.node_id for n in alive} != {n.node_id for n in self.state.nodes}
+        # Download progress is republished as it moves, so the dashboard sees it within a second.
+        downloads_moved = [n.downloads for n in alive] != [n.downloads for n in self.state.nodes]
         stale = time.monotonic() - self._nodes_published_at > NODES_REFRESH_SECONDS
-        if force or ids_changed or stale:
+        if force or ids_changed or downloads_moved or stale:
             self.apply(NodesChanged(alive))
             self._nodes_published_at = time.monotonic()
         for source, links in self._links_by_source().items():
@@ -232,7 +235,10 @@ class Node:
                     peer.info.address,
                     PEER_TIMEOUT,
                 )
-            self.info = replace(self.info, devices=self.telemetry.refresh(self.info.devices))
+            downloads = self.model_files.downloads() if self.model_files is not None else ()
+            self.info = replace(
+                self.info, devices=self.telemetry.refresh(self.info.devices), downloads=downloads
+            )
             if self.is_coordinator:
                 self._publish_as_coordinator()
                 self.reconcile_runners(self.supervisor.reports())

@@ -6,6 +6,7 @@ The OpenAI/Anthropic/Ollama APIs and the dashboard mount onto the same app (`tan
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator
@@ -27,6 +28,7 @@ from tandem.errors import TandemError
 from tandem.node.cluster_views import cluster_views_router
 from tandem.node.codec import state_to_json, to_jsonable
 from tandem.node.control import PeerUnreachable, sign_reply
+from tandem.node.file_routes import add_file_routes
 from tandem.node.instances import UnknownInstance
 
 log = logging.getLogger("tandem.server")
@@ -36,7 +38,9 @@ MAX_BLOB_BYTES = 64 * 2**20
 class LaunchRequest(BaseModel):
     """Start a model instance across the cluster."""
 
-    model: str = Field(description="a checkpoint directory, or 'demo'")
+    model: str = Field(
+        description="a catalog id, a Hugging Face repo id (ORG/NAME[@REVISION]), a checkpoint directory, or 'demo'"
+    )
     context: int | None = Field(None, description="tokens per sequence (default: the model's, at most 4096)")
     sequences: int | None = Field(None, description="sequences served at once (KV-cache slots), default 8")
     devices: list[str] | None = Field(
@@ -116,6 +120,8 @@ def create_app(node: Any) -> FastAPI:
         except TandemError as error:
             return signed(request, {"error": str(error)}, 400)
 
+    add_file_routes(app, node, verified_json, signed, signed_call)
+
     @app.post("/internal/heartbeat", include_in_schema=False)
     async def heartbeat(request: Request) -> Response:
         return await signed_call(request, lambda message: _sync(node.handle_heartbeat(message)))
@@ -175,7 +181,7 @@ def create_app(node: Any) -> FastAPI:
         response_model=PlacementPreview,
     )
     async def preview(body: LaunchRequest) -> dict[str, Any]:
-        placement = node.instances.plan(body.model_dump(exclude_none=True))
+        placement = await asyncio.to_thread(node.instances.plan, body.model_dump(exclude_none=True))
         if isinstance(placement, Infeasible):
             return {"feasible": False, "reason": placement.reason}
         return {"feasible": True, "placement": to_jsonable(placement), "explain": placement.explain()}
