@@ -4,6 +4,7 @@ the cluster can launch by name, with whether it fits now and where it would go).
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
 from typing import Any
 
@@ -107,7 +108,7 @@ async def model_fits(request: Request) -> Any:
     for name in servable_model_names():
         fit: dict[str, Any] = {"model": name, "instances": running.get(name, [])}
         try:
-            placement = serving.node.instances.plan({"model": name})
+            placement = await asyncio.to_thread(serving.node.instances.plan, {"model": name})
         except TandemError as error:
             fits.append({**fit, "fits": False, "reason": str(error)})
             continue

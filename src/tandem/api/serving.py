@@ -101,7 +101,7 @@ class Serving:
             instance = self._pick(name)  # a request that held the lock before us may have launched it
             if instance is not None:
                 return await self._settled(instance)
-            placement = self.node.instances.plan({"model": name})
+            placement = await asyncio.to_thread(self.node.instances.plan, {"model": name})
             if isinstance(placement, Infeasible):
                 raise APIError(
                     400,

@@ -20,7 +20,8 @@ from fastapi import APIRouter
 from fastapi.responses import StreamingResponse
 
 from tandem.node.codec import state_to_json
-from tandem.node.models import describe_model, find_models
+from tandem.node.models import describe_card, describe_model, find_models
+from tandem.store.catalog import catalog
 
 STATE_POLL_SECONDS = 0.1  # the state is an immutable value replaced on change: cheap to compare
 KEEP_ALIVE_SECONDS = 15.0
@@ -69,6 +70,13 @@ def cluster_views_router(node: Any) -> APIRouter:
     @router.get("/v1/cluster/models", summary="Models this node can launch, and whether each fits now")
     async def models() -> dict[str, Any]:
         found = find_models(node.options.models_dirs)
-        return {"models": [describe_model(model, node.instances.plan).to_json() for model in found]}
+
+        # planning may read a config from disk or the Hub: keep it off the event loop
+        def describe_all():
+            local = [describe_model(m, node.instances.plan) for m in found]
+            return local + [describe_card(card, node.instances.plan_shape) for card in catalog()]
+
+        listings = await asyncio.to_thread(describe_all)
+        return {"models": [listing.to_json() for listing in listings]}
 
     return router

@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from tandem.cluster.placement import DeviceAddress, Infeasible, PlacementRequest, place
-from tandem.cluster.shapes import shape_from_model_config
+from tandem.cluster.shapes import ModelShape, shape_from_model_config
 from tandem.cluster.state import Instance, InstanceCreated, InstanceRemoved, MasterAddressSet, RunnerState
 from tandem.engine.config import context_size, load_model_config
 from tandem.engine.engine import DEFAULT_MAX_PREFILL_TOKENS
@@ -84,14 +84,18 @@ class InstanceManager:
                 "name a model: a catalog id, a Hugging Face repo id, a directory or 'demo'"
             )
         config = load_model_config(self.node.model_files.config_dir(model))  # fetches config.json if need be
-        context = context_size(request.get("context"), config.max_position_embeddings)
+        return self.plan_shape(shape_from_model_config(config, model), request)
+
+    def plan_shape(self, shape: ModelShape, request: dict[str, Any]):
+        """The placement of a model known by its shape alone (a catalog card: nothing downloaded)."""
+        context = context_size(request.get("context"), shape.max_context)
         placement_request = PlacementRequest(
             context_length=context,
             num_sequences=int(request.get("sequences") or DEFAULT_SEQUENCES),
             devices=parse_devices(request.get("devices")),
             min_stages=int(request.get("min_stages") or 1),
         )
-        return place(shape_from_model_config(config, model), self.node.state.topology(), placement_request)
+        return place(shape, self.node.state.topology(), placement_request)
 
     async def _launch_as_coordinator(self, request: dict[str, Any]) -> Instance:
         placement = await asyncio.to_thread(self.plan, request)  # may fetch the config: off the loop

@@ -1,8 +1,8 @@
 """The models this node can launch, with their size and whether each fits the cluster now.
 
 Sources, in order: the bundled demo model, then every checkpoint directory under the node's
-`--models-dir` folders. A catalog adds its own source by appending a function to
-`MODEL_SOURCES` (it yields `LocalModel`s); the listing and the fit check stay the same.
+`--models-dir` folders (`MODEL_SOURCES`, each yielding `LocalModel`s), then the catalog's cards
+(`describe_card`: sizes and fit from the shipped config, whether downloaded or not).
 
 A checkpoint directory is one that holds `config.json` and at least one `.safetensors` file.
 A launch names the model by its `name` (the directory's path), which must exist at the same
@@ -17,9 +17,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 from tandem.cluster.placement import Infeasible, Placement
+from tandem.cluster.shapes import ModelShape
 from tandem.engine.config import load_model_config
 from tandem.errors import TandemError
-from tandem.store.resolve import DEMO_MODEL_DIR, DEMO_MODEL_NAME
+from tandem.store.catalog import ModelCard
+from tandem.store.resolve import DEMO_MODEL_DIR, DEMO_MODEL_NAME, local_status
 
 ModelSourceKind = Literal["bundled", "directory", "catalog"]
 
@@ -50,6 +52,7 @@ class ModelListing:
     fits: bool = False
     predicted_tokens_per_second: float | None = None  # of the placement a launch would get now
     reason: str | None = None  # why it does not fit, or why it cannot be read
+    downloaded: bool = True  # a catalog model is fetched on launch when this node lacks it
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -76,6 +79,33 @@ def directory_models(models_dirs: tuple[Path, ...]) -> Iterator[LocalModel]:
 
 
 MODEL_SOURCES: list[Callable[[tuple[Path, ...]], Iterable[LocalModel]]] = [bundled_models, directory_models]
+
+
+def describe_card(
+    card: ModelCard, plan_shape: Callable[[ModelShape, dict[str, Any]], Placement | Infeasible]
+) -> ModelListing:
+    """A catalog model: sizes from its shipped config, the fit from its shape (nothing downloaded)."""
+    held = local_status(card.repo) == "complete"
+    listing = ModelListing(
+        name=card.id,
+        label=card.id,
+        source="catalog",
+        path=card.repo,
+        architecture=card.family,
+        parameters=card.parameters,
+        file_bytes=card.download_bytes,
+        layers=card.layers,
+        max_context=card.context,
+        downloaded=held,
+    )
+    if card.engine != "runs":
+        return replace(
+            listing, reason=f"placement plans {card.family} models; the engine does not run them yet"
+        )
+    placement = plan_shape(card.shape(), {})
+    if isinstance(placement, Infeasible):
+        return replace(listing, reason=placement.reason)
+    return replace(listing, fits=True, predicted_tokens_per_second=placement.predicted_tokens_per_second)
 
 
 def find_models(models_dirs: tuple[Path, ...]) -> list[LocalModel]:

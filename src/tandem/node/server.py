@@ -188,6 +188,7 @@ def create_app(node: Any) -> FastAPI:
 
     @app.get("/v1/instances", summary="Model instances and their status", response_model=list[Instance])
     async def instances() -> list[dict[str, Any]]:
+        await node.refresh_state()  # a follower's copy may be a heartbeat behind the coordinator's
         return [to_jsonable(instance) for instance in node.state.instances]
 
     @app.get("/v1/instances/{instance_id}", summary="One model instance", response_model=Instance)

@@ -11,6 +11,7 @@ function modelOption(model, checked) {
     model.file_bytes ? bytes(model.file_bytes) : null,
     model.layers ? `${model.layers} layers` : null,
     model.max_context ? `${model.max_context} context` : null,
+    model.downloaded === false ? "downloaded on launch" : null,
   ].filter(Boolean);
   const speed = model.predicted_tokens_per_second;
   const fit = model.fits
