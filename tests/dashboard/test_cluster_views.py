@@ -17,6 +17,7 @@ from tandem.cluster.state import ClusterState
 from tandem.dashboard import STATIC_DIR
 from tandem.node.instances import InstanceManager
 from tandem.node.models import describe_model, find_models
+from tandem.store.resolve import resolve_model_dir
 from topologies import cpu, node
 
 REPO = Path(__file__).resolve().parents[2]
@@ -58,15 +59,23 @@ def test_events_carry_the_state_now_and_on_each_change_and_end_with_the_node(tmp
 
 def test_models_list_the_demo_and_the_checkpoints_a_node_was_given(cluster):
     alpha, beta = cluster.nodes
-    listed = {model["label"]: model for model in alpha.http.get("/v1/cluster/models").json()["models"]}
+    everything = alpha.http.get("/v1/cluster/models").json()["models"]
+    listed = {model["label"]: model for model in everything if model["source"] != "catalog"}
     assert list(listed) == ["demo", "endless-tiny"]
+    # Then the catalog, sized and placed from its shipped configs without downloading anything.
+    cards = {model["name"]: model for model in everything if model["source"] == "catalog"}
+    small = cards["llama-3.2-1b"]
+    assert small["downloaded"] is False and small["layers"] == 16 and small["fits"]
+    assert small["predicted_tokens_per_second"] > 0
+    assert not cards["kimi-k2"]["fits"] and "does not run" in cards["kimi-k2"]["reason"]
     slow = listed["endless-tiny"]
     assert slow["name"] == str(cluster.slow_model) and slow["source"] == "directory"
     assert slow["fits"] and slow["predicted_tokens_per_second"] > 0 and slow["reason"] is None
     assert slow["layers"] == 8 and slow["max_context"] == 4096
     assert slow["file_bytes"] == sum(f.stat().st_size for f in cluster.slow_model.glob("*.safetensors"))
     assert listed["demo"]["parameters"] == 5_770_496 and listed["demo"]["source"] == "bundled"
-    assert [m["name"] for m in beta.http.get("/v1/cluster/models").json()["models"]] == ["demo"]
+    beta_models = beta.http.get("/v1/cluster/models").json()["models"]
+    assert [m["name"] for m in beta_models if m["source"] != "catalog"] == ["demo"]
 
 
 def test_the_model_list_skips_other_folders_and_says_why_a_model_cannot_run(tmp_path, checkpoint_factory):
@@ -85,12 +94,18 @@ def test_the_model_list_skips_other_folders_and_says_why_a_model_cannot_run(tmp_
     ]
 
     # What fits depends on the cluster: one node with 1.5 GB keeps ~0.35 GB for weights.
-    small = SimpleNamespace(state=ClusterState(nodes=(node("small", cpu(memory_gb=1.5)),)))
+    small = SimpleNamespace(
+        state=ClusterState(nodes=(node("small", cpu(memory_gb=1.5)),)),
+        model_files=SimpleNamespace(config_dir=resolve_model_dir),  # local models only: no fetching
+    )
     plan = InstanceManager(small).plan
     listings = {listing.label: listing for listing in (describe_model(m, plan) for m in models)}
     assert listings["demo"].fits and listings["good"].fits
     assert not listings["broken"].fits and "config.json" in listings["broken"].reason
-    tiny = SimpleNamespace(state=ClusterState(nodes=(node("tiny", cpu(memory_gb=1.0)),)))
+    tiny = SimpleNamespace(
+        state=ClusterState(nodes=(node("tiny", cpu(memory_gb=1.0)),)),
+        model_files=SimpleNamespace(config_dir=resolve_model_dir),
+    )
     demo = describe_model(models[0], InstanceManager(tiny).plan)
     assert not demo.fits and demo.predicted_tokens_per_second is None
     assert re.search(r"\d", demo.reason), demo.reason  # the reason is in numbers
