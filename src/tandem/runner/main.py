@@ -1,7 +1,9 @@
 """Runner process entry point: `python -m tandem.runner SPEC_JSON`.
 
-Joins the instance's process group, loads its stage, reports `ready`, then serves: rank 0 takes
-requests from stdin, the other ranks follow rank 0's plans. Logs go to stderr.
+Joins the instance's process group (and its stage's tensor-parallel group), loads its stage or
+its shard of it, reports `ready`, then serves: rank 0 takes requests from stdin, the leaders of
+later stages follow rank 0's plans around the pipeline, and the other ranks of a stage follow
+their leader. Logs go to stderr.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import sys
 import threading
 import traceback
 from datetime import timedelta
+from typing import Any
 
 import psutil
 import torch
@@ -23,11 +26,15 @@ from tandem.engine.engine import LLMEngine
 from tandem.engine.executor import LocalExecutor
 from tandem.engine.loader import load_stage, parameter_bytes
 from tandem.engine.model_runner import ModelRunner
+from tandem.engine.models.llama import CausalLM
+from tandem.engine.parallel.apply import load_tensor_parallel_stage
+from tandem.engine.parallel.group import TensorParallelGroup
 from tandem.engine.tokenizer import Tokenizer
 from tandem.errors import TandemError
 from tandem.runner.driver import Driver, Emit, line_emitter, read_commands
 from tandem.runner.pipeline import PipelineExecutor, serve_stage
 from tandem.runner.spec import RunnerSpec
+from tandem.runner.stage_group import StageChannel, TensorParallelExecutor, create_stage_groups, follow_leader
 from tandem.runner.wire import Wire
 
 JOIN_TIMEOUT = timedelta(minutes=10)  # loading a large stage from disk can take minutes
@@ -72,6 +79,15 @@ def join_group(spec: RunnerSpec, emit: Emit) -> None:
     )
 
 
+def load_shard(spec: RunnerSpec, group: Any, device: torch.device, dtype: torch.dtype) -> CausalLM:
+    """This rank's part of its stage: the whole stage, or its tensor-parallel shard."""
+    if spec.tp_size == 1:
+        return load_stage(spec.model_dir, spec.stage, device, dtype)
+    return load_tensor_parallel_stage(
+        spec.model_dir, spec.stage, TensorParallelGroup.from_process_group(group), device, dtype
+    )
+
+
 def run(spec: RunnerSpec, emit: Emit) -> None:
     if spec.threads:
         torch.set_num_threads(spec.threads)
@@ -79,26 +95,38 @@ def run(spec: RunnerSpec, emit: Emit) -> None:
     if device.type == "cuda":
         torch.cuda.set_device(device)
     dtype = resolve_dtype(spec.dtype, device)
+    group = None
     if spec.world_size > 1:
         join_group(spec, emit)
-    model = load_stage(spec.model_dir, spec.stage, device, dtype)
+        group = create_stage_groups(spec)
+    model = load_shard(spec, group, device, dtype)
     runner = ModelRunner(model, spec.num_slots, spec.max_context)
     emit(
         {
             "event": "ready",
             "rank": spec.rank,
+            "stage": spec.stage_index,
+            "tp_rank": spec.tp_rank,
             "parameter_bytes": parameter_bytes(model),
             "kv_cache_bytes": runner.kv_cache.bytes(),
             "layers": [spec.layer_start, spec.layer_end],
         }
     )
+    channel = StageChannel.for_spec(spec, group, device)
+    if spec.tp_rank > 0:
+        follow_leader(runner, channel)
+        return
     wire = Wire(device if spec.backend == "nccl" else torch.device("cpu"))
+    layout = spec.layout
     if not spec.is_driver:
-        serve_stage(runner, wire, spec.rank, spec.world_size)
+        serve_stage(runner, wire, layout, spec.stage_index, channel)
         return
     tokenizer = Tokenizer(spec.model_dir)
-    if spec.world_size > 1:
-        executor = PipelineExecutor(runner, wire, spec.world_size)
+    executor: LocalExecutor | PipelineExecutor
+    if layout.num_stages > 1:
+        executor = PipelineExecutor(runner, wire, layout, channel)
+    elif spec.tp_size > 1:
+        executor = TensorParallelExecutor(runner, channel)
     else:
         executor = LocalExecutor(runner)
     engine = LLMEngine(
@@ -114,7 +142,7 @@ def run(spec: RunnerSpec, emit: Emit) -> None:
     try:
         Driver(engine, emit, vocab_size=runner.model.config.vocab_size).run(commands)
     finally:
-        if isinstance(executor, PipelineExecutor):
+        if isinstance(executor, PipelineExecutor | TensorParallelExecutor):
             executor.shutdown()
 
 

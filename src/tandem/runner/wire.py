@@ -1,4 +1,4 @@
-"""Messages between pipeline stages: a JSON header and an optional tensor, as plain tensors.
+"""Messages between runners: a JSON header and an optional tensor, as plain tensors.
 
 Everything on the wire is a tensor of integers or of the activation dtype, sent with
 `torch.distributed` point-to-point operations, so any engine that can speak the same three
@@ -11,6 +11,7 @@ dims...], the header as uint8 UTF-8 JSON, then the tensor if the preamble announ
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -23,9 +24,11 @@ NO_TENSOR = -1
 
 
 class Wire:
-    """Point-to-point messages within one process group.
+    """Messages within one process group: point-to-point between pipeline stages, or broadcast
+    from a stage's leader to the other ranks of its tensor-parallel group.
 
     `device` is where this rank's communication buffers live: CUDA for NCCL, CPU for gloo.
+    Ranks are global ranks (`torch.distributed` numbering), also when `group` is a subgroup.
     """
 
     def __init__(self, device: torch.device, group: Any = None) -> None:
@@ -33,29 +36,43 @@ class Wire:
         self.group = group
 
     def send(self, header: dict[str, Any], tensor: torch.Tensor | None, dst: int) -> None:
+        for part in self._encode(header, tensor):
+            dist.send(part, dst, group=self.group)
+
+    def recv(self, src: int) -> tuple[dict[str, Any], torch.Tensor | None]:
+        return self._decode(lambda buffer: dist.recv(buffer, src, group=self.group))
+
+    def broadcast(self, header: dict[str, Any], tensor: torch.Tensor | None, src: int) -> None:
+        """From rank `src` (this one) to every other rank of the group."""
+        for part in self._encode(header, tensor):
+            dist.broadcast(part, src, group=self.group)
+
+    def receive_broadcast(self, src: int) -> tuple[dict[str, Any], torch.Tensor | None]:
+        return self._decode(lambda buffer: dist.broadcast(buffer, src, group=self.group))
+
+    def _encode(self, header: dict[str, Any], tensor: torch.Tensor | None) -> list[torch.Tensor]:
         payload = torch.frombuffer(bytearray(json.dumps(header).encode()), dtype=torch.uint8)
         preamble = [payload.numel(), NO_TENSOR, 0] + [0] * MAX_RANK
+        parts = [payload.to(self.device)]
         if tensor is not None:
             if tensor.dim() > MAX_RANK:
                 raise ValueError(f"tensors of rank above {MAX_RANK} cannot be sent")
             preamble[1] = tensor.dim()
             preamble[2] = WIRE_DTYPES.index(tensor.dtype)
             preamble[3 : 3 + tensor.dim()] = list(tensor.shape)
-        dist.send(torch.tensor(preamble, dtype=torch.int64, device=self.device), dst, group=self.group)
-        dist.send(payload.to(self.device), dst, group=self.group)
-        if tensor is not None:
-            dist.send(tensor.contiguous().to(self.device), dst, group=self.group)
+            parts.append(tensor.contiguous().to(self.device))
+        return [torch.tensor(preamble, dtype=torch.int64, device=self.device), *parts]
 
-    def recv(self, src: int) -> tuple[dict[str, Any], torch.Tensor | None]:
+    def _decode(self, receive: Callable[[torch.Tensor], Any]) -> tuple[dict[str, Any], torch.Tensor | None]:
         preamble_tensor = torch.empty(PREAMBLE_LENGTH, dtype=torch.int64, device=self.device)
-        dist.recv(preamble_tensor, src, group=self.group)
+        receive(preamble_tensor)
         preamble = preamble_tensor.tolist()
         payload = torch.empty(preamble[0], dtype=torch.uint8, device=self.device)
-        dist.recv(payload, src, group=self.group)
+        receive(payload)
         header = json.loads(payload.cpu().numpy().tobytes().decode())
         if preamble[1] == NO_TENSOR:
             return header, None
         shape = preamble[3 : 3 + preamble[1]]
         tensor = torch.empty(shape, dtype=WIRE_DTYPES[preamble[2]], device=self.device)
-        dist.recv(tensor, src, group=self.group)
+        receive(tensor)
         return header, tensor
