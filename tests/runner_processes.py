@@ -37,7 +37,9 @@ class RunnerProcess:
         self.process.stdin.flush()  # type: ignore[union-attr]
 
 
-def start_instance(model_dir, num_layers: int, stage_sizes: tuple[int, ...]) -> list[RunnerProcess]:
+def start_instance(
+    model_dir, num_layers: int, stage_sizes: tuple[int, ...], keep_alive_seconds: float = 60.0
+) -> list[RunnerProcess]:
     """One runner per rank: stage s holds an even share of the layers over `stage_sizes[s]` ranks."""
     ranges = split_evenly(num_layers, len(stage_sizes))
     world_size = sum(stage_sizes)
@@ -56,6 +58,7 @@ def start_instance(model_dir, num_layers: int, stage_sizes: tuple[int, ...]) -> 
         max_prefill_tokens=5,
         threads=1,
         stage_sizes=stage_sizes,
+        keep_alive_seconds=keep_alive_seconds,
     )
     driver = RunnerProcess(base)
     runners = [driver]

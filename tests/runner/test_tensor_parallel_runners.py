@@ -3,6 +3,8 @@ greedy tokens as one process, and each rank holding only its share of the stage.
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from runner_processes import generate_all, start_instance, stop
@@ -23,7 +25,8 @@ PROMPTS = {"a": [3, 1, 4, 1, 5, 9, 2, 6], "b": [2, 7, 1, 8], "c": [1, 1, 2, 3, 5
 def test_tensor_parallel_instance_tokens_equal_single_process(checkpoint_factory, family, stage_sizes):
     checkpoint = checkpoint_factory(family)
     num_layers = checkpoint.config["num_hidden_layers"]
-    runners = start_instance(checkpoint.path, num_layers, stage_sizes)
+    # Frequent keep-alives: while the driver idles between rounds, many pass through every rank.
+    runners = start_instance(checkpoint.path, num_layers, stage_sizes, keep_alive_seconds=0.02)
     try:
         ready = [runner.next_event() for runner in runners]
         assert all(event["event"] == "ready" for event in ready), ready
@@ -34,7 +37,8 @@ def test_tensor_parallel_instance_tokens_equal_single_process(checkpoint_factory
         params = SamplingParams(max_tokens=12, temperature=0.0, ignore_eos=True)
         expected = {rid: [e.token_id for e in engine.generate(ids, params)] for rid, ids in PROMPTS.items()}
         assert generate_all(runners[0], PROMPTS, params.to_dict()) == expected
-        # A second round after the first finished: freed slots and the followers stay in step.
+        time.sleep(0.5)
+        # A second round after an idle spell: freed slots, and every rank still in step.
         assert generate_all(runners[0], {"d": PROMPTS["c"]}, params.to_dict()) == {"d": expected["c"]}
     finally:
         stop(runners)

@@ -37,7 +37,9 @@ from tandem.runner.spec import RunnerSpec
 from tandem.runner.stage_group import StageChannel, TensorParallelExecutor, create_stage_groups, follow_leader
 from tandem.runner.wire import Wire
 
-JOIN_TIMEOUT = timedelta(minutes=10)  # loading a large stage from disk can take minutes
+# How long a rank waits for the others: to join, while a large stage loads from disk (minutes),
+# and for each message; an idle driver sends keep-alives well within it (RunnerSpec).
+JOIN_TIMEOUT = timedelta(minutes=10)
 
 
 def interface_towards(host: str) -> str | None:
@@ -117,18 +119,11 @@ def run(spec: RunnerSpec, emit: Emit) -> None:
         follow_leader(runner, channel)
         return
     wire = Wire(device if spec.backend == "nccl" else torch.device("cpu"))
-    layout = spec.layout
     if not spec.is_driver:
-        serve_stage(runner, wire, layout, spec.stage_index, channel)
+        serve_stage(runner, wire, spec.layout, spec.stage_index, channel)
         return
     tokenizer = Tokenizer(spec.model_dir)
-    executor: LocalExecutor | PipelineExecutor
-    if layout.num_stages > 1:
-        executor = PipelineExecutor(runner, wire, layout, channel)
-    elif spec.tp_size > 1:
-        executor = TensorParallelExecutor(runner, channel)
-    else:
-        executor = LocalExecutor(runner)
+    executor = make_driver_executor(spec, runner, wire, channel)
     engine = LLMEngine(
         executor,
         tokenizer,
@@ -139,11 +134,30 @@ def run(spec: RunnerSpec, emit: Emit) -> None:
     )
     commands: queue.Queue = queue.Queue()
     threading.Thread(target=read_commands, args=(sys.stdin, commands), daemon=True).start()
+    others = executor if isinstance(executor, PipelineExecutor | TensorParallelExecutor) else None
     try:
-        Driver(engine, emit, vocab_size=runner.model.config.vocab_size).run(commands)
+        keep_alive = others.keep_alive if others else None
+        Driver(
+            engine,
+            emit,
+            vocab_size=runner.model.config.vocab_size,
+            keep_alive=keep_alive,
+            keep_alive_seconds=spec.keep_alive_seconds,
+        ).run(commands)
     finally:
-        if isinstance(executor, PipelineExecutor | TensorParallelExecutor):
-            executor.shutdown()
+        if others:
+            others.shutdown()
+
+
+def make_driver_executor(
+    spec: RunnerSpec, runner: ModelRunner, wire: Wire, channel: StageChannel
+) -> LocalExecutor | PipelineExecutor:
+    """Rank 0's executor: through the pipeline, with its tensor-parallel group, or alone."""
+    if spec.layout.num_stages > 1:
+        return PipelineExecutor(runner, wire, spec.layout, channel)
+    if spec.tp_size > 1:
+        return TensorParallelExecutor(runner, channel)
+    return LocalExecutor(runner)
 
 
 def main() -> int:

@@ -20,7 +20,7 @@ from tandem.engine.sampling_params import SamplingParams
 from tandem.engine.sequence import StepPlan
 from tandem.runner.messages import choices_from_wire, choices_to_wire, plan_from_wire, plan_to_wire
 from tandem.runner.spec import InstanceLayout
-from tandem.runner.stage_group import STOP, StageChannel
+from tandem.runner.stage_group import KEEP_ALIVE, STOP, StageChannel
 from tandem.runner.wire import Wire
 
 
@@ -56,6 +56,10 @@ class PipelineExecutor:
         reply, _ = self.wire.recv(src=self.last_leader)
         return choices_from_wire(reply["choices"])
 
+    def keep_alive(self) -> None:
+        self.channel.share(KEEP_ALIVE, None)
+        self.wire.send(KEEP_ALIVE, None, dst=self.next_leader)
+
     def shutdown(self) -> None:
         self.channel.share(STOP, None)
         self.wire.send(STOP, None, dst=self.next_leader)
@@ -74,10 +78,12 @@ def serve_stage(
     while True:
         header, hidden = wire.recv(src=previous)
         channel.share(header, hidden)
-        if header["op"] == "stop":
+        if header["op"] in (STOP["op"], KEEP_ALIVE["op"]):
             if following is not None:
                 wire.send(header, None, dst=following)
-            return
+            if header["op"] == STOP["op"]:
+                return
+            continue
         plan = plan_from_wire(header["plan"])
         output = runner.forward(plan, hidden)
         if samplers is None:

@@ -72,6 +72,7 @@ class RunnerSpec:
     # Backend of each stage's tensor-parallel group (NCCL for a group of GPUs inside a gloo
     # instance); None: `backend` for all. Every rank must know all of them to create the groups.
     stage_backends: tuple[Backend, ...] | None = None
+    keep_alive_seconds: float = 60.0  # an idle driver's interval between keep-alives to the others
 
     def __post_init__(self) -> None:
         if not 0 <= self.rank < self.world_size:

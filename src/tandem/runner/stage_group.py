@@ -22,6 +22,7 @@ from tandem.runner.spec import RunnerSpec
 from tandem.runner.wire import Wire
 
 STOP = {"op": "stop"}
+KEEP_ALIVE = {"op": "keep-alive"}  # runs nothing; resets the followers' wait for the next step
 
 
 def create_stage_groups(spec: RunnerSpec) -> Any:
@@ -78,6 +79,9 @@ class TensorParallelExecutor(LocalExecutor):
         self.channel.share({"op": "step", "plan": plan_to_wire(plan)}, None)
         return super().execute(plan)
 
+    def keep_alive(self) -> None:
+        self.channel.share(KEEP_ALIVE, None)
+
     def shutdown(self) -> None:
         self.channel.share(STOP, None)
 
@@ -89,4 +93,6 @@ def follow_leader(runner: ModelRunner, channel: StageChannel) -> None:
         header, hidden = channel.receive()
         if header["op"] == "stop":
             return
+        if header["op"] == KEEP_ALIVE["op"]:
+            continue
         runner.forward(plan_from_wire(header["plan"]), hidden)

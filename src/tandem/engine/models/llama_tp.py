@@ -44,15 +44,15 @@ def shard_llama(model: CausalLM, group: TensorParallelGroup) -> dict[str, Tensor
             for name in ("gate_proj", "up_proj"):
                 setattr(mlp, name, _linear(config.hidden_size, inner.size, config.mlp_bias))
                 slices |= _row_slices(f"{prefix}.mlp.{name}", slice(inner.start, inner.end), config.mlp_bias)
-            mlp.down_proj = RowParallelLinear(
-                inner.size, config.hidden_size, config.mlp_bias, group.all_reduce
-            )
+            down = RowParallelLinear(inner.size, config.hidden_size, config.mlp_bias, group.all_reduce)
+            mlp.down_proj = down  # type: ignore[assignment]
             slices[f"{prefix}.mlp.down_proj.weight"] = TensorSlice(columns=slice(inner.start, inner.end))
         vocab_blocks = even_blocks(config.vocab_size, size)
         vocab = vocab_blocks[rank]
         vocab_rows = TensorSlice(rows=slice(vocab.start, vocab.end))
         if model.model.embed_tokens is not None:
-            model.model.embed_tokens = VocabParallelEmbedding(vocab, config.hidden_size, group.all_reduce)
+            embedding = VocabParallelEmbedding(vocab, config.hidden_size, group.all_reduce)
+            model.model.embed_tokens = embedding  # type: ignore[assignment]
             slices["model.embed_tokens.weight"] = vocab_rows
         if model.lm_head is not None:
             sizes = tuple(block.size for block in vocab_blocks)
