@@ -15,7 +15,6 @@ import sys
 import threading
 import traceback
 from datetime import timedelta
-from typing import Any
 
 import psutil
 import torch
@@ -34,7 +33,13 @@ from tandem.errors import TandemError
 from tandem.runner.driver import Driver, Emit, line_emitter, read_commands
 from tandem.runner.pipeline import PipelineExecutor, serve_stage
 from tandem.runner.spec import RunnerSpec
-from tandem.runner.stage_group import StageChannel, TensorParallelExecutor, create_stage_groups, follow_leader
+from tandem.runner.stage_group import (
+    StageChannel,
+    StageGroups,
+    TensorParallelExecutor,
+    create_stage_groups,
+    follow_leader,
+)
 from tandem.runner.wire import Wire
 
 # How long a rank waits for the others: to join, while a large stage loads from disk (minutes),
@@ -81,12 +86,14 @@ def join_group(spec: RunnerSpec, emit: Emit) -> None:
     )
 
 
-def load_shard(spec: RunnerSpec, group: Any, device: torch.device, dtype: torch.dtype) -> CausalLM:
+def load_shard(
+    spec: RunnerSpec, groups: StageGroups | None, device: torch.device, dtype: torch.dtype
+) -> CausalLM:
     """This rank's part of its stage: the whole stage, or its tensor-parallel shard."""
-    if spec.tp_size == 1:
+    if groups is None:
         return load_stage(spec.model_dir, spec.stage, device, dtype)
     return load_tensor_parallel_stage(
-        spec.model_dir, spec.stage, TensorParallelGroup.from_process_group(group), device, dtype
+        spec.model_dir, spec.stage, TensorParallelGroup.from_process_group(groups.data), device, dtype
     )
 
 
@@ -97,11 +104,11 @@ def run(spec: RunnerSpec, emit: Emit) -> None:
     if device.type == "cuda":
         torch.cuda.set_device(device)
     dtype = resolve_dtype(spec.dtype, device)
-    group = None
+    groups = None
     if spec.world_size > 1:
         join_group(spec, emit)
-        group = create_stage_groups(spec)
-    model = load_shard(spec, group, device, dtype)
+        groups = create_stage_groups(spec)
+    model = load_shard(spec, groups, device, dtype)
     runner = ModelRunner(model, spec.num_slots, spec.max_context)
     emit(
         {
@@ -114,7 +121,7 @@ def run(spec: RunnerSpec, emit: Emit) -> None:
             "layers": [spec.layer_start, spec.layer_end],
         }
     )
-    channel = StageChannel.for_spec(spec, group, device)
+    channel = StageChannel.for_spec(spec, groups, device)
     if spec.tp_rank > 0:
         follow_leader(runner, channel)
         return

@@ -8,6 +8,7 @@ the model. The other ranks only follow (`follow_leader`).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -25,17 +26,28 @@ STOP = {"op": "stop"}
 KEEP_ALIVE = {"op": "keep-alive"}  # runs nothing; resets the followers' wait for the next step
 
 
-def create_stage_groups(spec: RunnerSpec) -> Any:
-    """Create one process group per tensor-parallel stage and return this rank's (None when its
+@dataclass(frozen=True)
+class StageGroups:
+    """This rank's groups within its stage: `data` (the stage's backend) carries the model's
+    collectives and the hidden states; `control` (gloo, on the CPU) carries step headers."""
+
+    data: Any
+    control: Any
+
+
+def create_stage_groups(spec: RunnerSpec) -> StageGroups | None:
+    """Create the groups of every tensor-parallel stage and return this rank's (None when its
     stage has one rank). Every rank creates every group, in the same order: torch requires it."""
     mine = None
     layout = spec.layout
     for stage, backend in enumerate(spec.group_backends):
         ranks = list(layout.ranks(stage))
         if len(ranks) > 1:
-            group = dist.new_group(ranks, backend=backend)
+            groups = StageGroups(
+                dist.new_group(ranks, backend=backend), dist.new_group(ranks, backend="gloo")
+            )
             if spec.rank in ranks:
-                mine = group
+                mine = groups
     return mine
 
 
@@ -48,11 +60,12 @@ class StageChannel:
         self.rank = rank
 
     @classmethod
-    def for_spec(cls, spec: RunnerSpec, group: Any, device: torch.device) -> StageChannel:
-        if group is None:
+    def for_spec(cls, spec: RunnerSpec, groups: StageGroups | None, device: torch.device) -> StageChannel:
+        if groups is None:
             return cls(None, spec.rank, spec.rank)
         backend = spec.group_backends[spec.stage_index]
-        wire = Wire(device if backend == "nccl" else torch.device("cpu"), group)
+        tensor_device = device if backend == "nccl" else torch.device("cpu")
+        wire = Wire(torch.device("cpu"), groups.control, tensor_device, groups.data)
         return cls(wire, spec.layout.leader(spec.stage_index), spec.rank)
 
     def share(self, header: dict[str, Any], hidden: torch.Tensor | None) -> None:
