@@ -2,8 +2,13 @@
 
 Cost model (batch-1 decode, which is bound by memory bandwidth):
 
-    seconds per token = Σ over stages  bytes the stage reads per token / its device's memory_bandwidth
+    seconds per token = Σ over stages  bytes the stage reads per token / (k × its devices' memory_bandwidth)
+                                       + the stage's collectives × one collective's time  (k > 1)
                       + Σ over hops    link latency + hidden_size × dtype bytes / link bandwidth
+
+- A stage is one device (k = 1) or a tensor-parallel group of k like GPUs (`placement_groups`):
+  each member holds and reads 1/k of the stage, and a token costs the group two all-reduces per
+  layer, one for the embedding, the head's all-gather and the leader's broadcast of the step.
 
 - A stage reads, per token, every parameter of its layers that the token uses (a mixture-of-experts
   layer: attention, router, shared experts, top-k routed experts), the KV cache of one sequence at
@@ -26,6 +31,10 @@ on two GPUs rather than one big CPU box). Otherwise devices join fastest first (
 read the whole model), until together they hold every layer; they are ordered as a ring with
 cheap hops, and the layers are split among them by dynamic programming to minimize the summed
 time, so faster devices fill to what their memory allows and slower ones take the rest.
+These rules run once over the devices on their own and once over each pool where like GPUs are
+grouped (within a host, and across hosts joined by measured links); the fastest plan wins unless
+one on fewer devices is within `MORE_DEVICES_GAIN_REQUIRED` (1.1×) of it, and the plan's first
+note compares them in tokens per second.
 """
 
 from __future__ import annotations
@@ -34,6 +43,7 @@ from dataclasses import dataclass, field, replace
 from itertools import islice
 from typing import NamedTuple
 
+from tandem.cluster.placement_groups import candidate_pools, choose
 from tandem.cluster.placement_search import (
     UNMEASURED_BANDWIDTH,
     UNMEASURED_LATENCY,
@@ -113,19 +123,25 @@ class PlacementRequest:
 
 @dataclass(frozen=True)
 class Stage:
-    """One pipeline stage: a tensor-parallel group of `members` (one device for now) running
-    `layers`. Byte counts are the whole stage's; a group of k members holds 1/k each."""
+    """One pipeline stage: a tensor-parallel group of `members` (one device, or several like
+    GPUs) running `layers`. Byte counts are the whole stage's; a group of k members holds 1/k each."""
 
     members: tuple[DeviceAddress, ...]
     layers: LayerRange
     weight_bytes: int
     kv_bytes: int
-    compute_seconds: float  # reading this stage's bytes for one token
+    compute_seconds: float  # reading this stage's bytes for one token (each member reads 1/k)
     send_seconds: float  # the hop to the next stage (from the last: back to the first)
+    all_reduce_seconds: float = 0.0  # the tensor-parallel group's collectives for one token
 
     @property
     def predicted_seconds(self) -> float:
-        return self.compute_seconds + self.send_seconds
+        return self.compute_seconds + self.all_reduce_seconds + self.send_seconds
+
+    @property
+    def backend(self) -> str:
+        """The backend of the stage's own group: NCCL when every member is a CUDA device."""
+        return "nccl" if all(member.torch_device.startswith("cuda") for member in self.members) else "gloo"
 
 
 @dataclass(frozen=True)
@@ -167,12 +183,11 @@ class Placement:
             f"{request.context_length} tokens × {request.num_sequences} sequences"
         ]
         width = max(len(member.node_id) for stage in self.stages for member in stage.members)
+        members = [_members_text(stage.members, width) for stage in self.stages]
+        column = max(len(text) for text in members)
         for index, stage in enumerate(self.stages):
-            devices = ", ".join(
-                f"{member.node_id:<{width}}  {member.torch_device:<7}" for member in stage.members
-            )
             lines.append(
-                f"  stage {index}  {devices}  layers {stage.layers!s:<10}  "
+                f"  stage {index}  {members[index]:<{column}}  layers {stage.layers!s:<10}  "
                 f"{stage.weight_bytes / 1e9:7.1f} GB weights  {stage.kv_bytes / 1e9:6.1f} GB KV  "
                 f"{stage.predicted_seconds * 1e3:8.2f} ms"
             )
@@ -182,6 +197,21 @@ class Placement:
         )
         lines.extend(f"note: {note}" for note in self.notes)
         return lines
+
+
+def _members_text(members: tuple[DeviceAddress, ...], width: int) -> str:
+    """A stage's devices: `node  cuda:0`, `node  cuda:0+cuda:1` (a group within a node), or
+    `a cuda:0 + b cuda:0` (a group across nodes)."""
+    nodes = {member.node_id for member in members}
+    if len(nodes) > 1:
+        return " + ".join(str(member) for member in members)
+    devices = "+".join(member.torch_device for member in members)
+    indices = [member.torch_device.removeprefix("cuda:") for member in members]
+    if len(members) > 2 and all(index.isdigit() for index in indices):
+        first, last = int(indices[0]), int(indices[-1])
+        if [int(index) for index in indices] == list(range(first, last + 1)):
+            devices = f"cuda:{first}-{last}"  # eight GPUs: cuda:0-7
+    return f"{members[0].node_id:<{width}}  {devices:<7}"  # 7: "cuda:0 " and "cpu" line up
 
 
 @dataclass(frozen=True)
@@ -195,19 +225,39 @@ class Infeasible:
 
 
 def place(shape: ModelShape, topology: Topology, request: PlacementRequest) -> Placement | Infeasible:
-    """Split `shape` over the devices of `topology` for `request`, or say in numbers why not."""
+    """Split `shape` over the devices of `topology` for `request`, or say in numbers why not.
+
+    Plans every pool of candidates (devices alone, like GPUs grouped for tensor parallelism) and
+    keeps the best (`placement_groups.choose`); a forced `devices` list is planned as given."""
     if request.context_length > shape.max_context:
         return Infeasible(
             f"a context of {request.context_length} tokens is longer than {shape.name}'s "
             f"{shape.max_context}-token maximum"
         )
     costs, links = LayerCosts(shape, request), LinkTable(topology)
-    offered = offered_devices(topology, request)
     if request.devices is not None:
-        return _place_on_given_devices(costs, links, offered, request)
+        return _place_on_given_devices(costs, links, offered_devices(topology, request), request)
+    results = [
+        _place_among(costs, links, pool, request)
+        for pool in candidate_pools(topology, request, links, shape.hidden_size)
+    ]
+    plans = [result for result in results if isinstance(result, Placement)]
+    if not plans:
+        return results[0]  # devices on their own hold the most layouts, so their reason says most
+    chosen, comparison = choose(plans)
+    if comparison is None:
+        return chosen
+    return replace(chosen, notes=(comparison, *chosen.notes))
+
+
+def _place_among(
+    costs: LayerCosts, links: LinkTable, offered: list[Candidate], request: PlacementRequest
+) -> Placement | Infeasible:
+    """The best plan over one pool of candidates (single devices or tensor-parallel groups)."""
+    shape = costs.shape
     usable = [device for device in offered if device.usable_bytes > 0]
-    # Fastest first: the time to read the whole model on the device.
-    usable.sort(key=lambda device: costs.compute_seconds(device, 0, shape.num_layers))
+    # Fastest first: the time to read the whole model on the device (and a group's collectives).
+    usable.sort(key=lambda device: costs.seconds(device, 0, shape.num_layers))
     if len(usable) < request.min_stages or shape.num_layers < request.min_stages:
         return Infeasible(
             f"{request.min_stages} stages were asked for, but {len(usable)} devices have free memory "
@@ -218,7 +268,7 @@ def place(shape: ModelShape, topology: Topology, request: PlacementRequest) -> P
     if request.min_stages == 1 and whole is not None:
         single = _placement(costs, links, [whole], [0, shape.num_layers])
         if whole is usable[0]:
-            return _with_reason(single, "fits on its fastest device")
+            return _with_reason(single, f"fits on its fastest {_unit(whole)}")
     ring = (
         None
         if oversized_layer(costs, usable) is not None
@@ -226,7 +276,7 @@ def place(shape: ModelShape, topology: Topology, request: PlacementRequest) -> P
     )
     if ring is None:
         if single is not None:
-            return _with_reason(single, "fits on one device, the fastest that holds it whole")
+            return _with_reason(single, f"fits on one {_unit(whole)}, the fastest that holds it whole")
         return Infeasible(why_infeasible(costs, usable or offered, request))
     split = _placement(costs, links, *ring)
     if single is None:
@@ -237,12 +287,18 @@ def place(shape: ModelShape, topology: Topology, request: PlacementRequest) -> P
         )
         return _with_reason(split, f"split over {len(split.stages)} devices, fastest first: {wanted}")
     if single.predicted_seconds_per_token < SPLIT_GAIN_REQUIRED * split.predicted_seconds_per_token:
-        return _with_reason(single, "fits on one device, and a split over faster devices gains too little")
+        return _with_reason(
+            single, f"fits on one {_unit(whole)}, and a split over faster devices gains too little"
+        )
     return _with_reason(
         split,
         f"split over {len(split.stages)} faster devices: on {single.stages[0].members[0]} alone, where it "
         f"fits whole, it would take {single.predicted_seconds_per_token * 1e3:.2f} ms per token",
     )
+
+
+def _unit(device: Candidate) -> str:
+    return "device" if device.size == 1 else "tensor-parallel group"
 
 
 def _ring_fastest_first(
@@ -304,12 +360,13 @@ def _placement(
         cost = costs.stage(device, start, end)
         stages.append(
             Stage(
-                members=(DeviceAddress(device.node_id, device.torch_device),),
+                members=tuple(DeviceAddress(*member) for member in device.members),
                 layers=LayerRange(start, end),
                 weight_bytes=round(cost.weight_bytes),
                 kv_bytes=round(cost.kv_bytes),
                 compute_seconds=cost.read_bytes / device.bandwidth,
                 send_seconds=hop,
+                all_reduce_seconds=costs.collectives(device, start, end) * device.all_reduce_seconds,
             )
         )
     unmeasured = sorted(
