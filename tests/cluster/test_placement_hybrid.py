@@ -170,3 +170,21 @@ def test_a_layer_larger_than_any_gpu_fits_a_group_that_pools_their_memory():
     assert isinstance(result, Placement) and layout(result) == [["box cuda:0", "box cuda:1"]]
     alone = place(shape, cluster(node("box", gpu(10, 2000))), exact())
     assert isinstance(alone, Infeasible) and alone.reason.startswith("layer 0 of synthetic alone needs")
+
+
+def test_forced_stages_may_be_tensor_parallel_groups_of_any_one_kind():
+    topology = Topology(nodes=tuple(node(name, cpu(64, 100)) for name in ("a", "b", "c")))
+    group = (("a", "cpu"), ("b", "cpu"))
+    placement = placed(SHAPE, topology, exact(devices=(group, ("c", "cpu"))))
+    assert layout(placement) == [["a cpu", "b cpu"], ["c cpu"]]
+    assert placement.notes[0] == "split over the 2 given stages"
+    # The group's all-reduces cross an unmeasured link: gigabit Ethernet is assumed, and said.
+    assert "no link measured between a and b: assumed 1 ms and 1 Gbit/s" in placement.notes
+    first = placement.stages[0]
+    per_all_reduce = ring_all_reduce_seconds(2, 1e-3, 125e6, 4096 * 4)
+    assert first.all_reduce_seconds == pytest.approx(per_all_reduce * (2 * len(first.layers) + 2))
+    mixed = place(
+        SHAPE, cluster(node("box", gpu(80), cpu(64))), exact(devices=((("box", "cuda:0"), ("box", "cpu")),))
+    )
+    assert isinstance(mixed, Infeasible)
+    assert mixed.reason == "a tensor-parallel group needs devices of one kind: box cuda:0 + box cpu"

@@ -43,7 +43,7 @@ from dataclasses import dataclass, field, replace
 from itertools import islice
 from typing import NamedTuple
 
-from tandem.cluster.placement_groups import candidate_pools, choose
+from tandem.cluster.placement_groups import candidate_pools, choose, forced_group
 from tandem.cluster.placement_search import (
     UNMEASURED_BANDWIDTH,
     UNMEASURED_LATENCY,
@@ -90,7 +90,9 @@ class PlacementRequest:
     weight_bytes_per_parameter: float | None = None  # quantized weights (1 for FP8); None: the dtype's
     memory_margin: float = 0.1  # fraction of each device's free memory left free
     device_overhead_bytes: int = DEFAULT_DEVICE_OVERHEAD_BYTES  # activations and workspace, per device
-    devices: tuple[DeviceAddress, ...] | None = None  # a forced split, in pipeline order
+    # A forced split, one entry per stage in pipeline order: a device, or several devices that
+    # form the stage's tensor-parallel group. Given as (node, device) pairs or tuples of them.
+    devices: tuple[tuple[DeviceAddress, ...], ...] | None = None
     min_stages: int = 1
 
     def __post_init__(self) -> None:
@@ -111,14 +113,24 @@ class PlacementRequest:
             if not ok:
                 raise InvalidRequestError(f"invalid placement request: {message}")
         if self.devices is not None:
-            addresses = tuple(DeviceAddress(*device) for device in self.devices)
+            stages = tuple(_stage_addresses(entry) for entry in self.devices)
+            addresses = [address for stage in stages for address in stage]
             if len(set(addresses)) != len(addresses):
                 raise InvalidRequestError("invalid placement request: a device is named twice in devices")
-            object.__setattr__(self, "devices", addresses)
+            object.__setattr__(self, "devices", stages)
 
     def dtype_bytes(self, kind: DeviceKind | str) -> float:
         """Bytes per value (weights, cache, activations) on a device of this kind."""
         return self.cuda_dtype_bytes if kind == "cuda" else self.cpu_dtype_bytes
+
+
+def _stage_addresses(entry) -> tuple[DeviceAddress, ...]:
+    """One forced stage: a (node, device) pair, or a tuple of them (a tensor-parallel group)."""
+    if isinstance(entry[0], str):
+        return (DeviceAddress(*entry),)
+    if not entry:
+        raise InvalidRequestError("invalid placement request: a stage in devices names no device")
+    return tuple(DeviceAddress(*device) for device in entry)
 
 
 @dataclass(frozen=True)
@@ -330,20 +342,30 @@ def _place_on_given_devices(
 ) -> Placement | Infeasible:
     by_address = {DeviceAddress(device.node_id, device.torch_device): device for device in offered}
     assert request.devices is not None
-    missing = [str(address) for address in request.devices if address not in by_address]
+    missing = [str(address) for stage in request.devices for address in stage if address not in by_address]
     if missing:
         return Infeasible(f"the topology has no device {', '.join(missing)}")
-    given = [by_address[address] for address in request.devices]
+    given = []
+    for stage in request.devices:
+        members = [by_address[address] for address in stage]
+        if len({member.kind for member in members}) > 1:
+            return Infeasible(
+                f"a tensor-parallel group needs devices of one kind: {' + '.join(map(str, stage))}"
+            )
+        given.append(
+            members[0] if len(members) == 1 else forced_group(members, links, costs.shape.hidden_size)
+        )
+    noun = "devices" if all(device.size == 1 for device in given) else "stages"
     if len(given) > costs.num_layers:
         return Infeasible(
-            f"{len(given)} devices were given for {costs.shape.name}'s {costs.num_layers} layers; "
+            f"{len(given)} {noun} were given for {costs.shape.name}'s {costs.num_layers} layers; "
             "each stage needs at least one"
         )
     boundaries = split_layers(costs, given)
     if boundaries is None:
         return Infeasible(why_infeasible(costs, given, request, forced=True))
     return _with_reason(
-        _placement(costs, links, given, boundaries), f"split over the {len(given)} given devices"
+        _placement(costs, links, given, boundaries), f"split over the {len(given)} given {noun}"
     )
 
 
@@ -369,12 +391,19 @@ def _placement(
                 all_reduce_seconds=costs.collectives(device, start, end) * device.all_reduce_seconds,
             )
         )
+    ring_pairs = (
+        [(a.node_id, b.node_id) for a, b in zip(order, order[1:] + order[:1], strict=True)]
+        if len(order) > 1
+        else []
+    )
+    within_groups = [
+        (a, b)
+        for device in order
+        for i, (a, _) in enumerate(device.members)
+        for b, _ in device.members[i + 1 :]
+    ]
     unmeasured = sorted(
-        {
-            tuple(sorted((device.node_id, following.node_id)))
-            for device, following in zip(order, order[1:] + order[:1], strict=True)
-            if len(order) > 1 and not links.is_measured(device.node_id, following.node_id)
-        }
+        {tuple(sorted(pair)) for pair in ring_pairs + within_groups if not links.is_measured(*pair)}
     )
     notes = [
         f"no link measured between {source} and {target}: assumed {UNMEASURED_LATENCY * 1e3:g} ms "

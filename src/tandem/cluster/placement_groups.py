@@ -15,7 +15,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from tandem.cluster.placement_search import Candidate, LinkTable, offered_devices
+from tandem.cluster.placement_search import (
+    UNMEASURED_BANDWIDTH,
+    UNMEASURED_LATENCY,
+    Candidate,
+    LinkTable,
+    offered_devices,
+)
 from tandem.cluster.topology import NodeId, Topology
 
 if TYPE_CHECKING:
@@ -56,6 +62,21 @@ def candidate_pools(
     if across:
         pools.append(_pool(singles, across))
     return pools
+
+
+def forced_group(members: list[Candidate], links: LinkTable, hidden_size: int) -> Candidate:
+    """A group someone asked for (any devices of one kind), costed as placement costs its own:
+    the within-host constant on one node, else a ring over the slowest link between its nodes
+    (an unmeasured one assumed to be gigabit Ethernet)."""
+    nodes = list(dict.fromkeys(member.node_id for member in members))
+    if len(nodes) == 1:
+        return _group(members, SAME_HOST_ALL_REDUCE_SECONDS)
+    pairs = [(a, b) for i, a in enumerate(nodes) for b in nodes[i + 1 :]]
+    measured = [links.measured(a, b) for a, b in pairs]
+    latency = max(link.latency if link else UNMEASURED_LATENCY for link in measured)
+    bandwidth = min(link.bandwidth if link else UNMEASURED_BANDWIDTH for link in measured)
+    message = hidden_size * members[0].value_bytes
+    return _group(members, ring_all_reduce_seconds(len(members), latency, bandwidth, message))
 
 
 def _like_gpu_sets(topology: Topology) -> list[tuple[NodeId, str, list[str]]]:
