@@ -1,9 +1,10 @@
 """One rank of a tensor-parallel group, for tests: `python tensor_parallel_worker.py JOB_JSON`.
 
 The job names the rendezvous file, the rank, the group size and the checkpoints. For each
-checkpoint the rank loads its shard and decodes the prompts greedily (together) with its own engine: every
-rank runs the same steps in the same order, so their collectives pair up, and all-gathered
-logits give every rank the same tokens. Each rank writes what it saw to its own JSON file.
+checkpoint the rank builds its lockstep engine over its shard and decodes the prompts (greedy,
+together; then one seeded): every rank runs the same steps in the same order, so their
+collectives pair up, and all-gathered logits give every rank the same tokens. Each rank writes
+what it saw to its own JSON file.
 """
 
 from __future__ import annotations
@@ -14,15 +15,13 @@ import sys
 import torch
 import torch.distributed as dist
 
-from tandem.engine.config import load_model_config
 from tandem.engine.engine import LLMEngine
-from tandem.engine.executor import LocalExecutor
 from tandem.engine.kv_cache import KVCache
 from tandem.engine.loader import parameter_bytes
-from tandem.engine.model_runner import ModelRunner
-from tandem.engine.parallel.apply import load_tensor_parallel_stage
 from tandem.engine.parallel.group import TensorParallelGroup
+from tandem.engine.parallel.lockstep import create_tensor_parallel_engine
 from tandem.engine.sampling_params import SamplingParams
+from tandem.errors import InvalidRequestError
 
 
 def last_logits(model, prompt: list[int]) -> list[float]:
@@ -53,13 +52,22 @@ def main() -> None:
     report = {}
     params = SamplingParams(max_tokens=job["new_tokens"], temperature=0.0, ignore_eos=True)
     for name, path in job["checkpoints"].items():
-        config = load_model_config(path)
-        model = load_tensor_parallel_stage(path, None, group, torch.device("cpu"), torch.float32, config)
-        runner = ModelRunner(model, num_slots=4, max_context=128)
-        engine = LLMEngine(LocalExecutor(runner), None, frozenset(), 128, 4, max_prefill_tokens=6)
+        engine = create_tensor_parallel_engine(
+            path, group, device="cpu", dtype="float32", max_context=128, num_slots=4, max_prefill_tokens=6
+        )
+        runner = engine.executor.runner
+        model = runner.model
         tokens = decode_together(engine, job["prompts"], params)
+        seeded = SamplingParams(max_tokens=8, temperature=0.8, seed=7, ignore_eos=True)
+        try:
+            engine.add_request(job["prompts"][0], SamplingParams(temperature=1.0))
+            refusal = None
+        except InvalidRequestError as error:
+            refusal = str(error)
         report[name] = {
             "tokens": tokens,
+            "seeded": decode_together(engine, job["prompts"][:1], seeded),
+            "refusal": refusal,
             "logits": last_logits(model, job["prompts"][-1]),
             "parameter_bytes": parameter_bytes(model),
             "parameters": {key: list(value.shape) for key, value in model.state_dict().items()},

@@ -41,7 +41,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from itertools import islice
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from tandem.cluster.placement_groups import candidate_pools, choose, forced_group
 from tandem.cluster.placement_search import (
@@ -124,7 +124,7 @@ class PlacementRequest:
         return self.cuda_dtype_bytes if kind == "cuda" else self.cpu_dtype_bytes
 
 
-def _stage_addresses(entry) -> tuple[DeviceAddress, ...]:
+def _stage_addresses(entry: Any) -> tuple[DeviceAddress, ...]:
     """One forced stage: a (node, device) pair, or a tuple of them (a tensor-parallel group)."""
     if isinstance(entry[0], str):
         return (DeviceAddress(*entry),)
@@ -214,16 +214,16 @@ class Placement:
 def _members_text(members: tuple[DeviceAddress, ...], width: int) -> str:
     """A stage's devices: `node  cuda:0`, `node  cuda:0+cuda:1` (a group within a node), or
     `a cuda:0 + b cuda:0` (a group across nodes)."""
-    nodes = {member.node_id for member in members}
-    if len(nodes) > 1:
+    node_id = members[0].node_id
+    if any(member.node_id != node_id for member in members):
         return " + ".join(str(member) for member in members)
     devices = "+".join(member.torch_device for member in members)
     indices = [member.torch_device.removeprefix("cuda:") for member in members]
-    if len(members) > 2 and all(index.isdigit() for index in indices):
+    if len(indices) > 2 and all(index.isdigit() for index in indices):
         first, last = int(indices[0]), int(indices[-1])
         if [int(index) for index in indices] == list(range(first, last + 1)):
             devices = f"cuda:{first}-{last}"  # eight GPUs: cuda:0-7
-    return f"{members[0].node_id:<{width}}  {devices:<7}"  # 7: "cuda:0 " and "cpu" line up
+    return f"{node_id:<{width}}  {devices:<7}"  # 7: "cuda:0 " and "cpu" line up
 
 
 @dataclass(frozen=True)
@@ -276,11 +276,12 @@ def _place_among(
             f"and {shape.name} has {shape.num_layers} layers"
         )
     whole = next((device for device in usable if costs.fits(device, 0, shape.num_layers)), None)
+    unit = _unit(whole) if whole is not None else "device"
     single = None
     if request.min_stages == 1 and whole is not None:
         single = _placement(costs, links, [whole], [0, shape.num_layers])
         if whole is usable[0]:
-            return _with_reason(single, f"fits on its fastest {_unit(whole)}")
+            return _with_reason(single, f"fits on its fastest {unit}")
     ring = (
         None
         if oversized_layer(costs, usable) is not None
@@ -288,7 +289,7 @@ def _place_among(
     )
     if ring is None:
         if single is not None:
-            return _with_reason(single, f"fits on one {_unit(whole)}, the fastest that holds it whole")
+            return _with_reason(single, f"fits on one {unit}, the fastest that holds it whole")
         return Infeasible(why_infeasible(costs, usable or offered, request))
     split = _placement(costs, links, *ring)
     if single is None:
@@ -299,9 +300,7 @@ def _place_among(
         )
         return _with_reason(split, f"split over {len(split.stages)} devices, fastest first: {wanted}")
     if single.predicted_seconds_per_token < SPLIT_GAIN_REQUIRED * split.predicted_seconds_per_token:
-        return _with_reason(
-            single, f"fits on one {_unit(whole)}, and a split over faster devices gains too little"
-        )
+        return _with_reason(single, f"fits on one {unit}, and a split over faster devices gains too little")
     return _with_reason(
         split,
         f"split over {len(split.stages)} faster devices: on {single.stages[0].members[0]} alone, where it "
