@@ -8,7 +8,7 @@ grouped across measured links. Then it compares the predicted plans (`choose`).
 
 A group of k devices reads 1/k of its stage's bytes on each member at once, so it runs k times
 faster, less its collectives: each costs a constant within a host (NCCL over NVLink/PCIe inside
-a CUDA graph) and, across hosts, a ring over the slowest link between them.
+a CUDA graph) and, across hosts, that constant plus a ring over the slowest link between them.
 """
 
 from __future__ import annotations
@@ -38,8 +38,9 @@ MORE_DEVICES_GAIN_REQUIRED = 1.1
 
 
 def ring_all_reduce_seconds(size: int, latency: float, bandwidth: float, message_bytes: float) -> float:
-    """A ring all-reduce across hosts: 2(k−1) steps, each a link latency plus 1/k of the message."""
-    return 2 * (size - 1) * (latency + message_bytes / size / bandwidth)
+    """An all-reduce across hosts: what one costs within a host (the library's own floor), plus a
+    ring over the link: 2(k−1) steps, each a link latency and 1/k of the message."""
+    return SAME_HOST_ALL_REDUCE_SECONDS + 2 * (size - 1) * (latency + message_bytes / size / bandwidth)
 
 
 def candidate_pools(
