@@ -19,7 +19,7 @@ PROMPTS = {"a": [3, 1, 4, 1, 5, 9, 2, 6], "b": [2, 7, 1, 8], "c": [1, 1, 2, 3, 5
     [
         ("qwen2.5-tied", (3,)),  # one stage over 3 ranks; 2 KV heads do not divide 3 ranks
         ("qwen3-qknorm", (2, 2)),  # TP=2 × PP=2: 4 processes
-        ("llama-gqa", (2, 1)),  # a tensor-parallel first stage, a single-rank last stage
+        ("llama-mha-tied", (1, 2)),  # a single-rank first stage; the last stage's group splits the tied head
     ],
 )
 def test_tensor_parallel_instance_tokens_equal_single_process(checkpoint_factory, family, stage_sizes):
