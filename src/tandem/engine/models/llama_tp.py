@@ -42,7 +42,7 @@ def shard_llama(model: CausalLM, group: TensorParallelGroup) -> dict[str, Tensor
             inner = even_block(config.intermediate_size, rank, size)
             mlp = layer.mlp
             for name in ("gate_proj", "up_proj"):
-                setattr(mlp, name, _linear(config.hidden_size, inner.size, config.mlp_bias))
+                setattr(mlp, name, nn.Linear(config.hidden_size, inner.size, bias=config.mlp_bias))
                 slices |= _row_slices(f"{prefix}.mlp.{name}", slice(inner.start, inner.end), config.mlp_bias)
             down = RowParallelLinear(inner.size, config.hidden_size, config.mlp_bias, group.all_reduce)
             mlp.down_proj = down  # type: ignore[assignment]
@@ -70,9 +70,9 @@ def _shard_attention(attention: Attention, prefix: str, group: TensorParallelGro
     query_rows = shard.query_heads.scaled(head_dim)
     kv_rows = shard.kv_row_blocks(head_dim)
     kv_width = len(shard.kv_heads) * head_dim
-    attention.q_proj = _linear(hidden, shard.query_heads.size * head_dim, has_qkv_bias)
-    attention.k_proj = _linear(hidden, kv_width, has_qkv_bias)
-    attention.v_proj = _linear(hidden, kv_width, has_qkv_bias)
+    attention.q_proj = nn.Linear(hidden, shard.query_heads.size * head_dim, bias=has_qkv_bias)
+    attention.k_proj = nn.Linear(hidden, kv_width, bias=has_qkv_bias)
+    attention.v_proj = nn.Linear(hidden, kv_width, bias=has_qkv_bias)
     has_o_bias = attention.o_proj.bias is not None
     attention.o_proj = RowParallelLinear(  # type: ignore[assignment]
         shard.query_heads.size * head_dim, hidden, has_o_bias, group.all_reduce
@@ -82,10 +82,6 @@ def _shard_attention(attention: Attention, prefix: str, group: TensorParallelGro
         slices |= _row_slices(f"{prefix}.{name}", kv_rows, has_qkv_bias)
     slices[f"{prefix}.o_proj.weight"] = TensorSlice(columns=query_rows)
     return slices
-
-
-def _linear(in_features: int, out_features: int, bias: bool) -> nn.Linear:
-    return nn.Linear(in_features, out_features, bias=bias)
 
 
 def _row_slices(module: str, rows: slice | tuple[slice, ...], bias: bool) -> dict[str, TensorSlice]:
