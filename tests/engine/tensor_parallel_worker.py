@@ -27,7 +27,7 @@ from tandem.errors import InvalidRequestError
 def last_logits(model, prompt: list[int]) -> list[float]:
     cache = KVCache.for_model(model, num_slots=1, max_length=64)
     positions = torch.arange(len(prompt))[None]
-    batch = model.attention_batch(positions, [0], len(prompt))
+    batch = model.attention_batch(positions, torch.zeros(1, dtype=torch.long), len(prompt))
     with torch.inference_mode():
         return model(torch.tensor([prompt]), batch, cache)[-1].tolist()
 

@@ -67,10 +67,16 @@ class PipelineExecutor:
 
 @torch.inference_mode()
 def serve_stage(
-    runner: ModelRunner, wire: Wire, layout: InstanceLayout, stage: int, channel: StageChannel
+    runner: ModelRunner,
+    wire: Wire,
+    layout: InstanceLayout,
+    stage: int,
+    channel: StageChannel | None = None,
 ) -> None:
     """The loop of the leader of every stage but the first: receive from the previous stage,
-    share with its group, compute, pass on (or, on the last stage, sample and answer rank 0)."""
+    share with its group (`channel`; None for a stage of one rank), compute, pass on (or, on the
+    last stage, sample and answer rank 0)."""
+    channel = channel or StageChannel(None, layout.leader(stage), layout.leader(stage))
     is_last = stage == layout.num_stages - 1
     previous = layout.leader(stage - 1)
     following = None if is_last else layout.leader(stage + 1)

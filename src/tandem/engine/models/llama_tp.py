@@ -13,8 +13,9 @@ The embedding is split by vocabulary rows (masked lookup, one all-reduce); the h
 rows too (an all-gather assembles the logits). A tied head and embedding split the same rows,
 so a stage holding both keeps one copy, as without tensor parallelism.
 
-`shard_llama` rewrites a model built on the meta device and returns, for every parameter it
-split, the block of the checkpoint tensor that fills it: the loader reads only those blocks.
+`shard_llama` rewrites a model built on the meta device (before `fuse_projections`, which then
+joins this rank's q/k/v and gate/up blocks) and returns, for every parameter it split, the block
+of the checkpoint tensor that fills it: the loader reads only those blocks.
 """
 
 from __future__ import annotations
@@ -73,6 +74,7 @@ def _shard_attention(attention: Attention, prefix: str, group: TensorParallelGro
     attention.q_proj = nn.Linear(hidden, shard.query_heads.size * head_dim, bias=has_qkv_bias)
     attention.k_proj = nn.Linear(hidden, kv_width, bias=has_qkv_bias)
     attention.v_proj = nn.Linear(hidden, kv_width, bias=has_qkv_bias)
+    attention.local_heads, attention.local_kv_heads = shard.query_heads.size, len(shard.kv_heads)
     has_o_bias = attention.o_proj.bias is not None
     attention.o_proj = RowParallelLinear(  # type: ignore[assignment]
         shard.query_heads.size * head_dim, hidden, has_o_bias, group.all_reduce

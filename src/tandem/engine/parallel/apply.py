@@ -72,6 +72,7 @@ def load_tensor_parallel_stage(
     finally:
         checkpoint.close()
     model.reset_buffers(device)
+    model.fuse_projections()
     return model.eval()
 
 

@@ -4,7 +4,8 @@ A column-parallel projection needs no layer of its own: it is an `nn.Linear` wit
 features (its rows of the weight), and its output stays split. These are the layers that
 communicate; each calls the group's collective object, never `torch.distributed` directly.
 Parameter names stay those of the module they replace (`weight`, `bias`), so checkpoints load
-by the same names.
+by the same names. The model calls them through `ops.linear`, which runs their own forward (it
+takes its fast kernel path only for plain Linear layers); their local products use that path.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tandem.engine import ops
 from tandem.engine.parallel.group import AllGather, AllReduce
 from tandem.engine.parallel.sharding import Block
 
@@ -36,7 +38,7 @@ class RowParallelLinear(nn.Module):
         self.all_reduce = all_reduce
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        partial = F.linear(x, self.weight)  # [..., out_features], this rank's share of the sum
+        partial = ops.matmul(x, self.weight)  # [..., out_features], this rank's share of the sum
         total = self.all_reduce(partial)
         return total if self.bias is None else total + self.bias
 
@@ -81,5 +83,5 @@ class VocabParallelHead(nn.Module):
         self.all_gather = all_gather
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        local = F.linear(x, self.weight)  # [R, vocab block]
+        local = ops.matmul(x, self.weight)  # [R, vocab block]
         return self.all_gather(local, self.vocab_sizes)  # [R, vocab]
