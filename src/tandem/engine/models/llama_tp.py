@@ -63,10 +63,13 @@ def shard_llama(model: CausalLM, group: TensorParallelGroup) -> dict[str, Tensor
 
 
 def _shard_attention(attention: Attention, prefix: str, group: TensorParallelGroup) -> dict[str, TensorSlice]:
-    head_dim, hidden = attention.head_dim, attention.q_proj.in_features
-    has_qkv_bias = attention.q_proj.bias is not None
-    num_heads = attention.q_proj.out_features // head_dim
-    num_kv_heads = attention.k_proj.out_features // head_dim
+    q_proj, k_proj = attention.q_proj, attention.k_proj
+    if q_proj is None or k_proj is None:
+        raise ValueError("apply tensor parallelism before fuse_projections: it splits q, k and v apart")
+    head_dim, hidden = attention.head_dim, q_proj.in_features
+    has_qkv_bias = q_proj.bias is not None
+    num_heads = q_proj.out_features // head_dim
+    num_kv_heads = k_proj.out_features // head_dim
     shard = attention_shard(num_heads, num_kv_heads, group.rank, group.size)
     query_rows = shard.query_heads.scaled(head_dim)
     kv_rows = shard.kv_row_blocks(head_dim)
