@@ -1,5 +1,6 @@
 """Three real node processes on loopback: they find each other, agree on a coordinator, place a
-model across all three, and generate exactly what one process and `transformers` generate."""
+model across all three (as a pipeline, and with a tensor-parallel stage across two of them), and
+generate exactly what one process and `transformers` generate."""
 
 from __future__ import annotations
 
@@ -10,8 +11,12 @@ import torch
 
 from nodes import generate, launch, running_nodes, start_node, wait_for
 from tandem.engine.config import load_model_config
+from tandem.engine.loader import parameter_bytes
 from tandem.engine.local import create_local_engine
+from tandem.engine.parallel.apply import load_tensor_parallel_stage
+from tandem.engine.parallel.group import ProcessGroupAllGather, ProcessGroupAllReduce, TensorParallelGroup
 from tandem.engine.sampling_params import SamplingParams
+from tandem.engine.stage import LayerRange, StageSpec
 
 PROMPTS = [[3, 1, 4, 1, 5, 9, 2, 6], [2, 7, 1, 8, 2, 8], [1] * 3]
 
@@ -63,6 +68,39 @@ def test_three_nodes_run_a_model_split_across_all_of_them(tmp_path, checkpoint_f
                 "prompt_tokens": len(prompt),
             }
             assert events[-1]["finish_reason"] == "length"
+
+
+def test_a_stage_runs_as_a_tensor_parallel_group_across_two_nodes(tmp_path, checkpoint_factory):
+    checkpoint = checkpoint_factory("qwen2.5-tied")  # 8 heads, 2 KV heads
+    with running_nodes(tmp_path, 3) as nodes:
+        wait_for(lambda: all_see(nodes, 3), timeout=30, what="three nodes to see each other")
+        a, b, c = (node.node_id for node in nodes)
+        instance = launch(
+            nodes[2], model=str(checkpoint.path), devices=[f"{a}/cpu+{b}/cpu", f"{c}/cpu"], context=128
+        )
+        runners = instance["runners"]
+        assert [(r["rank"], r["node_id"], r["stage"]) for r in runners] == [(0, a, 0), (1, b, 0), (2, c, 1)]
+        assert runners[0]["layers"] == runners[1]["layers"]
+        # Each rank of the group holds its shard: what loading that shard in this process holds.
+        config = load_model_config(checkpoint.path)
+        stage = StageSpec(
+            LayerRange(runners[0]["layers"]["start"], runners[0]["layers"]["end"]), config.num_layers
+        )
+        for rank in (0, 1):
+            group = TensorParallelGroup(rank, 2, ProcessGroupAllReduce(), ProcessGroupAllGather())
+            shard = load_tensor_parallel_stage(
+                checkpoint.path, stage, group, torch.device("cpu"), torch.float32
+            )
+            assert runners[rank]["parameter_bytes"] == parameter_bytes(shard)
+
+        engine = create_local_engine(checkpoint.path, device="cpu", dtype="float32")
+        params = SamplingParams(max_tokens=12, temperature=0.0, ignore_eos=True)
+        for index, prompt in enumerate(PROMPTS[:2]):
+            events = generate(
+                nodes[index], instance["instance_id"], prompt_ids=prompt, params=params.to_dict()
+            )
+            tokens = [e["token_id"] for e in events if e["event"] == "token"]
+            assert tokens == [e.token_id for e in engine.generate(prompt, params)]
 
 
 def test_a_node_with_another_secret_is_not_admitted(tmp_path):

@@ -130,9 +130,10 @@ def test_a_layer_bigger_than_every_device_is_named():
 
 
 def test_aggregate_memory_is_not_enough_when_whole_layers_do_not_pack():
-    # Each device holds 1.5 layers' worth: 4 devices have 12 GB for 10 GB of layers, but 1 layer each.
+    # Each device holds 1.5 layers' worth: 4 devices have 12 GB for 10 GB of layers, but 1 layer
+    # each. The GPUs are unlike (a tensor-parallel group of like GPUs would pool their memory).
     shape = uniform_shape(num_layers=5, embedding_parameters=0, hidden_size=0, kv_elements=0)
-    topology = cluster(*(node(f"n{i}", gpu(3, 1000)) for i in range(4)))
+    topology = cluster(*(node(f"n{i}", gpu(3, 1000 + i)) for i in range(4)))
     result = place(shape, topology, exact())
     assert isinstance(result, Infeasible)
     assert result.reason.endswith("that is enough in total, but whole layers do not pack into the devices")
@@ -171,14 +172,16 @@ def test_min_stages_splits_a_model_that_would_fit_on_one_device():
 
 
 def test_a_split_over_fast_gpus_beats_one_big_slow_cpu():
-    topology = cluster(node("big", cpu(512, 100)), node("g1", gpu(16, 1000)), node("g2", gpu(16, 1000)))
+    # Unlike GPUs: like ones could also form a tensor-parallel group (tested on their own below).
+    topology = cluster(node("big", cpu(512, 100)), node("g1", gpu(16, 1000)), node("g2", gpu(16, 1001)))
     placement = placed(SHAPE, topology, exact())
     assert {stage.members[0].node_id for stage in placement.stages} == {"g1", "g2"}
     assert placement.notes[0].startswith("split over 2 faster devices: on big cpu alone")
 
 
 def test_several_devices_of_one_node_are_offered_separately_and_kept_side_by_side():
-    box = node("box", gpu(10, 1000, index=0), gpu(10, 1000, index=1), cpu(128, 50))
+    # The box's GPUs are unlike, so they are not offered as a tensor-parallel group as well.
+    box = node("box", gpu(10, 1001, index=0), gpu(10, 1000, index=1), cpu(128, 50))
     topology = cluster(node("other", gpu(10, 900)), box)
     placement = placed(uniform_shape(num_layers=12), topology, exact())
     members = [stage.members[0] for stage in placement.stages]

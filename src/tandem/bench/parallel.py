@@ -102,6 +102,7 @@ def pipeline_engine(
 ) -> LLMEngine | None:
     """Rank 0's engine; other ranks serve their stage until rank 0 stops them, then return None."""
     from tandem.runner.pipeline import PipelineExecutor, serve_stage
+    from tandem.runner.spec import InstanceLayout
     from tandem.runner.wire import Wire
 
     rank, world = dist.get_rank(), dist.get_world_size()
@@ -111,11 +112,12 @@ def pipeline_engine(
     )
     runner = ModelRunner(model, num_slots=slots, max_context=context)
     wire = Wire(device)
+    layout = InstanceLayout((1,) * world)  # one rank a stage
     if rank > 0:
-        serve_stage(runner, wire, rank, world)
+        serve_stage(runner, wire, layout, rank)
         return None
     return LLMEngine(
-        PipelineExecutor(runner, wire, world),
+        PipelineExecutor(runner, wire, layout),
         tokenizer=None,
         eos_token_ids=frozenset(),
         max_context=context,

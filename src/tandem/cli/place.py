@@ -40,7 +40,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"tokens per sequence (default: the model's, at most {DEFAULT_MAX_CONTEXT})",
     )
     parser.add_argument(
-        "--devices", help="live cluster: force these devices in order, NODE_ID/cpu,NODE_ID/cuda:0"
+        "--devices",
+        help="live cluster: force these stages in order, NODE_ID/cpu,NODE_ID/cuda:0; "
+        "'+' joins a stage's tensor-parallel group: A/cuda:0+A/cuda:1,B/cpu",
     )
     parser.add_argument(
         "--sequences", type=int, default=8, help="sequences to reserve KV cache for (default 8)"

@@ -2,8 +2,13 @@
 
 Cost model (batch-1 decode, which is bound by memory bandwidth):
 
-    seconds per token = Σ over stages  bytes the stage reads per token / its device's memory_bandwidth
+    seconds per token = Σ over stages  bytes the stage reads per token / (k × its devices' memory_bandwidth)
+                                       + the stage's collectives × one collective's time  (k > 1)
                       + Σ over hops    link latency + hidden_size × dtype bytes / link bandwidth
+
+- A stage is one device (k = 1) or a tensor-parallel group of k like GPUs (`placement_groups`):
+  each member holds and reads 1/k of the stage, and a token costs the group two all-reduces per
+  layer, one for the embedding, the head's all-gather and the leader's broadcast of the step.
 
 - A stage reads, per token, every parameter of its layers that the token uses (a mixture-of-experts
   layer: attention, router, shared experts, top-k routed experts), the KV cache of one sequence at
@@ -26,14 +31,19 @@ on two GPUs rather than one big CPU box). Otherwise devices join fastest first (
 read the whole model), until together they hold every layer; they are ordered as a ring with
 cheap hops, and the layers are split among them by dynamic programming to minimize the summed
 time, so faster devices fill to what their memory allows and slower ones take the rest.
+These rules run once over the devices on their own and once over each pool where like GPUs are
+grouped (within a host, and across hosts joined by measured links); the fastest plan wins unless
+one on fewer devices is within `MORE_DEVICES_GAIN_REQUIRED` (1.1×) of it, and the plan's first
+note compares them in tokens per second.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from itertools import islice
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
+from tandem.cluster.placement_groups import candidate_pools, choose, forced_group
 from tandem.cluster.placement_search import (
     UNMEASURED_BANDWIDTH,
     UNMEASURED_LATENCY,
@@ -80,7 +90,9 @@ class PlacementRequest:
     weight_bytes_per_parameter: float | None = None  # quantized weights (1 for FP8); None: the dtype's
     memory_margin: float = 0.1  # fraction of each device's free memory left free
     device_overhead_bytes: int = DEFAULT_DEVICE_OVERHEAD_BYTES  # activations and workspace, per device
-    devices: tuple[DeviceAddress, ...] | None = None  # a forced split, in pipeline order
+    # A forced split, one entry per stage in pipeline order: a device, or several devices that
+    # form the stage's tensor-parallel group. Given as (node, device) pairs or tuples of them.
+    devices: tuple[tuple[DeviceAddress, ...], ...] | None = None
     min_stages: int = 1
 
     def __post_init__(self) -> None:
@@ -101,31 +113,47 @@ class PlacementRequest:
             if not ok:
                 raise InvalidRequestError(f"invalid placement request: {message}")
         if self.devices is not None:
-            addresses = tuple(DeviceAddress(*device) for device in self.devices)
+            stages = tuple(_stage_addresses(entry) for entry in self.devices)
+            addresses = [address for stage in stages for address in stage]
             if len(set(addresses)) != len(addresses):
                 raise InvalidRequestError("invalid placement request: a device is named twice in devices")
-            object.__setattr__(self, "devices", addresses)
+            object.__setattr__(self, "devices", stages)
 
     def dtype_bytes(self, kind: DeviceKind | str) -> float:
         """Bytes per value (weights, cache, activations) on a device of this kind."""
         return self.cuda_dtype_bytes if kind == "cuda" else self.cpu_dtype_bytes
 
 
+def _stage_addresses(entry: Any) -> tuple[DeviceAddress, ...]:
+    """One forced stage: a (node, device) pair, or a tuple of them (a tensor-parallel group)."""
+    if isinstance(entry[0], str):
+        return (DeviceAddress(*entry),)
+    if not entry:
+        raise InvalidRequestError("invalid placement request: a stage in devices names no device")
+    return tuple(DeviceAddress(*device) for device in entry)
+
+
 @dataclass(frozen=True)
 class Stage:
-    """One pipeline stage: a tensor-parallel group of `members` (one device for now) running
-    `layers`. Byte counts are the whole stage's; a group of k members holds 1/k each."""
+    """One pipeline stage: a tensor-parallel group of `members` (one device, or several like
+    GPUs) running `layers`. Byte counts are the whole stage's; a group of k members holds 1/k each."""
 
     members: tuple[DeviceAddress, ...]
     layers: LayerRange
     weight_bytes: int
     kv_bytes: int
-    compute_seconds: float  # reading this stage's bytes for one token
+    compute_seconds: float  # reading this stage's bytes for one token (each member reads 1/k)
     send_seconds: float  # the hop to the next stage (from the last: back to the first)
+    all_reduce_seconds: float = 0.0  # the tensor-parallel group's collectives for one token
 
     @property
     def predicted_seconds(self) -> float:
-        return self.compute_seconds + self.send_seconds
+        return self.compute_seconds + self.all_reduce_seconds + self.send_seconds
+
+    @property
+    def backend(self) -> str:
+        """The backend of the stage's own group: NCCL when every member is a CUDA device."""
+        return "nccl" if all(member.torch_device.startswith("cuda") for member in self.members) else "gloo"
 
 
 @dataclass(frozen=True)
@@ -167,12 +195,11 @@ class Placement:
             f"{request.context_length} tokens × {request.num_sequences} sequences"
         ]
         width = max(len(member.node_id) for stage in self.stages for member in stage.members)
+        members = [_members_text(stage.members, width) for stage in self.stages]
+        column = max(len(text) for text in members)
         for index, stage in enumerate(self.stages):
-            devices = ", ".join(
-                f"{member.node_id:<{width}}  {member.torch_device:<7}" for member in stage.members
-            )
             lines.append(
-                f"  stage {index}  {devices}  layers {stage.layers!s:<10}  "
+                f"  stage {index}  {members[index]:<{column}}  layers {stage.layers!s:<10}  "
                 f"{stage.weight_bytes / 1e9:7.1f} GB weights  {stage.kv_bytes / 1e9:6.1f} GB KV  "
                 f"{stage.predicted_seconds * 1e3:8.2f} ms"
             )
@@ -182,6 +209,21 @@ class Placement:
         )
         lines.extend(f"note: {note}" for note in self.notes)
         return lines
+
+
+def _members_text(members: tuple[DeviceAddress, ...], width: int) -> str:
+    """A stage's devices: `node  cuda:0`, `node  cuda:0+cuda:1` (a group within a node), or
+    `a cuda:0 + b cuda:0` (a group across nodes)."""
+    node_id = members[0].node_id
+    if any(member.node_id != node_id for member in members):
+        return " + ".join(str(member) for member in members)
+    devices = "+".join(member.torch_device for member in members)
+    indices = [member.torch_device.removeprefix("cuda:") for member in members]
+    if len(indices) > 2 and all(index.isdigit() for index in indices):
+        first, last = int(indices[0]), int(indices[-1])
+        if [int(index) for index in indices] == list(range(first, last + 1)):
+            devices = f"cuda:{first}-{last}"  # eight GPUs: cuda:0-7
+    return f"{node_id:<{width}}  {devices:<7}"  # 7: "cuda:0 " and "cpu" line up
 
 
 @dataclass(frozen=True)
@@ -195,30 +237,51 @@ class Infeasible:
 
 
 def place(shape: ModelShape, topology: Topology, request: PlacementRequest) -> Placement | Infeasible:
-    """Split `shape` over the devices of `topology` for `request`, or say in numbers why not."""
+    """Split `shape` over the devices of `topology` for `request`, or say in numbers why not.
+
+    Plans every pool of candidates (devices alone, like GPUs grouped for tensor parallelism) and
+    keeps the best (`placement_groups.choose`); a forced `devices` list is planned as given."""
     if request.context_length > shape.max_context:
         return Infeasible(
             f"a context of {request.context_length} tokens is longer than {shape.name}'s "
             f"{shape.max_context}-token maximum"
         )
     costs, links = LayerCosts(shape, request), LinkTable(topology)
-    offered = offered_devices(topology, request)
     if request.devices is not None:
-        return _place_on_given_devices(costs, links, offered, request)
+        return _place_on_given_devices(costs, links, offered_devices(topology, request), request)
+    results = [
+        _place_among(costs, links, pool, request)
+        for pool in candidate_pools(topology, request, links, shape.hidden_size)
+    ]
+    plans = [result for result in results if isinstance(result, Placement)]
+    if not plans:
+        return results[0]  # devices on their own hold the most layouts, so their reason says most
+    chosen, comparison = choose(plans)
+    if comparison is None:
+        return chosen
+    return replace(chosen, notes=(comparison, *chosen.notes))
+
+
+def _place_among(
+    costs: LayerCosts, links: LinkTable, offered: list[Candidate], request: PlacementRequest
+) -> Placement | Infeasible:
+    """The best plan over one pool of candidates (single devices or tensor-parallel groups)."""
+    shape = costs.shape
     usable = [device for device in offered if device.usable_bytes > 0]
-    # Fastest first: the time to read the whole model on the device.
-    usable.sort(key=lambda device: costs.compute_seconds(device, 0, shape.num_layers))
+    # Fastest first: the time to read the whole model on the device (and a group's collectives).
+    usable.sort(key=lambda device: costs.seconds(device, 0, shape.num_layers))
     if len(usable) < request.min_stages or shape.num_layers < request.min_stages:
         return Infeasible(
             f"{request.min_stages} stages were asked for, but {len(usable)} devices have free memory "
             f"and {shape.name} has {shape.num_layers} layers"
         )
     whole = next((device for device in usable if costs.fits(device, 0, shape.num_layers)), None)
+    unit = _unit(whole) if whole is not None else "device"
     single = None
     if request.min_stages == 1 and whole is not None:
         single = _placement(costs, links, [whole], [0, shape.num_layers])
         if whole is usable[0]:
-            return _with_reason(single, "fits on its fastest device")
+            return _with_reason(single, f"fits on its fastest {unit}")
     ring = (
         None
         if oversized_layer(costs, usable) is not None
@@ -226,7 +289,7 @@ def place(shape: ModelShape, topology: Topology, request: PlacementRequest) -> P
     )
     if ring is None:
         if single is not None:
-            return _with_reason(single, "fits on one device, the fastest that holds it whole")
+            return _with_reason(single, f"fits on one {unit}, the fastest that holds it whole")
         return Infeasible(why_infeasible(costs, usable or offered, request))
     split = _placement(costs, links, *ring)
     if single is None:
@@ -237,12 +300,16 @@ def place(shape: ModelShape, topology: Topology, request: PlacementRequest) -> P
         )
         return _with_reason(split, f"split over {len(split.stages)} devices, fastest first: {wanted}")
     if single.predicted_seconds_per_token < SPLIT_GAIN_REQUIRED * split.predicted_seconds_per_token:
-        return _with_reason(single, "fits on one device, and a split over faster devices gains too little")
+        return _with_reason(single, f"fits on one {unit}, and a split over faster devices gains too little")
     return _with_reason(
         split,
         f"split over {len(split.stages)} faster devices: on {single.stages[0].members[0]} alone, where it "
         f"fits whole, it would take {single.predicted_seconds_per_token * 1e3:.2f} ms per token",
     )
+
+
+def _unit(device: Candidate) -> str:
+    return "device" if device.size == 1 else "tensor-parallel group"
 
 
 def _ring_fastest_first(
@@ -274,20 +341,30 @@ def _place_on_given_devices(
 ) -> Placement | Infeasible:
     by_address = {DeviceAddress(device.node_id, device.torch_device): device for device in offered}
     assert request.devices is not None
-    missing = [str(address) for address in request.devices if address not in by_address]
+    missing = [str(address) for stage in request.devices for address in stage if address not in by_address]
     if missing:
         return Infeasible(f"the topology has no device {', '.join(missing)}")
-    given = [by_address[address] for address in request.devices]
+    given = []
+    for stage in request.devices:
+        members = [by_address[address] for address in stage]
+        if len({member.kind for member in members}) > 1:
+            return Infeasible(
+                f"a tensor-parallel group needs devices of one kind: {' + '.join(map(str, stage))}"
+            )
+        given.append(
+            members[0] if len(members) == 1 else forced_group(members, links, costs.shape.hidden_size)
+        )
+    noun = "devices" if all(device.size == 1 for device in given) else "stages"
     if len(given) > costs.num_layers:
         return Infeasible(
-            f"{len(given)} devices were given for {costs.shape.name}'s {costs.num_layers} layers; "
+            f"{len(given)} {noun} were given for {costs.shape.name}'s {costs.num_layers} layers; "
             "each stage needs at least one"
         )
     boundaries = split_layers(costs, given)
     if boundaries is None:
         return Infeasible(why_infeasible(costs, given, request, forced=True))
     return _with_reason(
-        _placement(costs, links, given, boundaries), f"split over the {len(given)} given devices"
+        _placement(costs, links, given, boundaries), f"split over the {len(given)} given {noun}"
     )
 
 
@@ -304,20 +381,28 @@ def _placement(
         cost = costs.stage(device, start, end)
         stages.append(
             Stage(
-                members=(DeviceAddress(device.node_id, device.torch_device),),
+                members=tuple(DeviceAddress(*member) for member in device.members),
                 layers=LayerRange(start, end),
                 weight_bytes=round(cost.weight_bytes),
                 kv_bytes=round(cost.kv_bytes),
                 compute_seconds=cost.read_bytes / device.bandwidth,
                 send_seconds=hop,
+                all_reduce_seconds=costs.collectives(device, start, end) * device.all_reduce_seconds,
             )
         )
+    ring_pairs = (
+        [(a.node_id, b.node_id) for a, b in zip(order, order[1:] + order[:1], strict=True)]
+        if len(order) > 1
+        else []
+    )
+    within_groups = [
+        (a, b)
+        for device in order
+        for i, (a, _) in enumerate(device.members)
+        for b, _ in device.members[i + 1 :]
+    ]
     unmeasured = sorted(
-        {
-            tuple(sorted((device.node_id, following.node_id)))
-            for device, following in zip(order, order[1:] + order[:1], strict=True)
-            if len(order) > 1 and not links.is_measured(device.node_id, following.node_id)
-        }
+        {tuple(sorted(pair)) for pair in ring_pairs + within_groups if not links.is_measured(*pair)}
     )
     notes = [
         f"no link measured between {source} and {target}: assumed {UNMEASURED_LATENCY * 1e3:g} ms "

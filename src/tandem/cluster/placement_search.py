@@ -33,7 +33,12 @@ _TIE = 1e-9
 
 @dataclass(frozen=True)
 class Candidate:
-    """One device offered to placement, with the dtype it would run and the memory it may fill."""
+    """One device offered to placement, with the dtype it would run and the memory it may fill;
+    or a tensor-parallel group of like devices offered as one (`placement_groups`).
+
+    For a group, `node_id`/`torch_device` name its leader (the member that talks to the other
+    stages), `usable_bytes` and `bandwidth` are the members' together (each holds and reads
+    1/k), and `all_reduce_seconds` is the time of one of its collectives."""
 
     node_id: NodeId
     torch_device: str
@@ -42,10 +47,24 @@ class Candidate:
     value_bytes: float  # bytes per KV-cache element and per activation element
     usable_bytes: float  # free memory less the margin and the fixed overhead
     bandwidth: float
+    members: tuple[tuple[NodeId, str], ...] = ()  # (node, torch device) of each; () : just this one
+    all_reduce_seconds: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not self.members:
+            object.__setattr__(self, "members", ((self.node_id, self.torch_device),))
+
+    @property
+    def size(self) -> int:
+        return len(self.members)
 
     @property
     def label(self) -> str:
-        return f"{self.node_id} {self.torch_device}"
+        if self.size == 1:
+            return f"{self.node_id} {self.torch_device}"
+        if len({node for node, _ in self.members}) == 1:
+            return f"{self.node_id} {'+'.join(device for _, device in self.members)}"
+        return " + ".join(f"{node} {device}" for node, device in self.members)
 
 
 def offered_devices(topology: Topology, request: PlacementRequest) -> list[Candidate]:
@@ -81,6 +100,10 @@ class LinkTable:
 
     def is_measured(self, source: NodeId, target: NodeId) -> bool:
         return source == target or (source, target) in self._links
+
+    def measured(self, source: NodeId, target: NodeId) -> LinkInfo | None:
+        """The measured link between two nodes (either direction), or None."""
+        return self._links.get((source, target))
 
     def hop_seconds(self, source: NodeId, target: NodeId, payload_bytes: float) -> float:
         """Latency plus transfer time of one message from `source` to `target`."""
@@ -165,8 +188,18 @@ class LayerCosts:
         """At most this many layers fit on `device` (the smallest ones, without embedding or head)."""
         return bisect_right(self.table(device).smallest_first, device.usable_bytes) - 1
 
-    def compute_seconds(self, device: Candidate, start: int, end: int) -> float:
-        return self.stage(device, start, end).read_bytes / device.bandwidth
+    def collectives(self, device: Candidate, start: int, end: int) -> int:
+        """Collectives a token costs a tensor-parallel group running `[start, end)`: two
+        all-reduces a layer, one for the embedding, the head's all-gather, and the leader's
+        broadcast of the step to its group. None for a single device."""
+        if device.size == 1:
+            return 0
+        return 2 * (end - start) + (start == 0) + (end == self.num_layers) + 1
+
+    def seconds(self, device: Candidate, start: int, end: int) -> float:
+        """Predicted time of one token on `device` for `[start, end)`: reading, then collectives."""
+        reading = self.stage(device, start, end).read_bytes / device.bandwidth
+        return reading + self.collectives(device, start, end) * device.all_reduce_seconds
 
     def fits(self, device: Candidate, start: int, end: int) -> bool:
         return self.stage(device, start, end).held_bytes <= device.usable_bytes
@@ -216,6 +249,8 @@ def split_layers(costs: LayerCosts, order: list[Candidate]) -> list[int] | None:
                     continue
                 before_sum, before_max = reached[start]
                 seconds = read / device.bandwidth
+                if device.size > 1:
+                    seconds += costs.collectives(device, start, end) * device.all_reduce_seconds
                 option = (before_sum + seconds, max(before_max, seconds))
                 if best is None or _better(option, best):
                     best, parent[end] = option, start

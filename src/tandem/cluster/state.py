@@ -20,7 +20,10 @@ RunnerStatus = Literal["starting", "ready", "failed"]
 
 @dataclass(frozen=True)
 class RunnerState:
-    """One rank of an instance: which device holds which layers, and how it is doing."""
+    """One rank of an instance: which device holds which layers, and how it is doing.
+
+    Ranks are numbered stage by stage; the ranks of one stage (its tensor-parallel group) share
+    its layers, each holding its share of them."""
 
     rank: int
     node_id: NodeId
@@ -29,6 +32,7 @@ class RunnerState:
     status: RunnerStatus = "starting"
     parameter_bytes: int | None = None  # what the runner reports it loaded
     message: str | None = None
+    stage: int = 0  # index of the pipeline stage in the placement
 
 
 @dataclass(frozen=True)

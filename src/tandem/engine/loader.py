@@ -20,10 +20,18 @@ TIED_HEAD = ("lm_head.weight", "model.embed_tokens.weight")
 
 @dataclass(frozen=True)
 class TensorSlice:
-    """Which block of a checkpoint tensor a parameter holds (tensor parallelism reads blocks)."""
+    """Which block of a checkpoint tensor a parameter holds (tensor parallelism reads blocks).
 
-    rows: slice | None = None
+    `rows` may be several row blocks, read one after another and stacked (a tensor-parallel rank
+    that must repeat a key/value head reads its rows twice)."""
+
+    rows: slice | tuple[slice, ...] | None = None
     columns: slice | None = None
+
+    def read(self, checkpoint: Checkpoint, name: str) -> torch.Tensor:
+        if not isinstance(self.rows, tuple):
+            return checkpoint.read(name, self.rows, self.columns)
+        return torch.cat([checkpoint.read(name, rows, self.columns) for rows in self.rows])
 
 
 # Maps a parameter name to the block of its checkpoint tensor it holds; None: the whole tensor.
@@ -56,7 +64,7 @@ def load_weights(
         source = checkpoint_name(name, config, checkpoint)
         block = slice_rule(name) if slice_rule else None
         full_shape = checkpoint.shape(source)
-        tensor = checkpoint.read(source, block.rows, block.columns) if block else checkpoint.read(source)
+        tensor = block.read(checkpoint, source) if block else checkpoint.read(source)
         if tuple(tensor.shape) != tuple(empty.shape):
             detail = f" (a block of {full_shape})" if block else ""
             raise ModelFormatError(

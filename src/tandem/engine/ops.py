@@ -38,14 +38,22 @@ TRITON_GEMV = True
 GEMV_DTYPES = (torch.bfloat16, torch.float16)
 
 
-def linear(layer: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
-    """layer(x), by the kernel that streams the weight fastest for this shape."""
+def linear(layer: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """layer(x), by the kernel that streams the weight fastest for this shape. A layer that is
+    not a plain Linear (a tensor-parallel one, which communicates) runs its own forward."""
+    if type(layer) is not torch.nn.Linear:
+        return layer(x)
+    return matmul(x, layer.weight, layer.bias)
+
+
+def matmul(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """F.linear(x, weight, bias), by the kernel that streams the weight fastest for this shape."""
     if TRITON_GEMV and x.dtype in GEMV_DTYPES and use_kernels(x):
         from tandem.engine.cuda.gemv import MAX_ROWS, gemv
 
         if x.numel() // x.shape[-1] <= MAX_ROWS:
-            return gemv(x, layer.weight, layer.bias)
-    return layer(x)
+            return gemv(x, weight, bias)
+    return F.linear(x, weight, bias)
 
 
 def rms_norm_reference(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:

@@ -1,7 +1,8 @@
 """Model instances: launching them across the cluster, stopping them, and routing requests.
 
 Launch (coordinator): place the model, record the instance, start rank 0 on its node (which
-reports the port of the process group's rendezvous), then every other rank. Runners report
+reports the port of the process group's rendezvous), then every other rank: one per member of
+each stage, so a stage run by a tensor-parallel group of k devices gets k consecutive ranks. Runners report
 ready or failed to their node, which reports to the coordinator. Requests for an instance go to
 the node of its rank-0 runner; tokens stream back to whichever node took the request.
 """
@@ -41,19 +42,24 @@ def is_terminal(event: dict[str, Any]) -> bool:
     return event.get("event") in TERMINAL_EVENTS or "finish_reason" in event
 
 
-def parse_devices(values: list[Any] | None) -> tuple[DeviceAddress, ...] | None:
-    """Forced devices as "node_id/device" strings or [node_id, device] pairs."""
+def parse_devices(values: list[Any] | None) -> tuple[tuple[DeviceAddress, ...], ...] | None:
+    """Forced stages as "node_id/device" strings (several joined by "+" form a tensor-parallel
+    group: "a/cuda:0+a/cuda:1") or [node_id, device] pairs."""
     if not values:
         return None
-    devices = []
+    stages = []
     for value in values:
-        node_id, _, device = value.partition("/") if isinstance(value, str) else (value[0], "/", value[1])
-        if not node_id or not device:
-            raise InvalidRequestError(
-                f"devices entries look like NODE_ID/cpu or NODE_ID/cuda:0, not {value!r}"
-            )
-        devices.append(DeviceAddress(str(node_id), str(device)))
-    return tuple(devices)
+        parts = value.split("+") if isinstance(value, str) else [value]
+        stage = []
+        for part in parts:
+            node_id, _, device = part.partition("/") if isinstance(part, str) else (part[0], "/", part[1])
+            if not node_id or not device:
+                raise InvalidRequestError(
+                    f"devices entries look like NODE_ID/cpu, NODE_ID/cuda:0 or A/cuda:0+B/cuda:0, not {value!r}"
+                )
+            stage.append(DeviceAddress(str(node_id), str(device)))
+        stages.append(tuple(stage))
+    return tuple(stages)
 
 
 class InstanceManager:
@@ -102,9 +108,12 @@ class InstanceManager:
         if isinstance(placement, Infeasible):
             raise InvalidRequestError(f"cannot place {request['model']}: {placement.reason}")
         instance_id = secrets.token_hex(4)
-        runners = tuple(
-            RunnerState(rank, stage.members[0].node_id, stage.members[0].torch_device, stage.layers)
-            for rank, stage in enumerate(placement.stages)
+        members = [
+            (index, stage, member) for index, stage in enumerate(placement.stages) for member in stage.members
+        ]
+        runners = tuple(  # one rank per member, stage by stage: a stage's ranks are its group
+            RunnerState(rank, member.node_id, member.torch_device, stage.layers, stage=index)
+            for rank, (index, stage, member) in enumerate(members)
         )
         instance = Instance(
             instance_id=instance_id,
@@ -159,6 +168,8 @@ class InstanceManager:
             backend=instance.placement.backend,  # type: ignore[arg-type]
             master_host=master_host,
             master_port=master_port,
+            stage_sizes=tuple(len(stage.members) for stage in instance.placement.stages),
+            stage_backends=tuple(stage.backend for stage in instance.placement.stages),  # type: ignore[arg-type]
         )
         if runner.node_id == self.node.node_id:
             return await self.start_local_runner(spec.to_json())

@@ -63,12 +63,25 @@ def prompt_ids_of(engine: LLMEngine, command: dict[str, Any], vocab_size: int | 
 
 
 class Driver:
-    """Feeds commands to the engine and its events back to the node."""
+    """Feeds commands to the engine and its events back to the node.
 
-    def __init__(self, engine: LLMEngine, emit: Emit, vocab_size: int | None = None) -> None:
+    `keep_alive`, when given, is called after every `keep_alive_seconds` without work: the other
+    ranks wait in a receive or a collective, which gloo and NCCL abandon after the process
+    group's timeout, so an idle instance must show them it is alive."""
+
+    def __init__(
+        self,
+        engine: LLMEngine,
+        emit: Emit,
+        vocab_size: int | None = None,
+        keep_alive: Callable[[], None] | None = None,
+        keep_alive_seconds: float = 60.0,
+    ) -> None:
         self.engine = engine
         self.emit = emit
         self.vocab_size = vocab_size  # token ids at or above it would index past the embedding
+        self.keep_alive = keep_alive
+        self.keep_alive_seconds = keep_alive_seconds
         self.request_of: dict[int, str] = {}  # seq_id -> request_id
         self.seq_of: dict[str, int] = {}
 
@@ -135,10 +148,13 @@ class Driver:
 
     def run(self, commands: queue.Queue) -> None:
         while True:
+            idle = not self.engine.has_work()
             try:
-                command = commands.get(block=not self.engine.has_work())
+                command = commands.get(block=idle, timeout=self.keep_alive_seconds if idle else None)
             except queue.Empty:
                 command = None
+                if idle and self.keep_alive is not None:
+                    self.keep_alive()
             while command is not None:
                 if not self.handle(command):
                     return

@@ -1,7 +1,9 @@
 """Runner process entry point: `python -m tandem.runner SPEC_JSON`.
 
-Joins the instance's process group, loads its stage, reports `ready`, then serves: rank 0 takes
-requests from stdin, the other ranks follow rank 0's plans. Logs go to stderr.
+Joins the instance's process group (and its stage's tensor-parallel group), loads its stage or
+its shard of it, reports `ready`, then serves: rank 0 takes requests from stdin, the leaders of
+later stages follow rank 0's plans around the pipeline, and the other ranks of a stage follow
+their leader. Logs go to stderr.
 """
 
 from __future__ import annotations
@@ -23,14 +25,26 @@ from tandem.engine.engine import LLMEngine
 from tandem.engine.executor import LocalExecutor
 from tandem.engine.loader import load_stage, parameter_bytes
 from tandem.engine.model_runner import ModelRunner
+from tandem.engine.models.llama import CausalLM
+from tandem.engine.parallel.apply import load_tensor_parallel_stage
+from tandem.engine.parallel.group import TensorParallelGroup
 from tandem.engine.tokenizer import Tokenizer
 from tandem.errors import TandemError
 from tandem.runner.driver import Driver, Emit, line_emitter, read_commands
 from tandem.runner.pipeline import PipelineExecutor, serve_stage
 from tandem.runner.spec import RunnerSpec
+from tandem.runner.stage_group import (
+    StageChannel,
+    StageGroups,
+    TensorParallelExecutor,
+    create_stage_groups,
+    follow_leader,
+)
 from tandem.runner.wire import Wire
 
-JOIN_TIMEOUT = timedelta(minutes=10)  # loading a large stage from disk can take minutes
+# How long a rank waits for the others: to join, while a large stage loads from disk (minutes),
+# and for each message; an idle driver sends keep-alives well within it (RunnerSpec).
+JOIN_TIMEOUT = timedelta(minutes=10)
 
 
 def interface_towards(host: str) -> str | None:
@@ -72,6 +86,17 @@ def join_group(spec: RunnerSpec, emit: Emit) -> None:
     )
 
 
+def load_shard(
+    spec: RunnerSpec, groups: StageGroups | None, device: torch.device, dtype: torch.dtype
+) -> CausalLM:
+    """This rank's part of its stage: the whole stage, or its tensor-parallel shard."""
+    if groups is None:
+        return load_stage(spec.model_dir, spec.stage, device, dtype)
+    return load_tensor_parallel_stage(
+        spec.model_dir, spec.stage, TensorParallelGroup.from_process_group(groups.data), device, dtype
+    )
+
+
 def run(spec: RunnerSpec, emit: Emit) -> None:
     if spec.threads:
         torch.set_num_threads(spec.threads)
@@ -79,28 +104,33 @@ def run(spec: RunnerSpec, emit: Emit) -> None:
     if device.type == "cuda":
         torch.cuda.set_device(device)
     dtype = resolve_dtype(spec.dtype, device)
+    groups = None
     if spec.world_size > 1:
         join_group(spec, emit)
-    model = load_stage(spec.model_dir, spec.stage, device, dtype)
+        groups = create_stage_groups(spec)
+    model = load_shard(spec, groups, device, dtype)
     runner = ModelRunner(model, spec.num_slots, spec.max_context)
     emit(
         {
             "event": "ready",
             "rank": spec.rank,
+            "stage": spec.stage_index,
+            "tp_rank": spec.tp_rank,
             "parameter_bytes": parameter_bytes(model),
             "kv_cache_bytes": runner.kv_cache.bytes(),
             "layers": [spec.layer_start, spec.layer_end],
         }
     )
+    channel = StageChannel.for_spec(spec, groups, device)
+    if spec.tp_rank > 0:
+        follow_leader(runner, channel)
+        return
     wire = Wire(device if spec.backend == "nccl" else torch.device("cpu"))
     if not spec.is_driver:
-        serve_stage(runner, wire, spec.rank, spec.world_size)
+        serve_stage(runner, wire, spec.layout, spec.stage_index, channel)
         return
     tokenizer = Tokenizer(spec.model_dir)
-    if spec.world_size > 1:
-        executor = PipelineExecutor(runner, wire, spec.world_size)
-    else:
-        executor = LocalExecutor(runner)
+    executor = make_driver_executor(spec, runner, wire, channel)
     engine = LLMEngine(
         executor,
         tokenizer,
@@ -111,11 +141,30 @@ def run(spec: RunnerSpec, emit: Emit) -> None:
     )
     commands: queue.Queue = queue.Queue()
     threading.Thread(target=read_commands, args=(sys.stdin, commands), daemon=True).start()
+    others = executor if isinstance(executor, PipelineExecutor | TensorParallelExecutor) else None
     try:
-        Driver(engine, emit, vocab_size=runner.model.config.vocab_size).run(commands)
+        keep_alive = others.keep_alive if others else None
+        Driver(
+            engine,
+            emit,
+            vocab_size=runner.model.config.vocab_size,
+            keep_alive=keep_alive,
+            keep_alive_seconds=spec.keep_alive_seconds,
+        ).run(commands)
     finally:
-        if isinstance(executor, PipelineExecutor):
-            executor.shutdown()
+        if others:
+            others.shutdown()
+
+
+def make_driver_executor(
+    spec: RunnerSpec, runner: ModelRunner, wire: Wire, channel: StageChannel
+) -> LocalExecutor | PipelineExecutor:
+    """Rank 0's executor: through the pipeline, with its tensor-parallel group, or alone."""
+    if spec.layout.num_stages > 1:
+        return PipelineExecutor(runner, wire, spec.layout, channel)
+    if spec.tp_size > 1:
+        return TensorParallelExecutor(runner, channel)
+    return LocalExecutor(runner)
 
 
 def main() -> int:

@@ -1,9 +1,10 @@
-"""Pipeline-parallel execution: rank 0 schedules and runs the first stage, every rank passes its
-hidden states to the next, and the last rank samples and sends the chosen tokens back to rank 0.
+"""Pipeline-parallel execution: rank 0 schedules and runs the first stage, every stage passes its
+hidden states to the next, and the last stage samples and sends the chosen tokens back to rank 0.
 
-Each step is one message around the ring: rank 0 → 1 → … → N-1 carries the step plan (plus
-sequences that start or end, which the last rank's samplers need) and the hidden states;
-N-1 → 0 carries the chosen tokens.
+Each step is one message around the ring of stage leaders: stage 0 → 1 → … → N-1 carries the
+step plan (plus sequences that start or end, which the last stage's samplers need) and the
+hidden states; the last stage's leader sends the chosen tokens to rank 0. A stage of several
+ranks is a tensor-parallel group: its leader shares each step with the group (`stage_group`).
 """
 
 from __future__ import annotations
@@ -16,43 +17,26 @@ from tandem.engine.executor import SamplerStates
 from tandem.engine.model_runner import ModelRunner
 from tandem.engine.sampling import TokenChoice
 from tandem.engine.sampling_params import SamplingParams
-from tandem.engine.sequence import SequenceChunk, StepPlan
+from tandem.engine.sequence import StepPlan
+from tandem.runner.messages import choices_from_wire, choices_to_wire, plan_from_wire, plan_to_wire
+from tandem.runner.spec import InstanceLayout
+from tandem.runner.stage_group import KEEP_ALIVE, STOP, StageChannel
 from tandem.runner.wire import Wire
 
 
-def plan_to_wire(plan: StepPlan) -> list[list[Any]]:
-    return [[c.seq_id, c.slot, c.start, list(c.token_ids), c.sample] for c in plan.chunks]
-
-
-def plan_from_wire(rows: list[list[Any]]) -> StepPlan:
-    return StepPlan(
-        tuple(
-            SequenceChunk(seq_id, slot, start, tuple(ids), bool(sample))
-            for seq_id, slot, start, ids, sample in rows
-        )
-    )
-
-
-def choices_to_wire(choices: list[TokenChoice]) -> list[list[Any]]:
-    return [[c.token_id, c.logprob, c.top_logprobs] for c in choices]
-
-
-def choices_from_wire(rows: list[list[Any]]) -> list[TokenChoice]:
-    return [
-        TokenChoice(token, logprob, [tuple(pair) for pair in top] if top is not None else None)
-        for token, logprob, top in rows
-    ]
-
-
 class PipelineExecutor:
-    """Rank 0's executor: runs the first stage here and the rest through the ring."""
+    """Rank 0's executor: runs the first stage here (with its group) and the rest through the ring."""
 
-    def __init__(self, runner: ModelRunner, wire: Wire, world_size: int) -> None:
-        if world_size < 2:
-            raise ValueError("a pipeline needs at least two ranks; use LocalExecutor for one")
+    def __init__(
+        self, runner: ModelRunner, wire: Wire, layout: InstanceLayout, channel: StageChannel | None = None
+    ) -> None:
+        if layout.num_stages < 2:
+            raise ValueError("a pipeline needs at least two stages; use a local executor for one")
         self.runner = runner
         self.wire = wire
-        self.last_rank = world_size - 1
+        self.channel = channel or StageChannel(None, 0, 0)
+        self.next_leader = layout.leader(1)
+        self.last_leader = layout.leader(layout.num_stages - 1)
         self._starts: list[dict[str, Any]] = []
         self._ends: list[int] = []
 
@@ -64,32 +48,53 @@ class PipelineExecutor:
 
     @torch.inference_mode()
     def execute(self, plan: StepPlan) -> list[TokenChoice]:
-        hidden = self.runner.forward(plan)
         header = {"op": "step", "plan": plan_to_wire(plan), "start": self._starts, "end": self._ends}
         self._starts, self._ends = [], []
-        self.wire.send(header, hidden, dst=1)
-        reply, _ = self.wire.recv(src=self.last_rank)
+        self.channel.share(header, None)
+        hidden = self.runner.forward(plan)
+        self.wire.send(header, hidden, dst=self.next_leader)
+        reply, _ = self.wire.recv(src=self.last_leader)
         return choices_from_wire(reply["choices"])
 
+    def keep_alive(self) -> None:
+        self.channel.share(KEEP_ALIVE, None)
+        self.wire.send(KEEP_ALIVE, None, dst=self.next_leader)
+
     def shutdown(self) -> None:
-        self.wire.send({"op": "stop"}, None, dst=1)
+        self.channel.share(STOP, None)
+        self.wire.send(STOP, None, dst=self.next_leader)
 
 
 @torch.inference_mode()
-def serve_stage(runner: ModelRunner, wire: Wire, rank: int, world_size: int) -> None:
-    """The loop of every rank but 0: receive, compute, pass on (or sample and answer rank 0)."""
-    is_last = rank == world_size - 1
+def serve_stage(
+    runner: ModelRunner,
+    wire: Wire,
+    layout: InstanceLayout,
+    stage: int,
+    channel: StageChannel | None = None,
+) -> None:
+    """The loop of the leader of every stage but the first: receive from the previous stage,
+    share with its group (`channel`; None for a stage of one rank), compute, pass on (or, on the
+    last stage, sample and answer rank 0)."""
+    channel = channel or StageChannel(None, layout.leader(stage), layout.leader(stage))
+    is_last = stage == layout.num_stages - 1
+    previous = layout.leader(stage - 1)
+    following = None if is_last else layout.leader(stage + 1)
     samplers = SamplerStates(runner.model.config.vocab_size, runner.device) if is_last else None
     while True:
-        header, hidden = wire.recv(src=rank - 1)
-        if header["op"] == "stop":
-            if not is_last:
-                wire.send(header, None, dst=rank + 1)
-            return
+        header, hidden = wire.recv(src=previous)
+        channel.share(header, hidden)
+        if header["op"] in (STOP["op"], KEEP_ALIVE["op"]):
+            if following is not None:
+                wire.send(header, None, dst=following)
+            if header["op"] == STOP["op"]:
+                return
+            continue
         plan = plan_from_wire(header["plan"])
         output = runner.forward(plan, hidden)
         if samplers is None:
-            wire.send(header, output, dst=rank + 1)
+            assert following is not None
+            wire.send(header, output, dst=following)
             continue
         for start in header["start"]:
             samplers.start(start["seq_id"], start["prompt_ids"], SamplingParams.from_dict(start["params"]))

@@ -1,0 +1,48 @@
+"""Runner processes whose stages are tensor-parallel groups, over gloo on loopback: the same
+greedy tokens as one process, and each rank holding only its share of the stage."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from runner_processes import generate_all, start_instance, stop
+from tandem.engine.local import create_local_engine
+from tandem.engine.sampling_params import SamplingParams
+
+PROMPTS = {"a": [3, 1, 4, 1, 5, 9, 2, 6], "b": [2, 7, 1, 8], "c": [1, 1, 2, 3, 5, 8, 13, 21, 34, 55, 89]}
+
+
+@pytest.mark.parametrize(
+    ("family", "stage_sizes"),
+    [
+        ("qwen2.5-tied", (3,)),  # one stage over 3 ranks; 2 KV heads do not divide 3 ranks
+        ("qwen3-qknorm", (2, 2)),  # TP=2 × PP=2: 4 processes
+        ("llama-mha-tied", (1, 2)),  # a single-rank first stage; the last stage's group splits the tied head
+    ],
+)
+def test_tensor_parallel_instance_tokens_equal_single_process(checkpoint_factory, family, stage_sizes):
+    checkpoint = checkpoint_factory(family)
+    num_layers = checkpoint.config["num_hidden_layers"]
+    # Frequent keep-alives: while the driver idles between rounds, many pass through every rank.
+    runners = start_instance(checkpoint.path, num_layers, stage_sizes, keep_alive_seconds=0.02)
+    try:
+        ready = [runner.next_event() for runner in runners]
+        assert all(event["event"] == "ready" for event in ready), ready
+        assert [(event["stage"], event["tp_rank"]) for event in ready] == [
+            (stage, tp_rank) for stage, size in enumerate(stage_sizes) for tp_rank in range(size)
+        ]
+        engine = create_local_engine(checkpoint.path, device="cpu", dtype="float32")
+        params = SamplingParams(max_tokens=12, temperature=0.0, ignore_eos=True)
+        expected = {rid: [e.token_id for e in engine.generate(ids, params)] for rid, ids in PROMPTS.items()}
+        assert generate_all(runners[0], PROMPTS, params.to_dict()) == expected
+        time.sleep(0.5)
+        # A second round after an idle spell: freed slots, and every rank still in step.
+        assert generate_all(runners[0], {"d": PROMPTS["c"]}, params.to_dict()) == {"d": expected["c"]}
+    finally:
+        stop(runners)
+    for runner in runners:
+        assert runner.process.returncode == 0, (
+            f"rank {runner.spec.rank} exited with {runner.process.returncode}"
+        )

@@ -1,0 +1,104 @@
+"""Runner processes started directly (no node), joined over gloo on loopback, for tests.
+
+runners = start_instance(model_dir, num_layers, stage_sizes=(2, 2))  # TP=2 × PP=2: 4 ranks
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from dataclasses import replace
+
+from tandem.engine.stage import split_evenly
+from tandem.runner.spec import RunnerSpec
+
+
+class RunnerProcess:
+    def __init__(self, spec: RunnerSpec) -> None:
+        self.spec = spec
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "tandem.runner", spec.to_json()],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+
+    def next_event(self, timeout: float = 60) -> dict:
+        deadline = time.monotonic() + timeout
+        line = self.process.stdout.readline()  # type: ignore[union-attr]
+        assert line, f"runner exited with {self.process.wait()}"
+        assert time.monotonic() < deadline
+        return json.loads(line)
+
+    def send(self, command: dict) -> None:
+        self.process.stdin.write(json.dumps(command) + "\n")  # type: ignore[union-attr]
+        self.process.stdin.flush()  # type: ignore[union-attr]
+
+
+def start_instance(
+    model_dir, num_layers: int, stage_sizes: tuple[int, ...], keep_alive_seconds: float = 60.0
+) -> list[RunnerProcess]:
+    """One runner per rank: stage s holds an even share of the layers over `stage_sizes[s]` ranks."""
+    ranges = split_evenly(num_layers, len(stage_sizes))
+    world_size = sum(stage_sizes)
+    base = RunnerSpec(
+        instance_id="test",
+        rank=0,
+        world_size=world_size,
+        model_dir=str(model_dir),
+        layer_start=ranges[0].start,
+        layer_end=ranges[0].end,
+        num_layers=num_layers,
+        device="cpu",
+        dtype="float32",
+        max_context=128,
+        num_slots=4,
+        max_prefill_tokens=5,
+        threads=1,
+        stage_sizes=stage_sizes,
+        keep_alive_seconds=keep_alive_seconds,
+    )
+    driver = RunnerProcess(base)
+    runners = [driver]
+    if world_size > 1:
+        listening = driver.next_event()
+        assert listening["event"] == "listening"
+        for rank in range(1, world_size):
+            stage = base.layout.stage_of(rank)
+            spec = replace(
+                base,
+                rank=rank,
+                layer_start=ranges[stage].start,
+                layer_end=ranges[stage].end,
+                master_port=listening["port"],
+            )
+            runners.append(RunnerProcess(spec))
+    return runners
+
+
+def generate_all(driver: RunnerProcess, prompts: dict[str, list[int]], params: dict) -> dict[str, list[int]]:
+    """Send every prompt at once (they share the instance) and collect each one's tokens."""
+    for request_id, ids in prompts.items():
+        driver.send({"op": "generate", "request_id": request_id, "prompt_ids": ids, "params": params})
+    tokens: dict[str, list[int]] = {request_id: [] for request_id in prompts}
+    finished = set()
+    while finished != set(prompts):
+        event = driver.next_event()
+        if event["event"] == "token":
+            tokens[event["request_id"]].append(event["token_id"])
+            if "finish_reason" in event:
+                finished.add(event["request_id"])
+        else:
+            assert event["event"] == "accepted", event
+    return tokens
+
+
+def stop(runners: list[RunnerProcess]) -> None:
+    runners[0].send({"op": "shutdown"})
+    for runner in runners:
+        try:
+            runner.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            runner.process.kill()
