@@ -43,11 +43,11 @@ def test_single_device_report_with_baseline(tmp_path):
 def test_placements_compared_in_one_run(tmp_path):
     report_path = tmp_path / "plans.json"
     result = tandem_bench(
-        "--plans", "1,pp2", "--prompt-lengths", "8", "--decode-tokens", "6", "--json", str(report_path)
+        "--plans", "1,tp2,pp2", "--prompt-lengths", "8", "--decode-tokens", "6", "--json", str(report_path)
     )
     assert result.returncode == 0, result.stderr
     reports = json.loads(report_path.read_text())
-    assert [r["plan"] for r in reports] == ["1", "pp2"] and all("error" not in r for r in reports)
+    assert [r["plan"] for r in reports] == ["1", "tp2", "pp2"] and all("error" not in r for r in reports)
     assert "speedups are against plan 1" in result.stdout
 
 

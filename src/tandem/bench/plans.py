@@ -76,8 +76,8 @@ def ceiling_tokens_per_second(report: dict[str, Any], read_bytes: int, num_layer
     latency times the all-reduces per token: two a layer, the embedding's, and the head's gather."""
     gpus = report["gpus"]
     seconds = read_bytes / (report["copy_bandwidth"] * (gpus if report["plan"].startswith("tp") else 1))
-    if report["plan"].startswith("tp") and gpus > 1:
-        latency = report.get("all_reduce_seconds_symmetric") or report["all_reduce_seconds_nccl"]
+    latency = report.get("all_reduce_seconds_symmetric") or report.get("all_reduce_seconds_nccl")
+    if report["plan"].startswith("tp") and gpus > 1 and latency:  # measured on GPUs only
         seconds += (2 * num_layers + 2) * latency
     return 1.0 / seconds
 
