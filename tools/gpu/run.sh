@@ -2,7 +2,8 @@
 # Everything the lent GPU machine runs, in one call: `tools/gpu/run.sh TASK...` from the repo root.
 # Tasks: env; correctness (kernel and engine tests on CUDA in float32 and bfloat16); bench (llama3-8b
 # with the transformers baseline, see docs/benchmarks.md); demo (train the demo model from
-# build/demo-data, carried with the call).
+# build/demo-data, carried with the call); multi (tensor-parallel check and placements compared on
+# every GPU of the machine).
 # Logs and results go to $OUT (or ./artifacts/gpu when run elsewhere).
 set -uo pipefail
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
@@ -29,6 +30,18 @@ for task in "$@"; do
       ;;
     profile)
       python3 tools/profile_decode.py 2>&1 | tee "$OUT/profile-decode.log" || status=1
+      ;;
+    multi)
+      # Several GPUs: tensor parallel against one GPU token for token, then the placements compared.
+      gpus=$(nvidia-smi -L | wc -l)
+      python3 -m torch.distributed.run --standalone --nproc_per_node 2 tools/check_tensor_parallel_gpu.py \
+        2>&1 | tee "$OUT/tp-check.log" || { echo "tensor-parallel check failed: no benchmarks"; exit 1; }
+      plans8="1,tp2,auto"; plans70="tp2"
+      if [ "$gpus" -ge 4 ]; then plans8="1,tp2,tp4,auto"; plans70="tp2,tp4"; fi
+      python3 -m tandem.cli.main bench --shape llama3-8b --plans "$plans8" --prompt-lengths 128,2048 \
+        --decode-tokens 128 --concurrency 64 --json "$OUT/plans-llama3-8b.json" 2>&1 | tee "$OUT/plans-llama3-8b.log"
+      python3 -m tandem.cli.main bench --shape llama3-70b --plans "$plans70" --prompt-lengths 128 \
+        --decode-tokens 128 --concurrency 64 --json "$OUT/plans-llama3-70b.json" 2>&1 | tee "$OUT/plans-llama3-70b.log"
       ;;
     demo)
       python3 tools/demo_model/train.py --data build/demo-data --out /tmp/demo-model --steps "${DEMO_STEPS:-1000}" \

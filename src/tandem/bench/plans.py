@@ -20,12 +20,32 @@ from tandem.bench.report import bytes_read_per_token
 from tandem.bench.shapes import named_shape
 from tandem.errors import InvalidRequestError
 
-PLAN_PATTERN = re.compile(r"^(1|tp[1-8]|pp[2-8])$")
+PLAN_PATTERN = re.compile(r"^(1|tp[1-8]|pp[2-8]|auto)$")
 NCCL_SAFETY = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
 
 
 def gpus_of(plan: str) -> int:
     return 1 if plan == "1" else int(plan[2:])
+
+
+def placement_choice(shape: str) -> tuple[str, list[str]]:
+    """The plan placement picks for this machine's GPUs (measured), as a plan name, with its
+    explanation. A tensor-parallel-times-pipeline choice is named by its larger factor's plan."""
+    from tandem.cluster.placement import Infeasible, PlacementRequest, place
+    from tandem.cluster.shapes import shape_from_model_config
+    from tandem.cluster.topology import NodeInfo, Topology
+    from tandem.node.profile import profile_devices
+
+    config, _ = named_shape(shape)
+    with tempfile.TemporaryDirectory() as work:
+        devices = tuple(d for d in profile_devices(Path(work)) if d.kind == "cuda")
+    topology = Topology((NodeInfo("this-machine", "this machine", "127.0.0.1:0", devices),))
+    placement = place(shape_from_model_config(config, shape), topology, PlacementRequest(context_length=2048))
+    if isinstance(placement, Infeasible):
+        return "1", [f"placement: {placement.reason}"]
+    stages, members = len(placement.stages), max(len(stage.members) for stage in placement.stages)
+    plan = "1" if stages == members == 1 else (f"tp{members}" if members > 1 else f"pp{stages}")
+    return plan, placement.explain()
 
 
 def parse_plans(text: str) -> list[str]:
@@ -87,6 +107,12 @@ def compare_plans(
 ) -> list[str]:
     config, _ = named_shape(shape)
     read = bytes_read_per_token(config, 2)
+    notes: list[str] = []
+    if "auto" in plans:
+        chosen, notes = placement_choice(shape)
+        plans = [chosen if plan == "auto" else plan for plan in plans]
+        notes = [f"placement's own choice on this machine: {chosen}", *("  " + line for line in notes)]
+        plans = list(dict.fromkeys(plans))  # the choice may already be in the list
     reports = [run_plan(plan, shape, prompt_lengths, decode_tokens, concurrency) for plan in plans]
     measured = [r for r in reports if "error" not in r]
     reference = next((r for r in measured if r["gpus"] == min(m["gpus"] for m in measured)), None)
@@ -123,5 +149,6 @@ def compare_plans(
             f"speedups are against plan {reference['plan']} ({reference['gpus']} GPU"
             f"{'s' if reference['gpus'] > 1 else ''}); TTFT is for the {max(prompt_lengths)}-token prompt"
         )
+    lines.extend(notes)
     lines.append("JSON: " + json.dumps(reports))
     return lines

@@ -4,8 +4,22 @@
 import { h } from "./dom.js";
 import { bytes, duration, layerSpan, tokenRate } from "./format.js";
 
+/** A stage's predicted time per token: reading its weights, its tensor-parallel collectives, the hop on. */
+function stageSeconds(stage) {
+  return stage.compute_seconds + (stage.all_reduce_seconds ?? 0) + stage.send_seconds;
+}
+
 export function secondsPerToken(placement) {
-  return placement.stages.reduce((total, stage) => total + stage.compute_seconds + stage.send_seconds, 0);
+  return placement.stages.reduce((total, stage) => total + stageSeconds(stage), 0);
+}
+
+/** The status of stage `index` from an instance's runners (a tensor-parallel stage has several). */
+function stageStatus(runners, index) {
+  if (!runners) return null;
+  const mine = runners.filter((runner) => (runner.stage ?? runner.rank) === index);
+  if (mine.length === 0) return null;
+  if (mine.some((runner) => runner.status === "failed")) return { status: "failed" };
+  return { status: mine.every((runner) => runner.status === "ready") ? "ready" : "starting" };
 }
 
 export function predictedTokensPerSecond(placement) {
@@ -13,13 +27,21 @@ export function predictedTokensPerSecond(placement) {
   return seconds > 0 ? 1 / seconds : null;
 }
 
-/** The stages of `placement` grouped by node, in pipeline order of each node's first stage. */
+/** The stages of `placement` grouped by node, in pipeline order of each node's first stage; a
+ * tensor-parallel stage appears on every node that holds a member, with that node's devices. */
 function stagesByNode(placement) {
   const groups = new Map();
   placement.stages.forEach((stage, rank) => {
-    const [nodeId, device] = stage.members[0];
-    if (!groups.has(nodeId)) groups.set(nodeId, []);
-    groups.get(nodeId).push({ ...stage, rank, device });
+    const devicesByNode = new Map();
+    for (const [nodeId, device] of stage.members) {
+      if (!devicesByNode.has(nodeId)) devicesByNode.set(nodeId, []);
+      devicesByNode.get(nodeId).push(device);
+    }
+    const group = stage.members.length > 1 ? ` (tensor parallel over ${stage.members.length})` : "";
+    for (const [nodeId, devices] of devicesByNode) {
+      if (!groups.has(nodeId)) groups.set(nodeId, []);
+      groups.get(nodeId).push({ ...stage, rank, device: devices.join("+") + group });
+    }
   });
   return groups;
 }
@@ -45,7 +67,7 @@ function stageDetail(stage, runner) {
     layerSpan(stage.layers.start, stage.layers.end),
     `${bytes(stage.weight_bytes)} weights`,
     `${bytes(stage.kv_bytes)} KV cache`,
-    `${duration(stage.predicted_seconds ?? stage.compute_seconds + stage.send_seconds)} per token`,
+    `${duration(stageSeconds(stage))} per token`,
   ];
   return h(
     "li",
@@ -76,12 +98,12 @@ export function placementBars(placement, names, runners = null) {
         h(
           "span",
           { class: "track", "aria-hidden": "true" },
-          stages.map((stage) => segment(stage, placement.num_layers, runners?.[stage.rank])),
+          stages.map((stage) => segment(stage, placement.num_layers, stageStatus(runners, stage.rank))),
         ),
         h(
           "ul",
           { class: "placement-details muted small" },
-          stages.map((stage) => stageDetail(stage, runners?.[stage.rank])),
+          stages.map((stage) => stageDetail(stage, stageStatus(runners, stage.rank))),
         ),
       ),
     );
