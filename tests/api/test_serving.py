@@ -109,7 +109,9 @@ def test_a_client_leaving_mid_request_aborts_it_and_frees_its_slot(one_slot_node
                 json={"model": "demo", "messages": user("hi"), "max_tokens": 900, "ignore_eos": True},
                 timeout=httpx.Timeout(30.0, read=0.5),
             )
-        reply = client.chat.completions.create(model="demo", messages=user(PROMPTS[1]), max_tokens=5)
+        reply = client.chat.completions.create(
+            model="demo", messages=user(PROMPTS[1]), max_tokens=5, extra_body={"ignore_eos": True}
+        )
         assert reply.choices[0].finish_reason == "length"
         left_seconds = time.monotonic() - started
     assert left_seconds < 2 * full_seconds, (left_seconds, full_seconds)

@@ -59,36 +59,56 @@ def parse_plans(text: str) -> list[str]:
 
 
 def run_plan(
-    plan: str, shape: str, prompt_lengths: list[int], decode_tokens: int, concurrency: int
+    plan: str,
+    shape: str,
+    prompt_lengths: list[int],
+    decode_tokens: int,
+    concurrency: int,
+    results_dir: Path,
 ) -> dict[str, Any]:
-    with tempfile.TemporaryDirectory() as work:
-        output = Path(work) / "plan.json"
-        command = [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            f"--nproc_per_node={gpus_of(plan)}",
-            "-m",
-            "tandem.bench.parallel",
-            "--plan",
-            plan,
-            "--shape",
-            shape,
-            "--json",
-            str(output),
-            "--prompt-lengths",
-            ",".join(map(str, prompt_lengths)),
-            "--decode-tokens",
-            str(decode_tokens),
-            "--concurrency",
-            str(concurrency),
-        ]
-        result = subprocess.run(command, env={**os.environ, **NCCL_SAFETY}, capture_output=True, text=True)
-        if result.returncode != 0 or not output.exists():
-            tail = (result.stderr or result.stdout).strip().splitlines()[-3:]
-            return {"plan": plan, "error": " | ".join(tail) or f"exit code {result.returncode}"}
-        return json.loads(output.read_text())
+    """Run one plan to completion; its JSON report (and its processes' log) are kept in
+    `results_dir` as soon as it ends, so a run cut short keeps the plans that finished."""
+    output = results_dir / f"{shape}-{plan}.json"
+    log = results_dir / f"{shape}-{plan}.log"
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={gpus_of(plan)}",
+        "-m",
+        "tandem.bench.parallel",
+        "--plan",
+        plan,
+        "--shape",
+        shape,
+        "--json",
+        str(output),
+        "--prompt-lengths",
+        ",".join(map(str, prompt_lengths)),
+        "--decode-tokens",
+        str(decode_tokens),
+        "--concurrency",
+        str(concurrency),
+    ]
+    print(f"running plan {plan} of {shape} ...", file=sys.stderr, flush=True)
+    with log.open("w") as log_file:
+        result = subprocess.run(
+            command, env={**os.environ, **NCCL_SAFETY}, stdout=log_file, stderr=subprocess.STDOUT
+        )
+    if result.returncode != 0 or not output.exists():
+        tail = log.read_text().strip().splitlines()[-3:]
+        report = {"plan": plan, "error": " | ".join(tail) or f"exit code {result.returncode}"}
+    else:
+        report = json.loads(output.read_text())
+    rate = report.get("decode_tokens_per_second")
+    print(
+        f"  plan {plan}: "
+        + (f"{rate:.1f} tokens/s" if rate else f"failed ({report.get('error', '')[:200]})"),
+        file=sys.stderr,
+        flush=True,
+    )
+    return report
 
 
 def ceiling_tokens_per_second(report: dict[str, Any], read_bytes: int, num_layers: int) -> float:
@@ -103,7 +123,12 @@ def ceiling_tokens_per_second(report: dict[str, Any], read_bytes: int, num_layer
 
 
 def compare_plans(
-    shape: str, plans: list[str], prompt_lengths: list[int], decode_tokens: int, concurrency: int = 0
+    shape: str,
+    plans: list[str],
+    prompt_lengths: list[int],
+    decode_tokens: int,
+    concurrency: int = 0,
+    results_dir: Path | None = None,
 ) -> list[str]:
     config, _ = named_shape(shape)
     read = bytes_read_per_token(config, 2)
@@ -113,7 +138,9 @@ def compare_plans(
         plans = [chosen if plan == "auto" else plan for plan in plans]
         notes = [f"placement's own choice on this machine: {chosen}", *("  " + line for line in notes)]
         plans = list(dict.fromkeys(plans))  # the choice may already be in the list
-    reports = [run_plan(plan, shape, prompt_lengths, decode_tokens, concurrency) for plan in plans]
+    results = results_dir or Path(tempfile.mkdtemp(prefix="tandem-bench-"))
+    results.mkdir(parents=True, exist_ok=True)
+    reports = [run_plan(plan, shape, prompt_lengths, decode_tokens, concurrency, results) for plan in plans]
     measured = [r for r in reports if "error" not in r]
     reference = next((r for r in measured if r["gpus"] == min(m["gpus"] for m in measured)), None)
     devices = sorted({r["device"] for r in measured}) or ["?"]

@@ -56,8 +56,10 @@ def run(args: argparse.Namespace) -> int:
     if args.plans:
         from tandem.bench.plans import compare_plans, parse_plans
 
+        # each plan's report is kept beside the JSON as soon as the plan ends
+        results = args.json.parent / f"{args.json.stem}-plans" if args.json else None
         lines = compare_plans(
-            args.shape, parse_plans(args.plans), lengths, args.decode_tokens, args.concurrency
+            args.shape, parse_plans(args.plans), lengths, args.decode_tokens, args.concurrency, results
         )
         print("\n".join(lines))
         if args.json:
