@@ -38,10 +38,16 @@ for task in "$@"; do
         2>&1 | tee "$OUT/tp-check.log" || { echo "tensor-parallel check failed: no benchmarks"; exit 1; }
       plans8="1,tp2,auto"; plans70="tp2"
       if [ "$gpus" -ge 4 ]; then plans8="1,tp2,tp4,auto"; plans70="tp2,tp4"; fi
-      python3 -m tandem.cli.main bench --shape llama3-8b --plans "$plans8" --prompt-lengths 128,2048 \
-        --decode-tokens 128 --concurrency 64 --json "$OUT/plans-llama3-8b.json" 2>&1 | tee "$OUT/plans-llama3-8b.log"
-      python3 -m tandem.cli.main bench --shape llama3-70b --plans "$plans70" --prompt-lengths 128 \
-        --decode-tokens 128 --concurrency 64 --json "$OUT/plans-llama3-70b.json" 2>&1 | tee "$OUT/plans-llama3-70b.log"
+      # Progress lines (each plan's tokens/s as it ends) reach $OUT at once; the per-plan reports
+      # are packed at the end (the tool brings back at most eight files).
+      timeout "${PLANS_TIMEOUT:-420}" python3 -m tandem.cli.main bench --shape llama3-8b --plans "$plans8" \
+        --prompt-lengths 128,2048 --decode-tokens 128 --concurrency 64 --json /tmp/plans-llama3-8b.json \
+        2>&1 | tee "$OUT/plans-llama3-8b.log"
+      timeout "${PLANS_TIMEOUT:-420}" python3 -m tandem.cli.main bench --shape llama3-70b --plans "$plans70" \
+        --prompt-lengths 128 --decode-tokens 128 --concurrency 64 --json /tmp/plans-llama3-70b.json \
+        2>&1 | tee "$OUT/plans-llama3-70b.log"
+      tar -C /tmp -czf "$OUT/plans.tar.gz" --ignore-failed-read plans-llama3-8b.json plans-llama3-8b-plans \
+        plans-llama3-70b.json plans-llama3-70b-plans
       ;;
     demo)
       python3 tools/demo_model/train.py --data build/demo-data --out /tmp/demo-model --steps "${DEMO_STEPS:-1000}" \
