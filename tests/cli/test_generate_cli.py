@@ -10,21 +10,13 @@ import sys
 import pytest
 from safetensors.torch import load_file, save_file
 
+from cli_helpers import assert_one_line_error
+
 
 def tandem(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "tandem.cli.main", *args], capture_output=True, text=True, timeout=timeout
     )
-
-
-def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) -> None:
-    assert result.returncode != 0
-    assert "Traceback" not in result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("tandem: error: ")
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
 
 
 def test_generate_streams_text_and_reports_timing(checkpoint_factory):

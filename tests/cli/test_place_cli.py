@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from cli_helpers import assert_one_line_error
 from model_configs import LLAMA_3_8B
 
 ROOT = Path(__file__).parents[2]
@@ -27,17 +28,6 @@ def tandem_place(*args: str) -> subprocess.CompletedProcess:
         timeout=60,
         env=env,
     )
-
-
-def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) -> str:
-    assert result.returncode == 1, result.stdout + result.stderr
-    assert "Traceback" not in result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("tandem: error: ")
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
-    return lines[0]
 
 
 def test_kimi_k2_in_fp8_spreads_over_the_mac_studios():

@@ -16,15 +16,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tandem.engine.config import context_size, load_model_config
-from tandem.engine.device import resolve_device, resolve_dtype
+import torch
+
+from tandem.engine.config import ModelConfig
 from tandem.engine.engine import DEFAULT_MAX_PREFILL_TOKENS, LLMEngine
-from tandem.engine.executor import LocalExecutor
-from tandem.engine.model_runner import ModelRunner
+from tandem.engine.local import assemble_engine
+from tandem.engine.models.llama import CausalLM
 from tandem.engine.parallel.apply import load_tensor_parallel_stage
 from tandem.engine.parallel.group import TensorParallelGroup
 from tandem.engine.sampling_params import SamplingParams
-from tandem.engine.tokenizer import Tokenizer
 from tandem.errors import InvalidRequestError
 
 
@@ -50,12 +50,19 @@ def create_tensor_parallel_engine(
     max_prefill_tokens: int = DEFAULT_MAX_PREFILL_TOKENS,
 ) -> LockstepEngine:
     """This rank's engine over its shard of the whole model (see the module doc for how to use it)."""
-    config = load_model_config(model_dir)
-    torch_device = resolve_device(device)
-    torch_dtype = resolve_dtype(dtype, torch_device)
-    context = context_size(max_context, config.max_position_embeddings)
-    tokenizer = Tokenizer(model_dir) if (Path(model_dir) / "tokenizer.json").is_file() else None
-    model = load_tensor_parallel_stage(model_dir, None, group, torch_device, torch_dtype, config)
-    executor = LocalExecutor(ModelRunner(model, num_slots, context))
-    eos = tokenizer.eos_token_ids if tokenizer else frozenset(config.eos_token_ids)
-    return LockstepEngine(executor, tokenizer, eos, context, num_slots, max_prefill_tokens)
+
+    def load(directory: Path, device: torch.device, dtype: torch.dtype, config: ModelConfig) -> CausalLM:
+        return load_tensor_parallel_stage(directory, None, group, device, dtype, config)
+
+    engine = assemble_engine(
+        model_dir,
+        load,
+        device,
+        dtype,
+        max_context,
+        num_slots,
+        max_prefill_tokens,
+        engine_class=LockstepEngine,
+    )
+    assert isinstance(engine, LockstepEngine)
+    return engine
