@@ -2,8 +2,8 @@
 # Everything the lent GPU machine runs, in one call: `tools/gpu/run.sh TASK...` from the repo root.
 # Tasks: env; correctness (kernel and engine tests on CUDA in float32 and bfloat16); bench (llama3-8b
 # with the transformers baseline, see docs/benchmarks.md); demo (train the demo model from
-# build/demo-data, carried with the call); multi (tensor-parallel check and placements compared on
-# every GPU of the machine).
+# build/demo-data, carried with the call); tp-check (tensor parallel on 2 GPUs against one, token for
+# token); plans-8b, plans-70b (placements compared on every GPU of the machine); multi (all three).
 # Logs and results go to $OUT (or ./artifacts/gpu when run elsewhere).
 set -uo pipefail
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
@@ -21,7 +21,7 @@ for task in "$@"; do
     correctness)
       for dtype in float32 bfloat16; do
         TANDEM_TEST_DEVICE=cuda TANDEM_TEST_DTYPE=$dtype python3 -m pytest -q -p no:cacheprovider \
-          tests/kernels tests/engine 2>&1 | tee "$OUT/correctness-$dtype.log" | tail -15 || status=1
+          ${CORRECTNESS_TESTS:-tests/kernels tests/engine} 2>&1 | tee "$OUT/correctness-$dtype.log" | tail -15 || status=1
       done
       ;;
     bench)
@@ -31,23 +31,30 @@ for task in "$@"; do
     profile)
       python3 tools/profile_decode.py 2>&1 | tee "$OUT/profile-decode.log" || status=1
       ;;
-    multi)
-      # Several GPUs: tensor parallel against one GPU token for token, then the placements compared.
-      gpus=$(nvidia-smi -L | wc -l)
+    tp-check)
+      # Tensor parallel on two GPUs against one GPU, token for token.
       python3 -m torch.distributed.run --standalone --nproc_per_node 2 tools/check_tensor_parallel_gpu.py \
         2>&1 | tee "$OUT/tp-check.log" || { echo "tensor-parallel check failed: no benchmarks"; exit 1; }
-      plans8="1,tp2,auto"; plans70="tp2"
-      if [ "$gpus" -ge 4 ]; then plans8="1,tp2,tp4,auto"; plans70="tp2,tp4"; fi
-      # Progress lines (each plan's tokens/s as it ends) reach $OUT at once; the per-plan reports
-      # are packed at the end (the tool brings back at most eight files).
-      timeout "${PLANS_TIMEOUT:-420}" python3 -m tandem.cli.main bench --shape llama3-8b --plans "$plans8" \
-        --prompt-lengths 128,2048 --decode-tokens 128 --concurrency 64 --json /tmp/plans-llama3-8b.json \
-        2>&1 | tee "$OUT/plans-llama3-8b.log"
-      timeout "${PLANS_TIMEOUT:-420}" python3 -m tandem.cli.main bench --shape llama3-70b --plans "$plans70" \
-        --prompt-lengths 128 --decode-tokens 128 --concurrency 64 --json /tmp/plans-llama3-70b.json \
-        2>&1 | tee "$OUT/plans-llama3-70b.log"
-      tar -C /tmp -czf "$OUT/plans.tar.gz" --ignore-failed-read plans-llama3-8b.json plans-llama3-8b-plans \
-        plans-llama3-70b.json plans-llama3-70b-plans
+      ;;
+    plans-8b|plans-70b)
+      # The placements compared on every GPU of the machine. Progress lines (each plan's tokens/s
+      # as it ends) reach $OUT at once; the per-plan reports are packed at the end (the tool
+      # brings back at most eight files).
+      gpus=$(nvidia-smi -L | wc -l)
+      if [ "$task" = plans-8b ]; then
+        shape=llama3-8b; plans="1,tp2,auto"; lengths=128,2048
+        [ "$gpus" -ge 4 ] && plans="1,tp2,tp4,auto"
+      else
+        shape=llama3-70b; plans="tp2"; lengths=128
+        [ "$gpus" -ge 4 ] && plans="tp2,tp4"
+      fi
+      timeout "${PLANS_TIMEOUT:-420}" python3 -m tandem.cli.main bench --shape $shape --plans "$plans" \
+        --prompt-lengths $lengths --decode-tokens 128 --concurrency 64 --json /tmp/plans-$shape.json \
+        2>&1 | tee "$OUT/plans-$shape.log"
+      tar -C /tmp -czf "$OUT/plans-$shape.tar.gz" --ignore-failed-read plans-$shape.json plans-$shape-plans
+      ;;
+    multi)
+      "$0" tp-check plans-8b plans-70b || status=1
       ;;
     demo)
       python3 tools/demo_model/train.py --data build/demo-data --out /tmp/demo-model --steps "${DEMO_STEPS:-1000}" \

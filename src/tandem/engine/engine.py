@@ -2,6 +2,13 @@
 
 Three small objects around `step()`: the scheduler (what runs next), the executor (runs it and
 chooses tokens), and per-request text streams (detokenization and stop strings).
+
+Running ahead: while only decode steps remain to run, an executor that can (`RunAheadExecutor`)
+gets the next decode step queued on the device, fed with the tokens the current step is still
+choosing there, before the host waits for the current step's tokens. The device never waits for
+the host between tokens. A sequence that turns out to end on the current step (an end token, a
+stop string) had one more token computed for it in the queued step; that token is dropped, and
+the key and value it wrote sit past the sequence's end, where nothing reads them.
 """
 
 from __future__ import annotations
@@ -11,11 +18,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from tandem.engine.detokenize import IncrementalDetokenizer, StopMatcher
-from tandem.engine.executor import Executor
+from tandem.engine.executor import Executor, PendingTokens, RunAheadExecutor
 from tandem.engine.sampling import TokenChoice
 from tandem.engine.sampling_params import SamplingParams
 from tandem.engine.scheduler import Scheduler
-from tandem.engine.sequence import FinishReason, Sequence, finish_reason_after
+from tandem.engine.sequence import FinishReason, Sequence, SequenceChunk, StepPlan, finish_reason_after
 from tandem.engine.tokenizer import Tokenizer
 from tandem.errors import InvalidRequestError
 
@@ -67,6 +74,8 @@ class LLMEngine:
         self.sequences: dict[int, Sequence] = {}
         self._streams: dict[int, TextStream] = {}
         self._ids = itertools.count()
+        self._ahead: PendingTokens | None = None  # a decode step queued before its inputs were known
+        self._run_ahead = executor if isinstance(executor, RunAheadExecutor) else None
 
     def add_request(self, prompt_ids: list[int], params: SamplingParams) -> int:
         """Queue a request; returns its sequence id. Raises InvalidRequestError for bad prompts."""
@@ -97,15 +106,75 @@ class LLMEngine:
 
     def step(self) -> list[TokenEvent]:
         """Run one forward pass; returns an event per token generated in it."""
-        plan = self.scheduler.next_plan()
-        if plan is None:
-            return []
-        choices = self.executor.execute(plan)
+        pending, self._ahead = self._ahead, None
+        if pending is None:
+            plan = self.scheduler.next_plan()
+            if plan is None:
+                return []
+            if self._runs_ahead(plan):
+                assert self._run_ahead is not None
+                pending = self._run_ahead.launch(plan)
+        if pending is None:
+            choices = self.executor.execute(plan)
+        else:
+            assert self._run_ahead is not None
+            following = self._following(pending.plan)
+            if following is not None:
+                self._ahead = self._run_ahead.launch(following, after=pending)
+            plan, choices = self._living(pending.plan, self._run_ahead.collect(pending))
+            if plan is None:
+                return []
         self.scheduler.step_done(plan, self.sequences)
         events = []
         for chunk, choice in zip(plan.sampled, choices, strict=True):
             events.append(self._accept(self.sequences[chunk.seq_id], choice))
         return events
+
+    def _runs_ahead(self, plan: StepPlan) -> bool:
+        """A decode step of sequences all decoding, on an executor that can run ahead."""
+        if self._run_ahead is None:
+            return False
+        decoding = {id(sequence) for sequence in self.scheduler.decoding}
+        return all(
+            id(self.sequences[chunk.seq_id]) in decoding for chunk in plan.chunks
+        ) and self._run_ahead.can_run_ahead(plan)
+
+    def _following(self, plan: StepPlan) -> StepPlan | None:
+        """The decode step after `plan` (whose tokens are not yet known), when the scheduler's
+        next step will surely be one: no prompt waits for a slot, and the sequences that `plan`
+        does not end by length go on. Token ids are placeholders: the device feeds them."""
+        if not self.scheduler.only_decoding():
+            return None
+        chunks = []
+        for chunk in plan.chunks:
+            sequence = self.sequences.get(chunk.seq_id)
+            if sequence is None or sequence.finished:
+                continue
+            # `plan` appends output token len(output_ids) + 1 at position chunk.end
+            if len(sequence.output_ids) + 1 >= sequence.params.max_tokens:
+                continue
+            if chunk.end + 1 >= self.max_context:
+                continue
+            chunks.append(SequenceChunk(chunk.seq_id, chunk.slot, chunk.end, (0,), sample=True))
+        if not chunks:
+            return None
+        following = StepPlan(tuple(chunks))
+        return following if self._runs_ahead(following) else None
+
+    def _living(
+        self, plan: StepPlan, choices: list[TokenChoice]
+    ) -> tuple[StepPlan | None, list[TokenChoice]]:
+        """The part of a step that ran ahead whose sequences have not ended since it was queued."""
+        kept = [
+            (chunk, choice)
+            for chunk, choice in zip(plan.chunks, choices, strict=True)
+            if chunk.seq_id in self.sequences and not self.sequences[chunk.seq_id].finished
+        ]
+        if not kept:
+            return None, []
+        if len(kept) < len(plan.chunks):
+            plan = StepPlan(tuple(chunk for chunk, _ in kept))
+        return plan, [choice for _, choice in kept]
 
     def _accept(self, sequence: Sequence, choice: TokenChoice) -> TokenEvent:
         sequence.output_ids.append(choice.token_id)

@@ -3,16 +3,21 @@
 The engine drives an executor without knowing where the model lives: `LocalExecutor` holds the
 whole model in this process; the cluster's pipeline executor sends each plan through the stages
 of an instance and receives the tokens that its last stage chose.
+
+An executor that can also `launch` a step and `collect` its tokens later lets the engine run one
+decode step ahead (see `engine.py`): the next step is queued on the device, fed with the tokens
+the current one is still choosing there, before the host waits for them.
 """
 
 from __future__ import annotations
 
-from typing import Protocol
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
 
 import torch
 
 from tandem.engine.model_runner import ModelRunner
-from tandem.engine.sampling import SamplerState, TokenChoice, sample_batch
+from tandem.engine.sampling import SamplerState, TokenChoice, plain_greedy, sample_batch
 from tandem.engine.sampling_params import SamplingParams
 from tandem.engine.sequence import StepPlan
 
@@ -25,6 +30,41 @@ class Executor(Protocol):
     def execute(self, plan: StepPlan) -> list[TokenChoice]:
         """Run one step; one choice per sampled chunk, in plan order."""
         ...
+
+
+@runtime_checkable
+class RunAheadExecutor(Executor, Protocol):
+    def can_run_ahead(self, plan: StepPlan) -> bool:
+        """Whether `plan` may be launched before the tokens of the step it follows are known."""
+        ...
+
+    def launch(self, plan: StepPlan, after: PendingTokens | None = None) -> PendingTokens:
+        """Queue `plan` on the device; with `after`, its token ids are `after`'s chosen tokens
+        (by sequence), still on the device, and the plan's own token ids are ignored."""
+        ...
+
+    def collect(self, pending: PendingTokens) -> list[TokenChoice]:
+        """Wait for a launched step's tokens; one choice per chunk, in plan order."""
+        ...
+
+
+@dataclass
+class PendingTokens:
+    """Greedy tokens of a launched step: on the device at once, on the host once `ready` fires."""
+
+    plan: StepPlan
+    on_device: torch.Tensor  # [chunks] token ids
+    on_host: torch.Tensor  # the same, copied without blocking the host
+    ready: torch.cuda.Event | None  # None on CPU, where the copy is done when launch returns
+    rows: dict[int, int] = field(init=False)  # seq_id -> row
+
+    def __post_init__(self) -> None:
+        self.rows = {chunk.seq_id: row for row, chunk in enumerate(self.plan.chunks)}
+
+    def tokens(self) -> list[int]:
+        if self.ready is not None:
+            self.ready.synchronize()  # this step only: later queued work runs on
+        return self.on_host.tolist()
 
 
 class SamplerStates:
@@ -48,9 +88,10 @@ class SamplerStates:
 class LocalExecutor:
     """The whole model in this process."""
 
-    def __init__(self, runner: ModelRunner) -> None:
+    def __init__(self, runner: ModelRunner, run_ahead: bool | None = None) -> None:
         self.runner = runner
         self.samplers = SamplerStates(runner.model.config.vocab_size, runner.device)
+        self.run_ahead = run_ahead  # None: where decode graphs are; True/False: always/never
 
     def start_sequence(self, seq_id: int, prompt_ids: list[int], params: SamplingParams) -> None:
         self.samplers.start(seq_id, prompt_ids, params)
@@ -62,3 +103,44 @@ class LocalExecutor:
     def execute(self, plan: StepPlan) -> list[TokenChoice]:
         logits = self.runner.forward(plan)
         return self.samplers.sample(plan, logits) if plan.sampled else []
+
+    def can_run_ahead(self, plan: StepPlan) -> bool:
+        """Decode steps replayed from CUDA graphs, for sequences that pick greedily with nothing
+        to record but the token (no penalties, no log-probabilities). Elsewhere nothing would be
+        gained: without graphs the host launches every kernel itself."""
+        wanted = self.runner.graphs is not None if self.run_ahead is None else self.run_ahead
+        return (
+            wanted
+            and plan.tokens_per_sequence == 1
+            and all(chunk.sample for chunk in plan.chunks)
+            and all(plain_greedy(self.samplers.states[chunk.seq_id]) for chunk in plan.chunks)
+        )
+
+    @torch.inference_mode()
+    def launch(self, plan: StepPlan, after: PendingTokens | None = None) -> PendingTokens:
+        feed = None
+        if after is not None:
+            rows = [after.rows[chunk.seq_id] for chunk in plan.chunks]
+            feed = after.on_device[: len(rows)]
+            if rows != list(range(len(rows))):  # a sequence left: gather without a host sync
+                index = torch.tensor(rows, dtype=torch.long)
+                if feed.is_cuda:
+                    index = index.pin_memory().to(feed.device, non_blocking=True)
+                feed = after.on_device[index]
+        tokens = self.runner.forward(plan, feed=feed).argmax(-1)
+        if not tokens.is_cuda:
+            return PendingTokens(plan, tokens, tokens, None)
+        on_host = torch.empty(tokens.shape, dtype=tokens.dtype, pin_memory=True)
+        on_host.copy_(tokens, non_blocking=True)
+        ready = torch.cuda.Event()
+        ready.record()
+        return PendingTokens(plan, tokens, on_host, ready)
+
+    def collect(self, pending: PendingTokens) -> list[TokenChoice]:
+        choices = []
+        for chunk, token in zip(pending.plan.chunks, pending.tokens(), strict=True):
+            state = self.samplers.states.get(chunk.seq_id)
+            if state is not None:  # None: the sequence ended while this step ran
+                state.record(token)
+            choices.append(TokenChoice(token))
+        return choices

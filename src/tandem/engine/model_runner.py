@@ -58,9 +58,12 @@ class ModelRunner:
         return torch.tensor(rows, dtype=torch.long, device=self.device)
 
     @torch.inference_mode()
-    def forward(self, plan: StepPlan, hidden: torch.Tensor | None = None) -> torch.Tensor:
-        """First stage: reads token ids from the plan. Later stages: take the previous stage's
-        hidden states. Returns hidden states [B, T, hidden], or on the last stage logits
+    def forward(
+        self, plan: StepPlan, hidden: torch.Tensor | None = None, feed: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """First stage: reads token ids from the plan, or for a decode step from `feed` (one id
+        a chunk, on the device) where given. Later stages: take the previous stage's hidden
+        states. Returns hidden states [B, T, hidden], or on the last stage logits
         [sampled chunks, vocab]."""
         end = max(c.end for c in plan.chunks)
         if end > self.max_context:
@@ -68,7 +71,7 @@ class ModelRunner:
         if not self.is_first_stage and hidden is None:
             raise ValueError("a stage after the first needs the previous stage's hidden states")
         if self.graphs is not None and self.graphs.handles(plan) and all(c.sample for c in plan.chunks):
-            return self.graphs.run(plan, hidden)
+            return self.graphs.run(plan, hidden, feed)
         slots = [c.slot for c in plan.chunks]
         batch = self.model.attention_batch(
             self.positions(plan),
@@ -77,6 +80,11 @@ class ModelRunner:
             contiguous_slots=slot_range(slots),
             prompt_from_start=all(c.start == 0 for c in plan.chunks),
         )
-        inputs = self.token_ids(plan) if self.is_first_stage else hidden
+        if not self.is_first_stage:
+            inputs = hidden
+        elif feed is not None:
+            inputs = feed.view(len(plan.chunks), 1)
+        else:
+            inputs = self.token_ids(plan)
         rows = self.logit_rows(plan) if self.is_last_stage else None
         return self.model(inputs, batch, self.kv_cache, rows)

@@ -124,6 +124,12 @@ def choose_token(logits: torch.Tensor, state: SamplerState) -> int:
     return int(torch.multinomial(probs, 1, generator=state.generator))
 
 
+def plain_greedy(state: SamplerState) -> bool:
+    """Greedy with nothing to apply or report but the most likely token."""
+    params = state.params
+    return params.greedy and not params.has_penalties and params.logprobs is None
+
+
 def sample_batch(logits: torch.Tensor, states: list[SamplerState]) -> list[TokenChoice]:
     """Pick one token per row of `logits` ([B, vocab]) and record it in the row's state."""
     choices: list[TokenChoice] = []

@@ -29,6 +29,12 @@ class Scheduler:
     def has_work(self) -> bool:
         return bool(self.waiting or self.prefilling or self.decoding)
 
+    def only_decoding(self) -> bool:
+        """Whether the next plan will be a decode step of the sequences decoding now: nothing to
+        prefill, or no free slot for it."""
+        can_prefill = self.prefilling is not None or (self.waiting and self.free_slots)
+        return bool(self.decoding) and not can_prefill
+
     def next_plan(self) -> StepPlan | None:
         can_prefill = self.prefilling is not None or (self.waiting and self.free_slots)
         prefer_decode = self.decoding and (self._last_was_prefill or not can_prefill)

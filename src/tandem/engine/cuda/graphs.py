@@ -30,8 +30,11 @@ class DecodeGraphs:
         self.max_batch = max_batch
         self.scratch_slot = scratch_slot
         device = next(model.parameters()).device
-        # rows: token ids, positions, slots; one pinned host copy of it feeds every replay
-        self.host_inputs = torch.zeros(3, max_batch, dtype=torch.long).pin_memory()
+        # rows: token ids, positions, slots; a pinned host copy of it feeds each replay. Two
+        # copies, used in turn: while one step runs ahead on the device (see engine.py), the
+        # copy from the previous step's buffer may still be queued.
+        self.host_inputs = [torch.zeros(3, max_batch, dtype=torch.long).pin_memory() for _ in range(2)]
+        self.replays = 0
         self.inputs = torch.zeros(3, max_batch, dtype=torch.long, device=device)
         self.hidden = None
         if not model.stage.is_first:
@@ -64,18 +67,24 @@ class DecodeGraphs:
         self.graphs[bucket] = (graph, output)
 
     @torch.inference_mode()
-    def run(self, plan: StepPlan, hidden: torch.Tensor | None) -> torch.Tensor:
+    def run(
+        self, plan: StepPlan, hidden: torch.Tensor | None, feed: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Replay the graph for `plan`; token ids from `feed` (on the device) where given."""
         batch = len(plan.chunks)
         bucket = bucket_for(batch, self.max_batch)
         if bucket not in self.graphs:
             self._capture(bucket)
-        staged = self.host_inputs
+        staged = self.host_inputs[self.replays % 2]
+        self.replays += 1
         staged[0, :batch] = torch.tensor([c.token_ids[0] for c in plan.chunks])
         staged[1, :batch] = torch.tensor([c.start for c in plan.chunks])
         staged[2, :batch] = torch.tensor([c.slot for c in plan.chunks])
         staged[1, batch:bucket] = 0
         staged[2, batch:bucket] = self.scratch_slot
         self.inputs[:, :bucket].copy_(staged[:, :bucket], non_blocking=True)
+        if feed is not None:
+            self.inputs[0, :batch].copy_(feed)
         if self.hidden is not None:
             assert hidden is not None
             self.hidden[:batch].copy_(hidden.reshape(batch, 1, -1))
