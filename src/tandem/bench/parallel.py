@@ -40,7 +40,7 @@ from tandem.engine.stage import StageSpec, split_evenly
 
 def randomize(model: CausalLM, device: torch.device, dtype: torch.dtype, seed: int) -> CausalLM:
     """Materialize a meta-device model (or shard) on `device` with random weights, then fuse."""
-    model = model.to_empty(device=device).to(dtype)
+    model = model.to(dtype).to_empty(device=device)  # in `dtype` from the start: no float32 copy
     generator = torch.Generator(device=device).manual_seed(seed)
     with torch.no_grad():
         for name, parameter in model.named_parameters():
