@@ -84,7 +84,8 @@ class TensorParallelExecutor(LocalExecutor):
     model with its group and samples here, like a local executor."""
 
     def __init__(self, runner: ModelRunner, channel: StageChannel) -> None:
-        super().__init__(runner)
+        # Never runs ahead: the other ranks follow each step by its plan's token ids.
+        super().__init__(runner, run_ahead=False)
         self.channel = channel
 
     @torch.inference_mode()
