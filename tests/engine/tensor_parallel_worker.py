@@ -2,7 +2,7 @@
 
 The job names the rendezvous file, the rank, the group size and the checkpoints. For each
 checkpoint the rank builds its lockstep engine over its shard and decodes the prompts (greedy,
-together; then one seeded): every rank runs the same steps in the same order, so their
+together, step by step and again running ahead; then one seeded): every rank runs the same steps in the same order, so their
 collectives pair up, and all-gathered logits give every rank the same tokens. Each rank writes
 what it saw to its own JSON file.
 """
@@ -58,6 +58,9 @@ def main() -> None:
         runner = engine.executor.runner
         model = runner.model
         tokens = decode_together(engine, job["prompts"], params)
+        engine.executor.run_ahead = True  # each rank queues the next step on its own tokens
+        ahead = decode_together(engine, job["prompts"], params)
+        engine.executor.run_ahead = None
         seeded = SamplingParams(max_tokens=8, temperature=0.8, seed=7, ignore_eos=True)
         try:
             engine.add_request(job["prompts"][0], SamplingParams(temperature=1.0))
@@ -66,6 +69,7 @@ def main() -> None:
             refusal = str(error)
         report[name] = {
             "tokens": tokens,
+            "ahead": ahead,
             "seeded": decode_together(engine, job["prompts"][:1], seeded),
             "refusal": refusal,
             "logits": last_logits(model, job["prompts"][-1]),

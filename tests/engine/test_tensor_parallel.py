@@ -192,6 +192,7 @@ def test_groups_decode_like_one_process_and_transformers(checkpoint_factory, tmp
         alone = expected_tokens(checkpoint)
         for rank, report in enumerate(reports):
             assert report[family]["tokens"] == alone, f"{family}: rank {rank} of {size} diverged"
+            assert report[family]["ahead"] == alone, f"{family}: rank {rank} of {size} ran ahead astray"
             assert report[family]["seeded"] == reports[0][family]["seeded"]  # seeded draws agree too
             assert "use temperature 0 or give a seed" in report[family]["refusal"]
         with torch.inference_mode():
