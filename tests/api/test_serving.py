@@ -161,13 +161,19 @@ def test_every_node_serves_every_instance_and_aborts_across_nodes(tmp_path, demo
         coordinator = nodes[0].cluster()["coordinator"]
         follower = next(n for n in nodes if n.node_id != coordinator)
         expected = greedy(demo_engine, messages=user(PROMPTS[0]), max_tokens=12)
-        # A request at the follower names a model nobody runs: the coordinator launches it.
-        for node in (follower, *nodes):
+
+        # Requests at both nodes at once name a model nobody runs: the coordinator launches it
+        # once, and every request is served by that one instance.
+        def ask(node) -> str:
             with openai_client(node) as client:
                 reply = client.chat.completions.create(
                     model="demo", messages=user(PROMPTS[0]), temperature=0, max_tokens=12
                 )
-                assert reply.choices[0].message.content == expected.text
+                return reply.choices[0].message.content
+
+        with ThreadPoolExecutor(4) as pool:
+            answers = list(pool.map(ask, [follower, *nodes, follower]))
+        assert answers == [expected.text] * 4
         assert len(follower.http.get("/v1/instances").json()) == 1
 
         # One slot on one node, requests at the other: leaving clients still free the slot.

@@ -4,7 +4,8 @@
 or by its instance id. When several instances serve the model, the one with the fewest requests
 in flight here (per slot) takes it. When none runs and the name is one the cluster can serve
 (`catalog.servable_model_names`), this node asks the coordinator to launch one and waits for it
-(one launch per name at a time at this node); if the model does not fit, the answer says why.
+(one ask per name at a time at this node; the coordinator answers asks from several nodes with
+the one instance it launched first); if the model does not fit, the answer says why.
 """
 
 from __future__ import annotations
@@ -111,7 +112,7 @@ class Serving:
                 )
             log.info("a request names %s, which is not running: launching an instance", name)
             try:
-                launched = await self.node.instances.launch({"model": name, "wait": True})
+                launched = await self.node.instances.launch({"model": name, "wait": True, "reuse": True})
             except TandemError as error:
                 raise APIError(503, f"could not launch {name}: {error}") from None
             instance = self.node.state.instance(launched["instance_id"])

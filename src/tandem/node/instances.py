@@ -62,6 +62,12 @@ def parse_devices(values: list[Any] | None) -> tuple[tuple[DeviceAddress, ...], 
     return tuple(stages)
 
 
+def live_instance_of(instances: tuple[Instance, ...], model: str) -> Instance | None:
+    """An instance of `model` that is ready (first choice) or launching."""
+    live = [i for i in instances if i.model == model and i.status in ("ready", "launching")]
+    return min(live, key=lambda i: i.status != "ready", default=None)
+
+
 class InstanceManager:
     def __init__(self, node: Any) -> None:
         self.node = node
@@ -107,6 +113,10 @@ class InstanceManager:
         placement = await asyncio.to_thread(self.plan, request)  # may fetch the config: off the loop
         if isinstance(placement, Infeasible):
             raise InvalidRequestError(f"cannot place {request['model']}: {placement.reason}")
+        if request.get("reuse"):  # no await from this check to InstanceCreated: one launch wins
+            existing = live_instance_of(self.node.state.instances, str(request["model"]))
+            if existing is not None:
+                return existing
         instance_id = secrets.token_hex(4)
         members = [
             (index, stage, member) for index, stage in enumerate(placement.stages) for member in stage.members

@@ -48,6 +48,12 @@ class LaunchRequest(BaseModel):
     )
     min_stages: int | None = Field(None, description="split over at least this many devices")
     wait: bool = Field(False, description="answer once the instance is ready or has failed")
+    reuse: bool = Field(
+        False,
+        description="answer with an instance of this model that is ready or launching, if there is one, "
+        "instead of launching another (decided by the coordinator, so concurrent asks from "
+        "several nodes get one instance)",
+    )
 
 
 class GenerateRequest(BaseModel):
