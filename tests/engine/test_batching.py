@@ -60,3 +60,34 @@ def test_stop_token_ids_and_eos_end_a_sequence(checkpoint_factory):
     )
     assert [e.token_id for e in events] == greedy[: first + 1]
     assert events[-1].finish_reason == "stop"
+
+
+def test_short_prompts_share_a_step_and_get_what_they_get_alone(checkpoint_factory):
+    checkpoint = checkpoint_factory("mistral-window")
+    engine = create_local_engine(
+        checkpoint.path, device="cpu", dtype="float32", num_slots=4, max_prefill_tokens=40
+    )
+    generator = torch.Generator().manual_seed(11)
+    prompts = [torch.randint(0, 200, (n,), generator=generator).tolist() for n in (5, 9, 1, 7, 30, 12)]
+    params = SamplingParams(max_tokens=6, temperature=0.0, ignore_eos=True)
+    alone = [[event.token_id for event in engine.generate(prompt, params)] for prompt in prompts]
+
+    widths = []
+    forward = engine.executor.runner.forward
+
+    def recording_forward(plan, *args, **kwargs):
+        widths.append([len(chunk.token_ids) for chunk in plan.chunks])
+        return forward(plan, *args, **kwargs)
+
+    engine.executor.runner.forward = recording_forward
+    ids = [engine.add_request(prompt, params) for prompt in prompts]
+    together: dict[int, list[int]] = {seq_id: [] for seq_id in ids}
+    while engine.has_work():
+        for event in engine.step():
+            together[event.seq_id].append(event.token_id)
+    assert [together[seq_id] for seq_id in ids] == alone
+    # The first four prompts (padded to 9: 36 tokens) went in one step; the 30-token one could
+    # not join the 12-token one (60 > 40), and waited for a slot besides.
+    assert widths[0] == [5, 9, 1, 7]
+    assert [5, 9, 1, 7] not in widths[1:] and [30] in widths and [12] in widths
+    assert sorted(engine.scheduler.free_slots) == [0, 1, 2, 3]

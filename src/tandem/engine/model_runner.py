@@ -49,12 +49,18 @@ class ModelRunner:
         return (starts[:, None] + offsets[None, :]).to(self.device)  # [B, T]
 
     def token_ids(self, plan: StepPlan) -> torch.Tensor:
-        return torch.tensor([c.token_ids for c in plan.chunks], dtype=torch.long, device=self.device)
+        """[B, T]; a shorter chunk is padded on the right (its padding's keys and values land past
+        the prompt, where decode overwrites them before anything reads them)."""
+        T = plan.tokens_per_sequence
+        rows = [list(c.token_ids) + [0] * (T - len(c.token_ids)) for c in plan.chunks]
+        return torch.tensor(rows, dtype=torch.long, device=self.device)
 
     def logit_rows(self, plan: StepPlan) -> torch.Tensor:
         """Flattened row of each sampled chunk's last token."""
         T = plan.tokens_per_sequence
-        rows = [index * T + T - 1 for index, chunk in enumerate(plan.chunks) if chunk.sample]
+        rows = [
+            index * T + len(chunk.token_ids) - 1 for index, chunk in enumerate(plan.chunks) if chunk.sample
+        ]
         return torch.tensor(rows, dtype=torch.long, device=self.device)
 
     @torch.inference_mode()

@@ -1,8 +1,10 @@
 """Which sequences run in the next step. Pure Python.
 
-Prompts are computed in chunks of at most `max_prefill_tokens`, one sequence at a time; every
-sequence past its prompt advances by one token per decode step. When both kinds of work wait,
-steps alternate, so a long prompt neither stalls running streams nor waits behind them.
+Prompts are computed in chunks of at most `max_prefill_tokens`: a long prompt one chunk a step,
+short waiting prompts several in one step (padded to the longest, so within the same budget of
+computed tokens). Every sequence past its prompt advances by one token per decode step. When both
+kinds of work wait, steps alternate, so a long prompt neither stalls running streams nor waits
+behind them.
 """
 
 from __future__ import annotations
@@ -10,6 +12,19 @@ from __future__ import annotations
 from collections import deque
 
 from tandem.engine.sequence import Sequence, SequenceChunk, StepPlan
+
+
+def prompts_in_one_step(lengths: list[int], free_slots: int, budget: int) -> int:
+    """How many of the waiting prompts (in order) one step computes whole: as many as have a
+    slot while all of them, padded to the longest, fit in `budget` tokens. At least one when
+    any waits and a slot is free (a prompt longer than the budget then goes in chunks)."""
+    count, width = 0, 0
+    for length in lengths[:free_slots]:
+        width = max(width, length)
+        if (count + 1) * width > budget:
+            break
+        count += 1
+    return max(count, 1) if lengths and free_slots else 0
 
 
 class Scheduler:
@@ -21,13 +36,14 @@ class Scheduler:
         self.waiting: deque[Sequence] = deque()
         self.prefilling: Sequence | None = None
         self.decoding: list[Sequence] = []
+        self.starting: list[Sequence] = []  # whole prompts computed in the step under way
         self._last_was_prefill = False
 
     def add(self, sequence: Sequence) -> None:
         self.waiting.append(sequence)
 
     def has_work(self) -> bool:
-        return bool(self.waiting or self.prefilling or self.decoding)
+        return bool(self.waiting or self.prefilling or self.starting or self.decoding)
 
     def only_decoding(self) -> bool:
         """Whether the next plan will be a decode step of the sequences decoding now: nothing to
@@ -48,6 +64,10 @@ class Scheduler:
 
     def _prefill_plan(self) -> StepPlan:
         if self.prefilling is None:
+            lengths = [len(sequence.prompt_ids) for sequence in self.waiting]
+            count = prompts_in_one_step(lengths, len(self.free_slots), self.max_prefill_tokens)
+            if count > 1:
+                return self._whole_prompts_plan(count)
             sequence = self.waiting.popleft()
             sequence.slot = self.free_slots.pop()
             self.prefilling = sequence
@@ -63,6 +83,15 @@ class Scheduler:
             sample=end == len(sequence.prompt_ids),
         )
         return StepPlan((chunk,))
+
+    def _whole_prompts_plan(self, count: int) -> StepPlan:
+        chunks = []
+        for _ in range(count):
+            sequence = self.waiting.popleft()
+            sequence.slot = self.free_slots.pop()
+            self.starting.append(sequence)
+            chunks.append(SequenceChunk(sequence.seq_id, sequence.slot, 0, tuple(sequence.prompt_ids), True))
+        return StepPlan(tuple(chunks))
 
     def _decode_plan(self) -> StepPlan:
         chunks = []
@@ -87,6 +116,9 @@ class Scheduler:
             if sequence is self.prefilling and sequence.is_prefilled:
                 self.prefilling = None
                 self.decoding.append(sequence)
+            elif sequence in self.starting:
+                self.starting.remove(sequence)
+                self.decoding.append(sequence)
 
     def remove(self, sequence: Sequence) -> None:
         """Take a finished or aborted sequence out and free its slot."""
@@ -94,6 +126,8 @@ class Scheduler:
             self.waiting.remove(sequence)
         if sequence is self.prefilling:
             self.prefilling = None
+        if sequence in self.starting:
+            self.starting.remove(sequence)
         if sequence in self.decoding:
             self.decoding.remove(sequence)
         if sequence.slot is not None:

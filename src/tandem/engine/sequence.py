@@ -34,22 +34,29 @@ class SequenceChunk:
 
 @dataclass(frozen=True)
 class StepPlan:
-    """One forward pass: chunks of equal length (one prompt chunk, or one new token per sequence)."""
+    """One forward pass: one new token per sequence, one chunk of one prompt, or several whole
+    prompts (chunks from position 0, padded on the right to the longest)."""
 
     chunks: tuple[SequenceChunk, ...]
 
     def __post_init__(self) -> None:
         if not self.chunks:
             raise ValueError("a step plan needs at least one chunk")
-        if len({len(c.token_ids) for c in self.chunks}) != 1:
-            raise ValueError("every chunk of a step must have the same length")
+        if len({len(c.token_ids) for c in self.chunks}) != 1 and any(c.start for c in self.chunks):
+            raise ValueError("chunks of different lengths must be whole prompts (start at position 0)")
 
     @property
     def tokens_per_sequence(self) -> int:
-        return len(self.chunks[0].token_ids)
+        """The width of the step: its longest chunk (shorter ones are padded to it)."""
+        return max(len(c.token_ids) for c in self.chunks)
+
+    @property
+    def padded(self) -> bool:
+        return any(len(c.token_ids) != self.tokens_per_sequence for c in self.chunks)
 
     @property
     def num_tokens(self) -> int:
+        """Tokens computed, padding included."""
         return self.tokens_per_sequence * len(self.chunks)
 
     @property
