@@ -6,6 +6,7 @@ runners = start_instance(model_dir, num_layers, stage_sizes=(2, 2))  # TP=2 × P
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -16,13 +17,14 @@ from tandem.runner.spec import RunnerSpec
 
 
 class RunnerProcess:
-    def __init__(self, spec: RunnerSpec) -> None:
+    def __init__(self, spec: RunnerSpec, env: dict[str, str] | None = None) -> None:
         self.spec = spec
         self.process = subprocess.Popen(
             [sys.executable, "-m", "tandem.runner", spec.to_json()],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
+            env={**os.environ, **(env or {})},
         )
 
     def next_event(self, timeout: float = 60) -> dict:
@@ -38,9 +40,14 @@ class RunnerProcess:
 
 
 def start_instance(
-    model_dir, num_layers: int, stage_sizes: tuple[int, ...], keep_alive_seconds: float = 60.0
+    model_dir,
+    num_layers: int,
+    stage_sizes: tuple[int, ...],
+    keep_alive_seconds: float = 60.0,
+    env: dict[str, str] | None = None,
 ) -> list[RunnerProcess]:
-    """One runner per rank: stage s holds an even share of the layers over `stage_sizes[s]` ranks."""
+    """One runner per rank: stage s holds an even share of the layers over `stage_sizes[s]` ranks;
+    `env` is added to every runner's environment."""
     ranges = split_evenly(num_layers, len(stage_sizes))
     world_size = sum(stage_sizes)
     base = RunnerSpec(
@@ -60,7 +67,7 @@ def start_instance(
         stage_sizes=stage_sizes,
         keep_alive_seconds=keep_alive_seconds,
     )
-    driver = RunnerProcess(base)
+    driver = RunnerProcess(base, env)
     runners = [driver]
     if world_size > 1:
         listening = driver.next_event()
@@ -74,7 +81,7 @@ def start_instance(
                 layer_end=ranges[stage].end,
                 master_port=listening["port"],
             )
-            runners.append(RunnerProcess(spec))
+            runners.append(RunnerProcess(spec, env))
     return runners
 
 

@@ -15,18 +15,31 @@ PROMPTS = {"a": [3, 1, 4, 1, 5, 9, 2, 6], "b": [2, 7, 1, 8], "c": [1, 1, 2, 3, 5
 
 
 @pytest.mark.parametrize(
-    ("family", "stage_sizes"),
+    ("family", "stage_sizes", "run_ahead"),
     [
-        ("qwen2.5-tied", (3,)),  # one stage over 3 ranks; 2 KV heads do not divide 3 ranks
-        ("qwen3-qknorm", (2, 2)),  # TP=2 × PP=2: 4 processes
-        ("llama-mha-tied", (1, 2)),  # a single-rank first stage; the last stage's group splits the tied head
+        ("qwen2.5-tied", (3,), "0"),  # one stage over 3 ranks; 2 KV heads do not divide 3 ranks
+        ("qwen2.5-tied", (3,), "1"),  # the same, every rank running greedy decode steps ahead
+        ("qwen3-qknorm", (2, 2), "0"),  # TP=2 × PP=2: 4 processes
+        (
+            "llama-mha-tied",
+            (1, 2),
+            "0",
+        ),  # a single-rank first stage; the last stage's group splits the tied head
     ],
 )
-def test_tensor_parallel_instance_tokens_equal_single_process(checkpoint_factory, family, stage_sizes):
+def test_tensor_parallel_instance_tokens_equal_single_process(
+    checkpoint_factory, family, stage_sizes, run_ahead
+):
     checkpoint = checkpoint_factory(family)
     num_layers = checkpoint.config["num_hidden_layers"]
     # Frequent keep-alives: while the driver idles between rounds, many pass through every rank.
-    runners = start_instance(checkpoint.path, num_layers, stage_sizes, keep_alive_seconds=0.02)
+    runners = start_instance(
+        checkpoint.path,
+        num_layers,
+        stage_sizes,
+        keep_alive_seconds=0.02,
+        env={"TANDEM_RUN_AHEAD": run_ahead},
+    )
     try:
         ready = [runner.next_event() for runner in runners]
         assert all(event["event"] == "ready" for event in ready), ready

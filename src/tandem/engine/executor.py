@@ -11,6 +11,7 @@ the current one is still choosing there, before the host waits for them.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -67,6 +68,25 @@ class PendingTokens:
         return self.on_host.tolist()
 
 
+def tokens_for(plan: StepPlan, rows: dict[int, int], tokens: torch.Tensor) -> torch.Tensor:
+    """The token ids of `plan`'s chunks, taken by sequence from the previous step's `tokens`
+    (on the device, rows by seq_id), without waiting for the device."""
+    wanted = [rows[chunk.seq_id] for chunk in plan.chunks]
+    if wanted == list(range(len(wanted))):
+        return tokens[: len(wanted)]
+    index = torch.tensor(wanted, dtype=torch.long)  # a sequence left: gather
+    if tokens.is_cuda:
+        index = index.pin_memory().to(tokens.device, non_blocking=True)
+    return tokens[index]
+
+
+def run_ahead_setting() -> bool | None:
+    """`TANDEM_RUN_AHEAD`: 1 runs greedy decode steps ahead everywhere, 0 nowhere; unset or
+    anything else, where decode graphs are."""
+    value = os.environ.get("TANDEM_RUN_AHEAD", "")
+    return {"1": True, "0": False}.get(value)
+
+
 class SamplerStates:
     """Per-sequence sampler state, kept wherever the logits are (the last stage)."""
 
@@ -91,7 +111,8 @@ class LocalExecutor:
     def __init__(self, runner: ModelRunner, run_ahead: bool | None = None) -> None:
         self.runner = runner
         self.samplers = SamplerStates(runner.model.config.vocab_size, runner.device)
-        self.run_ahead = run_ahead  # None: where decode graphs are; True/False: always/never
+        # None: where decode graphs are; True/False: always/never (tests run it on the CPU)
+        self.run_ahead = run_ahead_setting() if run_ahead is None else run_ahead
 
     def start_sequence(self, seq_id: int, prompt_ids: list[int], params: SamplingParams) -> None:
         self.samplers.start(seq_id, prompt_ids, params)
@@ -118,15 +139,7 @@ class LocalExecutor:
 
     @torch.inference_mode()
     def launch(self, plan: StepPlan, after: PendingTokens | None = None) -> PendingTokens:
-        feed = None
-        if after is not None:
-            rows = [after.rows[chunk.seq_id] for chunk in plan.chunks]
-            feed = after.on_device[: len(rows)]
-            if rows != list(range(len(rows))):  # a sequence left: gather without a host sync
-                index = torch.tensor(rows, dtype=torch.long)
-                if feed.is_cuda:
-                    index = index.pin_memory().to(feed.device, non_blocking=True)
-                feed = after.on_device[index]
+        feed = None if after is None else tokens_for(plan, after.rows, after.on_device)
         tokens = self.runner.forward(plan, feed=feed).argmax(-1)
         if not tokens.is_cuda:
             return PendingTokens(plan, tokens, tokens, None)

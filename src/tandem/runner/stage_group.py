@@ -14,7 +14,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from tandem.engine.executor import LocalExecutor
+from tandem.engine.executor import LocalExecutor, PendingTokens, tokens_for
 from tandem.engine.model_runner import ModelRunner
 from tandem.engine.sampling import TokenChoice
 from tandem.engine.sequence import StepPlan
@@ -71,7 +71,11 @@ class StageChannel:
     def share(self, header: dict[str, Any], hidden: torch.Tensor | None) -> None:
         """Leader: send the step (only what followers need: the plan) or the stop to the group."""
         if self.wire is not None:
-            followers_header = {"op": header["op"], "plan": header["plan"]} if "plan" in header else header
+            followers_header = (
+                {key: header[key] for key in ("op", "plan", "keep", "feed") if key in header}
+                if "plan" in header
+                else header
+            )
             self.wire.broadcast(followers_header, hidden, src=self.leader)
 
     def receive(self) -> tuple[dict[str, Any], torch.Tensor | None]:
@@ -84,14 +88,22 @@ class TensorParallelExecutor(LocalExecutor):
     model with its group and samples here, like a local executor."""
 
     def __init__(self, runner: ModelRunner, channel: StageChannel) -> None:
-        # Never runs ahead: the other ranks follow each step by its plan's token ids.
-        super().__init__(runner, run_ahead=False)
+        super().__init__(runner)
         self.channel = channel
 
     @torch.inference_mode()
     def execute(self, plan: StepPlan) -> list[TokenChoice]:
         self.channel.share({"op": "step", "plan": plan_to_wire(plan)}, None)
         return super().execute(plan)
+
+    @torch.inference_mode()
+    def launch(self, plan: StepPlan, after: PendingTokens | None = None) -> PendingTokens:
+        """Running ahead: every rank has the same gathered logits, so each follower keeps its own
+        greedy tokens of a launched step and feeds them to the next, as the leader does."""
+        self.channel.share(
+            {"op": "step", "plan": plan_to_wire(plan), "keep": True, "feed": after is not None}, None
+        )
+        return super().launch(plan, after)
 
     def keep_alive(self) -> None:
         self.channel.share(KEEP_ALIVE, None)
@@ -102,11 +114,22 @@ class TensorParallelExecutor(LocalExecutor):
 
 @torch.inference_mode()
 def follow_leader(runner: ModelRunner, channel: StageChannel) -> None:
-    """The loop of a rank that is not its stage's leader: run every step the leader shares."""
+    """The loop of a rank that is not its stage's leader: run every step the leader shares.
+    A step the leader launched to run ahead is marked `keep` (keep its greedy tokens), the one
+    after it `feed` (take its token ids from them)."""
+    kept: tuple[dict[int, int], torch.Tensor] | None = None
     while True:
         header, hidden = channel.receive()
         if header["op"] == "stop":
             return
         if header["op"] == KEEP_ALIVE["op"]:
             continue
-        runner.forward(plan_from_wire(header["plan"]), hidden)
+        plan = plan_from_wire(header["plan"])
+        feed = None
+        if header.get("feed"):
+            assert kept is not None, "the leader fed a step from tokens this rank did not keep"
+            feed = tokens_for(plan, *kept)
+        output = runner.forward(plan, hidden, feed=feed)
+        kept = None
+        if header.get("keep"):
+            kept = ({chunk.seq_id: row for row, chunk in enumerate(plan.chunks)}, output.argmax(-1))
