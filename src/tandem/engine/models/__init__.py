@@ -6,10 +6,9 @@ Llama, Mistral, Qwen2 and Qwen3 are one architecture with different switches, so
 
 from __future__ import annotations
 
-import torch
-
 from tandem.engine.config import ModelConfig
 from tandem.engine.models.llama import CausalLM
+from tandem.engine.models.meta import on_meta
 from tandem.engine.stage import StageSpec
 
 MODEL_CLASSES: dict[str, type[CausalLM]] = {
@@ -22,5 +21,5 @@ MODEL_CLASSES: dict[str, type[CausalLM]] = {
 
 def build_empty_model(config: ModelConfig, stage: StageSpec) -> CausalLM:
     """The module tree of one stage with parameters on the meta device (no memory, no init)."""
-    with torch.device("meta"):
+    with on_meta():
         return MODEL_CLASSES[config.model_type](config, stage)

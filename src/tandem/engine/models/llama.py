@@ -173,7 +173,8 @@ class CausalLM(nn.Module):
         self.stage = stage
         self.model = DecoderStack(config, stage)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False) if stage.is_last else None
-        self.register_buffer("inv_freq", inverse_frequencies(config.rope, config.head_dim), persistent=False)
+        # computed by reset_buffers once the model is on a real device
+        self.register_buffer("inv_freq", torch.empty(config.head_dim // 2), persistent=False)
         self.windows = {config.layer_sliding_window(i) for i in stage.layers}
 
     def reset_buffers(self, device: torch.device) -> None:

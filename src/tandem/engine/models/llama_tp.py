@@ -20,11 +20,11 @@ of the checkpoint tensor that fills it: the loader reads only those blocks.
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 
 from tandem.engine.loader import TensorSlice
 from tandem.engine.models.llama import Attention, CausalLM, DecoderLayer
+from tandem.engine.models.meta import on_meta
 from tandem.engine.parallel.group import TensorParallelGroup
 from tandem.engine.parallel.layers import RowParallelLinear, VocabParallelEmbedding, VocabParallelHead
 from tandem.engine.parallel.sharding import attention_shard, even_block, even_blocks
@@ -35,7 +35,7 @@ def shard_llama(model: CausalLM, group: TensorParallelGroup) -> dict[str, Tensor
     parameter name -> the block of its checkpoint tensor. Parameters not named are read whole."""
     config, rank, size = model.config, group.rank, group.size
     slices: dict[str, TensorSlice] = {}
-    with torch.device("meta"):
+    with on_meta():
         for index, layer in model.model.layers.items():
             assert isinstance(layer, DecoderLayer)
             prefix = f"model.layers.{index}"
