@@ -1,11 +1,14 @@
 """Messages between runners: a JSON header and an optional tensor, as plain tensors.
 
-Everything on the wire is a tensor of integers or of the activation dtype, sent with
-`torch.distributed` point-to-point operations, so any engine that can speak the same three
-sends (an MLX stage, later) can join a pipeline. Nothing is pickled.
+Everything on the wire is a tensor of bytes or of the tensor's own dtype, sent with
+`torch.distributed` point-to-point operations, so any engine that can speak the same sends (an
+MLX stage, later) can join a pipeline. Nothing is pickled.
 
-Layout of one message: a fixed-size int64 preamble [header bytes, tensor rank, dtype code,
-dims...], the header as uint8 UTF-8 JSON, then the tensor if the preamble announces one.
+Layout of one message: a fixed-size envelope of bytes — a preamble of int64 [header bytes,
+tensor rank, dtype code, dims...] and then the header itself (UTF-8 JSON) when it fits in the
+envelope's remaining INLINE_HEADER_BYTES — then the header on its own if it did not fit, then
+the tensor if the preamble announces one. A decode step's header fits: a hop is one message,
+or two with hidden states.
 """
 
 from __future__ import annotations
@@ -19,6 +22,9 @@ import torch.distributed as dist
 
 MAX_RANK = 6
 PREAMBLE_LENGTH = 3 + MAX_RANK
+PREAMBLE_BYTES = 8 * PREAMBLE_LENGTH
+INLINE_HEADER_BYTES = 1024
+ENVELOPE_BYTES = PREAMBLE_BYTES + INLINE_HEADER_BYTES
 WIRE_DTYPES = [torch.float32, torch.bfloat16, torch.float16, torch.int64]
 NO_TENSOR = -1
 
@@ -62,27 +68,43 @@ class Wire:
 
     def _encode(self, header: dict[str, Any], tensor: torch.Tensor | None) -> list[tuple[torch.Tensor, Any]]:
         """The message's parts in order, each with the group it travels on."""
-        payload = torch.frombuffer(bytearray(json.dumps(header).encode()), dtype=torch.uint8)
-        preamble = [payload.numel(), NO_TENSOR, 0] + [0] * MAX_RANK
-        parts = [(payload.to(self.device), self.group)]
+        payload = json.dumps(header).encode()
+        preamble = [len(payload), NO_TENSOR, 0] + [0] * MAX_RANK
         if tensor is not None:
             if tensor.dim() > MAX_RANK:
                 raise ValueError(f"tensors of rank above {MAX_RANK} cannot be sent")
             preamble[1] = tensor.dim()
             preamble[2] = WIRE_DTYPES.index(tensor.dtype)
             preamble[3 : 3 + tensor.dim()] = list(tensor.shape)
+        envelope = bytearray(ENVELOPE_BYTES)
+        envelope[:PREAMBLE_BYTES] = torch.tensor(preamble, dtype=torch.int64).numpy().tobytes()
+        inline = len(payload) <= INLINE_HEADER_BYTES
+        if inline:
+            envelope[PREAMBLE_BYTES : PREAMBLE_BYTES + len(payload)] = payload
+        parts = [(torch.frombuffer(envelope, dtype=torch.uint8).to(self.device), self.group)]
+        if not inline:
+            parts.append(
+                (torch.frombuffer(bytearray(payload), dtype=torch.uint8).to(self.device), self.group)
+            )
+        if tensor is not None:
             parts.append((tensor.contiguous().to(self.tensor_device), self.tensor_group))
-        return [(torch.tensor(preamble, dtype=torch.int64, device=self.device), self.group), *parts]
+        return parts
 
     def _decode(
         self, receive: Callable[[torch.Tensor, Any], Any]
     ) -> tuple[dict[str, Any], torch.Tensor | None]:
-        preamble_tensor = torch.empty(PREAMBLE_LENGTH, dtype=torch.int64, device=self.device)
-        receive(preamble_tensor, self.group)
-        preamble = preamble_tensor.tolist()
-        payload = torch.empty(preamble[0], dtype=torch.uint8, device=self.device)
-        receive(payload, self.group)
-        header = json.loads(payload.cpu().numpy().tobytes().decode())
+        envelope_tensor = torch.empty(ENVELOPE_BYTES, dtype=torch.uint8, device=self.device)
+        receive(envelope_tensor, self.group)
+        envelope = envelope_tensor.cpu().numpy().tobytes()
+        preamble = torch.frombuffer(bytearray(envelope[:PREAMBLE_BYTES]), dtype=torch.int64).tolist()
+        length = preamble[0]
+        if length <= INLINE_HEADER_BYTES:
+            payload = envelope[PREAMBLE_BYTES : PREAMBLE_BYTES + length]
+        else:
+            buffer = torch.empty(length, dtype=torch.uint8, device=self.device)
+            receive(buffer, self.group)
+            payload = buffer.cpu().numpy().tobytes()
+        header = json.loads(payload.decode())
         if preamble[1] == NO_TENSOR:
             return header, None
         shape = preamble[3 : 3 + preamble[1]]

@@ -1,0 +1,61 @@
+"""The runner wire between two real processes over gloo: headers that fit the envelope and
+headers that do not, with and without a tensor, point to point and broadcast."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+from tandem.runner.wire import INLINE_HEADER_BYTES
+
+PEER = textwrap.dedent(
+    """
+    import json, sys
+    import torch, torch.distributed as dist
+    from tandem.runner.wire import Wire
+    rendezvous, rank, cases = sys.argv[1], int(sys.argv[2]), json.loads(sys.argv[3])
+    dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=2)
+    wire = Wire(torch.device("cpu"))
+    received = []
+    for case in cases:
+        tensor = torch.arange(case["numel"], dtype=torch.float32).view(-1, 2) if case["numel"] else None
+        if rank == 0:
+            wire.send(case["header"], tensor, dst=1)
+            wire.broadcast(case["header"], tensor, src=0)
+        else:
+            for header, got in (wire.recv(src=0), wire.receive_broadcast(src=0)):
+                same = (got is None and tensor is None) or (got is not None and torch.equal(got, tensor))
+                received.append({"header": header, "tensor_equal": same})
+    if rank == 1:
+        print(json.dumps(received))
+    dist.destroy_process_group()
+    """
+)
+
+
+def header_of(size: int) -> dict:
+    """A header whose JSON is exactly `size` bytes."""
+    empty = len(json.dumps({"op": "step", "pad": ""}))
+    return {"op": "step", "pad": "x" * (size - empty)}
+
+
+def test_headers_around_the_envelope_size_and_tensors_arrive_whole(tmp_path):
+    sizes = [30, INLINE_HEADER_BYTES, INLINE_HEADER_BYTES + 1, 20_000]
+    cases = [{"header": header_of(size), "numel": numel} for size in sizes for numel in (0, 6)]
+    assert [len(json.dumps(case["header"])) for case in cases[::2]] == sizes
+    rendezvous = str(tmp_path / "rendezvous")
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-c", PEER, rendezvous, str(rank), json.dumps(cases)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for rank in (0, 1)
+    ]
+    outputs = [process.communicate(timeout=60)[0] for process in processes]
+    assert [process.returncode for process in processes] == [0, 0]
+    received = json.loads(outputs[1])
+    expected = [{"header": case["header"], "tensor_equal": True} for case in cases for _ in range(2)]
+    assert received == expected
