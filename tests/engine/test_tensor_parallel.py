@@ -1,5 +1,6 @@
 """Tensor parallelism in the engine: who holds which heads, what each rank reads and holds, and
-groups of 2 and 3 real processes over gloo decoding exactly as one process and `transformers`."""
+groups of 2, 3, 4 and 8 real processes over gloo decoding exactly as one process and
+`transformers`."""
 
 from __future__ import annotations
 
@@ -167,6 +168,23 @@ def run_group(size: int, checkpoints: dict[str, str], directory: Path) -> list[d
     codes = [process.wait(timeout=300) for process in processes]
     assert codes == [0] * size
     return [json.loads(output.read_text()) for output in outputs]
+
+
+@pytest.mark.parametrize(
+    ("size", "families"),
+    [
+        (4, ("llama-mha-tied", "qwen2.5-tied")),  # a head a rank; 2 KV heads over 4 ranks
+        (8, ("qwen2.5-tied",)),  # 8 ranks as on an 8-GPU host: a query head each, KV heads replicated
+    ],
+)
+def test_four_and_eight_ranks_decode_like_one_process(checkpoint_factory, tmp_path, size, families):
+    checkpoints = {family: checkpoint_factory(family) for family in families}
+    reports = run_group(size, {name: str(c.path) for name, c in checkpoints.items()}, tmp_path)
+    for family, checkpoint in checkpoints.items():
+        alone = expected_tokens(checkpoint)
+        for rank, report in enumerate(reports):
+            assert report[family]["tokens"] == alone, f"{family}: rank {rank} of {size} diverged"
+            assert report[family]["ahead"] == alone, f"{family}: rank {rank} of {size} ran ahead astray"
 
 
 _EXPECTED: dict[Path, list[list[int]]] = {}
