@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from tandem.bench.measure import engine_for, prompt_of
+from tandem.bench.profile import batch_one_graph, kernel_table, replay_seconds
 from tandem.bench.shapes import named_shape
 from tandem.bench.weights import engine_model, random_weights
 from tandem.engine import ops
@@ -30,17 +31,6 @@ def gpu_seconds(work) -> float:
     import triton.testing
 
     return triton.testing.do_bench_cudagraph(work) / 1000
-
-
-def replay_seconds(graph, repeats: int = 50) -> float:
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    graph.replay()
-    start.record()
-    for _ in range(repeats):
-        graph.replay()
-    end.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(end) / 1000 / repeats
 
 
 def matrix_products(model) -> None:
@@ -71,24 +61,14 @@ def decode_step(model, label: str) -> None:
     list(engine.generate(prompt, params))
     stamps = [time.perf_counter() for _ in engine.generate(prompt, params)]
     step = (stamps[-1] - stamps[0]) / (len(stamps) - 1)
-    graphs = engine.executor.runner.graphs  # type: ignore[attr-defined]
-    graph, _ = graphs.graphs[1]
+    graph = batch_one_graph(engine)
+    assert graph is not None, "the decode graph was not captured: is this a CUDA device with Triton?"
     replay = replay_seconds(graph)
     print(
         f"{label}: engine step {step * 1e3:.3f} ms ({1 / step:.1f} tokens/s); graph replay {replay * 1e3:.3f} ms "
         f"({1 / replay:.1f} tokens/s); host share {(step - replay) / step * 100:.0f}%"
     )
     return graph
-
-
-def kernel_table(graph) -> None:
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        for _ in range(5):
-            graph.replay()
-        torch.cuda.synchronize()
-    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=18, max_name_column_width=60))
 
 
 def main() -> None:
@@ -105,7 +85,7 @@ def main() -> None:
     decode_step(model, "cuBLAS products")
     ops.TRITON_GEMV = True
     graph = decode_step(model, "Triton products")
-    kernel_table(graph)
+    print(kernel_table(graph))
 
 
 if __name__ == "__main__":

@@ -43,12 +43,25 @@ def test_single_device_report_with_baseline(tmp_path):
 def test_placements_compared_in_one_run(tmp_path):
     report_path = tmp_path / "plans.json"
     result = tandem_bench(
-        "--plans", "1,tp2,pp2", "--prompt-lengths", "8", "--decode-tokens", "6", "--json", str(report_path)
+        "--plans",
+        "1,tp2,pp2",
+        "--prompt-lengths",
+        "8",
+        "--decode-tokens",
+        "6",
+        "--profile",
+        "--json",
+        str(report_path),
     )
     assert result.returncode == 0, result.stderr
     reports = json.loads(report_path.read_text())
     assert [r["plan"] for r in reports] == ["1", "tp2", "pp2"] and all("error" not in r for r in reports)
     assert "speedups are against plan 1" in result.stdout
+    # Profiling reached every plan; on CPUs there is no decode graph to replay, and it says so.
+    for plan in ("1", "tp2", "pp2"):
+        log = (tmp_path / "plans-plans" / f"tiny-{plan}.log").read_text()
+        assert "profile: no decode graph here" in log, plan
+    assert not any("graph_replay_seconds" in r for r in reports)
 
 
 def test_bad_plans_are_one_line_errors():

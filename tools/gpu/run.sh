@@ -48,8 +48,10 @@ for task in "$@"; do
         shape=llama3-70b; plans="tp2"; lengths=128
         [ "$gpus" -ge 4 ] && plans="tp2,tp4"
       fi
+      # PLANS_PROFILE=1: also each plan's decode-graph replay alone and its kernels (in its log)
       timeout "${PLANS_TIMEOUT:-420}" python3 -m tandem.cli.main bench --shape $shape --plans "$plans" \
         --prompt-lengths $lengths --decode-tokens 128 --concurrency 64 --json /tmp/plans-$shape.json \
+        ${PLANS_PROFILE:+--profile} \
         2>&1 | tee "$OUT/plans-$shape.log"
       tar -C /tmp -czf "$OUT/plans-$shape.tar.gz" --ignore-failed-read plans-$shape.json plans-$shape-plans
       ;;

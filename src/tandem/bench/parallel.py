@@ -127,6 +127,21 @@ def pipeline_engine(
     )
 
 
+def profile_decode_graph(engine: LLMEngine, report: dict) -> None:
+    """Replay time of the batch-1 decode graph (every rank of a group replays together, so the
+    collectives inside pair up) and, in rank 0's log, its kernels by GPU time."""
+    from tandem.bench.profile import batch_one_graph, kernel_table, replay_seconds
+
+    graph = batch_one_graph(engine)
+    if graph is None:
+        print("profile: no decode graph here (graphs need CUDA and Triton)", flush=True)
+        return
+    report["graph_replay_seconds"] = replay_seconds(graph)
+    table = kernel_table(graph)
+    if dist.get_rank() == 0:
+        print(f"decode graph replay: {report['graph_replay_seconds'] * 1e3:.3f} ms\n{table}", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -138,6 +153,9 @@ def main() -> None:
     parser.add_argument("--json", type=Path, required=True)
     parser.add_argument(
         "--concurrency", type=int, default=0, help="also measure N requests in flight together"
+    )
+    parser.add_argument(
+        "--profile", action="store_true", help="also time the decode graph's replay and list its kernels"
     )
     args = parser.parse_args()
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
@@ -178,6 +196,8 @@ def main() -> None:
                 engine, config.vocab_size, args.concurrency, prompt_length=128, new_tokens=128
             )
         report["peak_memory_bytes"] = torch.cuda.max_memory_allocated(device)
+        if args.profile:
+            profile_decode_graph(engine, report)
         if args.plan.startswith("pp"):
             engine.executor.shutdown()  # type: ignore[attr-defined]
     if dist.get_rank() == 0:

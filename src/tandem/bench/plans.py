@@ -65,6 +65,7 @@ def run_plan(
     decode_tokens: int,
     concurrency: int,
     results_dir: Path,
+    profile: bool = False,
 ) -> dict[str, Any]:
     """Run one plan to completion; its JSON report (and its processes' log) are kept in
     `results_dir` as soon as it ends, so a run cut short keeps the plans that finished."""
@@ -90,6 +91,7 @@ def run_plan(
         str(decode_tokens),
         "--concurrency",
         str(concurrency),
+        *(["--profile"] if profile else []),
     ]
     print(f"running plan {plan} of {shape} ...", file=sys.stderr, flush=True)
     with log.open("w") as log_file:
@@ -129,6 +131,7 @@ def compare_plans(
     decode_tokens: int,
     concurrency: int = 0,
     results_dir: Path | None = None,
+    profile: bool = False,
 ) -> list[str]:
     config, _ = named_shape(shape)
     read = bytes_read_per_token(config, 2)
@@ -140,7 +143,9 @@ def compare_plans(
         plans = list(dict.fromkeys(plans))  # the choice may already be in the list
     results = results_dir or Path(tempfile.mkdtemp(prefix="tandem-bench-"))
     results.mkdir(parents=True, exist_ok=True)
-    reports = [run_plan(plan, shape, prompt_lengths, decode_tokens, concurrency, results) for plan in plans]
+    reports = [
+        run_plan(plan, shape, prompt_lengths, decode_tokens, concurrency, results, profile) for plan in plans
+    ]
     measured = [r for r in reports if "error" not in r]
     reference = next((r for r in measured if r["gpus"] == min(m["gpus"] for m in measured)), None)
     devices = sorted({r["device"] for r in measured}) or ["?"]
@@ -166,6 +171,12 @@ def compare_plans(
             f"{report['plan']:>5} {report['gpus']:>4} {rate:>9.1f} {speedup:>7.2f}x {ceiling:>8.1f} "
             f"{rate / ceiling * 100:>9.0f}% {report['ttft_seconds'][longest] * 1e3:>8.1f} {collective:>22}"
         )
+        if "graph_replay_seconds" in report:
+            replay = report["graph_replay_seconds"]
+            lines.append(
+                f"{'':>5} {'':>4} decode graph replay alone: {replay * 1e3:.3f} ms ({1 / replay:.1f} tokens/s); "
+                f"kernels in {results / (shape + '-' + report['plan'] + '.log')}"
+            )
         if "aggregate_tokens_per_second" in report:
             lines.append(
                 f"{'':>5} {'':>4} {report['concurrency']} requests together: "

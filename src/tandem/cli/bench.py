@@ -34,6 +34,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="with --plans: also measure this many requests in flight together",
     )
     parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="with --plans: also time each plan's decode-graph replay alone and log its kernels",
+    )
+    parser.add_argument(
         "--plans",
         help="compare placements on this machine's GPUs instead, e.g. 1,tp2,tp4,pp2 "
         "(1 GPU, tensor parallel over N, pipeline over N); each runs under torchrun",
@@ -59,7 +64,13 @@ def run(args: argparse.Namespace) -> int:
         # each plan's report is kept beside the JSON as soon as the plan ends
         results = args.json.parent / f"{args.json.stem}-plans" if args.json else None
         lines = compare_plans(
-            args.shape, parse_plans(args.plans), lengths, args.decode_tokens, args.concurrency, results
+            args.shape,
+            parse_plans(args.plans),
+            lengths,
+            args.decode_tokens,
+            args.concurrency,
+            results,
+            profile=args.profile,
         )
         print("\n".join(lines))
         if args.json:
