@@ -54,7 +54,7 @@ def matrix_products(model) -> None:
             )
 
 
-def decode_step(model, label: str) -> None:
+def decode_step(model, label: str) -> torch.cuda.CUDAGraph:
     engine = engine_for(model, max_context=1024)
     params = SamplingParams(max_tokens=128, temperature=0.0, ignore_eos=True)
     prompt = prompt_of(128, model.config.vocab_size)
