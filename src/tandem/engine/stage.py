@@ -60,14 +60,20 @@ class StageSpec:
         return self.layers.end == self.num_layers
 
 
+def near_equal_parts(total: int, parts: int) -> list[tuple[int, int]]:
+    """(start, end) of `parts` contiguous ranges covering `[0, total)`, sizes differing by at
+    most one, earlier ones larger (layers over stages, heads or columns over ranks)."""
+    base, extra = divmod(total, parts)
+    bounds, start = [], 0
+    for index in range(parts):
+        end = start + base + (1 if index < extra else 0)
+        bounds.append((start, end))
+        start = end
+    return bounds
+
+
 def split_evenly(num_layers: int, num_stages: int) -> list[LayerRange]:
     """Contiguous ranges of near-equal size covering `[0, num_layers)`, earlier stages larger."""
     if not 1 <= num_stages <= num_layers:
         raise ValueError(f"cannot split {num_layers} layers into {num_stages} stages")
-    base, extra = divmod(num_layers, num_stages)
-    ranges, start = [], 0
-    for index in range(num_stages):
-        end = start + base + (1 if index < extra else 0)
-        ranges.append(LayerRange(start, end))
-        start = end
-    return ranges
+    return [LayerRange(start, end) for start, end in near_equal_parts(num_layers, num_stages)]

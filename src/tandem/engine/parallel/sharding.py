@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from math import gcd
 
+from tandem.engine.stage import near_equal_parts
 from tandem.errors import InvalidRequestError
 
 
@@ -38,13 +39,7 @@ def even_blocks(total: int, parts: int) -> list[Block]:
     """`parts` contiguous blocks covering `[0, total)`, sizes differing by at most one."""
     if not 1 <= parts <= total:
         raise InvalidRequestError(f"cannot split {total} into {parts} non-empty parts")
-    base, extra = divmod(total, parts)
-    blocks, start = [], 0
-    for index in range(parts):
-        end = start + base + (1 if index < extra else 0)
-        blocks.append(Block(start, end))
-        start = end
-    return blocks
+    return [Block(start, end) for start, end in near_equal_parts(total, parts)]
 
 
 def even_block(total: int, rank: int, size: int) -> Block:
