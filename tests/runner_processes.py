@@ -45,6 +45,7 @@ def start_instance(
     stage_sizes: tuple[int, ...],
     keep_alive_seconds: float = 60.0,
     env: dict[str, str] | None = None,
+    max_prefill_tokens: int = 5,
 ) -> list[RunnerProcess]:
     """One runner per rank: stage s holds an even share of the layers over `stage_sizes[s]` ranks;
     `env` is added to every runner's environment."""
@@ -62,7 +63,7 @@ def start_instance(
         dtype="float32",
         max_context=128,
         num_slots=4,
-        max_prefill_tokens=5,
+        max_prefill_tokens=max_prefill_tokens,
         threads=1,
         stage_sizes=stage_sizes,
         keep_alive_seconds=keep_alive_seconds,

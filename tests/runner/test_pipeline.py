@@ -9,11 +9,20 @@ from tandem.engine.local import create_local_engine
 from tandem.engine.sampling_params import SamplingParams
 
 
-@pytest.mark.parametrize("world_size", [1, 3])
-def test_pipeline_tokens_equal_single_process(checkpoint_factory, world_size):
+@pytest.mark.parametrize(
+    ("world_size", "max_prefill_tokens"),
+    [
+        (1, 5),
+        (3, 5),  # prompts in chunks of 5, one at a time
+        (3, 40),  # prompts queued together share a step, padded to the longest, down the ring
+    ],
+)
+def test_pipeline_tokens_equal_single_process(checkpoint_factory, world_size, max_prefill_tokens):
     checkpoint = checkpoint_factory("llama-gqa")
     num_layers = checkpoint.config["num_hidden_layers"]
-    runners = start_instance(checkpoint.path, num_layers, (1,) * world_size)
+    runners = start_instance(
+        checkpoint.path, num_layers, (1,) * world_size, max_prefill_tokens=max_prefill_tokens
+    )
     try:
         ready = [runner.next_event() for runner in runners]
         assert all(event["event"] == "ready" for event in ready), ready
