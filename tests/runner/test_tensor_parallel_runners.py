@@ -14,21 +14,20 @@ from tandem.engine.sampling_params import SamplingParams
 PROMPTS = {"a": [3, 1, 4, 1, 5, 9, 2, 6], "b": [2, 7, 1, 8], "c": [1, 1, 2, 3, 5, 8, 13, 21, 34, 55, 89]}
 
 
+# stage sizes; TANDEM_RUN_AHEAD; prompt tokens per step (40: prompts queued together share a
+# step, padded to the longest)
 @pytest.mark.parametrize(
-    ("family", "stage_sizes", "run_ahead"),
+    ("family", "stage_sizes", "run_ahead", "max_prefill_tokens"),
     [
-        ("qwen2.5-tied", (3,), "0"),  # one stage over 3 ranks; 2 KV heads do not divide 3 ranks
-        ("qwen2.5-tied", (3,), "1"),  # the same, every rank running greedy decode steps ahead
-        ("qwen3-qknorm", (2, 2), "0"),  # TP=2 × PP=2: 4 processes
-        (
-            "llama-mha-tied",
-            (1, 2),
-            "0",
-        ),  # a single-rank first stage; the last stage's group splits the tied head
+        ("qwen2.5-tied", (3,), "0", 5),  # one stage over 3 ranks; 2 KV heads do not divide 3 ranks
+        ("qwen2.5-tied", (3,), "1", 5),  # the same, every rank running greedy decode steps ahead
+        ("qwen3-qknorm", (2, 2), "0", 5),  # TP=2 × PP=2: 4 processes
+        ("qwen3-qknorm", (2, 2), "0", 40),  # the same, with padded prefill steps
+        ("llama-mha-tied", (1, 2), "0", 5),  # one rank, then a group that splits the tied head
     ],
 )
 def test_tensor_parallel_instance_tokens_equal_single_process(
-    checkpoint_factory, family, stage_sizes, run_ahead
+    checkpoint_factory, family, stage_sizes, run_ahead, max_prefill_tokens
 ):
     checkpoint = checkpoint_factory(family)
     num_layers = checkpoint.config["num_hidden_layers"]
@@ -39,6 +38,7 @@ def test_tensor_parallel_instance_tokens_equal_single_process(
         stage_sizes,
         keep_alive_seconds=0.02,
         env={"TANDEM_RUN_AHEAD": run_ahead},
+        max_prefill_tokens=max_prefill_tokens,
     )
     try:
         ready = [runner.next_event() for runner in runners]
