@@ -58,6 +58,11 @@ def parse_plans(text: str) -> list[str]:
     return plans
 
 
+def plan_file(results_dir: Path, shape: str, plan: str, suffix: str) -> Path:
+    """Where one plan's report (json) or its processes' output (log) is kept."""
+    return results_dir / f"{shape}-{plan}.{suffix}"
+
+
 def run_plan(
     plan: str,
     shape: str,
@@ -69,8 +74,8 @@ def run_plan(
 ) -> dict[str, Any]:
     """Run one plan to completion; its JSON report (and its processes' log) are kept in
     `results_dir` as soon as it ends, so a run cut short keeps the plans that finished."""
-    output = results_dir / f"{shape}-{plan}.json"
-    log = results_dir / f"{shape}-{plan}.log"
+    output = plan_file(results_dir, shape, plan, "json")
+    log = plan_file(results_dir, shape, plan, "log")
     command = [
         sys.executable,
         "-m",
@@ -175,7 +180,7 @@ def compare_plans(
             replay = report["graph_replay_seconds"]
             lines.append(
                 f"{'':>5} {'':>4} decode graph replay alone: {replay * 1e3:.3f} ms ({1 / replay:.1f} tokens/s); "
-                f"kernels in {results / (shape + '-' + report['plan'] + '.log')}"
+                f"kernels in {plan_file(results, shape, report['plan'], 'log')}"
             )
         if "aggregate_tokens_per_second" in report:
             lines.append(

@@ -22,7 +22,14 @@ from tandem.engine.executor import Executor, PendingTokens, RunAheadExecutor
 from tandem.engine.sampling import TokenChoice
 from tandem.engine.sampling_params import SamplingParams
 from tandem.engine.scheduler import Scheduler
-from tandem.engine.sequence import FinishReason, Sequence, SequenceChunk, StepPlan, finish_reason_after
+from tandem.engine.sequence import (
+    FinishReason,
+    Sequence,
+    SequenceChunk,
+    StepPlan,
+    finish_reason_after,
+    reaches_length,
+)
 from tandem.engine.tokenizer import Tokenizer
 from tandem.errors import InvalidRequestError
 
@@ -150,10 +157,7 @@ class LLMEngine:
             sequence = self.sequences.get(chunk.seq_id)
             if sequence is None or sequence.finished:
                 continue
-            # `plan` appends output token len(output_ids) + 1 at position chunk.end
-            if len(sequence.output_ids) + 1 >= sequence.params.max_tokens:
-                continue
-            if chunk.end + 1 >= self.max_context:
+            if reaches_length(sequence, self.max_context, pending=1):  # `plan`'s token ends it
                 continue
             chunks.append(SequenceChunk(chunk.seq_id, chunk.slot, chunk.end, (0,), sample=True))
         if not chunks:

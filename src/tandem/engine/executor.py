@@ -12,7 +12,7 @@ the current one is still choosing there, before the host waits for them.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 import torch
@@ -57,10 +57,6 @@ class PendingTokens:
     on_device: torch.Tensor  # [chunks] token ids
     on_host: torch.Tensor  # the same, copied without blocking the host
     ready: torch.cuda.Event | None  # None on CPU, where the copy is done when launch returns
-    rows: dict[int, int] = field(init=False)  # seq_id -> row
-
-    def __post_init__(self) -> None:
-        self.rows = {chunk.seq_id: row for row, chunk in enumerate(self.plan.chunks)}
 
     def tokens(self) -> list[int]:
         if self.ready is not None:
@@ -68,9 +64,10 @@ class PendingTokens:
         return self.on_host.tolist()
 
 
-def tokens_for(plan: StepPlan, rows: dict[int, int], tokens: torch.Tensor) -> torch.Tensor:
-    """The token ids of `plan`'s chunks, taken by sequence from the previous step's `tokens`
-    (on the device, rows by seq_id), without waiting for the device."""
+def tokens_for(plan: StepPlan, previous: StepPlan, tokens: torch.Tensor) -> torch.Tensor:
+    """The token ids of `plan`'s chunks, taken by sequence from the `tokens` (on the device, a
+    row per chunk) that the `previous` step chose, without waiting for the device."""
+    rows = {chunk.seq_id: row for row, chunk in enumerate(previous.chunks)}
     wanted = [rows[chunk.seq_id] for chunk in plan.chunks]
     if wanted == list(range(len(wanted))):
         return tokens[: len(wanted)]
@@ -139,7 +136,7 @@ class LocalExecutor:
 
     @torch.inference_mode()
     def launch(self, plan: StepPlan, after: PendingTokens | None = None) -> PendingTokens:
-        feed = None if after is None else tokens_for(plan, after.rows, after.on_device)
+        feed = None if after is None else tokens_for(plan, after.plan, after.on_device)
         tokens = self.runner.forward(plan, feed=feed).argmax(-1)
         if not tokens.is_cuda:
             return PendingTokens(plan, tokens, tokens, None)

@@ -45,14 +45,16 @@ class Scheduler:
     def has_work(self) -> bool:
         return bool(self.waiting or self.prefilling or self.starting or self.decoding)
 
+    def _can_prefill(self) -> bool:
+        return self.prefilling is not None or bool(self.waiting and self.free_slots)
+
     def only_decoding(self) -> bool:
         """Whether the next plan will be a decode step of the sequences decoding now: nothing to
         prefill, or no free slot for it."""
-        can_prefill = self.prefilling is not None or (self.waiting and self.free_slots)
-        return bool(self.decoding) and not can_prefill
+        return bool(self.decoding) and not self._can_prefill()
 
     def next_plan(self) -> StepPlan | None:
-        can_prefill = self.prefilling is not None or (self.waiting and self.free_slots)
+        can_prefill = self._can_prefill()
         prefer_decode = self.decoding and (self._last_was_prefill or not can_prefill)
         if prefer_decode:
             self._last_was_prefill = False

@@ -91,6 +91,15 @@ class Sequence:
         return self.finish_reason is not None
 
 
+def reaches_length(sequence: Sequence, max_context: int, pending: int = 0) -> bool:
+    """Whether `sequence` is at its length limit (max_tokens or the context) once `pending`
+    more tokens, not yet known, are appended to it."""
+    return (
+        len(sequence.output_ids) + pending >= sequence.params.max_tokens
+        or sequence.num_tokens + pending >= max_context
+    )
+
+
 def finish_reason_after(
     sequence: Sequence, token_id: int, eos_token_ids: frozenset[int], max_context: int
 ) -> FinishReason | None:
@@ -98,6 +107,6 @@ def finish_reason_after(
     params = sequence.params
     if token_id in params.stop_token_ids or (not params.ignore_eos and token_id in eos_token_ids):
         return FinishReason.STOP
-    if len(sequence.output_ids) >= params.max_tokens or sequence.num_tokens >= max_context:
+    if reaches_length(sequence, max_context):
         return FinishReason.LENGTH
     return None

@@ -117,7 +117,7 @@ def follow_leader(runner: ModelRunner, channel: StageChannel) -> None:
     """The loop of a rank that is not its stage's leader: run every step the leader shares.
     A step the leader launched to run ahead is marked `keep` (keep its greedy tokens), the one
     after it `feed` (take its token ids from them)."""
-    kept: tuple[dict[int, int], torch.Tensor] | None = None
+    kept: tuple[StepPlan, torch.Tensor] | None = None
     while True:
         header, hidden = channel.receive()
         if header["op"] == "stop":
@@ -132,4 +132,4 @@ def follow_leader(runner: ModelRunner, channel: StageChannel) -> None:
         output = runner.forward(plan, hidden, feed=feed)
         kept = None
         if header.get("keep"):
-            kept = ({chunk.seq_id: row for row, chunk in enumerate(plan.chunks)}, output.argmax(-1))
+            kept = (plan, output.argmax(-1))
