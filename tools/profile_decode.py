@@ -33,15 +33,18 @@ def gpu_seconds(work) -> float:
     return triton.testing.do_bench_cudagraph(work) / 1000
 
 
-def matrix_products(model) -> None:
+def matrix_products(model, tp: int) -> None:
+    """Each matrix as a rank of a tensor-parallel group of `tp` holds it (1: whole)."""
     layer = model.model.layers["0"]
-    matrices = {
+    rows = {  # column-parallel: a block of output rows
         "qkv": layer.self_attn.qkv_proj.weight,
-        "o": layer.self_attn.o_proj.weight,
         "gate_up": layer.mlp.gate_up_proj.weight,
-        "down": layer.mlp.down_proj.weight,
         "lm_head": model.lm_head.weight,
     }
+    columns = {"o": layer.self_attn.o_proj.weight, "down": layer.mlp.down_proj.weight}  # row-parallel
+    matrices = {name: w[: w.shape[0] // tp].contiguous() for name, w in rows.items()}
+    matrices |= {name: w[:, : w.shape[1] // tp].contiguous() for name, w in columns.items()}
+    print(f"tensor parallel {tp}:")
     print(f"{'matrix':>8} {'shape':>16} {'rows':>4} {'cuBLAS GB/s':>12} {'Triton GB/s':>12}")
     for name, weight in matrices.items():
         for rows in (1, 8):
@@ -76,11 +79,13 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--shape", default="llama3-8b")
+    parser.add_argument("--tp", default="1,2,4", help="the matrices as ranks of these group sizes hold them")
     args = parser.parse_args()
     device, dtype = torch.device("cuda"), torch.bfloat16
     config, _ = named_shape(args.shape)
     model = engine_model(config, random_weights(config, device, dtype), device, dtype)
-    matrix_products(model)
+    for tp in (int(n) for n in args.tp.split(",")):
+        matrix_products(model, tp)
     ops.TRITON_GEMV = False
     decode_step(model, "cuBLAS products")
     ops.TRITON_GEMV = True

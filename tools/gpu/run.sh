@@ -3,7 +3,8 @@
 # Tasks: env; correctness (kernel and engine tests on CUDA in float32 and bfloat16); bench (llama3-8b
 # with the transformers baseline, see docs/benchmarks.md); demo (train the demo model from
 # build/demo-data, carried with the call); tp-check (tensor parallel on 2 GPUs against one, token for
-# token); plans-8b, plans-70b (placements compared on every GPU of the machine); multi (all three).
+# token); plans-8b, plans-70b (placements compared on every GPU of the machine); multi (all three);
+# all-reduce (decode-sized all-reduces in CUDA graphs, each way).
 # Logs and results go to $OUT (or ./artifacts/gpu when run elsewhere).
 set -uo pipefail
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
@@ -48,12 +49,22 @@ for task in "$@"; do
         shape=llama3-70b; plans="tp2"; lengths=128
         [ "$gpus" -ge 4 ] && plans="tp2,tp4"
       fi
+      # PLANS, PLANS_LENGTHS, PLANS_CONCURRENCY override the defaults (e.g. for a quick profile)
+      plans=${PLANS:-$plans}; lengths=${PLANS_LENGTHS:-$lengths}
       # PLANS_PROFILE=1: also each plan's decode-graph replay alone and its kernels (in its log)
       timeout "${PLANS_TIMEOUT:-420}" python3 -m tandem.cli.main bench --shape $shape --plans "$plans" \
-        --prompt-lengths $lengths --decode-tokens 128 --concurrency 64 --json /tmp/plans-$shape.json \
+        --prompt-lengths $lengths --decode-tokens 128 --concurrency ${PLANS_CONCURRENCY:-64} --json /tmp/plans-$shape.json \
         ${PLANS_PROFILE:+--profile} \
         2>&1 | tee "$OUT/plans-$shape.log"
       tar -C /tmp -czf "$OUT/plans-$shape.tar.gz" --ignore-failed-read plans-$shape.json plans-$shape-plans
+      ;;
+    all-reduce)
+      # decode-sized all-reduces inside CUDA graphs, every way, on 2 GPUs and (where there are) 4
+      gpus=$(nvidia-smi -L | wc -l)
+      for n in 2 4; do
+        [ "$gpus" -ge $n ] && timeout 120 python3 -m torch.distributed.run --standalone --nproc_per_node $n \
+          tools/measure_all_reduce.py 2>&1 | grep -E "GPUs|Error" | tee -a "$OUT/all-reduce.log"
+      done
       ;;
     multi)
       "$0" tp-check plans-8b plans-70b || status=1
