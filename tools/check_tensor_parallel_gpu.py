@@ -4,7 +4,7 @@ CPUs; this is the NCCL, symmetric-memory and CUDA-graph path).
     python -m torch.distributed.run --standalone --nproc_per_node 2 tools/check_tensor_parallel_gpu.py
 
 Rank 0 writes a small random checkpoint; every rank loads its shard and decodes greedily in
-lockstep, with NCCL and then with the symmetric-memory all-reduce; rank 0 compares with the
+lockstep, with NCCL, with the symmetric-memory all-reduce, and with it fused into the norms; rank 0 compares with the
 single-GPU engine: float32 must match token for token, bfloat16 is reported.
 """
 
@@ -75,6 +75,9 @@ def main() -> None:
         if device.type == "cuda" and symmetric_memory_available():
             collectives["symmetric memory"] = SymmetricMemoryAllReduce(
                 dist.group.WORLD, device, getattr(torch, dtype)
+            )
+            collectives["fused with norm"] = SymmetricMemoryAllReduce(
+                dist.group.WORLD, device, getattr(torch, dtype), width=512
             )
         for label, all_reduce in collectives.items():
             group = TensorParallelGroup.from_process_group(None, all_reduce=all_reduce)

@@ -55,7 +55,7 @@ def randomize(model: CausalLM, device: torch.device, dtype: torch.dtype, seed: i
 
 def all_reduce_latency(all_reduce, hidden: int, device: torch.device, dtype: torch.dtype) -> float:
     """Seconds per decode-sized all-reduce (one token's hidden state), captured in a CUDA graph."""
-    message = torch.ones(hidden, dtype=dtype, device=device)
+    message = torch.ones(1, hidden, dtype=dtype, device=device)
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream):
@@ -88,8 +88,14 @@ def tensor_parallel_engine(
     if device.type == "cuda":
         report["all_reduce_seconds_nccl"] = all_reduce_latency(nccl, config.hidden_size, device, dtype)
     if device.type == "cuda" and symmetric_memory_available():
-        fast = SymmetricMemoryAllReduce(dist.group.WORLD, device, dtype)
+        fast = SymmetricMemoryAllReduce(dist.group.WORLD, device, dtype, width=config.hidden_size)
         report["all_reduce_seconds_symmetric"] = all_reduce_latency(fast, config.hidden_size, device, dtype)
+        if fast.exchange is not None:  # the all-reduce with the residual add and norm it runs with
+            residual = torch.ones(1, config.hidden_size, dtype=dtype, device=device)
+            weight = torch.ones(config.hidden_size, dtype=dtype, device=device)
+            report["all_reduce_seconds_fused"] = all_reduce_latency(
+                lambda m: fast.add_rms_norm(m, residual, weight, 1e-5), config.hidden_size, device, dtype
+            )
     report["all_reduce"] = "symmetric memory one-shot" if fast is not nccl else "NCCL"
     group = TensorParallelGroup.from_process_group(None, all_reduce=fast)
     model = build_empty_model(config, StageSpec.whole(config.num_layers))

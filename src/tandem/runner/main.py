@@ -20,6 +20,8 @@ import psutil
 import torch
 import torch.distributed as dist
 
+from tandem.engine.config import load_model_config
+from tandem.engine.cuda.symmetric import group_all_reduce
 from tandem.engine.device import resolve_device, resolve_dtype
 from tandem.engine.engine import LLMEngine
 from tandem.engine.executor import LocalExecutor
@@ -92,9 +94,10 @@ def load_shard(
     """This rank's part of its stage: the whole stage, or its tensor-parallel shard."""
     if groups is None:
         return load_stage(spec.model_dir, spec.stage, device, dtype)
-    return load_tensor_parallel_stage(
-        spec.model_dir, spec.stage, TensorParallelGroup.from_process_group(groups.data), device, dtype
-    )
+    config = load_model_config(spec.model_dir)
+    all_reduce = group_all_reduce(groups.data, groups.control, device, dtype, config.hidden_size)
+    group = TensorParallelGroup.from_process_group(groups.data, all_reduce=all_reduce)
+    return load_tensor_parallel_stage(spec.model_dir, spec.stage, group, device, dtype, config)
 
 
 def run(spec: RunnerSpec, emit: Emit) -> None:

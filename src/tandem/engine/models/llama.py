@@ -19,6 +19,8 @@ from tandem.engine import ops
 from tandem.engine.attention import AttentionBatch, attend, attention_masks
 from tandem.engine.config import ModelConfig
 from tandem.engine.kv_cache import KVCache
+from tandem.engine.parallel.group import AllReduce
+from tandem.engine.parallel.layers import unsummed
 from tandem.engine.rope import inverse_frequencies, rotary_cos_sin
 from tandem.engine.stage import StageSpec
 
@@ -129,6 +131,16 @@ class MLP(nn.Module):
         return ops.linear(self.down_proj, ops.silu_mul(gate_up))
 
 
+def _add_norm(
+    norm: RMSNorm, x: torch.Tensor, residual: torch.Tensor | None, owed: AllReduce | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(norm(x + residual), x + residual); under tensor parallelism x may be a rank's partial
+    product with its all-reduce `owed`, which then runs fused with the add and the norm."""
+    if owed is None:
+        return ops.add_rms_norm(x, residual, norm.weight, norm.eps)
+    return owed.add_rms_norm(x, residual, norm.weight, norm.eps)
+
+
 class DecoderLayer(nn.Module):
     def __init__(self, config: ModelConfig, layer_index: int) -> None:
         super().__init__()
@@ -138,16 +150,21 @@ class DecoderLayer(nn.Module):
         self.mlp = MLP(config)
 
     def forward(
-        self, x: torch.Tensor, residual: torch.Tensor | None, batch: AttentionBatch, kv_cache: KVCache
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+        self,
+        x: torch.Tensor,
+        residual: torch.Tensor | None,
+        batch: AttentionBatch,
+        kv_cache: KVCache,
+        owed: AllReduce | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, AllReduce | None]:
         """x: the previous sublayer's output, not yet added to the residual stream (so the add
-        fuses into the norm). Returns this layer's MLP output and the residual stream."""
-        norm = self.input_layernorm
-        normed, residual = ops.add_rms_norm(x, residual, norm.weight, norm.eps)
+        fuses into the norm), and not yet summed over the ranks when `owed` is its all-reduce.
+        Returns this layer's MLP output, the residual stream and the MLP output's owed all-reduce."""
+        normed, residual = _add_norm(self.input_layernorm, x, residual, owed)
         attention = self.self_attn(normed, batch, kv_cache)
-        norm = self.post_attention_layernorm
-        normed, residual = ops.add_rms_norm(attention, residual, norm.weight, norm.eps)
-        return self.mlp(normed), residual
+        owed = unsummed(self.self_attn.o_proj)
+        normed, residual = _add_norm(self.post_attention_layernorm, attention, residual, owed)
+        return self.mlp(normed), residual, unsummed(self.mlp.down_proj)
 
 
 class DecoderStack(nn.Module):
@@ -244,10 +261,11 @@ class CausalLM(nn.Module):
             x = self.model.embed_tokens(inputs)  # [B, T, hidden]
         else:
             x = inputs.to(self.activation_dtype())
-        residual = None
+        residual, owed = None, None
         for layer in self.model.layers.values():
-            x, residual = layer(x, residual, batch, kv_cache)
+            x, residual, owed = layer(x, residual, batch, kv_cache, owed)
         if self.lm_head is None or self.model.norm is None:
+            x = x if owed is None else owed(x)
             return x if residual is None else x + residual
         hidden = x.shape[-1]
         x = x.reshape(-1, hidden)  # [B*T, hidden]
@@ -255,5 +273,5 @@ class CausalLM(nn.Module):
         if logit_rows is not None:
             x = x[logit_rows]  # [R, hidden]
             residual = residual[logit_rows] if residual is not None else None
-        normed, _ = ops.add_rms_norm(x, residual, self.model.norm.weight, self.model.norm.eps)
+        normed, _ = _add_norm(self.model.norm, x, residual, owed)  # [R, hidden]
         return ops.linear(self.lm_head, normed).float()  # [R, vocab]

@@ -9,6 +9,9 @@ Per decoder layer (Megatron's split: two all-reduces a layer):
 - MLP: gate_proj, up_proj column-parallel (rows), down_proj row-parallel (columns) with one
   all-reduce.
 - Norms and the biases of row-parallel layers (added after the all-reduce) are held whole.
+- Without a bias, a row-parallel layer leaves its all-reduce to the residual add and RMSNorm
+  that follow it (every o_proj and down_proj output meets one), so a GPU runs the three as one
+  kernel (`AllReduce.add_rms_norm`).
 The embedding is split by vocabulary rows (masked lookup, one all-reduce); the head by vocabulary
 rows too (an all-gather assembles the logits). A tied head and embedding split the same rows,
 so a stage holding both keeps one copy, as without tensor parallelism.
@@ -45,7 +48,13 @@ def shard_llama(model: CausalLM, group: TensorParallelGroup) -> dict[str, Tensor
             for name in ("gate_proj", "up_proj"):
                 setattr(mlp, name, nn.Linear(config.hidden_size, inner.size, bias=config.mlp_bias))
                 slices |= _row_slices(f"{prefix}.mlp.{name}", slice(inner.start, inner.end), config.mlp_bias)
-            down = RowParallelLinear(inner.size, config.hidden_size, config.mlp_bias, group.all_reduce)
+            down = RowParallelLinear(
+                inner.size,
+                config.hidden_size,
+                config.mlp_bias,
+                group.all_reduce,
+                sum_in_norm=not config.mlp_bias,
+            )
             mlp.down_proj = down  # type: ignore[assignment]
             slices[f"{prefix}.mlp.down_proj.weight"] = TensorSlice(columns=slice(inner.start, inner.end))
         vocab_blocks = even_blocks(config.vocab_size, size)
@@ -80,7 +89,7 @@ def _shard_attention(attention: Attention, prefix: str, group: TensorParallelGro
     attention.local_heads, attention.local_kv_heads = shard.query_heads.size, len(shard.kv_heads)
     has_o_bias = attention.o_proj.bias is not None
     attention.o_proj = RowParallelLinear(  # type: ignore[assignment]
-        shard.query_heads.size * head_dim, hidden, has_o_bias, group.all_reduce
+        shard.query_heads.size * head_dim, hidden, has_o_bias, group.all_reduce, sum_in_norm=not has_o_bias
     )
     slices = _row_slices(f"{prefix}.q_proj", query_rows, has_qkv_bias)
     for name in ("k_proj", "v_proj"):

@@ -1,7 +1,8 @@
 """The tensor-parallel group a model shard computes with, and its two collectives.
 
 The layers never call `torch.distributed` themselves: they call the group's `all_reduce` and
-`all_gather` objects. The defaults use `torch.distributed` on the group's process group (gloo
+`all_gather` objects. A row-parallel layer may leave its sum to the norm after it
+(`AllReduce.add_rms_norm`), which a GPU all-reduce runs as one fused kernel. The defaults use `torch.distributed` on the group's process group (gloo
 on CPUs, NCCL on GPUs); a faster all-reduce (PyTorch's symmetric-memory one-shot all-reduce,
 captured in a CUDA graph) is swapped in by giving the group another callable, or after loading
 with `use_all_reduce(model, fn)`.
@@ -15,12 +16,24 @@ from typing import Any, Protocol
 import torch
 import torch.distributed as dist
 
+from tandem.engine import ops
 
-class AllReduce(Protocol):
+
+class AllReduce:
+    """Sum over the group's ranks; subclasses implement `__call__`."""
+
     def __call__(self, tensor: torch.Tensor) -> torch.Tensor:
         """The sum of `tensor` over the group's ranks. May reduce in place and return `tensor`,
         or return a new tensor; callers use the return value only."""
-        ...
+        raise NotImplementedError
+
+    def add_rms_norm(
+        self, partial: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor, eps: float
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`ops.add_rms_norm` of `partial` summed over the group: what a row-parallel layer's
+        output meets next. Here the sum and the norm are two steps; an all-reduce that can fuse
+        them (the symmetric-memory one on GPUs) overrides this."""
+        return ops.add_rms_norm(self(partial), residual, weight, eps)
 
 
 class AllGather(Protocol):
@@ -30,7 +43,7 @@ class AllGather(Protocol):
         ...
 
 
-class ProcessGroupAllReduce:
+class ProcessGroupAllReduce(AllReduce):
     """`torch.distributed.all_reduce` (sum, in place) on one process group."""
 
     def __init__(self, process_group: Any = None) -> None:

@@ -21,7 +21,11 @@ from tandem.engine.parallel.sharding import Block
 
 class RowParallelLinear(nn.Module):
     """y = x W^T + b where x and W are split along the input features: each rank multiplies its
-    block, one all-reduce sums the partial products, and the bias (held whole) is added once."""
+    block, one all-reduce sums the partial products, and the bias (held whole) is added once.
+
+    With `sum_in_norm` (no bias only) the output is this rank's partial product, unsummed: the
+    model passes it to the next norm through `unsummed(layer)`, which sums and normalizes in one
+    step (`AllReduce.add_rms_norm`)."""
 
     def __init__(
         self,
@@ -30,17 +34,30 @@ class RowParallelLinear(nn.Module):
         bias: bool,
         all_reduce: AllReduce,
         dtype: torch.dtype | None = None,
+        sum_in_norm: bool = False,
     ) -> None:
         super().__init__()
+        if sum_in_norm and bias:
+            raise ValueError("a row-parallel layer with a bias sums its output itself")
         self.in_features, self.out_features = in_features, out_features
         self.weight = nn.Parameter(torch.empty(out_features, in_features, dtype=dtype))
         self.bias = nn.Parameter(torch.empty(out_features, dtype=dtype)) if bias else None
         self.all_reduce = all_reduce
+        self.sum_in_norm = sum_in_norm
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         partial = ops.matmul(x, self.weight)  # [..., out_features], this rank's share of the sum
+        if self.sum_in_norm:
+            return partial
         total = self.all_reduce(partial)
         return total if self.bias is None else total + self.bias
+
+
+def unsummed(layer: nn.Module) -> AllReduce | None:
+    """The all-reduce still owed to `layer`'s output (None: the output is whole)."""
+    if isinstance(layer, RowParallelLinear) and layer.sum_in_norm:
+        return layer.all_reduce
+    return None
 
 
 class VocabParallelEmbedding(nn.Module):

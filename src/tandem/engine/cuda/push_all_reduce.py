@@ -1,0 +1,202 @@
+"""The all-reduce of a row-parallel layer fused with the residual add and RMSNorm after it, for
+decode-sized messages: one kernel instead of an all-reduce and a norm, and no barriers.
+
+Each rank writes its partial rows straight into every rank's exchange buffer (its own region of
+the current slot), then reads all ranks' regions from its own buffer, waiting element by element
+until each has arrived. A buffer starts filled with the bits of -0.0, which a sender never
+writes (it sends +0.0, the same value), so an element has arrived when it no longer holds those
+bits — the exchange TensorRT-LLM calls Lamport. Three slots rotate per row: while using one, a
+rank clears the slot of its previous call. A peer can be at most one call ahead (to finish a
+call it needs this rank's rows of that call), so no one writes a slot before it is cleared.
+
+The slot comes from a per-row counter on the device that each call advances, so the same kernel
+runs inside CUDA graphs and out of them, whatever batch sizes alternate, as long as every rank
+makes the same calls in the same order — the lockstep tensor parallelism runs in already.
+
+Every rank sums the partials in rank order in float32 and rounds to the activation dtype, so all
+ranks hold the same bits; the add and the norm round where the eager code does (kernels.rms_norm).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import triton
+import triton.language as tl
+
+SLOTS = 3
+MAX_ROWS = 16  # a decode step of up to 16 sequences; larger messages take the unfused path
+
+# integer type with the width of each activation dtype, and the bits of -0.0 in it
+_BITS = {2: (torch.int16, tl.int16, -(1 << 15)), 4: (torch.int32, tl.int32, -(1 << 31))}
+_TRITON_DTYPES = {torch.bfloat16: tl.bfloat16, torch.float16: tl.float16, torch.float32: tl.float32}
+
+
+@triton.jit
+def _push_add_rms_norm_kernel(
+    partial_ptr,
+    residual_ptr,
+    weight_ptr,
+    normed_ptr,
+    summed_ptr,
+    buffers_ptr,  # int64 [world]: every rank's exchange buffer, as addresses valid on this GPU
+    counters_ptr,  # int32 [MAX_ROWS]: this rank's calls so far, per row
+    width,
+    eps,
+    RANK: tl.constexpr,
+    WORLD: tl.constexpr,
+    ROWS_PER_SLOT: tl.constexpr,
+    HAS_RESIDUAL: tl.constexpr,
+    DTYPE: tl.constexpr,
+    BITS: tl.constexpr,
+    EMPTY: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    row = tl.program_id(0)
+    columns = tl.arange(0, BLOCK)
+    inside = columns < width
+    calls = tl.load(counters_ptr + row)
+    slot = calls % 3
+    previous = (calls + 2) % 3
+
+    # send: this rank's partial row to its region of the slot, in every rank's buffer
+    bits = tl.load(partial_ptr + row * width + columns, mask=inside, other=0.0).to(BITS, bitcast=True)
+    bits = tl.where(bits == EMPTY, 0, bits)  # -0.0 marks "not yet arrived": send +0.0
+    region = ((slot * WORLD + RANK) * ROWS_PER_SLOT + row) * width
+    for peer in tl.static_range(WORLD):
+        peer_buffer = tl.load(buffers_ptr + peer).to(tl.pointer_type(BITS))
+        tl.store(peer_buffer + region + columns, bits, mask=inside)
+
+    # receive: every rank's row from this rank's buffer, summed in rank order
+    own_buffer = tl.load(buffers_ptr + RANK).to(tl.pointer_type(BITS))
+    total = tl.zeros([BLOCK], tl.float32)
+    for source in tl.static_range(WORLD):
+        arriving = own_buffer + ((slot * WORLD + source) * ROWS_PER_SLOT + row) * width + columns
+        received = tl.load(arriving, mask=inside, other=0, volatile=True)
+        while tl.sum(((received == EMPTY) & inside).to(tl.int32), axis=0) > 0:
+            received = tl.load(arriving, mask=inside, other=0, volatile=True)
+        total += received.to(DTYPE, bitcast=True).to(tl.float32)
+
+    # the residual add and the norm, rounded as the eager code rounds
+    summed = total.to(DTYPE)
+    if HAS_RESIDUAL:
+        residual = tl.load(residual_ptr + row * width + columns, mask=inside, other=0.0)
+        summed = (summed.to(tl.float32) + residual.to(tl.float32)).to(DTYPE)
+    tl.store(summed_ptr + row * width + columns, summed, mask=inside)
+    x32 = summed.to(tl.float32)
+    variance = tl.sum(x32 * x32, axis=0) / width
+    normalized = (x32 * tl.rsqrt(variance + eps)).to(DTYPE)
+    weight = tl.load(weight_ptr + columns, mask=inside, other=0.0)
+    tl.store(
+        normed_ptr + row * width + columns,
+        (normalized.to(tl.float32) * weight.to(tl.float32)).to(DTYPE),
+        mask=inside,
+    )
+
+    # clear the previous call's slot of this row (the call after next writes it again)
+    empty = tl.full([BLOCK], EMPTY, BITS)
+    for source in tl.static_range(WORLD):
+        stale = own_buffer + ((previous * WORLD + source) * ROWS_PER_SLOT + row) * width + columns
+        tl.store(stale, empty, mask=inside)
+    tl.store(counters_ptr + row, calls + 1)
+
+
+class PushExchange:
+    """The buffers and counters of the fused all-reduce for one group; built collectively (every
+    rank at the same point), for activations of `width` columns in `dtype`."""
+
+    def __init__(
+        self,
+        buffers: list[torch.Tensor],
+        rank: int,
+        dtype: torch.dtype,
+        width: int,
+    ) -> None:
+        """`buffers`: every rank's exchange buffer as tensors this GPU can address (of
+        `exchange_elements` elements, in the integer type of `dtype`'s width), filled with
+        `empty_bits(dtype)` before any rank's first call."""
+        self.rank, self.world = rank, len(buffers)
+        self.dtype, self.width = dtype, width
+        device = buffers[rank].device
+        self.buffers = buffers  # kept alive: the kernel reads them by address
+        self.addresses = torch.tensor([b.data_ptr() for b in buffers], dtype=torch.int64, device=device)
+        self.counters = torch.zeros(MAX_ROWS, dtype=torch.int32, device=device)
+
+    @classmethod
+    def over_symmetric_memory(
+        cls, process_group: Any, group_name: str, device: torch.device, dtype: torch.dtype, width: int
+    ) -> PushExchange:
+        import torch.distributed._symmetric_memory as symm_mem
+
+        world, rank = dist.get_world_size(process_group), dist.get_rank(process_group)
+        count = exchange_elements(world, width)
+        bits_dtype = _BITS[dtype.itemsize][0]
+        local = symm_mem.empty(count, dtype=bits_dtype, device=device)
+        handle = symm_mem.rendezvous(local, group_name)
+        local.fill_(empty_bits(dtype))
+        offset = local.data_ptr() - handle.buffer_ptrs[rank]
+        peers = [
+            local
+            if peer == rank
+            else handle.get_buffer(peer, (count,), bits_dtype, offset // local.element_size())
+            for peer in range(world)
+        ]
+        torch.cuda.synchronize(device)
+        dist.barrier(group=process_group)  # every buffer is empty before anyone sends
+        return cls(peers, rank, dtype, width)
+
+    def fits(self, partial: torch.Tensor, residual: torch.Tensor | None) -> bool:
+        rows = partial.numel() // max(1, partial.shape[-1])
+        return (
+            partial.dtype == self.dtype
+            and partial.shape[-1] == self.width
+            and rows <= MAX_ROWS
+            and (residual is None or residual.shape == partial.shape)
+        )
+
+    def add_rms_norm(
+        self, partial: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor, eps: float
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(RMSNorm(sum + residual), sum + residual), sum being `partial` summed over the group."""
+        partial = partial.contiguous()
+        rows = partial.numel() // self.width
+        normed = torch.empty_like(partial)
+        summed = torch.empty_like(partial)
+        _, bits, empty = _BITS[self.dtype.itemsize]
+        block = triton.next_power_of_2(self.width)
+        _push_add_rms_norm_kernel[(rows,)](
+            partial,
+            residual.contiguous() if residual is not None else partial,
+            weight,
+            normed,
+            summed,
+            self.addresses,
+            self.counters,
+            self.width,
+            eps,
+            RANK=self.rank,
+            WORLD=self.world,
+            ROWS_PER_SLOT=MAX_ROWS,
+            HAS_RESIDUAL=residual is not None,
+            DTYPE=_TRITON_DTYPES[self.dtype],
+            BITS=bits,
+            EMPTY=empty,
+            BLOCK=block,
+            num_warps=8 if block >= 4096 else 4,
+        )
+        return normed, summed
+
+
+def exchange_elements(world: int, width: int) -> int:
+    return SLOTS * world * MAX_ROWS * width
+
+
+def empty_bits(dtype: torch.dtype) -> int:
+    """The bits of -0.0 in `dtype`, as the signed integer of its width (the buffer's fill)."""
+    return _BITS[dtype.itemsize][2]
+
+
+def supported(dtype: torch.dtype) -> bool:
+    return dtype in _TRITON_DTYPES
