@@ -1,4 +1,4 @@
-"""Runner processes started directly (no node), joined over gloo on loopback, for tests.
+"""Runner processes started directly (no node), joined over gloo on loopback (or NCCL on GPUs), for tests.
 
 runners = start_instance(model_dir, num_layers, stage_sizes=(2, 2))  # TP=2 × PP=2: 4 ranks
 """
@@ -46,9 +46,11 @@ def start_instance(
     keep_alive_seconds: float = 60.0,
     env: dict[str, str] | None = None,
     max_prefill_tokens: int = 5,
+    devices: list[str] | None = None,
 ) -> list[RunnerProcess]:
     """One runner per rank: stage s holds an even share of the layers over `stage_sizes[s]` ranks;
-    `env` is added to every runner's environment."""
+    `env` is added to every runner's environment. `devices` (one per rank, e.g. cuda:0, cuda:1)
+    puts the ranks on GPUs joined by NCCL; default: CPUs over gloo."""
     ranges = split_evenly(num_layers, len(stage_sizes))
     world_size = sum(stage_sizes)
     base = RunnerSpec(
@@ -59,8 +61,9 @@ def start_instance(
         layer_start=ranges[0].start,
         layer_end=ranges[0].end,
         num_layers=num_layers,
-        device="cpu",
+        device=devices[0] if devices else "cpu",
         dtype="float32",
+        backend="nccl" if devices else "gloo",
         max_context=128,
         num_slots=4,
         max_prefill_tokens=max_prefill_tokens,
@@ -81,6 +84,7 @@ def start_instance(
                 layer_start=ranges[stage].start,
                 layer_end=ranges[stage].end,
                 master_port=listening["port"],
+                device=devices[rank] if devices else "cpu",
             )
             runners.append(RunnerProcess(spec, env))
     return runners

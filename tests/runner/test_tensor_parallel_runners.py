@@ -6,7 +6,9 @@ from __future__ import annotations
 import time
 
 import pytest
+import torch
 
+from conftest import TEST_DEVICE
 from runner_processes import generate_all, start_instance, stop
 from tandem.engine.local import create_local_engine
 from tandem.engine.sampling_params import SamplingParams
@@ -59,3 +61,28 @@ def test_tensor_parallel_instance_tokens_equal_single_process(
         assert runner.process.returncode == 0, (
             f"rank {runner.spec.rank} exited with {runner.process.returncode}"
         )
+
+
+@pytest.mark.skipif(
+    TEST_DEVICE != "cuda" or torch.cuda.device_count() < 2, reason="needs two GPUs (TANDEM_TEST_DEVICE=cuda)"
+)
+@pytest.mark.parametrize("run_ahead", ["0", "1"])
+def test_group_of_two_gpus_sums_through_symmetric_memory(checkpoint_factory, run_ahead):
+    """On two GPUs of one host, a stage's group sums with the fused symmetric-memory all-reduce
+    (inside CUDA graphs) and decodes the tokens of one GPU (float32)."""
+    checkpoint = checkpoint_factory("llama-gqa")
+    num_layers = checkpoint.config["num_hidden_layers"]
+    runners = start_instance(
+        checkpoint.path, num_layers, (2,), env={"TANDEM_RUN_AHEAD": run_ahead}, devices=["cuda:0", "cuda:1"]
+    )
+    try:
+        ready = [runner.next_event(timeout=180) for runner in runners]
+        assert [event["all_reduce"] for event in ready] == ["symmetric memory, fused with the norms"] * 2, (
+            ready
+        )
+        engine = create_local_engine(checkpoint.path, device="cuda:0", dtype="float32")
+        params = SamplingParams(max_tokens=24, temperature=0.0, ignore_eos=True)
+        expected = {name: [e.token_id for e in engine.generate(ids, params)] for name, ids in PROMPTS.items()}
+        assert generate_all(runners[0], PROMPTS, params.to_dict()) == expected
+    finally:
+        stop(runners)

@@ -90,14 +90,16 @@ def join_group(spec: RunnerSpec, emit: Emit) -> None:
 
 def load_shard(
     spec: RunnerSpec, groups: StageGroups | None, device: torch.device, dtype: torch.dtype
-) -> CausalLM:
-    """This rank's part of its stage: the whole stage, or its tensor-parallel shard."""
+) -> tuple[CausalLM, str | None]:
+    """This rank's part of its stage: the whole stage, or its tensor-parallel shard; and the
+    all-reduce its group sums with (None without a group)."""
     if groups is None:
-        return load_stage(spec.model_dir, spec.stage, device, dtype)
+        return load_stage(spec.model_dir, spec.stage, device, dtype), None
     config = load_model_config(spec.model_dir)
     all_reduce = group_all_reduce(groups.data, groups.control, device, dtype, config.hidden_size)
     group = TensorParallelGroup.from_process_group(groups.data, all_reduce=all_reduce)
-    return load_tensor_parallel_stage(spec.model_dir, spec.stage, group, device, dtype, config)
+    model = load_tensor_parallel_stage(spec.model_dir, spec.stage, group, device, dtype, config)
+    return model, all_reduce.name
 
 
 def run(spec: RunnerSpec, emit: Emit) -> None:
@@ -111,7 +113,7 @@ def run(spec: RunnerSpec, emit: Emit) -> None:
     if spec.world_size > 1:
         join_group(spec, emit)
         groups = create_stage_groups(spec)
-    model = load_shard(spec, groups, device, dtype)
+    model, all_reduce = load_shard(spec, groups, device, dtype)
     runner = ModelRunner(model, spec.num_slots, spec.max_context)
     emit(
         {
@@ -122,6 +124,7 @@ def run(spec: RunnerSpec, emit: Emit) -> None:
             "parameter_bytes": parameter_bytes(model),
             "kv_cache_bytes": runner.kv_cache.bytes(),
             "layers": [spec.layer_start, spec.layer_end],
+            "all_reduce": all_reduce,
         }
     )
     channel = StageChannel.for_spec(spec, groups, device)

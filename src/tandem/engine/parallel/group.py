@@ -22,6 +22,8 @@ from tandem.engine import ops
 class AllReduce:
     """Sum over the group's ranks; subclasses implement `__call__`."""
 
+    name = "torch.distributed"  # how it sums, for reports
+
     def __call__(self, tensor: torch.Tensor) -> torch.Tensor:
         """The sum of `tensor` over the group's ranks. May reduce in place and return `tensor`,
         or return a new tensor; callers use the return value only."""
