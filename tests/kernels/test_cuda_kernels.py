@@ -1,22 +1,17 @@
 """The Triton kernels of the CUDA decode path against the eager code they replace.
 
-On a GPU they run for real (TANDEM_TEST_DEVICE=cuda); on a CPU they run in Triton's
-interpreter, which checks their logic (indexing, masking, the online softmax) though not GPU
-rounding. Skipped where Triton is not installed.
+On a GPU they run for real, on a CPU in Triton's interpreter (see interpreter.py). Skipped
+where Triton is not installed.
 """
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
+from interpreter import BFLOAT16, INTERPRETED  # before triton: picks the interpreter on CPUs
 
 from conftest import TEST_DEVICE
 
-INTERPRETED = TEST_DEVICE == "cpu"
-if INTERPRETED:
-    os.environ.setdefault("TRITON_INTERPRET", "1")  # must precede the first import of triton
 triton = pytest.importorskip("triton")
 
 from tandem.engine.attention import attention_masks  # noqa: E402
@@ -24,12 +19,7 @@ from tandem.engine.cuda import kernels  # noqa: E402
 from tandem.engine.models.llama import RMSNorm  # noqa: E402
 from tandem.engine.rope import apply_rotary  # noqa: E402
 
-# The interpreter truncates float32 to bfloat16 where a GPU rounds to nearest, and its matrix
-# products read bfloat16 as raw bits: bfloat16 is checked on a GPU only.
-DTYPES = [
-    pytest.param(torch.bfloat16, marks=pytest.mark.skipif(INTERPRETED, reason="bfloat16 needs a real GPU")),
-    torch.float32,
-]
+DTYPES = [BFLOAT16, torch.float32]
 EXACT = {"rtol": 0, "atol": 0}
 
 

@@ -12,27 +12,19 @@ after each call only the slots of the rows' latest calls may hold data.
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
+from interpreter import BFLOAT16  # before triton: picks the interpreter on CPUs
 
 from conftest import TEST_DEVICE
 
-INTERPRETED = TEST_DEVICE == "cpu"
-if INTERPRETED:
-    os.environ.setdefault("TRITON_INTERPRET", "1")  # must precede the first import of triton
 triton = pytest.importorskip("triton")
 
 from tandem.engine.cuda import kernels, push_all_reduce  # noqa: E402
 from tandem.engine.cuda.push_all_reduce import MAX_ROWS, PushExchange, empty_bits  # noqa: E402
 
-# the interpreter has no bfloat16 (see test_cuda_kernels.py); float16 has the same 16-bit exchange
-DTYPES = [
-    pytest.param(torch.bfloat16, marks=pytest.mark.skipif(INTERPRETED, reason="bfloat16 needs a real GPU")),
-    torch.float16,
-    torch.float32,
-]
+# float16 has bfloat16's 16-bit exchange, and the interpreter has float16
+DTYPES = [BFLOAT16, torch.float16, torch.float32]
 WIDTH = 48  # not a power of two: the masks matter
 BATCH_SIZES = [1, 3, 1, 2, 1, 1, 16, 1]
 
