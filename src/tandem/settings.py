@@ -18,6 +18,23 @@ def eager_only() -> bool:
     return os.environ.get("TANDEM_EAGER", "") not in ("", "0")
 
 
+def run_ahead() -> bool | None:
+    """TANDEM_RUN_AHEAD: 1 runs greedy decode steps ahead everywhere, 0 nowhere; unset or
+    anything else, where decode graphs are."""
+    return {"1": True, "0": False}.get(os.environ.get("TANDEM_RUN_AHEAD", ""))
+
+
+def stacks_after() -> float | None:
+    """TANDEM_STACKS_AFTER: seconds after which a `tandem bench` plan worker prints every
+    thread's stack to its log, and again each time as long again (to see where a stuck rank
+    waits); unset: never."""
+    value = os.environ.get("TANDEM_STACKS_AFTER", "")
+    try:
+        return float(value) if value else None
+    except ValueError:
+        return None
+
+
 def data_dir() -> Path:
     """Where a node keeps its identity, secret and caches: TANDEM_HOME, else the XDG data dir."""
     explicit = os.environ.get("TANDEM_HOME")

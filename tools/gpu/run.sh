@@ -51,7 +51,8 @@ for task in "$@"; do
       fi
       # PLANS, PLANS_LENGTHS, PLANS_CONCURRENCY override the defaults (e.g. for a quick profile)
       plans=${PLANS:-$plans}; lengths=${PLANS_LENGTHS:-$lengths}
-      # PLANS_PROFILE=1: also each plan's decode-graph replay alone and its kernels (in its log)
+      # PLANS_PROFILE=1: also each plan's decode-graph replay alone and its kernels (in its log);
+      # TANDEM_STACKS_AFTER=S: every rank of a plan prints its threads' stacks every S seconds
       timeout "${PLANS_TIMEOUT:-420}" python3 -m tandem.cli.main bench --shape $shape --plans "$plans" \
         --prompt-lengths $lengths --decode-tokens 128 --concurrency ${PLANS_CONCURRENCY:-64} --json /tmp/plans-$shape.json \
         ${PLANS_PROFILE:+--profile} \

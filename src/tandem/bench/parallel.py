@@ -12,6 +12,7 @@ launcher does this). Rank 0 writes the plan's measurements as JSON.
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import json
 import os
 import sys
@@ -22,6 +23,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from tandem import settings
 from tandem.bench.measure import (
     aggregate_throughput,
     context_for,
@@ -164,6 +166,9 @@ def main() -> None:
         "--profile", action="store_true", help="also time the decode graph's replay and list its kernels"
     )
     args = parser.parse_args()
+    stacks_after = settings.stacks_after()
+    if stacks_after:  # a stuck rank shows where it waits (Python stacks, every thread)
+        faulthandler.dump_traceback_later(stacks_after, repeat=True, file=sys.stderr)
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     if torch.cuda.is_available():
         device, dtype = torch.device("cuda", local_rank), torch.bfloat16

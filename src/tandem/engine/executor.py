@@ -11,12 +11,12 @@ the current one is still choosing there, before the host waits for them.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 import torch
 
+from tandem import settings
 from tandem.engine.model_runner import ModelRunner
 from tandem.engine.sampling import SamplerState, TokenChoice, plain_greedy, sample_batch
 from tandem.engine.sampling_params import SamplingParams
@@ -77,13 +77,6 @@ def tokens_for(plan: StepPlan, previous: StepPlan, tokens: torch.Tensor) -> torc
     return tokens[index]
 
 
-def run_ahead_setting() -> bool | None:
-    """`TANDEM_RUN_AHEAD`: 1 runs greedy decode steps ahead everywhere, 0 nowhere; unset or
-    anything else, where decode graphs are."""
-    value = os.environ.get("TANDEM_RUN_AHEAD", "")
-    return {"1": True, "0": False}.get(value)
-
-
 class SamplerStates:
     """Per-sequence sampler state, kept wherever the logits are (the last stage)."""
 
@@ -109,7 +102,7 @@ class LocalExecutor:
         self.runner = runner
         self.samplers = SamplerStates(runner.model.config.vocab_size, runner.device)
         # None: where decode graphs are; True/False: always/never (tests run it on the CPU)
-        self.run_ahead = run_ahead_setting() if run_ahead is None else run_ahead
+        self.run_ahead = settings.run_ahead() if run_ahead is None else run_ahead
 
     def start_sequence(self, seq_id: int, prompt_ids: list[int], params: SamplingParams) -> None:
         self.samplers.start(seq_id, prompt_ids, params)
