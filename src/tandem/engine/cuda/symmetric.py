@@ -31,8 +31,6 @@ class SymmetricMemoryAllReduce(AllReduce):
     """Sum over the group: one-shot through a symmetric buffer when the message fits, else NCCL;
     with `width` (the hidden size), sums fused with the add and norm after them for decode."""
 
-    name = "symmetric memory"
-
     def __init__(
         self,
         process_group: Any,
@@ -62,8 +60,10 @@ class SymmetricMemoryAllReduce(AllReduce):
                 self.exchange = PushExchange.over_symmetric_memory(
                     process_group, self.group_name, device, dtype, width
                 )
-        if self.exchange is not None:
-            self.name = "symmetric memory, fused with the norms"
+
+    @property
+    def name(self) -> str:  # type: ignore[override]
+        return "symmetric memory" if self.exchange is None else "symmetric memory, fused with the norms"
 
     def __call__(self, tensor: torch.Tensor) -> torch.Tensor:
         count = tensor.numel()

@@ -1,12 +1,12 @@
 """The tensor-parallel group a model shard computes with, and its two collectives.
 
 The layers never call `torch.distributed` themselves: they call the group's `all_reduce` and
-`all_gather` objects. A row-parallel layer may leave its sum to the norm after it
-(`AllReduce.add_rms_norm`), which a GPU all-reduce runs as one fused kernel. The defaults use `torch.distributed` on the group's process group (gloo
-on CPUs, NCCL on GPUs); a faster all-reduce (PyTorch's symmetric-memory one-shot all-reduce,
-captured in a CUDA graph) is swapped in by giving the group another callable, or after loading
-with `use_all_reduce(model, fn)`.
-"""
+`all_gather` objects. The defaults use `torch.distributed` on the group's process group (gloo
+on CPUs, NCCL on GPUs). A faster all-reduce is another `AllReduce` given to the group (or set
+after loading with `use_all_reduce(model, fn)`): on GPUs of one host, PyTorch's symmetric-memory
+one-shot all-reduce captured in a CUDA graph (`engine/cuda/symmetric.py`). A row-parallel layer
+may leave its sum to the norm after it (`AllReduce.add_rms_norm`), which that all-reduce runs as
+one fused kernel."""
 
 from __future__ import annotations
 
