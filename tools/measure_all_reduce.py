@@ -1,7 +1,8 @@
 """Decode-sized all-reduces inside CUDA graphs, every way the engine could run them: NCCL, the
 symmetric-memory one-shot kernel after a staging copy (what `SymmetricMemoryAllReduce` did first),
-the one-shot kernel that copies the local input itself, and the two-shot kernel. Each result is
-checked against NCCL's sum before it is timed.
+the one-shot kernel that copies the local input itself, the two-shot kernel, and Tandem's own
+all-reduce fused with the residual add and RMSNorm (`engine/cuda/push_all_reduce.py`) with 1 to 8
+programs a row. Each result is checked against NCCL's sum before it is timed.
 
     python -m torch.distributed.run --standalone --nproc_per_node 2 tools/measure_all_reduce.py
 """
@@ -15,7 +16,12 @@ import torch
 import torch.distributed as dist
 import torch.distributed._symmetric_memory as symm_mem
 
-ELEMENTS = (4096, 8192, 16 * 4096)
+from tandem.engine.cuda import kernels
+from tandem.engine.cuda.push_all_reduce import PushExchange
+
+ELEMENTS = (4096, 8192, 16 * 4096)  # one row of an 8B model, of a 70B model; 16 rows of an 8B
+WIDTHS = {4096: 4096, 8192: 8192, 16 * 4096: 4096}
+PIECES = (1, 2, 4, 8)
 CALLS_PER_GRAPH = 64
 REPLAYS = 50
 
@@ -67,12 +73,22 @@ def measure(count: int, rank: int, size: int, name: str, device: torch.device) -
         "one_shot_copy": lambda: ops.one_shot_all_reduce_copy(buffer, local, "sum", name),
         "copy + two_shot": two_shot,
     }
+    width = WIDTHS[count]
+    rows = local.view(-1, width)
+    weight = torch.ones(width, dtype=torch.bfloat16, device=device)
+    expected_normed = kernels.rms_norm(expected.view(-1, width), weight, 1e-5)[0]
+    for pieces in PIECES:
+        exchange = PushExchange.over_symmetric_memory(
+            dist.group.WORLD, name, device, torch.bfloat16, width, pieces=pieces
+        )
+        ways[f"fused+norm x{pieces}"] = lambda e=exchange: e.add_rms_norm(rows, None, weight, 1e-5)[0]
     for label, work in ways.items():
         try:
             if label != "nccl":
                 got = work()
                 torch.cuda.synchronize()
-                error = (got.float() - expected.float()).abs().max().item()
+                want = expected_normed if label.startswith("fused") else expected
+                error = (got.float() - want.float()).abs().max().item()
             else:
                 error = 0.0
             micro = graph_microseconds(work)

@@ -86,3 +86,23 @@ def test_group_of_two_gpus_sums_through_symmetric_memory(checkpoint_factory, run
         assert generate_all(runners[0], PROMPTS, params.to_dict()) == expected
     finally:
         stop(runners)
+
+
+@pytest.mark.skipif(
+    TEST_DEVICE != "cuda" or torch.cuda.device_count() < 2, reason="needs two GPUs (TANDEM_TEST_DEVICE=cuda)"
+)
+def test_pipeline_of_two_gpus_over_nccl_decodes_the_tokens_of_one(checkpoint_factory):
+    """Two GPU stages of one host: headers over gloo, hidden states over NCCL, decode steps in
+    CUDA graphs on both stages; the tokens of one GPU (float32)."""
+    checkpoint = checkpoint_factory("llama-gqa")
+    num_layers = checkpoint.config["num_hidden_layers"]
+    runners = start_instance(checkpoint.path, num_layers, (1, 1), devices=["cuda:0", "cuda:1"])
+    try:
+        ready = [runner.next_event(timeout=180) for runner in runners]
+        assert [event["event"] for event in ready] == ["ready"] * 2, ready
+        engine = create_local_engine(checkpoint.path, device="cuda:0", dtype="float32")
+        params = SamplingParams(max_tokens=24, temperature=0.0, ignore_eos=True)
+        expected = {name: [e.token_id for e in engine.generate(ids, params)] for name, ids in PROMPTS.items()}
+        assert generate_all(runners[0], PROMPTS, params.to_dict()) == expected
+    finally:
+        stop(runners)

@@ -1,5 +1,7 @@
 """The runner wire between two real processes over gloo: headers that fit the envelope and
-headers that do not, with and without a tensor, point to point and broadcast."""
+headers that do not, with and without a tensor, point to point and broadcast; all on one group,
+or headers on a group of their own (as between GPU pipeline stages: headers over gloo, tensors
+over NCCL)."""
 
 from __future__ import annotations
 
@@ -7,6 +9,8 @@ import json
 import subprocess
 import sys
 import textwrap
+
+import pytest
 
 from tandem.runner.wire import INLINE_HEADER_BYTES
 
@@ -17,7 +21,8 @@ PEER = textwrap.dedent(
     from tandem.runner.wire import Wire
     rendezvous, rank, cases = sys.argv[1], int(sys.argv[2]), json.loads(sys.argv[3])
     dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=2)
-    wire = Wire(torch.device("cpu"))
+    cpu = torch.device("cpu")
+    wire = Wire(cpu, dist.new_group(backend="gloo"), cpu) if sys.argv[4] == "split" else Wire(cpu)
     received = []
     for case in cases:
         tensor = torch.arange(case["numel"], dtype=torch.float32).view(-1, 2) if case["numel"] else None
@@ -41,14 +46,15 @@ def header_of(size: int) -> dict:
     return {"op": "step", "pad": "x" * (size - empty)}
 
 
-def test_headers_around_the_envelope_size_and_tensors_arrive_whole(tmp_path):
+@pytest.mark.parametrize("groups", ["one", "split"])
+def test_headers_around_the_envelope_size_and_tensors_arrive_whole(tmp_path, groups):
     sizes = [30, INLINE_HEADER_BYTES, INLINE_HEADER_BYTES + 1, 20_000]
     cases = [{"header": header_of(size), "numel": numel} for size in sizes for numel in (0, 6)]
     assert [len(json.dumps(case["header"])) for case in cases[::2]] == sizes
     rendezvous = str(tmp_path / "rendezvous")
     processes = [
         subprocess.Popen(
-            [sys.executable, "-c", PEER, rendezvous, str(rank), json.dumps(cases)],
+            [sys.executable, "-c", PEER, rendezvous, str(rank), json.dumps(cases), groups],
             stdout=subprocess.PIPE,
             text=True,
         )

@@ -6,7 +6,8 @@ launcher does this). Rank 0 writes the plan's measurements as JSON.
   lockstep (greedy, so every rank picks the same tokens); all-reduces go through symmetric
   memory where available (else NCCL), inside the decode CUDA graph.
 - `ppN`: rank r holds the r-th of N pipeline stages; rank 0 drives the engine and the stages pass
-  hidden states as the cluster's runners do (`runner/pipeline.py`), over NCCL.
+  hidden states as the cluster's runners do (`runner/pipeline.py`): headers over gloo, hidden
+  states over NCCL.
 """
 
 from __future__ import annotations
@@ -112,15 +113,16 @@ def pipeline_engine(
     """Rank 0's engine; other ranks serve their stage until rank 0 stops them, then return None."""
     from tandem.runner.pipeline import PipelineExecutor, serve_stage
     from tandem.runner.spec import InstanceLayout
-    from tandem.runner.wire import Wire
+    from tandem.runner.wire import pipeline_wire
 
     rank, world = dist.get_rank(), dist.get_world_size()
+    wire = pipeline_wire(device)
     layers = split_evenly(config.num_layers, world)[rank]
     model = randomize(
         build_empty_model(config, StageSpec(layers, config.num_layers)), device, dtype, seed=rank
     )
     runner = ModelRunner(model, num_slots=slots, max_context=context)
-    wire = Wire(device)
+    runner.warm_up()  # every stage at once; on the first request they would take turns
     layout = InstanceLayout((1,) * world)  # one rank a stage
     if rank > 0:
         serve_stage(runner, wire, layout, rank)

@@ -9,7 +9,9 @@ from tandem.engine import ops
 from tandem.engine.attention import slot_range
 from tandem.engine.kv_cache import KVCache
 from tandem.engine.models.llama import CausalLM
-from tandem.engine.sequence import StepPlan
+from tandem.engine.sequence import SequenceChunk, StepPlan
+
+WARM_UP_PROMPT_TOKENS = 16
 
 
 class ModelRunner:
@@ -34,6 +36,25 @@ class ModelRunner:
             from tandem.engine.cuda.graphs import DecodeGraphs
 
             self.graphs = DecodeGraphs(model, self.kv_cache, max_batch=num_slots, scratch_slot=num_slots)
+
+    @torch.inference_mode()
+    def warm_up(self) -> None:
+        """Run a short prompt and one decode step before the first request, so that kernels are
+        compiled and tuned and the batch-1 decode graph captured now: on GPUs that takes up to a
+        minute, and the stages of a pipeline would otherwise each take it in turn on the first
+        request. Writes only into slot 0, which a sequence overwrites before reading. Every rank
+        of a tensor-parallel group calls it together: it runs the group's collectives."""
+        length = min(WARM_UP_PROMPT_TOKENS, self.max_context - 1)
+        prompt = StepPlan((SequenceChunk(-1, 0, 0, (0,) * length, sample=True),))
+        decode = StepPlan((SequenceChunk(-1, 0, length, (0,), sample=True),))
+        for plan in (prompt, decode):
+            hidden = None
+            if not self.is_first_stage:
+                shape = (1, plan.tokens_per_sequence, self.model.config.hidden_size)
+                hidden = torch.zeros(shape, dtype=self.model.activation_dtype(), device=self.device)
+            self.forward(plan, hidden)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
 
     @property
     def is_first_stage(self) -> bool:

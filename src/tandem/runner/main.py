@@ -42,7 +42,7 @@ from tandem.runner.stage_group import (
     create_stage_groups,
     follow_leader,
 )
-from tandem.runner.wire import Wire
+from tandem.runner.wire import Wire, pipeline_wire
 
 # How long a rank waits for the others: to join, while a large stage loads from disk (minutes),
 # and for each message; an idle driver sends keep-alives well within it (RunnerSpec).
@@ -109,12 +109,14 @@ def run(spec: RunnerSpec, emit: Emit) -> None:
     if device.type == "cuda":
         torch.cuda.set_device(device)
     dtype = resolve_dtype(spec.dtype, device)
-    groups = None
+    groups, wire = None, None
     if spec.world_size > 1:
         join_group(spec, emit)
+        wire = pipeline_wire(device)  # every rank creates the same groups in the same order
         groups = create_stage_groups(spec)
     model, all_reduce = load_shard(spec, groups, device, dtype)
     runner = ModelRunner(model, spec.num_slots, spec.max_context)
+    runner.warm_up()  # all stages at once, before the first request
     emit(
         {
             "event": "ready",
@@ -131,8 +133,8 @@ def run(spec: RunnerSpec, emit: Emit) -> None:
     if spec.tp_rank > 0:
         follow_leader(runner, channel)
         return
-    wire = Wire(device if spec.backend == "nccl" else torch.device("cpu"))
     if not spec.is_driver:
+        assert wire is not None
         serve_stage(runner, wire, spec.layout, spec.stage_index, channel)
         return
     tokenizer = Tokenizer(spec.model_dir)
@@ -163,10 +165,11 @@ def run(spec: RunnerSpec, emit: Emit) -> None:
 
 
 def make_driver_executor(
-    spec: RunnerSpec, runner: ModelRunner, wire: Wire, channel: StageChannel
+    spec: RunnerSpec, runner: ModelRunner, wire: Wire | None, channel: StageChannel
 ) -> LocalExecutor | PipelineExecutor:
     """Rank 0's executor: through the pipeline, with its tensor-parallel group, or alone."""
     if spec.layout.num_stages > 1:
+        assert wire is not None
         return PipelineExecutor(runner, wire, spec.layout, channel)
     if spec.tp_size > 1:
         return TensorParallelExecutor(runner, channel)

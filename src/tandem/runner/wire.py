@@ -49,7 +49,7 @@ class Wire:
         self.device = device
         self.group = group
         self.tensor_device = tensor_device or device
-        self.tensor_group = tensor_group if tensor_device is not None else group
+        self.tensor_group = tensor_group if tensor_device is not None else group  # None: the default group
 
     def send(self, header: dict[str, Any], tensor: torch.Tensor | None, dst: int) -> None:
         for part, group in self._encode(header, tensor):
@@ -111,3 +111,13 @@ class Wire:
         tensor = torch.empty(shape, dtype=WIRE_DTYPES[preamble[2]], device=self.tensor_device)
         receive(tensor, self.tensor_group)
         return header, tensor
+
+
+def pipeline_wire(device: torch.device) -> Wire:
+    """The wire between pipeline stages, over the whole process group. With NCCL, the headers
+    travel on a gloo group instead (created here: every rank calls this at the same point): a
+    stage reads the next step's plan without waiting for its GPU and queues the step's work
+    before the hidden states arrive, so no stage's host work adds to a token's time."""
+    if dist.get_backend() != "nccl":
+        return Wire(torch.device("cpu"))
+    return Wire(torch.device("cpu"), dist.new_group(backend="gloo"), device)

@@ -8,8 +8,9 @@ speed of the step is the bandwidth these products reach. Two kernels:
   many programs even for a 4096-wide output, which keeps every multiprocessor streaming.
 - `_gemv_dot_kernel` (up to 16 rows): the rows ride along in one tensor-core product per tile.
 
-Both are autotuned per matrix shape (timed inside CUDA graphs, as they will run), and for one
-row the faster of the two is kept per shape.
+Both are autotuned per matrix shape (timed inside CUDA graphs, as they will run; the choice is
+kept in Triton's cache directory for later processes), and for one row the faster of the two is
+kept per shape.
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ DOT_CONFIGS = _configs(
 )
 
 
-@triton.autotune(configs=ROW_CONFIGS, key=["N", "K"], use_cuda_graph=True)
+@triton.autotune(configs=ROW_CONFIGS, key=["N", "K"], use_cuda_graph=True, cache_results=True)
 @triton.jit
 def _gemv_row_kernel(
     x_ptr, w_ptr, bias_ptr, y_ptr, N, K, HAS_BIAS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr
@@ -74,7 +75,7 @@ def _gemv_row_kernel(
     tl.store(y_ptr + features, out.to(y_ptr.dtype.element_ty), mask=feature_ok)
 
 
-@triton.autotune(configs=DOT_CONFIGS, key=["N", "K"], use_cuda_graph=True)
+@triton.autotune(configs=DOT_CONFIGS, key=["N", "K"], use_cuda_graph=True, cache_results=True)
 @triton.jit
 def _gemv_dot_kernel(
     x_ptr,

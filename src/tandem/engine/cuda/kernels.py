@@ -16,6 +16,23 @@ import triton.language as tl
 
 
 @triton.jit
+def add_rounded(x, residual_ptr, columns, inside):
+    """`x + residual` for one row, rounded to the activation dtype as the eager `x + residual` is."""
+    residual = tl.load(residual_ptr + columns, mask=inside, other=0.0)
+    return (x.to(tl.float32) + residual.to(tl.float32)).to(x.dtype)
+
+
+@triton.jit
+def store_rms_norm(x, weight_ptr, out_ptr, columns, inside, width, eps):
+    """Store RMSNorm(x) * weight for one row `x`, rounded where the eager code rounds."""
+    x32 = x.to(tl.float32)
+    variance = tl.sum(x32 * x32, axis=0) / width
+    normalized = (x32 * tl.rsqrt(variance + eps)).to(x.dtype)
+    weight = tl.load(weight_ptr + columns, mask=inside, other=0.0)
+    tl.store(out_ptr + columns, (normalized.to(tl.float32) * weight.to(tl.float32)).to(x.dtype), mask=inside)
+
+
+@triton.jit
 def _rms_norm_kernel(
     x_ptr,
     residual_ptr,
@@ -32,18 +49,9 @@ def _rms_norm_kernel(
     inside = columns < width
     x = tl.load(x_ptr + row * width + columns, mask=inside, other=0.0)
     if HAS_RESIDUAL:
-        # the eager `x = x + residual` rounds the sum to the activation dtype
-        x = (
-            x.to(tl.float32)
-            + tl.load(residual_ptr + row * width + columns, mask=inside, other=0.0).to(tl.float32)
-        ).to(x.dtype)
+        x = add_rounded(x, residual_ptr + row * width, columns, inside)
         tl.store(residual_out_ptr + row * width + columns, x, mask=inside)
-    x32 = x.to(tl.float32)
-    variance = tl.sum(x32 * x32, axis=0) / width
-    normalized = (x32 * tl.rsqrt(variance + eps)).to(x.dtype)
-    weight = tl.load(weight_ptr + columns, mask=inside, other=0.0)
-    out = (normalized.to(tl.float32) * weight.to(tl.float32)).to(x.dtype)
-    tl.store(out_ptr + row * width + columns, out, mask=inside)
+    store_rms_norm(x, weight_ptr, out_ptr + row * width, columns, inside, width, eps)
 
 
 def rms_norm(
