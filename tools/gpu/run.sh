@@ -43,8 +43,8 @@ for task in "$@"; do
       # brings back at most eight files).
       gpus=$(nvidia-smi -L | wc -l)
       if [ "$task" = plans-8b ]; then
-        shape=llama3-8b; plans="1,tp2,auto"; lengths=128,2048
-        [ "$gpus" -ge 4 ] && plans="1,tp2,tp4,auto"
+        shape=llama3-8b; plans="1,tp2,pp2,auto"; lengths=128,2048
+        [ "$gpus" -ge 4 ] && plans="1,tp2,tp4,pp2,auto"
       else
         shape=llama3-70b; plans="tp2"; lengths=128
         [ "$gpus" -ge 4 ] && plans="tp2,tp4"
