@@ -18,6 +18,12 @@ def eager_only() -> bool:
     return os.environ.get("TANDEM_EAGER", "") not in ("", "0")
 
 
+def overlap_launches() -> bool:
+    """TANDEM_PDL=0 launches the decode kernels one after another, never overlapped (for
+    comparisons); by default each starts while the one before it finishes, where the GPU can."""
+    return os.environ.get("TANDEM_PDL", "") != "0"
+
+
 def run_ahead() -> bool | None:
     """TANDEM_RUN_AHEAD: 1 runs greedy decode steps ahead everywhere, 0 nowhere; unset or
     anything else, where decode graphs are."""

@@ -20,6 +20,8 @@ import triton
 import triton.language as tl
 import triton.testing
 
+from tandem.engine.cuda.kernels import overlap, wait_for_previous_kernel
+
 MAX_ROWS = 16
 
 
@@ -56,8 +58,18 @@ DOT_CONFIGS = _configs(
 @triton.autotune(configs=ROW_CONFIGS, key=["N", "K"], use_cuda_graph=True, cache_results=True)
 @triton.jit
 def _gemv_row_kernel(
-    x_ptr, w_ptr, bias_ptr, y_ptr, N, K, HAS_BIAS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr
+    x_ptr,
+    w_ptr,
+    bias_ptr,
+    y_ptr,
+    N,
+    K,
+    HAS_BIAS: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    OVERLAP: tl.constexpr,
 ):
+    wait_for_previous_kernel(OVERLAP)
     features = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     feature_ok = features < N
     acc = tl.zeros([BLOCK_N, BLOCK_K], tl.float32)
@@ -89,7 +101,9 @@ def _gemv_dot_kernel(
     ROWS: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
+    OVERLAP: tl.constexpr,
 ):
+    wait_for_previous_kernel(OVERLAP)
     features = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     rows = tl.arange(0, ROWS)
     feature_ok = features < N
@@ -116,7 +130,7 @@ def _gemv_dot_kernel(
 def _row_product(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, out: torch.Tensor) -> None:
     N, K = weight.shape
     _gemv_row_kernel[lambda meta: (triton.cdiv(N, meta["BLOCK_N"]),)](
-        x, weight, bias if bias is not None else weight, out, N, K, HAS_BIAS=bias is not None
+        x, weight, bias if bias is not None else weight, out, N, K, HAS_BIAS=bias is not None, **overlap()
     )
 
 
@@ -132,6 +146,7 @@ def _dot_product(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
         K,
         HAS_BIAS=bias is not None,
         ROWS=MAX_ROWS,
+        **overlap(),
     )
 
 

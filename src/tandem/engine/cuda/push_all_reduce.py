@@ -30,7 +30,7 @@ import torch.distributed as dist
 import triton
 import triton.language as tl
 
-from tandem.engine.cuda.kernels import add_rounded, store_rms_norm
+from tandem.engine.cuda.kernels import add_rounded, overlap, store_rms_norm, wait_for_previous_kernel
 
 SLOTS = 3
 MAX_ROWS = 16  # a decode step of up to 16 sequences; larger messages take the unfused path
@@ -60,9 +60,11 @@ def _push_add_rms_norm_kernel(
     EMPTY: tl.constexpr,
     BLOCK: tl.constexpr,
     PIECES: tl.constexpr,
+    OVERLAP: tl.constexpr,
 ):
     """Program (row, piece) sends and clears its piece of the row's columns and writes its piece
     of the outputs; every program of a row waits for the whole row (the norm needs all of it)."""
+    wait_for_previous_kernel(OVERLAP)
     row = tl.program_id(0)
     PIECE: tl.constexpr = BLOCK // PIECES
     piece = tl.program_id(1) * PIECE + tl.arange(0, PIECE)
@@ -200,6 +202,7 @@ class PushExchange:
             BLOCK=block,
             PIECES=self.pieces,
             num_warps=8 if block >= 4096 else 4,
+            **overlap(),
         )
         return normed, summed
 
