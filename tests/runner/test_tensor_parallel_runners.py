@@ -1,5 +1,6 @@
-"""Runner processes whose stages are tensor-parallel groups, over gloo on loopback: the same
-greedy tokens as one process, and each rank holding only its share of the stage."""
+"""Runner processes whose stages are tensor-parallel groups, over gloo on loopback (and, given two
+GPUs, over NCCL and symmetric memory): the same greedy tokens as one process, and each rank
+holding only its share of the stage."""
 
 from __future__ import annotations
 
@@ -66,40 +67,24 @@ def test_tensor_parallel_instance_tokens_equal_single_process(
 @pytest.mark.skipif(
     TEST_DEVICE != "cuda" or torch.cuda.device_count() < 2, reason="needs two GPUs (TANDEM_TEST_DEVICE=cuda)"
 )
-@pytest.mark.parametrize("run_ahead", ["0", "1"])
-def test_group_of_two_gpus_sums_through_symmetric_memory(checkpoint_factory, run_ahead):
-    """On two GPUs of one host, a stage's group sums with the fused symmetric-memory all-reduce
-    (inside CUDA graphs) and decodes the tokens of one GPU (float32)."""
+@pytest.mark.parametrize(("stage_sizes", "run_ahead"), [((2,), "0"), ((2,), "1"), ((1, 1), "0")])
+def test_two_gpus_decode_the_tokens_of_one(checkpoint_factory, stage_sizes, run_ahead):
+    """On two GPUs of one host (float32, CUDA graphs on both): one stage's group of both sums with
+    the fused symmetric-memory all-reduce; two stages pass headers over gloo and hidden states
+    over NCCL. Either way, the tokens of one GPU."""
     checkpoint = checkpoint_factory("llama-gqa")
     num_layers = checkpoint.config["num_hidden_layers"]
     runners = start_instance(
-        checkpoint.path, num_layers, (2,), env={"TANDEM_RUN_AHEAD": run_ahead}, devices=["cuda:0", "cuda:1"]
+        checkpoint.path,
+        num_layers,
+        stage_sizes,
+        env={"TANDEM_RUN_AHEAD": run_ahead},
+        devices=["cuda:0", "cuda:1"],
     )
     try:
         ready = [runner.next_event(timeout=180) for runner in runners]
-        assert [event["all_reduce"] for event in ready] == ["symmetric memory, fused with the norms"] * 2, (
-            ready
-        )
-        engine = create_local_engine(checkpoint.path, device="cuda:0", dtype="float32")
-        params = SamplingParams(max_tokens=24, temperature=0.0, ignore_eos=True)
-        expected = {name: [e.token_id for e in engine.generate(ids, params)] for name, ids in PROMPTS.items()}
-        assert generate_all(runners[0], PROMPTS, params.to_dict()) == expected
-    finally:
-        stop(runners)
-
-
-@pytest.mark.skipif(
-    TEST_DEVICE != "cuda" or torch.cuda.device_count() < 2, reason="needs two GPUs (TANDEM_TEST_DEVICE=cuda)"
-)
-def test_pipeline_of_two_gpus_over_nccl_decodes_the_tokens_of_one(checkpoint_factory):
-    """Two GPU stages of one host: headers over gloo, hidden states over NCCL, decode steps in
-    CUDA graphs on both stages; the tokens of one GPU (float32)."""
-    checkpoint = checkpoint_factory("llama-gqa")
-    num_layers = checkpoint.config["num_hidden_layers"]
-    runners = start_instance(checkpoint.path, num_layers, (1, 1), devices=["cuda:0", "cuda:1"])
-    try:
-        ready = [runner.next_event(timeout=180) for runner in runners]
-        assert [event["event"] for event in ready] == ["ready"] * 2, ready
+        fused = "symmetric memory, fused with the norms" if stage_sizes == (2,) else None
+        assert [event.get("all_reduce") for event in ready] == [fused] * 2, ready
         engine = create_local_engine(checkpoint.path, device="cuda:0", dtype="float32")
         params = SamplingParams(max_tokens=24, temperature=0.0, ignore_eos=True)
         expected = {name: [e.token_id for e in engine.generate(ids, params)] for name, ids in PROMPTS.items()}
