@@ -67,11 +67,12 @@ def _push_add_rms_norm_kernel(
     wait_for_previous_kernel(OVERLAP)
     row = tl.program_id(0)
     PIECE: tl.constexpr = BLOCK // PIECES
-    piece = tl.program_id(1) * PIECE + tl.arange(0, PIECE)
+    first = tl.program_id(1) * PIECE
+    piece = first + tl.arange(0, PIECE)
     piece_inside = piece < width
     columns = tl.arange(0, BLOCK)
     inside = columns < width
-    mine = inside & (columns >= tl.program_id(1) * PIECE) & (columns < (tl.program_id(1) + 1) * PIECE)
+    mine = inside & (columns >= first) & (columns < first + PIECE)
     counter = counters_ptr + row * PIECES + tl.program_id(1)
     calls = tl.load(counter)
     slot = calls % 3
@@ -128,7 +129,7 @@ class PushExchange:
         sending a piece of it (default: `pieces_for`)."""
         self.rank, self.world = rank, len(buffers)
         self.dtype, self.width = dtype, width
-        self.pieces = pieces or pieces_for(self.world, width)
+        self.pieces = pieces or pieces_for(width)
         device = buffers[rank].device
         self.buffers = buffers  # kept alive: the kernel reads them by address
         self.addresses = torch.tensor([b.data_ptr() for b in buffers], dtype=torch.int64, device=device)
@@ -207,7 +208,7 @@ class PushExchange:
         return normed, summed
 
 
-def pieces_for(world: int, width: int) -> int:
+def pieces_for(width: int) -> int:
     """Programs a row. Four programs, each sending a quarter of the row, beat one that sends it
     all, for 2 and 4 ranks, one row or sixteen, 4096 or 8192 wide (`tools/measure_all_reduce.py`,
     4× H100: one 8B row on 4 ranks 5.7 µs against 6.7, a 70B row 8.1 against 10.3); rows too
