@@ -112,7 +112,8 @@ def run(spec: RunnerSpec, emit: Emit) -> None:
     groups, wire = None, None
     if spec.world_size > 1:
         join_group(spec, emit)
-        wire = pipeline_wire(device)  # every rank creates the same groups in the same order
+        if spec.layout.num_stages > 1:  # every rank creates the same groups in the same order
+            wire = pipeline_wire(device)
         groups = create_stage_groups(spec)
     model, all_reduce = load_shard(spec, groups, device, dtype)
     runner = ModelRunner(model, spec.num_slots, spec.max_context)
