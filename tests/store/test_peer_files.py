@@ -25,6 +25,19 @@ def downloads_of(node, node_id: str) -> list[dict]:
     return next(n for n in node.cluster()["nodes"] if n["node_id"] == node_id)["downloads"]
 
 
+def ended_download(observer, node_id: str, layers: str) -> list[dict]:
+    """`node_id`'s download of `layers` as `observer` sees it once it has ended: the cluster
+    state reaches the other nodes a moment after the download's own node."""
+    return wait_for(
+        lambda: [
+            d
+            for d in downloads_of(observer, node_id)
+            if d["layers"] == layers and d["status"] != "downloading"
+        ],
+        what=f"the end of the download of layers {layers}",
+    )
+
+
 def signed_get(node, target: str, secret: str = TEST_SECRET, **headers: str) -> httpx.Response:
     signature = sign_request(secret.encode(), "test-client", "GET", target)
     return node.http.get(target, headers={**signature, **headers})
@@ -63,9 +76,7 @@ def test_a_node_takes_its_stage_from_a_peer_when_the_hub_is_off(tmp_path, hub, h
         hub.rate = None
         expected = tokens(holder, alone["instance_id"])
         assert len(expected) == 12
-        done = wait_for(
-            lambda: [d for d in downloads_of(taker, holder_id) if d["layers"] == "0:4"], what="progress"
-        )
+        done = ended_download(taker, holder_id, "0:4")
         assert done[0]["status"] == "done" and done[0]["source"] == "hub"
         weights = sum((sharded.path / name).stat().st_size for name in shards_by_name(sharded.path, 0, 4))
         assert done[0]["done_bytes"] == done[0]["total_bytes"] == weights  # the config came first, to plan
@@ -80,10 +91,7 @@ def test_a_node_takes_its_stage_from_a_peer_when_the_hub_is_off(tmp_path, hub, h
         assert "model-00001-of-00006.safetensors" not in stage_files  # the embedding's shard stays away
         snapshot = tmp_path / f"hf-{nodes.index(taker)}" / "hub" / "models--tiny--llama" / "snapshots"
         assert {p.name for p in (snapshot / hub.commits[REPO]).iterdir()} == stage_files
-        fetched = wait_for(
-            lambda: [d for d in downloads_of(holder, taker_id) if d["layers"] == f"{start}:{end}"],
-            what="progress",
-        )
+        fetched = ended_download(holder, taker_id, f"{start}:{end}")
         assert fetched[0]["status"] == "done"
         assert fetched[0]["source"] == f"peer {holder_id}"
         assert fetched[0]["files_done"] == fetched[0]["files_total"] == len(stage_files)
