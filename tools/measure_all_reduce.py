@@ -19,8 +19,7 @@ import torch.distributed._symmetric_memory as symm_mem
 from tandem.engine.cuda import kernels
 from tandem.engine.cuda.push_all_reduce import PushExchange
 
-ELEMENTS = (4096, 8192, 16 * 4096)  # one row of an 8B model, of a 70B model; 16 rows of an 8B
-WIDTHS = {4096: 4096, 8192: 8192, 16 * 4096: 4096}
+MESSAGES = ((1, 4096), (1, 8192), (16, 4096))  # rows, width: a token of an 8B, of a 70B; 16 of an 8B
 PIECES = (1, 2, 4, 8)
 CALLS_PER_GRAPH = 64
 REPLAYS = 50
@@ -47,7 +46,8 @@ def graph_microseconds(work) -> float:
     return (time.perf_counter() - start) / (REPLAYS * CALLS_PER_GRAPH) * 1e6
 
 
-def measure(count: int, rank: int, size: int, name: str, device: torch.device) -> None:
+def measure(rows: int, width: int, rank: int, size: int, name: str, device: torch.device) -> None:
+    count = rows * width
     ops = torch.ops.symm_mem
     buffer = symm_mem.empty(count, dtype=torch.bfloat16, device=device)
     symm_mem.rendezvous(buffer, name)
@@ -73,15 +73,14 @@ def measure(count: int, rank: int, size: int, name: str, device: torch.device) -
         "one_shot_copy": lambda: ops.one_shot_all_reduce_copy(buffer, local, "sum", name),
         "copy + two_shot": two_shot,
     }
-    width = WIDTHS[count]
-    rows = local.view(-1, width)
+    message = local.view(rows, width)
     weight = torch.ones(width, dtype=torch.bfloat16, device=device)
-    expected_normed = kernels.rms_norm(expected.view(-1, width), weight, 1e-5)[0]
+    expected_normed = kernels.rms_norm(expected.view(rows, width), weight, 1e-5)[0]
     for pieces in PIECES:
         exchange = PushExchange.over_symmetric_memory(
             dist.group.WORLD, name, device, torch.bfloat16, width, pieces=pieces
         )
-        ways[f"fused+norm x{pieces}"] = lambda e=exchange: e.add_rms_norm(rows, None, weight, 1e-5)[0]
+        ways[f"fused+norm x{pieces}"] = lambda e=exchange: e.add_rms_norm(message, None, weight, 1e-5)[0]
     for label, work in ways.items():
         try:
             if label != "nccl":
@@ -105,8 +104,8 @@ def main() -> None:
     dist.init_process_group("nccl")
     size, name = dist.get_world_size(), dist.group.WORLD.group_name
     device = torch.device("cuda", rank)
-    for count in ELEMENTS:
-        measure(count, rank, size, name, device)
+    for rows, width in MESSAGES:
+        measure(rows, width, rank, size, name, device)
     dist.barrier()
     os._exit(0)  # process-group teardown after symmetric-memory work can hang
 
