@@ -131,3 +131,20 @@ def test_gemv_matches_a_float32_product(rows, with_bias):
     out = gemv(x, weight, bias)
     assert out.dtype == torch.bfloat16 and out.shape == (rows, 300)
     torch.testing.assert_close(out.float(), expected, rtol=1e-2, atol=5e-2)
+
+
+@pytest.mark.skipif(INTERPRETED, reason="autotuning needs a GPU")
+@pytest.mark.parametrize("rows", [1, 5])
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_gated_gemv_is_silu_of_gate_times_up(rows, with_bias):
+    from tandem.engine.cuda.gemv import gemv
+
+    generator = torch.Generator().manual_seed(5)
+    weight = random(2 * 300, 1000, dtype=torch.bfloat16, generator=generator) / 8
+    x = random(rows, 1000, dtype=torch.bfloat16, generator=generator)
+    bias = random(2 * 300, dtype=torch.bfloat16, generator=generator) if with_bias else None
+    gate, up = (x.float() @ weight.float().T + (bias.float() if bias is not None else 0)).chunk(2, dim=-1)
+    expected = torch.nn.functional.silu(gate) * up
+    out = gemv(x, weight, bias, gated=True)
+    assert out.dtype == torch.bfloat16 and out.shape == (rows, 300)
+    torch.testing.assert_close(out.float(), expected, rtol=2e-2, atol=5e-2)

@@ -46,14 +46,32 @@ def linear(layer: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     return matmul(x, layer.weight, layer.bias)
 
 
+def _by_gemv(x: torch.Tensor) -> bool:
+    """Whether a product of x goes through the Triton matrix-vector kernel."""
+    if not (TRITON_GEMV and x.dtype in GEMV_DTYPES and use_kernels(x)):
+        return False
+    from tandem.engine.cuda.gemv import MAX_ROWS
+
+    return x.numel() // x.shape[-1] <= MAX_ROWS
+
+
 def matmul(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """F.linear(x, weight, bias), by the kernel that streams the weight fastest for this shape."""
-    if TRITON_GEMV and x.dtype in GEMV_DTYPES and use_kernels(x):
-        from tandem.engine.cuda.gemv import MAX_ROWS, gemv
+    if _by_gemv(x):
+        from tandem.engine.cuda.gemv import gemv
 
-        if x.numel() // x.shape[-1] <= MAX_ROWS:
-            return gemv(x, weight, bias)
+        return gemv(x, weight, bias)
     return F.linear(x, weight, bias)
+
+
+def gated_linear(gate_up: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    """silu(gate) * up of x through a fused gate_up projection (gate features, then up): one
+    kernel where the matrix-vector kernel runs, else the product then `silu_mul`."""
+    if _by_gemv(x):
+        from tandem.engine.cuda.gemv import gemv
+
+        return gemv(x, gate_up.weight, gate_up.bias, gated=True)
+    return silu_mul(linear(gate_up, x))
 
 
 def rms_norm_reference(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:

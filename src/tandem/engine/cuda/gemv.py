@@ -19,8 +19,10 @@ import torch
 import triton
 import triton.language as tl
 import triton.testing
+from triton.language.extra.cuda import gdc_launch_dependents
 
-from tandem.engine.cuda.kernels import overlap, wait_for_previous_kernel
+from tandem import settings
+from tandem.engine.cuda.kernels import overlap, prefetch_to_l2, silu_times, wait_for_previous_kernel
 
 MAX_ROWS = 16
 
@@ -55,23 +57,33 @@ DOT_CONFIGS = _configs(
 )
 
 
-@triton.autotune(configs=ROW_CONFIGS, key=["N", "K"], use_cuda_graph=True, cache_results=True)
 @triton.jit
-def _gemv_row_kernel(
-    x_ptr,
+def _fetch_weights_then_wait(
     w_ptr,
-    bias_ptr,
-    y_ptr,
+    first_feature,
     N,
     K,
-    HAS_BIAS: tl.constexpr,
     BLOCK_N: tl.constexpr,
-    BLOCK_K: tl.constexpr,
+    GATED: tl.constexpr,
     OVERLAP: tl.constexpr,
+    PREFETCH: tl.constexpr,
 ):
+    """A program's weight rows do not depend on the kernel before it: under overlapped launches it
+    asks for them into L2 while that kernel finishes (for a product after an all-reduce, while
+    the all-reduce waits on its peers), then waits for it before reading x."""
+    if OVERLAP and PREFETCH:
+        gdc_launch_dependents()
+        start = first_feature.to(tl.int64) * K
+        end = tl.minimum(first_feature + BLOCK_N, N).to(tl.int64) * K
+        prefetch_to_l2(w_ptr, start, end)
+        if GATED:
+            prefetch_to_l2(w_ptr + N * K, start, end)
     wait_for_previous_kernel(OVERLAP)
-    features = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-    feature_ok = features < N
+
+
+@triton.jit
+def _row_sums(x_ptr, w_ptr, bias_ptr, features, feature_ok, K, HAS_BIAS, BLOCK_N, BLOCK_K):
+    """w[features] · x (+ bias[features]) in float32, on the CUDA cores."""
     acc = tl.zeros([BLOCK_N, BLOCK_K], tl.float32)
     for k_start in range(0, K, BLOCK_K):
         ks = k_start + tl.arange(0, BLOCK_K)
@@ -84,29 +96,41 @@ def _gemv_row_kernel(
     out = tl.sum(acc, axis=1)
     if HAS_BIAS:
         out += tl.load(bias_ptr + features, mask=feature_ok, other=0.0).to(tl.float32)
-    tl.store(y_ptr + features, out.to(y_ptr.dtype.element_ty), mask=feature_ok)
+    return out
 
 
-@triton.autotune(configs=DOT_CONFIGS, key=["N", "K"], use_cuda_graph=True, cache_results=True)
+@triton.autotune(configs=ROW_CONFIGS, key=["N", "K", "GATED"], use_cuda_graph=True, cache_results=True)
 @triton.jit
-def _gemv_dot_kernel(
+def _gemv_row_kernel(
     x_ptr,
     w_ptr,
     bias_ptr,
     y_ptr,
-    M,
     N,
     K,
     HAS_BIAS: tl.constexpr,
-    ROWS: tl.constexpr,
+    GATED: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
     OVERLAP: tl.constexpr,
+    PREFETCH: tl.constexpr,
 ):
-    wait_for_previous_kernel(OVERLAP)
+    _fetch_weights_then_wait(w_ptr, tl.program_id(0) * BLOCK_N, N, K, BLOCK_N, GATED, OVERLAP, PREFETCH)
     features = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-    rows = tl.arange(0, ROWS)
     feature_ok = features < N
+    dtype = y_ptr.dtype.element_ty
+    out = _row_sums(x_ptr, w_ptr, bias_ptr, features, feature_ok, K, HAS_BIAS, BLOCK_N, BLOCK_K).to(dtype)
+    if GATED:
+        up = _row_sums(
+            x_ptr, w_ptr + N * K, bias_ptr + N, features, feature_ok, K, HAS_BIAS, BLOCK_N, BLOCK_K
+        )
+        out = silu_times(out, up.to(dtype))
+    tl.store(y_ptr + features, out, mask=feature_ok)
+
+
+@triton.jit
+def _dot_sums(x_ptr, w_ptr, bias_ptr, rows, M, features, feature_ok, K, HAS_BIAS, ROWS, BLOCK_N, BLOCK_K):
+    """x[rows] · w[features]ᵀ (+ bias[features]) in float32, on the tensor cores."""
     acc = tl.zeros([ROWS, BLOCK_N], tl.float32)
     for k_start in range(0, K, BLOCK_K):
         ks = k_start + tl.arange(0, BLOCK_K)
@@ -120,22 +144,77 @@ def _gemv_dot_kernel(
         acc = tl.dot(x, tl.trans(w), acc)
     if HAS_BIAS:
         acc += tl.load(bias_ptr + features, mask=feature_ok, other=0.0).to(tl.float32)[None, :]
+    return acc
+
+
+@triton.autotune(configs=DOT_CONFIGS, key=["N", "K", "GATED"], use_cuda_graph=True, cache_results=True)
+@triton.jit
+def _gemv_dot_kernel(
+    x_ptr,
+    w_ptr,
+    bias_ptr,
+    y_ptr,
+    M,
+    N,
+    K,
+    HAS_BIAS: tl.constexpr,
+    GATED: tl.constexpr,
+    ROWS: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    OVERLAP: tl.constexpr,
+    PREFETCH: tl.constexpr,
+):
+    _fetch_weights_then_wait(w_ptr, tl.program_id(0) * BLOCK_N, N, K, BLOCK_N, GATED, OVERLAP, PREFETCH)
+    features = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    rows = tl.arange(0, ROWS)
+    feature_ok = features < N
+    dtype = y_ptr.dtype.element_ty
+    out = _dot_sums(
+        x_ptr, w_ptr, bias_ptr, rows, M, features, feature_ok, K, HAS_BIAS, ROWS, BLOCK_N, BLOCK_K
+    ).to(dtype)
+    if GATED:
+        up = _dot_sums(
+            x_ptr,
+            w_ptr + N * K,
+            bias_ptr + N,
+            rows,
+            M,
+            features,
+            feature_ok,
+            K,
+            HAS_BIAS,
+            ROWS,
+            BLOCK_N,
+            BLOCK_K,
+        )
+        out = silu_times(out, up.to(dtype))
     tl.store(
-        y_ptr + rows[:, None] * N + features[None, :],
-        acc.to(y_ptr.dtype.element_ty),
-        mask=(rows < M)[:, None] & feature_ok[None, :],
+        y_ptr + rows[:, None] * N + features[None, :], out, mask=(rows < M)[:, None] & feature_ok[None, :]
     )
 
 
+def _launch_options() -> dict[str, bool]:
+    return {**overlap(), "PREFETCH": settings.prefetch_weights()}
+
+
 def _row_product(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, out: torch.Tensor) -> None:
-    N, K = weight.shape
+    N, K = out.shape[1], weight.shape[1]
     _gemv_row_kernel[lambda meta: (triton.cdiv(N, meta["BLOCK_N"]),)](
-        x, weight, bias if bias is not None else weight, out, N, K, HAS_BIAS=bias is not None, **overlap()
+        x,
+        weight,
+        bias if bias is not None else weight,
+        out,
+        N,
+        K,
+        HAS_BIAS=bias is not None,
+        GATED=weight.shape[0] != N,
+        **_launch_options(),
     )
 
 
 def _dot_product(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, out: torch.Tensor) -> None:
-    N, K = weight.shape
+    N, K = out.shape[1], weight.shape[1]
     _gemv_dot_kernel[lambda meta: (triton.cdiv(N, meta["BLOCK_N"]),)](
         x,
         weight,
@@ -145,12 +224,13 @@ def _dot_product(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
         N,
         K,
         HAS_BIAS=bias is not None,
+        GATED=weight.shape[0] != N,
         ROWS=MAX_ROWS,
-        **overlap(),
+        **_launch_options(),
     )
 
 
-_ROW_KERNEL_WINS: dict[tuple[int, int, torch.dtype], bool] = {}
+_ROW_KERNEL_WINS: dict[tuple[int, int, int, torch.dtype], bool] = {}
 
 
 def _row_kernel_wins(
@@ -158,7 +238,7 @@ def _row_kernel_wins(
 ) -> bool:
     """For one row: whether the CUDA-core kernel beats the tensor-core one on this shape (timed once,
     inside CUDA graphs; during a graph capture, before any timing, the tensor-core kernel is used)."""
-    key = (weight.shape[0], weight.shape[1], weight.dtype)
+    key = (out.shape[1], weight.shape[0], weight.shape[1], weight.dtype)
     if key not in _ROW_KERNEL_WINS:
         if torch.cuda.is_current_stream_capturing():
             return False
@@ -170,10 +250,14 @@ def _row_kernel_wins(
     return _ROW_KERNEL_WINS[key]
 
 
-def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """x @ weight.T (+ bias) for x of at most 16 rows ([..., K]); weight [N, K]."""
+def gemv(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, gated: bool = False
+) -> torch.Tensor:
+    """x @ weight.T (+ bias) for x of at most 16 rows ([..., K]); weight [N, K]. Gated: weight
+    (and bias) hold a gate projection then an up projection of N / 2 features each, and the
+    result is silu(gate) * up, rounded as the eager product then `ops.silu_mul` round."""
     K = x.shape[-1]
-    N = weight.shape[0]
+    N = weight.shape[0] // 2 if gated else weight.shape[0]
     rows = x.reshape(-1, K).contiguous()
     out = torch.empty(rows.shape[0], N, dtype=x.dtype, device=x.device)
     if rows.shape[0] == 1 and _row_kernel_wins(rows, weight, bias, out):

@@ -46,6 +46,20 @@ def overlap() -> dict[str, bool]:
     return {"OVERLAP": True, "launch_pdl": True} if _overlapping() else {"OVERLAP": False}
 
 
+@triton.jit
+def prefetch_to_l2(ptr, start, end):
+    """Ask for elements [start, end) of a 2-byte-element tensor to be brought into L2, one request
+    per 128-byte line, without waiting for them (nothing is read into registers)."""
+    LINE: tl.constexpr = 64
+    REQUESTS: tl.constexpr = 256
+    for first in range(start, end, LINE * REQUESTS):
+        offsets = tl.minimum(first + tl.arange(0, REQUESTS) * LINE, end - 1)
+        addresses = (ptr + offsets).to(tl.int64, bitcast=True)
+        tl.inline_asm_elementwise(
+            "prefetch.global.L2 [$1]; // $0", "=r,l", [addresses], dtype=tl.int32, is_pure=False, pack=1
+        )
+
+
 # --- RMSNorm, optionally fused with the residual add before it ---------------------------------
 
 
@@ -122,6 +136,15 @@ def rms_norm(
 
 
 @triton.jit
+def silu_times(gate, up):
+    """silu(gate) * up for gate and up in the activation dtype, rounded to it after the silu and
+    after the product, as the eager `F.silu(gate) * up` rounds."""
+    g32 = gate.to(tl.float32)
+    activated = (g32 / (1.0 + tl.exp(-g32))).to(gate.dtype)
+    return (activated.to(tl.float32) * up.to(tl.float32)).to(gate.dtype)
+
+
+@triton.jit
 def _silu_mul_kernel(gate_up_ptr, out_ptr, inner, BLOCK: tl.constexpr, OVERLAP: tl.constexpr):
     wait_for_previous_kernel(OVERLAP)
     row = tl.program_id(0)
@@ -129,13 +152,7 @@ def _silu_mul_kernel(gate_up_ptr, out_ptr, inner, BLOCK: tl.constexpr, OVERLAP: 
     inside = columns < inner
     gate = tl.load(gate_up_ptr + row * 2 * inner + columns, mask=inside, other=0.0)
     up = tl.load(gate_up_ptr + row * 2 * inner + inner + columns, mask=inside, other=0.0)
-    g32 = gate.to(tl.float32)
-    activated = (g32 / (1.0 + tl.exp(-g32))).to(gate.dtype)
-    tl.store(
-        out_ptr + row * inner + columns,
-        (activated.to(tl.float32) * up.to(tl.float32)).to(gate.dtype),
-        mask=inside,
-    )
+    tl.store(out_ptr + row * inner + columns, silu_times(gate, up), mask=inside)
 
 
 def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:

@@ -124,10 +124,9 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.gate_up_proj is not None:
-            gate_up = ops.linear(self.gate_up_proj, x)  # [B, T, 2 * inner]
-        else:
-            assert self.gate_proj is not None and self.up_proj is not None
-            gate_up = torch.cat([self.gate_proj(x), self.up_proj(x)], dim=-1)
+            return ops.linear(self.down_proj, ops.gated_linear(self.gate_up_proj, x))
+        assert self.gate_proj is not None and self.up_proj is not None
+        gate_up = torch.cat([self.gate_proj(x), self.up_proj(x)], dim=-1)
         return ops.linear(self.down_proj, ops.silu_mul(gate_up))
 
 
