@@ -24,12 +24,6 @@ def overlap_launches() -> bool:
     return os.environ.get("TANDEM_PDL", "") != "0"
 
 
-def prefetch_weights() -> bool:
-    """TANDEM_PREFETCH=0 stops decode products from asking for their weights while the kernel
-    before them finishes (for comparisons); by default they do, where launches overlap."""
-    return os.environ.get("TANDEM_PREFETCH", "") != "0"
-
-
 def run_ahead() -> bool | None:
     """TANDEM_RUN_AHEAD: 1 runs greedy decode steps ahead everywhere, 0 nowhere; unset or
     anything else, where decode graphs are."""

@@ -19,10 +19,8 @@ import torch
 import triton
 import triton.language as tl
 import triton.testing
-from triton.language.extra.cuda import gdc_launch_dependents
 
-from tandem import settings
-from tandem.engine.cuda.kernels import overlap, prefetch_to_l2, silu_times, wait_for_previous_kernel
+from tandem.engine.cuda.kernels import overlap, silu_times, wait_for_previous_kernel
 
 MAX_ROWS = 16
 
@@ -58,30 +56,6 @@ DOT_CONFIGS = _configs(
 
 
 @triton.jit
-def _fetch_weights_then_wait(
-    w_ptr,
-    first_feature,
-    N,
-    K,
-    BLOCK_N: tl.constexpr,
-    GATED: tl.constexpr,
-    OVERLAP: tl.constexpr,
-    PREFETCH: tl.constexpr,
-):
-    """A program's weight rows do not depend on the kernel before it: under overlapped launches it
-    asks for them into L2 while that kernel finishes (for a product after an all-reduce, while
-    the all-reduce waits on its peers), then waits for it before reading x."""
-    if OVERLAP and PREFETCH:
-        gdc_launch_dependents()
-        start = first_feature.to(tl.int64) * K
-        end = tl.minimum(first_feature + BLOCK_N, N).to(tl.int64) * K
-        prefetch_to_l2(w_ptr, start, end)
-        if GATED:
-            prefetch_to_l2(w_ptr + N * K, start, end)
-    wait_for_previous_kernel(OVERLAP)
-
-
-@triton.jit
 def _row_sums(x_ptr, w_ptr, bias_ptr, features, feature_ok, K, HAS_BIAS, BLOCK_N, BLOCK_K):
     """w[features] · x (+ bias[features]) in float32, on the CUDA cores."""
     acc = tl.zeros([BLOCK_N, BLOCK_K], tl.float32)
@@ -113,9 +87,8 @@ def _gemv_row_kernel(
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
     OVERLAP: tl.constexpr,
-    PREFETCH: tl.constexpr,
 ):
-    _fetch_weights_then_wait(w_ptr, tl.program_id(0) * BLOCK_N, N, K, BLOCK_N, GATED, OVERLAP, PREFETCH)
+    wait_for_previous_kernel(OVERLAP)
     features = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     feature_ok = features < N
     dtype = y_ptr.dtype.element_ty
@@ -163,9 +136,8 @@ def _gemv_dot_kernel(
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
     OVERLAP: tl.constexpr,
-    PREFETCH: tl.constexpr,
 ):
-    _fetch_weights_then_wait(w_ptr, tl.program_id(0) * BLOCK_N, N, K, BLOCK_N, GATED, OVERLAP, PREFETCH)
+    wait_for_previous_kernel(OVERLAP)
     features = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     rows = tl.arange(0, ROWS)
     feature_ok = features < N
@@ -194,10 +166,6 @@ def _gemv_dot_kernel(
     )
 
 
-def _launch_options() -> dict[str, bool]:
-    return {**overlap(), "PREFETCH": settings.prefetch_weights()}
-
-
 def _row_product(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, out: torch.Tensor) -> None:
     N, K = out.shape[1], weight.shape[1]
     _gemv_row_kernel[lambda meta: (triton.cdiv(N, meta["BLOCK_N"]),)](
@@ -209,7 +177,7 @@ def _row_product(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
         K,
         HAS_BIAS=bias is not None,
         GATED=weight.shape[0] != N,
-        **_launch_options(),
+        **overlap(),
     )
 
 
@@ -226,7 +194,7 @@ def _dot_product(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
         HAS_BIAS=bias is not None,
         GATED=weight.shape[0] != N,
         ROWS=MAX_ROWS,
-        **_launch_options(),
+        **overlap(),
     )
 
 

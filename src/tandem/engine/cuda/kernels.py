@@ -46,20 +46,6 @@ def overlap() -> dict[str, bool]:
     return {"OVERLAP": True, "launch_pdl": True} if _overlapping() else {"OVERLAP": False}
 
 
-@triton.jit
-def prefetch_to_l2(ptr, start, end):
-    """Ask for elements [start, end) of a 2-byte-element tensor to be brought into L2, one request
-    per 128-byte line, without waiting for them (nothing is read into registers)."""
-    LINE: tl.constexpr = 64
-    REQUESTS: tl.constexpr = 256
-    for first in range(start, end, LINE * REQUESTS):
-        offsets = tl.minimum(first + tl.arange(0, REQUESTS) * LINE, end - 1)
-        addresses = (ptr + offsets).to(tl.int64, bitcast=True)
-        tl.inline_asm_elementwise(
-            "prefetch.global.L2 [$1]; // $0", "=r,l", [addresses], dtype=tl.int32, is_pure=False, pack=1
-        )
-
-
 # --- RMSNorm, optionally fused with the residual add before it ---------------------------------
 
 
