@@ -49,6 +49,8 @@ def test_placements_compared_in_one_run(tmp_path):
         "8",
         "--decode-tokens",
         "6",
+        "--concurrency",
+        "3",
         "--profile",
         "--json",
         str(report_path),
@@ -57,6 +59,8 @@ def test_placements_compared_in_one_run(tmp_path):
     reports = json.loads(report_path.read_text())
     assert [r["plan"] for r in reports] == ["1", "tp2", "pp2"] and all("error" not in r for r in reports)
     assert "speedups are against plan 1" in result.stdout
+    assert result.stdout.count("3 requests together") == 3
+    assert all(r["concurrency"] == 3 and r["aggregate_tokens_per_second"] > 0 for r in reports)
     # Profiling reached every plan; on CPUs there is no decode graph to replay, and it says so.
     for plan in ("1", "tp2", "pp2"):
         log = (tmp_path / "plans-plans" / f"tiny-{plan}.log").read_text()
