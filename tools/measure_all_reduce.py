@@ -1,4 +1,5 @@
-"""Decode-sized all-reduces inside CUDA graphs, every way the engine could run them: NCCL, the
+"""Decode-sized all-reduces (and, for comparison, those of a 64-sequence step and of a 2048-token
+prefill) inside CUDA graphs, every way the engine could run them: NCCL, the
 symmetric-memory one-shot kernel after a staging copy (what `SymmetricMemoryAllReduce` did first),
 the one-shot kernel that copies the local input itself, the two-shot kernel, and Tandem's own
 all-reduce fused with the residual add and RMSNorm (`engine/cuda/push_all_reduce.py`) with 1 to 8
@@ -17,9 +18,10 @@ import torch.distributed as dist
 import torch.distributed._symmetric_memory as symm_mem
 
 from tandem.engine.cuda import kernels
-from tandem.engine.cuda.push_all_reduce import PushExchange
+from tandem.engine.cuda.push_all_reduce import MAX_ROWS, PushExchange
 
-MESSAGES = ((1, 4096), (1, 8192), (16, 4096))  # rows, width: a token of an 8B, of a 70B; 16 of an 8B
+# rows, width: a token of an 8B, of a 70B; 16, 64 and 2048 (a prefill) of an 8B
+MESSAGES = ((1, 4096), (1, 8192), (16, 4096), (64, 4096), (2048, 4096))
 PIECES = (1, 2, 4, 8)
 CALLS_PER_GRAPH = 64
 REPLAYS = 50
@@ -76,7 +78,7 @@ def measure(rows: int, width: int, rank: int, size: int, name: str, device: torc
     message = local.view(rows, width)
     weight = torch.ones(width, dtype=torch.bfloat16, device=device)
     expected_normed = kernels.rms_norm(expected.view(rows, width), weight, 1e-5)[0]
-    for pieces in PIECES:
+    for pieces in PIECES if rows <= MAX_ROWS else ():
         exchange = PushExchange.over_symmetric_memory(
             dist.group.WORLD, name, device, torch.bfloat16, width, pieces=pieces
         )
@@ -91,9 +93,12 @@ def measure(rows: int, width: int, rank: int, size: int, name: str, device: torc
             else:
                 error = 0.0
             micro = graph_microseconds(work)
-            line = f"{size} GPUs {2 * count:>7} B  {label:16s} {micro:6.1f} us  (max error {error:.3g})"
+            line = (
+                f"{size} GPUs {2 * count:>8} B  {label:16s} {micro:7.1f} us  "
+                f"{2 * count / micro / 1e3:6.1f} GB/s  (max error {error:.3g})"
+            )
         except Exception as failure:  # a way this torch lacks is reported, not fatal
-            line = f"{size} GPUs {2 * count:>7} B  {label:16s} failed: {failure!r:.160}"
+            line = f"{size} GPUs {2 * count:>8} B  {label:16s} failed: {failure!r:.160}"
         if rank == 0:
             print(line, flush=True)
 
