@@ -8,6 +8,10 @@ speed of the step is the bandwidth these products reach. Two kernels:
   many programs even for a 4096-wide output, which keeps every multiprocessor streaming.
 - `_gemv_dot_kernel` (up to 16 rows): the rows ride along in one tensor-core product per tile.
 
+Either runs gated for the MLP's fused gate_up weight: a program takes the same features of
+gate and up and stores silu(gate) * up, so the activations never make a round trip through
+memory for a separate SiLU·up kernel.
+
 Both are autotuned per matrix shape (timed inside CUDA graphs, as they will run; the choice is
 kept in Triton's cache directory for later processes), and for one row the faster of the two is
 kept per shape.
