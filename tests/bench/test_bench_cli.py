@@ -61,6 +61,7 @@ def test_placements_compared_in_one_run(tmp_path):
     assert "speedups are against plan 1" in result.stdout
     assert result.stdout.count("3 requests together") == 3
     assert all(r["concurrency"] == 3 and r["aggregate_tokens_per_second"] > 0 for r in reports)
+    assert reports[1]["all_reduce"] == "torch.distributed over gloo"
     # Profiling reached every plan; on CPUs there is no decode graph to replay, and it says so.
     for plan in ("1", "tp2", "pp2"):
         log = (tmp_path / "plans-plans" / f"tiny-{plan}.log").read_text()

@@ -99,7 +99,8 @@ def tensor_parallel_engine(
             report["all_reduce_seconds_fused"] = all_reduce_latency(
                 lambda m: fast.add_rms_norm(m, residual, weight, 1e-5), config.hidden_size, device, dtype
             )
-    report["all_reduce"] = "symmetric memory one-shot" if fast is not nccl else "NCCL"
+    # what the model sums with: e.g. "symmetric memory, fused with the norms", "torch.distributed over gloo"
+    report["all_reduce"] = fast.name if fast is not nccl else f"{nccl.name} over {dist.get_backend()}"
     group = TensorParallelGroup.from_process_group(None, all_reduce=fast)
     model = build_empty_model(config, StageSpec.whole(config.num_layers))
     apply_tensor_parallel(model, group)
