@@ -90,7 +90,7 @@ def main() -> None:
     decode_step(model, "cuBLAS products")
     ops.TRITON_GEMV = True
     graph = decode_step(model, "Triton products")
-    print(kernel_table(graph))
+    print(kernel_table(graph.replay))
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ from tandem.bench.measure import (
     context_for,
     copy_bandwidth,
     engine_for,
+    prompt_of,
     time_generation,
 )
 from tandem.bench.shapes import named_shape
@@ -38,6 +39,7 @@ from tandem.engine.engine import LLMEngine
 from tandem.engine.model_runner import ModelRunner
 from tandem.engine.models import build_empty_model
 from tandem.engine.models.llama import CausalLM
+from tandem.engine.sampling_params import SamplingParams
 from tandem.engine.stage import StageSpec, split_evenly
 
 
@@ -138,19 +140,34 @@ def pipeline_engine(
     )
 
 
-def profile_decode_graph(engine: LLMEngine, report: dict) -> None:
-    """Replay time of the batch-1 decode graph (every rank of a group replays together, so the
-    collectives inside pair up) and, in rank 0's log, its kernels by GPU time."""
-    from tandem.bench.profile import batch_one_graph, kernel_table, replay_seconds
+def profile_steps(engine: LLMEngine, report: dict, vocab: int, prompt_length: int) -> None:
+    """Where a plan's GPU time goes, in rank 0's log: the batch-1 decode graph's replay time
+    (also in the report) and kernels; the same for the largest batch's graph, where requests ran
+    together; and the kernels of one prefill of `prompt_length` tokens. Every rank of a group
+    does the same work at the same point, so the collectives inside pair up."""
+    from tandem.bench.profile import decode_graphs, kernel_table, replay_seconds
 
-    graph = batch_one_graph(engine)
-    if graph is None:
+    graphs = decode_graphs(engine)
+    if 1 not in graphs:
         print("profile: no decode graph here (graphs need CUDA and Triton)", flush=True)
         return
-    report["graph_replay_seconds"] = replay_seconds(graph)
-    table = kernel_table(graph)
-    if dist.get_rank() == 0:
-        print(f"decode graph replay: {report['graph_replay_seconds'] * 1e3:.3f} ms\n{table}", flush=True)
+    report["graph_replay_seconds"] = replay_seconds(graphs[1])
+    largest = max(graphs)
+    sections = [(f"decode graph replay: {report['graph_replay_seconds'] * 1e3:.3f} ms", graphs[1].replay)]
+    if largest > 1:
+        seconds = replay_seconds(graphs[largest])
+        sections.append(
+            (f"decode graph of {largest} sequences, replay: {seconds * 1e3:.3f} ms", graphs[largest].replay)
+        )
+    prompt = prompt_of(prompt_length, vocab)
+    first_token = SamplingParams(max_tokens=1, temperature=0.0, ignore_eos=True)
+    sections.append(
+        (f"prefill of {prompt_length} tokens", lambda: list(engine.generate(prompt, first_token)))
+    )
+    for title, work in sections:
+        table = kernel_table(work, repeats=3)
+        if dist.get_rank() == 0:
+            print(f"{title}\n{table}", flush=True)
 
 
 def main() -> None:
@@ -166,7 +183,9 @@ def main() -> None:
         "--concurrency", type=int, default=0, help="also measure N requests in flight together"
     )
     parser.add_argument(
-        "--profile", action="store_true", help="also time the decode graph's replay and list its kernels"
+        "--profile",
+        action="store_true",
+        help="also time the decode graph's replay and list the kernels of decode and prefill steps",
     )
     args = parser.parse_args()
     stacks_after = settings.stacks_after()
@@ -211,7 +230,7 @@ def main() -> None:
             )
         report["peak_memory_bytes"] = torch.cuda.max_memory_allocated(device)
         if args.profile:
-            profile_decode_graph(engine, report)
+            profile_steps(engine, report, config.vocab_size, max(lengths))
         if args.plan.startswith("pp"):
             engine.executor.shutdown()  # type: ignore[attr-defined]
     if dist.get_rank() == 0:
