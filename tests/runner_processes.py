@@ -12,7 +12,7 @@ import sys
 import time
 from dataclasses import replace
 
-from tandem.engine.stage import split_evenly
+from tandem.model.stage import split_evenly
 from tandem.runner.spec import RunnerSpec
 
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from tandem.cluster.shapes import ModelShape
 from tandem.cluster.topology import DeviceInfo, LinkInfo, NodeInfo, Topology
+from tandem.model.shapes import ModelShape
 
 GB = 1e9
 

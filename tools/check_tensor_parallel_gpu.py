@@ -21,7 +21,7 @@ from tandem.engine.cuda.symmetric import SymmetricMemoryAllReduce, symmetric_mem
 from tandem.engine.local import create_local_engine
 from tandem.engine.parallel.group import TensorParallelGroup
 from tandem.engine.parallel.lockstep import create_tensor_parallel_engine
-from tandem.engine.sampling_params import SamplingParams
+from tandem.model.sampling_params import SamplingParams
 
 PROMPTS = [[3, 1, 4, 1, 5, 9, 2, 6, 5, 3], [7], list(range(100, 160))]
 NEW_TOKENS = 48

@@ -18,8 +18,8 @@ import sys
 import time
 from dataclasses import replace
 
-from tandem.engine.config import load_model_config
-from tandem.engine.stage import split_evenly
+from tandem.model.config import load_model_config
+from tandem.model.stage import split_evenly
 from tandem.runner.spec import RunnerSpec
 from tandem.store.resolve import resolve_model_dir
 

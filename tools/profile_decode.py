@@ -23,7 +23,7 @@ from tandem.bench.shapes import named_shape
 from tandem.bench.weights import engine_model, random_weights
 from tandem.engine import ops
 from tandem.engine.cuda.gemv import gemv
-from tandem.engine.sampling_params import SamplingParams
+from tandem.model.sampling_params import SamplingParams
 
 
 def gpu_seconds(work) -> float:

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from tandem.engine.engine import LLMEngine
-from tandem.engine.sampling_params import SamplingParams
+from tandem.model.sampling_params import SamplingParams
 
 CONTEXT = 512  # the demo instance's context in these tests
 

@@ -10,13 +10,13 @@ import pytest
 import torch
 
 from nodes import generate, launch, running_nodes, start_node, wait_for
-from tandem.engine.config import load_model_config
 from tandem.engine.loader import parameter_bytes
 from tandem.engine.local import create_local_engine
 from tandem.engine.parallel.apply import load_tensor_parallel_stage
 from tandem.engine.parallel.group import ProcessGroupAllGather, ProcessGroupAllReduce, TensorParallelGroup
-from tandem.engine.sampling_params import SamplingParams
-from tandem.engine.stage import LayerRange, StageSpec
+from tandem.model.config import load_model_config
+from tandem.model.sampling_params import SamplingParams
+from tandem.model.stage import LayerRange, StageSpec
 
 PROMPTS = [[3, 1, 4, 1, 5, 9, 2, 6], [2, 7, 1, 8, 2, 8], [1] * 3]
 

@@ -14,8 +14,8 @@ import pytest
 from model_configs import DEEPSEEK_V3, QWEN3_30B_A3B
 from tandem.cluster.placement import DeviceAddress, Infeasible, Placement, PlacementRequest, place
 from tandem.cluster.placement_search import SAME_NODE_BANDWIDTH, SAME_NODE_LATENCY
-from tandem.cluster.shapes import shape_from_hf_config
 from tandem.cluster.topology import LinkInfo, Topology
+from tandem.model.shapes import shape_from_hf_config
 from topologies import GB, cluster, cpu, gpu, node, uniform_shape
 
 SHAPE = uniform_shape()  # 10 layers of 1e9 parameters: 2 GB each in bf16, 4 GB in float32

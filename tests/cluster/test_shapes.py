@@ -7,9 +7,9 @@ import json
 import pytest
 
 from model_configs import DEEPSEEK_V3, KIMI_K2, LLAMA_3_8B, MIXTRAL_8X7B, QWEN3_30B_A3B, QWEN3_235B_A22B
-from tandem.cluster.shapes import ModelShape, load_shape, shape_from_hf_config, shape_from_model_config
-from tandem.engine.config import parse_model_config
 from tandem.errors import ModelFormatError, UnsupportedModelError
+from tandem.model.config import parse_model_config
+from tandem.model.shapes import ModelShape, load_shape, shape_from_hf_config, shape_from_model_config
 
 
 @pytest.mark.parametrize(

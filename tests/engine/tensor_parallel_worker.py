@@ -20,8 +20,8 @@ from tandem.engine.kv_cache import KVCache
 from tandem.engine.loader import parameter_bytes
 from tandem.engine.parallel.group import TensorParallelGroup
 from tandem.engine.parallel.lockstep import create_tensor_parallel_engine
-from tandem.engine.sampling_params import SamplingParams
 from tandem.errors import InvalidRequestError
+from tandem.model.sampling_params import SamplingParams
 
 
 def last_logits(model, prompt: list[int]) -> list[float]:

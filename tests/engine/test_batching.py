@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from tandem.engine.local import create_local_engine
-from tandem.engine.sampling_params import SamplingParams
+from tandem.model.sampling_params import SamplingParams
 
 
 def test_concurrent_sequences_match_sequential_runs(checkpoint_factory):

@@ -17,8 +17,8 @@ from tandem.engine.sampling import (
     apply_top_p,
     sample_batch,
 )
-from tandem.engine.sampling_params import SamplingParams
 from tandem.errors import InvalidRequestError
+from tandem.model.sampling_params import SamplingParams
 
 
 def kept(logits: torch.Tensor) -> list[int]:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from tandem.engine.sampling_params import SamplingParams
 from tandem.engine.scheduler import Scheduler, prompts_in_one_step
 from tandem.engine.sequence import Sequence
+from tandem.model.sampling_params import SamplingParams
 
 
 @pytest.mark.parametrize(

@@ -15,16 +15,16 @@ import torch
 
 from checkpoints import FAMILIES
 from tandem.engine.checkpoint import Checkpoint
-from tandem.engine.config import load_model_config
 from tandem.engine.loader import load_weights, parameter_bytes
 from tandem.engine.local import create_local_engine
 from tandem.engine.models import build_empty_model
 from tandem.engine.parallel.apply import apply_tensor_parallel
 from tandem.engine.parallel.group import ProcessGroupAllGather, ProcessGroupAllReduce, TensorParallelGroup
 from tandem.engine.parallel.sharding import attention_shard, even_blocks
-from tandem.engine.sampling_params import SamplingParams
-from tandem.engine.stage import StageSpec
 from tandem.errors import InvalidRequestError
+from tandem.model.config import load_model_config
+from tandem.model.sampling_params import SamplingParams
+from tandem.model.stage import StageSpec
 
 WORKER = Path(__file__).with_name("tensor_parallel_worker.py")
 PROMPTS = [[3, 1, 4, 1, 5, 9, 2], [7], [2, 7, 1, 8, 2, 8, 1, 8, 2, 8, 4, 5, 9, 0, 4, 5, 2, 3, 5]]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from tandem.engine.local import create_local_engine
-from tandem.engine.sampling_params import SamplingParams
+from tandem.model.sampling_params import SamplingParams
 
 
 def test_warm_up_leaves_no_trace_in_later_requests(checkpoint_factory):

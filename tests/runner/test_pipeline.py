@@ -6,7 +6,7 @@ import pytest
 
 from runner_processes import generate_all, start_instance, stop
 from tandem.engine.local import create_local_engine
-from tandem.engine.sampling_params import SamplingParams
+from tandem.model.sampling_params import SamplingParams
 
 
 @pytest.mark.parametrize(

@@ -12,7 +12,7 @@ import torch
 from conftest import TEST_DEVICE
 from runner_processes import generate_all, start_instance, stop
 from tandem.engine.local import create_local_engine
-from tandem.engine.sampling_params import SamplingParams
+from tandem.model.sampling_params import SamplingParams
 
 PROMPTS = {"a": [3, 1, 4, 1, 5, 9, 2, 6], "b": [2, 7, 1, 8], "c": [1, 1, 2, 3, 5, 8, 13, 21, 34, 55, 89]}
 

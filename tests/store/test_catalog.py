@@ -8,8 +8,8 @@ import sys
 import pytest
 
 from model_configs import DEEPSEEK_V3, KIMI_K2, QWEN3_235B_A22B
-from tandem.cluster.shapes import shape_from_hf_config
-from tandem.engine.config import parse_model_config
+from tandem.model.config import parse_model_config
+from tandem.model.shapes import shape_from_hf_config
 from tandem.store.catalog import WEIGHT_BYTES, catalog, find_card
 
 # Total (and, for mixtures of experts, active) parameters as the model cards on the Hub state them.

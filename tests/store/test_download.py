@@ -15,9 +15,9 @@ import torch
 from huggingface_hub import hf_hub_download
 
 from store_support import METADATA, REPO, assert_one_line_error, shards_by_name, tandem
-from tandem.engine.config import load_model_config
 from tandem.engine.loader import load_stage, parameter_bytes
-from tandem.engine.stage import LayerRange, StageSpec
+from tandem.model.config import load_model_config
+from tandem.model.stage import LayerRange, StageSpec
 
 
 def snapshot_files(snapshot: Path) -> set[str]:

@@ -13,7 +13,7 @@ import pytest
 
 from hub_standin import HubStandIn
 from store_support import METADATA, REPO, shards_by_name
-from tandem.engine.stage import LayerRange, StageSpec
+from tandem.model.stage import LayerRange, StageSpec
 from tandem.store.fetch import FilesUnavailable, ModelFetcher
 from tandem.store.hub import Hub
 from tandem.store.manifest import RepoFile, RepoManifest

@@ -15,7 +15,7 @@ from tandem.api.errors import APIError
 from tandem.api.generation import Generation, GenerationFailed
 from tandem.api.openapi import stream_response
 from tandem.api.streaming import GenerationResponse, collect, sse
-from tandem.engine.sampling_params import SamplingParams
+from tandem.model.sampling_params import SamplingParams
 
 router = APIRouter(tags=["Anthropic"])
 

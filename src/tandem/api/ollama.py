@@ -22,7 +22,7 @@ from tandem.api.ollama_schemas import (
 from tandem.api.openapi import stream_response
 from tandem.api.serving import without_default_tag
 from tandem.api.streaming import GenerationResponse, collect, json_line
-from tandem.engine.sampling_params import SamplingParams
+from tandem.model.sampling_params import SamplingParams
 
 router = APIRouter(tags=["Ollama"])
 

@@ -19,9 +19,9 @@ from tandem.api.ollama_schemas import (
     OllamaVersion,
 )
 from tandem.api.serving import Serving, without_default_tag
-from tandem.engine.config import ModelConfig, load_model_config
 from tandem.engine.tokenizer import Tokenizer
 from tandem.errors import TandemError
+from tandem.model.config import ModelConfig, load_model_config
 from tandem.store.resolve import resolve_model_dir
 
 router = APIRouter(tags=["Ollama"])

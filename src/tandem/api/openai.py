@@ -24,7 +24,7 @@ from tandem.api.openai_schemas import (
 )
 from tandem.api.openapi import stream_response
 from tandem.api.streaming import GenerationResponse, collect, sse
-from tandem.engine.sampling_params import SamplingParams
+from tandem.model.sampling_params import SamplingParams
 
 router = APIRouter(tags=["OpenAI"])
 

@@ -13,7 +13,7 @@ from tandem.engine.engine import LLMEngine
 from tandem.engine.executor import LocalExecutor
 from tandem.engine.model_runner import ModelRunner
 from tandem.engine.models.llama import CausalLM
-from tandem.engine.sampling_params import SamplingParams
+from tandem.model.sampling_params import SamplingParams
 
 
 def synchronize(device: torch.device) -> None:

@@ -34,13 +34,13 @@ from tandem.bench.measure import (
     time_generation,
 )
 from tandem.bench.shapes import named_shape
-from tandem.engine.config import ModelConfig
 from tandem.engine.engine import LLMEngine
 from tandem.engine.model_runner import ModelRunner
 from tandem.engine.models import build_empty_model
 from tandem.engine.models.llama import CausalLM
-from tandem.engine.sampling_params import SamplingParams
-from tandem.engine.stage import StageSpec, split_evenly
+from tandem.model.config import ModelConfig
+from tandem.model.sampling_params import SamplingParams
+from tandem.model.stage import StageSpec, split_evenly
 
 
 def randomize(model: CausalLM, device: torch.device, dtype: torch.dtype, seed: int) -> CausalLM:

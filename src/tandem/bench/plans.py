@@ -32,8 +32,8 @@ def placement_choice(shape: str) -> tuple[str, list[str]]:
     """The plan placement picks for this machine's GPUs (measured), as a plan name, with its
     explanation. A tensor-parallel-times-pipeline choice is named by its larger factor's plan."""
     from tandem.cluster.placement import Infeasible, PlacementRequest, place
-    from tandem.cluster.shapes import shape_from_model_config
     from tandem.cluster.topology import NodeInfo, Topology
+    from tandem.model.shapes import shape_from_model_config
     from tandem.node.profile import profile_devices
 
     config, _ = named_shape(shape)

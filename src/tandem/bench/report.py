@@ -11,8 +11,8 @@ import torch
 from tandem.bench.measure import copy_bandwidth, matmul_flops, time_engine, time_transformers
 from tandem.bench.shapes import named_shape
 from tandem.bench.weights import engine_model, random_weights, transformers_model
-from tandem.engine.config import ModelConfig
 from tandem.engine.device import DTYPE_NAMES
+from tandem.model.config import ModelConfig
 
 
 @dataclass

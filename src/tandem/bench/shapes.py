@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from tandem.engine.config import ModelConfig, parse_model_config
 from tandem.errors import InvalidRequestError
+from tandem.model.config import ModelConfig, parse_model_config
 
 _LLAMA3 = dict(
     model_type="llama",

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import torch
 
-from tandem.engine.config import ModelConfig
 from tandem.engine.loader import load_weights
 from tandem.engine.models import build_empty_model
 from tandem.engine.models.llama import CausalLM
-from tandem.engine.stage import StageSpec
+from tandem.model.config import ModelConfig
+from tandem.model.stage import StageSpec
 
 
 class MemoryCheckpoint:

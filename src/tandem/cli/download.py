@@ -30,7 +30,7 @@ def parse_layers(text: str | None):
     """ "START:END" as a LayerRange; None for the whole model."""
     if text is None:
         return None
-    from tandem.engine.stage import LayerRange
+    from tandem.model.stage import LayerRange
 
     start, colon, end = text.partition(":")
     try:

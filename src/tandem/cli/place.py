@@ -12,10 +12,10 @@ from pathlib import Path
 
 from tandem.cli.client import NodeClient, add_node_argument
 from tandem.cluster.placement import Infeasible, PlacementRequest, place
-from tandem.cluster.shapes import ModelShape, load_shape, shape_from_hf_config
 from tandem.cluster.topology import Topology
-from tandem.engine.config import DEFAULT_MAX_CONTEXT, DTYPE_BYTES, context_size, read_config_json
 from tandem.errors import TandemError
+from tandem.model.config import DEFAULT_MAX_CONTEXT, DTYPE_BYTES, context_size, read_config_json
+from tandem.model.shapes import ModelShape, load_shape, shape_from_hf_config
 
 DTYPES = ("auto", *DTYPE_BYTES)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from tandem.engine.sampling_params import SamplingParams
+from tandem.model.sampling_params import SamplingParams
 
 
 def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:

@@ -57,10 +57,10 @@ from tandem.cluster.placement_search import (
     split_layers,
 )
 from tandem.cluster.placement_why import oversized_layer, why_infeasible
-from tandem.cluster.shapes import ModelShape
 from tandem.cluster.topology import DeviceKind, NodeId, Topology
-from tandem.engine.stage import LayerRange, StageSpec
 from tandem.errors import InvalidRequestError
+from tandem.model.shapes import ModelShape
+from tandem.model.stage import LayerRange, StageSpec
 
 DEFAULT_DEVICE_OVERHEAD_BYTES = 1_000_000_000
 # A split must be predicted this much faster to take a model off a device that holds it whole:

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from itertools import accumulate, pairwise
 from typing import TYPE_CHECKING
 
-from tandem.cluster.shapes import ModelShape
 from tandem.cluster.topology import LinkInfo, NodeId, Topology
+from tandem.model.shapes import ModelShape
 
 if TYPE_CHECKING:
     from tandem.cluster.placement import PlacementRequest

@@ -12,7 +12,7 @@ from typing import Literal
 
 from tandem.cluster.placement import Placement
 from tandem.cluster.topology import LinkInfo, NodeId, NodeInfo, Topology
-from tandem.engine.stage import LayerRange
+from tandem.model.stage import LayerRange
 
 InstanceStatus = Literal["launching", "ready", "failed"]
 RunnerStatus = Literal["starting", "ready", "failed"]

@@ -20,18 +20,12 @@ from dataclasses import dataclass
 from tandem.engine.detokenize import IncrementalDetokenizer, StopMatcher
 from tandem.engine.executor import Executor, PendingTokens, RunAheadExecutor
 from tandem.engine.sampling import TokenChoice
-from tandem.engine.sampling_params import SamplingParams
 from tandem.engine.scheduler import Scheduler
-from tandem.engine.sequence import (
-    FinishReason,
-    Sequence,
-    SequenceChunk,
-    StepPlan,
-    finish_reason_after,
-    reaches_length,
-)
+from tandem.engine.sequence import Sequence, finish_reason_after, reaches_length
 from tandem.engine.tokenizer import Tokenizer
 from tandem.errors import InvalidRequestError
+from tandem.model.sampling_params import SamplingParams
+from tandem.model.step import FinishReason, SequenceChunk, StepPlan
 
 DEFAULT_MAX_PREFILL_TOKENS = 2048
 

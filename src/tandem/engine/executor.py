@@ -19,8 +19,8 @@ import torch
 from tandem import settings
 from tandem.engine.model_runner import ModelRunner
 from tandem.engine.sampling import SamplerState, TokenChoice, plain_greedy, sample_batch
-from tandem.engine.sampling_params import SamplingParams
-from tandem.engine.sequence import StepPlan
+from tandem.model.sampling_params import SamplingParams
+from tandem.model.step import StepPlan
 
 
 class Executor(Protocol):

@@ -9,11 +9,11 @@ from pathlib import Path
 import torch
 
 from tandem.engine.checkpoint import Checkpoint
-from tandem.engine.config import ModelConfig, load_model_config
 from tandem.engine.models import build_empty_model
 from tandem.engine.models.llama import CausalLM
-from tandem.engine.stage import StageSpec
 from tandem.errors import ModelFormatError
+from tandem.model.config import ModelConfig, load_model_config
+from tandem.model.stage import StageSpec
 
 TIED_HEAD = ("lm_head.weight", "model.embed_tokens.weight")
 

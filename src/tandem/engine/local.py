@@ -7,7 +7,6 @@ from pathlib import Path
 
 import torch
 
-from tandem.engine.config import ModelConfig, context_size, load_model_config
 from tandem.engine.device import resolve_device, resolve_dtype
 from tandem.engine.engine import DEFAULT_MAX_PREFILL_TOKENS, LLMEngine
 from tandem.engine.executor import LocalExecutor
@@ -15,6 +14,7 @@ from tandem.engine.loader import load_stage
 from tandem.engine.model_runner import ModelRunner
 from tandem.engine.models.llama import CausalLM
 from tandem.engine.tokenizer import Tokenizer
+from tandem.model.config import ModelConfig, context_size, load_model_config
 
 DEFAULT_NUM_SLOTS = 8
 

@@ -9,7 +9,7 @@ from tandem.engine import ops
 from tandem.engine.attention import slot_range
 from tandem.engine.kv_cache import KVCache
 from tandem.engine.models.llama import CausalLM
-from tandem.engine.sequence import SequenceChunk, StepPlan
+from tandem.model.step import SequenceChunk, StepPlan
 
 WARM_UP_PROMPT_TOKENS = 16
 

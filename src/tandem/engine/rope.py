@@ -10,7 +10,7 @@ import math
 
 import torch
 
-from tandem.engine.config import RopeConfig
+from tandem.model.config import RopeConfig
 
 
 def inverse_frequencies(rope: RopeConfig, head_dim: int) -> torch.Tensor:

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from collections import deque
 
-from tandem.engine.sequence import Sequence, SequenceChunk, StepPlan
+from tandem.engine.sequence import Sequence
+from tandem.model.step import SequenceChunk, StepPlan
 
 
 def prompts_in_one_step(lengths: list[int], free_slots: int, budget: int) -> int:

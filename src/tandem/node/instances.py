@@ -18,11 +18,11 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from tandem.cluster.placement import DeviceAddress, Infeasible, PlacementRequest, place
-from tandem.cluster.shapes import ModelShape, shape_from_model_config
 from tandem.cluster.state import Instance, InstanceCreated, InstanceRemoved, MasterAddressSet, RunnerState
-from tandem.engine.config import context_size, load_model_config
 from tandem.engine.engine import DEFAULT_MAX_PREFILL_TOKENS
 from tandem.errors import InvalidRequestError, TandemError
+from tandem.model.config import context_size, load_model_config
+from tandem.model.shapes import ModelShape, shape_from_model_config
 from tandem.node.codec import to_jsonable
 from tandem.node.control import PeerUnreachable
 from tandem.runner.spec import RunnerSpec

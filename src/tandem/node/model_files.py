@@ -22,8 +22,8 @@ import httpx
 
 from tandem.cluster.auth import AuthError, sign_request, verify_request
 from tandem.cluster.topology import DownloadProgress
-from tandem.engine.stage import LayerRange, StageSpec
 from tandem.errors import TandemError
+from tandem.model.stage import LayerRange, StageSpec
 from tandem.node.control import REPLY_METHOD, PeerUnreachable
 from tandem.store.cache import RepoCache
 from tandem.store.fetch import ModelFetcher

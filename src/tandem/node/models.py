@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 from tandem.cluster.placement import Infeasible, Placement
-from tandem.cluster.shapes import ModelShape
-from tandem.engine.config import load_model_config
 from tandem.errors import TandemError
+from tandem.model.config import load_model_config
+from tandem.model.shapes import ModelShape
 from tandem.store.catalog import ModelCard
 from tandem.store.resolve import DEMO_MODEL_DIR, DEMO_MODEL_NAME, local_status
 

@@ -18,8 +18,8 @@ from collections.abc import Callable
 from typing import Any, TextIO
 
 from tandem.engine.engine import LLMEngine, TokenEvent
-from tandem.engine.sampling_params import SamplingParams
 from tandem.errors import TandemError
+from tandem.model.sampling_params import SamplingParams
 
 Emit = Callable[[dict[str, Any]], None]
 

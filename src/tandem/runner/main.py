@@ -20,7 +20,6 @@ import psutil
 import torch
 import torch.distributed as dist
 
-from tandem.engine.config import load_model_config
 from tandem.engine.cuda.symmetric import group_all_reduce
 from tandem.engine.device import resolve_device, resolve_dtype
 from tandem.engine.engine import LLMEngine
@@ -32,6 +31,7 @@ from tandem.engine.parallel.apply import load_tensor_parallel_stage
 from tandem.engine.parallel.group import TensorParallelGroup
 from tandem.engine.tokenizer import Tokenizer
 from tandem.errors import TandemError
+from tandem.model.config import load_model_config
 from tandem.runner.driver import Driver, Emit, line_emitter, read_commands
 from tandem.runner.pipeline import PipelineExecutor, serve_stage
 from tandem.runner.spec import RunnerSpec

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from tandem.engine.sampling import TokenChoice
-from tandem.engine.sequence import SequenceChunk, StepPlan
+from tandem.model.step import SequenceChunk, StepPlan
 
 
 def plan_to_wire(plan: StepPlan) -> list[list[Any]]:

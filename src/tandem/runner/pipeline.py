@@ -16,8 +16,8 @@ import torch
 from tandem.engine.executor import SamplerStates
 from tandem.engine.model_runner import ModelRunner
 from tandem.engine.sampling import TokenChoice
-from tandem.engine.sampling_params import SamplingParams
-from tandem.engine.sequence import StepPlan
+from tandem.model.sampling_params import SamplingParams
+from tandem.model.step import StepPlan
 from tandem.runner.messages import choices_from_wire, choices_to_wire, plan_from_wire, plan_to_wire
 from tandem.runner.spec import InstanceLayout
 from tandem.runner.stage_group import KEEP_ALIVE, STOP, StageChannel

@@ -6,7 +6,7 @@ import json
 from dataclasses import asdict, dataclass
 from typing import Literal
 
-from tandem.engine.stage import LayerRange, StageSpec
+from tandem.model.stage import LayerRange, StageSpec
 
 Backend = Literal["gloo", "nccl"]
 

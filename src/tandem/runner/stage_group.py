@@ -17,7 +17,7 @@ import torch.distributed as dist
 from tandem.engine.executor import LocalExecutor, PendingTokens, tokens_for
 from tandem.engine.model_runner import ModelRunner
 from tandem.engine.sampling import TokenChoice
-from tandem.engine.sequence import StepPlan
+from tandem.model.step import StepPlan
 from tandem.runner.messages import plan_from_wire, plan_to_wire
 from tandem.runner.spec import RunnerSpec
 from tandem.runner.wire import Wire

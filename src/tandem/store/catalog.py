@@ -2,7 +2,7 @@
 
 Each entry of `catalog.json` (package data) holds a Hugging Face repo and the shape-bearing
 fields of that repo's `config.json`; every size on a card is derived from the config through
-`tandem.cluster.shapes`, so the numbers are computed the same way placement computes them.
+`tandem.model.shapes`, so the numbers are computed the same way placement computes them.
 Pure Python: no torch, no network.
 """
 
@@ -14,8 +14,8 @@ from functools import cache
 from pathlib import Path
 from typing import Any, Literal
 
-from tandem.cluster.shapes import ModelShape, shape_from_hf_config
-from tandem.engine.config import SUPPORTED_MODEL_TYPES
+from tandem.model.config import SUPPORTED_MODEL_TYPES
+from tandem.model.shapes import ModelShape, shape_from_hf_config
 
 CATALOG_PATH = Path(__file__).with_name("catalog.json")
 

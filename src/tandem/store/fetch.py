@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from tandem.engine.config import read_config_json
-from tandem.engine.stage import LayerRange, StageSpec
 from tandem.errors import TandemError
+from tandem.model.config import read_config_json
+from tandem.model.stage import LayerRange, StageSpec
 from tandem.store.cache import RepoCache, check_disk_space, format_bytes
 from tandem.store.hub import Hub, HubRefused, HubUnreachable
 from tandem.store.manifest import RepoFile, RepoManifest, is_metadata_file

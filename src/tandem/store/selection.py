@@ -12,9 +12,9 @@ import json
 import re
 from pathlib import Path
 
-from tandem.engine.config import SUPPORTED_MODEL_TYPES, read_config_json
-from tandem.engine.stage import StageSpec
 from tandem.errors import ModelFormatError
+from tandem.model.config import SUPPORTED_MODEL_TYPES, read_config_json
+from tandem.model.stage import StageSpec
 from tandem.store.manifest import INDEX_FILE, is_weight_file
 
 _LAYER_PREFIX = re.compile(r"^model\.layers\.(\d+)\.")
@@ -53,9 +53,9 @@ def stage_weight_files(snapshot: Path, stage: StageSpec | None, known_files: set
 
 def _engine_tensor_names(snapshot: Path, stage: StageSpec) -> list[str]:
     from tandem.engine.checkpoint import Checkpoint  # torch: only where the engine's view is needed
-    from tandem.engine.config import load_model_config
     from tandem.engine.loader import stage_tensor_names
     from tandem.engine.models import build_empty_model
+    from tandem.model.config import load_model_config
 
     config = load_model_config(snapshot)
     if stage.num_layers != config.num_layers:

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TextIO
 
 from tandem.cluster.topology import DownloadProgress
-from tandem.engine.stage import LayerRange
+from tandem.model.stage import LayerRange
 from tandem.store.cache import format_bytes
 from tandem.store.progress import DownloadBoard
 

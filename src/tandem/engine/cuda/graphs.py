@@ -12,7 +12,7 @@ import torch
 
 from tandem.engine.kv_cache import KVCache
 from tandem.engine.models.llama import CausalLM
-from tandem.engine.sequence import StepPlan
+from tandem.model.step import StepPlan
 
 BUCKETS = (1, 2, 4, 8, 16, 32, 64)
 WARMUP_RUNS = 2

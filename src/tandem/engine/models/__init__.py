@@ -6,10 +6,10 @@ Llama, Mistral, Qwen2 and Qwen3 are one architecture with different switches, so
 
 from __future__ import annotations
 
-from tandem.engine.config import ModelConfig
 from tandem.engine.models.llama import CausalLM
 from tandem.engine.models.meta import on_meta
-from tandem.engine.stage import StageSpec
+from tandem.model.config import ModelConfig
+from tandem.model.stage import StageSpec
 
 MODEL_CLASSES: dict[str, type[CausalLM]] = {
     "llama": CausalLM,

@@ -3,7 +3,7 @@
 Module names mirror the Hugging Face checkpoints (`model.layers.N.self_attn.q_proj`, ...) so
 weights load by name. Layers live in a ModuleDict keyed by their global index, so a pipeline
 stage that holds layers [8, 16) still names them `model.layers.8` to `model.layers.15`.
-The differences between the families are config flags (see `tandem.engine.config`):
+The differences between the families are config flags (see `tandem.model.config`):
 qkv/o/mlp biases, Qwen3's per-head q/k RMSNorm, and Mistral/Qwen sliding windows.
 
 After loading, `fuse_projections` joins q/k/v into one `qkv_proj` and gate/up into one
@@ -17,12 +17,12 @@ from torch import nn
 
 from tandem.engine import ops
 from tandem.engine.attention import AttentionBatch, attend, attention_masks
-from tandem.engine.config import ModelConfig
 from tandem.engine.kv_cache import KVCache
 from tandem.engine.parallel.group import AllReduce
 from tandem.engine.parallel.layers import unsummed
 from tandem.engine.rope import inverse_frequencies, rotary_cos_sin
-from tandem.engine.stage import StageSpec
+from tandem.model.config import ModelConfig
+from tandem.model.stage import StageSpec
 
 
 class RMSNorm(nn.Module):

@@ -21,15 +21,15 @@ from pathlib import Path
 import torch
 
 from tandem.engine.checkpoint import Checkpoint
-from tandem.engine.config import ModelConfig, load_model_config
 from tandem.engine.loader import SliceRule, TensorSlice, load_weights
 from tandem.engine.models import build_empty_model
 from tandem.engine.models.llama import CausalLM
 from tandem.engine.models.llama_tp import shard_llama
 from tandem.engine.parallel.group import AllReduce, TensorParallelGroup
 from tandem.engine.parallel.layers import RowParallelLinear, VocabParallelEmbedding
-from tandem.engine.stage import StageSpec
 from tandem.errors import UnsupportedModelError
+from tandem.model.config import ModelConfig, load_model_config
+from tandem.model.stage import StageSpec
 
 # model_type -> the plan that shards a meta-device model of that family for one rank.
 TENSOR_PARALLEL_PLANS: dict[str, Callable[[CausalLM, TensorParallelGroup], dict[str, TensorSlice]]] = {

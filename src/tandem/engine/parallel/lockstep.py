@@ -18,14 +18,14 @@ from pathlib import Path
 
 import torch
 
-from tandem.engine.config import ModelConfig
 from tandem.engine.engine import DEFAULT_MAX_PREFILL_TOKENS, LLMEngine
 from tandem.engine.local import assemble_engine
 from tandem.engine.models.llama import CausalLM
 from tandem.engine.parallel.apply import load_tensor_parallel_stage
 from tandem.engine.parallel.group import TensorParallelGroup
-from tandem.engine.sampling_params import SamplingParams
 from tandem.errors import InvalidRequestError
+from tandem.model.config import ModelConfig
+from tandem.model.sampling_params import SamplingParams
 
 
 class LockstepEngine(LLMEngine):

@@ -15,8 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from math import gcd
 
-from tandem.engine.stage import near_equal_parts
 from tandem.errors import InvalidRequestError
+from tandem.model.stage import near_equal_parts
 
 
 @dataclass(frozen=True)

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tandem.engine.config import ModelConfig, parse_model_config, read_config_json
 from tandem.errors import ModelFormatError, UnsupportedModelError
+from tandem.model.config import ModelConfig, parse_model_config, read_config_json
 
 
 @dataclass(frozen=True)
