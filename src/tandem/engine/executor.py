@@ -17,7 +17,7 @@ from typing import Protocol, runtime_checkable
 import torch
 
 from tandem import settings
-from tandem.engine.model_runner import ModelRunner
+from tandem.engine.interface import StageEngine
 from tandem.engine.sampling import SamplerState, TokenChoice, plain_greedy, sample_batch
 from tandem.model.sampling_params import SamplingParams
 from tandem.model.step import StepPlan
@@ -98,9 +98,9 @@ class SamplerStates:
 class LocalExecutor:
     """The whole model in this process."""
 
-    def __init__(self, runner: ModelRunner, run_ahead: bool | None = None) -> None:
+    def __init__(self, runner: StageEngine, run_ahead: bool | None = None) -> None:
         self.runner = runner
-        self.samplers = SamplerStates(runner.model.config.vocab_size, runner.device)
+        self.samplers = SamplerStates(runner.config.vocab_size, runner.wire_device)
         # None: where decode graphs are; True/False: always/never (tests run it on the CPU)
         self.run_ahead = settings.run_ahead() if run_ahead is None else run_ahead
 
@@ -119,7 +119,8 @@ class LocalExecutor:
         """Decode steps replayed from CUDA graphs, for sequences that pick greedily with nothing
         to record but the token (no penalties, no log-probabilities). Elsewhere nothing would be
         gained: without graphs the host launches every kernel itself."""
-        wanted = self.runner.graphs is not None if self.run_ahead is None else self.run_ahead
+        graphs = bool(getattr(self.runner, "decode_graphs", False))
+        wanted = graphs if self.run_ahead is None else self.run_ahead
         return (
             wanted
             and plan.tokens_per_sequence == 1

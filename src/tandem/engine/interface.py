@@ -36,8 +36,11 @@ class StageReport:
 class StageEngine(Protocol):
     """One rank's part of one stage of a model."""
 
-    config: ModelConfig
-    stage: StageSpec
+    @property
+    def config(self) -> ModelConfig: ...
+
+    @property
+    def stage(self) -> StageSpec: ...
 
     @property
     def wire_device(self) -> torch.device:

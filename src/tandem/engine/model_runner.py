@@ -1,5 +1,6 @@
-"""Runs one stage of a model for a step plan: builds the input tensors, owns the KV cache, and
-on CUDA replays captured graphs for decode steps."""
+"""The PyTorch stage engine: runs one stage of a model for a step plan, builds the input tensors,
+owns the KV cache, and on CUDA replays captured graphs for decode steps (`engine/interface.py`
+says what a runner asks of it)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,11 @@ import torch
 
 from tandem.engine import ops
 from tandem.engine.attention import slot_range
+from tandem.engine.interface import StageReport
 from tandem.engine.kv_cache import KVCache
 from tandem.engine.models.llama import CausalLM
+from tandem.model.config import ModelConfig
+from tandem.model.stage import StageSpec
 from tandem.model.step import SequenceChunk, StepPlan
 
 WARM_UP_PROMPT_TOKENS = 16
@@ -55,6 +59,37 @@ class ModelRunner:
             self.forward(plan, hidden)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
+
+    @property
+    def config(self) -> ModelConfig:
+        return self.model.config
+
+    @property
+    def stage(self) -> StageSpec:
+        return self.model.stage
+
+    @property
+    def wire_device(self) -> torch.device:
+        return self.device
+
+    @property
+    def decode_graphs(self) -> bool:
+        """Whether decode steps replay captured CUDA graphs (the engine then runs ahead)."""
+        return self.graphs is not None
+
+    def release(self, slot: int) -> None:
+        """Nothing to do: a slot's next sequence overwrites it before reading."""
+
+    def report(self, all_reduce: str | None = None) -> StageReport:
+        from tandem.engine.loader import parameter_bytes
+
+        return StageReport(
+            engine="torch",
+            device=str(self.device),
+            parameter_bytes=parameter_bytes(self.model),
+            kv_cache_bytes=self.kv_cache.bytes(),
+            all_reduce=all_reduce,
+        )
 
     @property
     def is_first_stage(self) -> bool:

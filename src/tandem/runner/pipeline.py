@@ -80,7 +80,7 @@ def serve_stage(
     is_last = stage == layout.num_stages - 1
     previous = layout.leader(stage - 1)
     following = None if is_last else layout.leader(stage + 1)
-    samplers = SamplerStates(runner.model.config.vocab_size, runner.device) if is_last else None
+    samplers = SamplerStates(runner.config.vocab_size, runner.wire_device) if is_last else None
     while True:
         header, hidden = wire.recv(src=previous)
         channel.share(header, hidden)
