@@ -5,15 +5,27 @@ runners = start_instance(model_dir, num_layers, stage_sizes=(2, 2))  # TP=2 × P
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
 import time
 from dataclasses import replace
 
+from tandem.model.sampling_params import SamplingParams
 from tandem.model.stage import split_evenly
-from tandem.runner.spec import RunnerSpec
+from tandem.protocol import codec
+from tandem.protocol.runner import (
+    Accepted,
+    Generate,
+    GenerateRequest,
+    Listening,
+    RunnerCommand,
+    RunnerEvent,
+    RunnerSpec,
+    Shutdown,
+    Token,
+)
+from tandem.settings import EngineOptions
 
 
 class RunnerProcess:
@@ -27,15 +39,18 @@ class RunnerProcess:
             env={**os.environ, **(env or {})},
         )
 
-    def next_event(self, timeout: float = 60) -> dict:
+    def next_event(self, timeout: float = 60) -> RunnerEvent:
         deadline = time.monotonic() + timeout
         line = self.process.stdout.readline()  # type: ignore[union-attr]
         assert line, f"runner exited with {self.process.wait()}"
         assert time.monotonic() < deadline
-        return json.loads(line)
+        return codec.decode(RunnerEvent, line)
 
-    def send(self, command: dict) -> None:
-        self.process.stdin.write(json.dumps(command) + "\n")  # type: ignore[union-attr]
+    def send(self, command: RunnerCommand) -> None:
+        self.send_line(codec.encode(command).decode())
+
+    def send_line(self, line: str) -> None:
+        self.process.stdin.write(line + "\n")  # type: ignore[union-attr]
         self.process.stdin.flush()  # type: ignore[union-attr]
 
 
@@ -46,6 +61,7 @@ def start_instance(
     keep_alive_seconds: float = 60.0,
     env: dict[str, str] | None = None,
     max_prefill_tokens: int = 5,
+    options: EngineOptions | None = None,
     devices: list[str] | None = None,
 ) -> list[RunnerProcess]:
     """One runner per rank: stage s holds an even share of the layers over `stage_sizes[s]` ranks;
@@ -70,12 +86,13 @@ def start_instance(
         threads=1,
         stage_sizes=stage_sizes,
         keep_alive_seconds=keep_alive_seconds,
+        options=options or EngineOptions(),
     )
     driver = RunnerProcess(base, env)
     runners = [driver]
     if world_size > 1:
         listening = driver.next_event()
-        assert listening["event"] == "listening"
+        assert isinstance(listening, Listening), listening
         for rank in range(1, world_size):
             stage = base.layout.stage_of(rank)
             spec = replace(
@@ -83,32 +100,34 @@ def start_instance(
                 rank=rank,
                 layer_start=ranges[stage].start,
                 layer_end=ranges[stage].end,
-                master_port=listening["port"],
+                master_port=listening.port,
                 device=devices[rank] if devices else "cpu",
             )
             runners.append(RunnerProcess(spec, env))
     return runners
 
 
-def generate_all(driver: RunnerProcess, prompts: dict[str, list[int]], params: dict) -> dict[str, list[int]]:
+def generate_all(
+    driver: RunnerProcess, prompts: dict[str, list[int]], params: SamplingParams
+) -> dict[str, list[int]]:
     """Send every prompt at once (they share the instance) and collect each one's tokens."""
     for request_id, ids in prompts.items():
-        driver.send({"op": "generate", "request_id": request_id, "prompt_ids": ids, "params": params})
+        driver.send(Generate(request_id, GenerateRequest(prompt_ids=tuple(ids), params=params)))
     tokens: dict[str, list[int]] = {request_id: [] for request_id in prompts}
     finished = set()
     while finished != set(prompts):
         event = driver.next_event()
-        if event["event"] == "token":
-            tokens[event["request_id"]].append(event["token_id"])
-            if "finish_reason" in event:
-                finished.add(event["request_id"])
+        if isinstance(event, Token):
+            tokens[event.request_id].append(event.token_id)
+            if event.finish_reason is not None:
+                finished.add(event.request_id)
         else:
-            assert event["event"] == "accepted", event
+            assert isinstance(event, Accepted), event
     return tokens
 
 
 def stop(runners: list[RunnerProcess]) -> None:
-    runners[0].send({"op": "shutdown"})
+    runners[0].send(Shutdown())
     for runner in runners:
         try:
             runner.process.wait(timeout=30)

@@ -1,27 +1,29 @@
-"""Tensor parallelism on GPUs against one GPU, token for token (CI checks the same over gloo on
-CPUs; this is the NCCL, symmetric-memory and CUDA-graph path).
+"""Tensor parallelism on GPUs against one GPU, token for token, through the cluster's runners
+(CI checks the same over gloo on CPUs; this is the NCCL, symmetric-memory and CUDA-graph path).
 
-    python -m torch.distributed.run --standalone --nproc_per_node 2 tools/check_tensor_parallel_gpu.py
+    python tools/check_tensor_parallel_gpu.py [--gpus 2]
 
-Rank 0 writes a small random checkpoint; every rank loads its shard and decodes greedily in
-lockstep, with NCCL, with the symmetric-memory all-reduce, and with it fused into the norms; rank 0 compares with the
-single-GPU engine: float32 must match token for token, bfloat16 is reported.
+Writes a small random checkpoint; for each dtype and each way of summing (NCCL, symmetric memory
+fused into the norms) starts an instance of one stage over a group of GPUs — rank 0 here, the
+others as runner processes, as a node does — decodes greedily and compares with the single-GPU
+engine: float32 must match token for token, bfloat16 is reported.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 import tempfile
+from dataclasses import replace
+from pathlib import Path
 
 import torch
-import torch.distributed as dist
 
-from tandem.engine.cuda.symmetric import SymmetricMemoryAllReduce, symmetric_memory_available
-from tandem.engine.local import create_local_engine
-from tandem.engine.parallel.group import TensorParallelGroup
-from tandem.engine.parallel.lockstep import create_tensor_parallel_engine
 from tandem.model.sampling_params import SamplingParams
+from tandem.protocol.runner import RunnerSpec
+from tandem.runner.assemble import create_local_engine, local_spec, start_local_instance
+from tandem.settings import EngineOptions
 
 PROMPTS = [[3, 1, 4, 1, 5, 9, 2, 6, 5, 3], [7], list(range(100, 160))]
 NEW_TOKENS = 48
@@ -56,53 +58,46 @@ def decode(engine) -> list[list[int]]:
     return [[event.token_id for event in engine.generate(prompt, params)] for prompt in PROMPTS]
 
 
+def group_specs(directory: str, gpus: int, dtype: str, options: EngineOptions) -> list[RunnerSpec]:
+    base = replace(
+        local_spec(directory, device="cuda:0", dtype=dtype, max_context=256, num_slots=2, options=options),
+        world_size=gpus,
+        backend="nccl",
+        stage_sizes=(gpus,),
+    )
+    return [replace(base, rank=rank, device=f"cuda:{rank}") for rank in range(gpus)]
+
+
 def main() -> None:
-    local_rank = int(os.environ["LOCAL_RANK"])
-    if torch.cuda.is_available():
-        device = torch.device("cuda", local_rank)
-        torch.cuda.set_device(device)
-        dist.init_process_group("nccl", device_id=device)
-    else:  # a dry run of the same steps on CPUs over gloo
-        device = torch.device("cpu")
-        torch.set_num_threads(1)
-        dist.init_process_group("gloo")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--gpus", type=int, default=2)
+    args = parser.parse_args()
     directory = os.path.join(tempfile.gettempdir(), "tandem-tp-check")
-    if dist.get_rank() == 0:
-        write_checkpoint(directory)
-    dist.barrier()
+    write_checkpoint(directory)
     failures = 0
-    for dtype in ("float32", "bfloat16") if device.type == "cuda" else ("float32",):
-        collectives = {"NCCL": None}
-        if device.type == "cuda" and symmetric_memory_available():
-            collectives["symmetric memory"] = SymmetricMemoryAllReduce(
-                dist.group.WORLD, device, getattr(torch, dtype)
+    for dtype in ("float32", "bfloat16"):
+        alone = decode(create_local_engine(directory, device="cuda:0", dtype=dtype, max_context=256))
+        for label, symmetric in (("NCCL", False), ("symmetric memory", True)):
+            specs = group_specs(directory, args.gpus, dtype, EngineOptions(symmetric_all_reduce=symmetric))
+            rank, others = start_local_instance(specs, Path(directory) / "ranks.log")
+            assert rank.engine is not None
+            tokens = decode(rank.engine)
+            rank.close()
+            for process in others:
+                process.wait(timeout=60)
+            agree = sum(a == b for x, y in zip(tokens, alone, strict=True) for a, b in zip(x, y, strict=True))
+            total = sum(len(x) for x in alone)
+            exact = tokens == alone
+            print(
+                f"TP={args.gpus} {dtype:9} {label:17} ({rank.report.all_reduce}): {agree}/{total} tokens "
+                f"agree with one GPU{'' if exact else ' (DIFFERENT)'}",
+                flush=True,
             )
-            collectives["fused with norm"] = SymmetricMemoryAllReduce(
-                dist.group.WORLD, device, getattr(torch, dtype), width=512
-            )
-        for label, all_reduce in collectives.items():
-            group = TensorParallelGroup.from_process_group(None, all_reduce=all_reduce)
-            engine = create_tensor_parallel_engine(
-                directory, group, device=str(device), dtype=dtype, max_context=256, num_slots=2
-            )
-            tokens = decode(engine)
-            if dist.get_rank() == 0:
-                alone = decode(
-                    create_local_engine(directory, device=str(device), dtype=dtype, max_context=256)
-                )
-                agree = sum(
-                    a == b for x, y in zip(tokens, alone, strict=True) for a, b in zip(x, y, strict=True)
-                )
-                total = sum(len(x) for x in alone)
-                exact = tokens == alone
-                print(
-                    f"TP={dist.get_world_size()} {dtype:9} {label:17}: {agree}/{total} tokens agree with one GPU"
-                    f"{'' if exact else ' (DIFFERENT)'}",
-                    flush=True,
-                )
-                failures += int(dtype == "float32" and not exact)
-            dist.barrier()
-    # Leave without tearing the group down: after symmetric-memory work that can hang on H100s.
+            failures += int(dtype == "float32" and not exact)
+            torch.distributed.destroy_process_group()
+    # Leave without tearing anything else down: after symmetric-memory work that can hang on H100s.
     sys.stdout.flush()
     os._exit(1 if failures else 0)
 

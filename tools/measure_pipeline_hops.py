@@ -1,7 +1,7 @@
 """Per-hop overhead of a pipeline decode step on loopback (CPU, gloo).
 
-Runs the demo model as 1, 2, 3 and 4 pipeline stages (runner processes on this machine, one
-thread each) and times greedy decoding. The stages together do the same arithmetic whatever the
+Runs the demo model as 1, 2, 3 and 4 pipeline stages (rank 0 here, the others as runner
+processes on this machine, one thread each) and times greedy decoding. The stages together do the same arithmetic whatever the
 split, so the extra time per token over one stage, divided by the number of hops a token makes
 (N stages: N-1 hidden-state sends plus the token back to rank 0), is the cost of one hop.
 
@@ -11,30 +11,20 @@ split, so the extra time per token over one stage, divided by the number of hops
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
-import subprocess
-import sys
+import tempfile
 import time
 from dataclasses import replace
+from pathlib import Path
+
+import torch
 
 from tandem.model.config import load_model_config
+from tandem.model.sampling_params import SamplingParams
 from tandem.model.stage import split_evenly
-from tandem.runner.spec import RunnerSpec
+from tandem.protocol.runner import RunnerSpec
+from tandem.runner.assemble import start_local_instance
 from tandem.store.resolve import resolve_model_dir
-
-
-def start(spec: RunnerSpec) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "tandem.runner", spec.to_json()],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-
-
-def read(process: subprocess.Popen) -> dict:
-    return json.loads(process.stdout.readline())  # type: ignore[union-attr]
 
 
 def seconds_per_token(model_dir: str, num_layers: int, stages: int, tokens: int) -> float:
@@ -54,48 +44,24 @@ def seconds_per_token(model_dir: str, num_layers: int, stages: int, tokens: int)
         max_prefill_tokens=512,
         threads=1,
     )
-    processes = [start(base)]
-    if stages > 1:
-        port = read(processes[0])["port"]
-        for rank in range(1, stages):
-            processes.append(
-                start(
-                    replace(
-                        base,
-                        rank=rank,
-                        layer_start=ranges[rank].start,
-                        layer_end=ranges[rank].end,
-                        master_port=port,
-                    )
-                )
-            )
-    try:
-        for process in processes:
-            assert read(process)["event"] == "ready"
+    specs = [
+        replace(base, rank=rank, layer_start=layers.start, layer_end=layers.end)
+        for rank, layers in enumerate(ranges)
+    ]
+    with tempfile.TemporaryDirectory() as work:
+        rank, others = start_local_instance(specs, Path(work) / "ranks.log")
+        assert rank.engine is not None
+        params = SamplingParams(max_tokens=tokens, temperature=0.0, ignore_eos=True)
         samples = []
-        for trial in range(3):
-            command = {
-                "op": "generate",
-                "request_id": str(trial),
-                "prompt_ids": [1, 2, 3],
-                "params": {"max_tokens": tokens, "temperature": 0, "ignore_eos": True},
-            }
-            processes[0].stdin.write(json.dumps(command) + "\n")  # type: ignore[union-attr]
-            processes[0].stdin.flush()  # type: ignore[union-attr]
-            times = []
-            while True:
-                event = read(processes[0])
-                if event["event"] == "token":
-                    times.append(time.perf_counter())
-                    if "finish_reason" in event:
-                        break
+        for _ in range(3):
+            times = [time.perf_counter() for _ in rank.engine.generate([1, 2, 3], params)]
             samples.append((times[-1] - times[1]) / (len(times) - 2))  # decode steps after the first token
-        return statistics.median(samples)
-    finally:
-        processes[0].stdin.write(json.dumps({"op": "shutdown"}) + "\n")  # type: ignore[union-attr]
-        processes[0].stdin.flush()  # type: ignore[union-attr]
-        for process in processes:
+        rank.close()
+        for process in others:
             process.wait(timeout=30)
+        if stages > 1:
+            torch.distributed.destroy_process_group()
+    return statistics.median(samples)
 
 
 def main() -> None:

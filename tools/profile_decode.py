@@ -13,17 +13,19 @@ from __future__ import annotations
 
 import argparse
 import time
+from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
 
-from tandem.bench.measure import engine_for, prompt_of
+from tandem.bench.measure import prompt_of
 from tandem.bench.profile import batch_one_graph, kernel_table, replay_seconds
-from tandem.bench.shapes import named_shape
-from tandem.bench.weights import engine_model, random_weights
-from tandem.engine import ops
+from tandem.bench.shapes import shape_dir
 from tandem.engine.cuda.gemv import gemv
+from tandem.engine.engine import LLMEngine
 from tandem.model.sampling_params import SamplingParams
+from tandem.runner.assemble import local_spec, start_rank
+from tandem.settings import EngineOptions
 
 
 def gpu_seconds(work) -> float:
@@ -57,10 +59,19 @@ def matrix_products(model, tp: int) -> None:
             )
 
 
-def decode_step(model, label: str) -> torch.cuda.CUDAGraph:
-    engine = engine_for(model, max_context=1024)
+def engine_with(shape: str, options: EngineOptions) -> LLMEngine:
+    """The engine a cluster runner of one rank would serve, with random weights."""
+    spec = local_spec(
+        shape_dir(shape), device="cuda", dtype="bfloat16", max_context=1024, num_slots=1, options=options
+    )
+    engine = start_rank(replace(spec, random_weights_seed=0)).engine
+    assert engine is not None
+    return engine
+
+
+def decode_step(engine: LLMEngine, label: str) -> torch.cuda.CUDAGraph:
     params = SamplingParams(max_tokens=128, temperature=0.0, ignore_eos=True)
-    prompt = prompt_of(128, model.config.vocab_size)
+    prompt = prompt_of(128, engine.executor.runner.config.vocab_size)  # type: ignore[attr-defined]
     list(engine.generate(prompt, params))
     stamps = [time.perf_counter() for _ in engine.generate(prompt, params)]
     step = (stamps[-1] - stamps[0]) / (len(stamps) - 1)
@@ -81,15 +92,13 @@ def main() -> None:
     parser.add_argument("--shape", default="llama3-8b")
     parser.add_argument("--tp", default="1,2,4", help="the matrices as ranks of these group sizes hold them")
     args = parser.parse_args()
-    device, dtype = torch.device("cuda"), torch.bfloat16
-    config, _ = named_shape(args.shape)
-    model = engine_model(config, random_weights(config, device, dtype), device, dtype)
+    cublas = engine_with(args.shape, EngineOptions(triton_gemv=False))
+    decode_step(cublas, "cuBLAS products")  # measured before the next engine installs its options
+    del cublas
+    engine = engine_with(args.shape, EngineOptions())
     for tp in (int(n) for n in args.tp.split(",")):
-        matrix_products(model, tp)
-    ops.TRITON_GEMV = False
-    decode_step(model, "cuBLAS products")
-    ops.TRITON_GEMV = True
-    graph = decode_step(model, "Triton products")
+        matrix_products(engine.executor.runner.model, tp)  # type: ignore[attr-defined]
+    graph = decode_step(engine, "Triton products")
     print(kernel_table(graph.replay))
 
 

@@ -15,3 +15,12 @@ class UnsupportedModelError(TandemError):
 
 class InvalidRequestError(TandemError):
     """Bad sampling values, a prompt longer than the context, and other bad input."""
+
+
+class UnknownInstance(TandemError):
+    """No instance with that id (HTTP 404)."""
+
+
+class PeerUnreachable(TandemError):
+    """A peer did not answer, answered with an error, or could not prove it holds the secret
+    (HTTP 503)."""

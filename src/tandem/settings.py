@@ -3,9 +3,53 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 SECRET_FILE = "secret"
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """The engine's performance switches, as one value: what a runner spec carries and a
+    benchmark compares. Defaults are the fast path; each switch exists to measure against it."""
+
+    eager: bool = False  # no Triton kernels and no CUDA graphs on GPUs
+    overlap_launches: bool = True  # each decode kernel starts while the one before it ends (sm90+)
+    run_ahead: bool | None = None  # queue greedy decode steps ahead: None where decode graphs are
+    triton_gemv: bool = True  # decode products through Triton's matrix-vector kernel, not cuBLAS
+    symmetric_all_reduce: bool = True  # GPU groups of one host sum through symmetric memory, not NCCL
+
+    @classmethod
+    def from_environment(cls) -> EngineOptions:
+        """TANDEM_EAGER=1, TANDEM_PDL=0, TANDEM_RUN_AHEAD=0|1, TANDEM_GEMV=0 and TANDEM_SYMMETRIC=0
+        change the defaults."""
+        return cls(
+            eager=os.environ.get("TANDEM_EAGER", "") not in ("", "0"),
+            overlap_launches=os.environ.get("TANDEM_PDL", "") != "0",
+            run_ahead={"1": True, "0": False}.get(os.environ.get("TANDEM_RUN_AHEAD", "")),
+            triton_gemv=os.environ.get("TANDEM_GEMV", "") != "0",
+            symmetric_all_reduce=os.environ.get("TANDEM_SYMMETRIC", "") != "0",
+        )
+
+    def but(self, **changes: bool | None) -> EngineOptions:
+        return replace(self, **changes)
+
+
+_engine_options: EngineOptions | None = None
+
+
+def engine_options() -> EngineOptions:
+    """The options this process's engine runs with: those installed with `use_engine_options`
+    (a runner installs its spec's), else the environment's."""
+    return _engine_options or EngineOptions.from_environment()
+
+
+def use_engine_options(options: EngineOptions) -> None:
+    """Install the options for this process's engine. Called where an engine is assembled
+    (`tandem.runner.assemble`), before any model code runs; never flipped mid-run."""
+    global _engine_options
+    _engine_options = options
 
 
 def debug() -> bool:
@@ -13,21 +57,9 @@ def debug() -> bool:
     return os.environ.get("TANDEM_DEBUG", "") not in ("", "0")
 
 
-def eager_only() -> bool:
-    """TANDEM_EAGER=1 runs CUDA without Triton kernels or CUDA graphs (for comparisons)."""
-    return os.environ.get("TANDEM_EAGER", "") not in ("", "0")
-
-
-def overlap_launches() -> bool:
-    """TANDEM_PDL=0 launches the decode kernels one after another, never overlapped (for
-    comparisons); by default each starts while the one before it finishes, where the GPU can."""
-    return os.environ.get("TANDEM_PDL", "") != "0"
-
-
-def run_ahead() -> bool | None:
-    """TANDEM_RUN_AHEAD: 1 runs greedy decode steps ahead everywhere, 0 nowhere; unset or
-    anything else, where decode graphs are."""
-    return {"1": True, "0": False}.get(os.environ.get("TANDEM_RUN_AHEAD", ""))
+def triton_interpreter() -> bool:
+    """TRITON_INTERPRET=1 (Triton's own switch): kernels run in Triton's interpreter on the CPU."""
+    return os.environ.get("TRITON_INTERPRET") == "1"
 
 
 def stacks_after() -> float | None:

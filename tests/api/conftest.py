@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from nodes import launch, running_nodes
-from tandem.engine.local import create_local_engine
+from tandem.runner.assemble import create_local_engine
 from tandem.store.resolve import DEMO_MODEL_DIR
 
 from .api_expected import CONTEXT

@@ -11,12 +11,13 @@ import torch
 
 from nodes import generate, launch, running_nodes, start_node, wait_for
 from tandem.engine.loader import parameter_bytes
-from tandem.engine.local import create_local_engine
 from tandem.engine.parallel.apply import load_tensor_parallel_stage
 from tandem.engine.parallel.group import ProcessGroupAllGather, ProcessGroupAllReduce, TensorParallelGroup
 from tandem.model.config import load_model_config
 from tandem.model.sampling_params import SamplingParams
 from tandem.model.stage import LayerRange, StageSpec
+from tandem.protocol import codec
+from tandem.runner.assemble import create_local_engine
 
 PROMPTS = [[3, 1, 4, 1, 5, 9, 2, 6], [2, 7, 1, 8, 2, 8], [1] * 3]
 
@@ -49,8 +50,8 @@ def test_three_nodes_run_a_model_split_across_all_of_them(tmp_path, checkpoint_f
         params = SamplingParams(max_tokens=24, temperature=0.0, ignore_eos=True)
         for index, prompt in enumerate(PROMPTS):
             taker = nodes[index % 3]  # any node takes requests for the instance
-            events = generate(taker, instance["instance_id"], prompt_ids=prompt, params=params.to_dict())
-            tokens = [e["token_id"] for e in events if e["event"] == "token"]
+            events = generate(taker, instance["instance_id"], prompt_ids=prompt, params=codec.to_json(params))
+            tokens = [e["token_id"] for e in events if e["type"] == "token"]
             expected_tokens = [e.token_id for e in engine.generate(prompt, params)]
             reference = checkpoint.model.generate(
                 torch.tensor([prompt]),
@@ -63,7 +64,7 @@ def test_three_nodes_run_a_model_split_across_all_of_them(tmp_path, checkpoint_f
             )[0, len(prompt) :].tolist()
             assert tokens == expected_tokens == reference
             assert events[0] == {
-                "event": "accepted",
+                "type": "accepted",
                 "request_id": events[0]["request_id"],
                 "prompt_tokens": len(prompt),
             }
@@ -97,9 +98,9 @@ def test_a_stage_runs_as_a_tensor_parallel_group_across_two_nodes(tmp_path, chec
         params = SamplingParams(max_tokens=12, temperature=0.0, ignore_eos=True)
         for index, prompt in enumerate(PROMPTS[:2]):
             events = generate(
-                nodes[index], instance["instance_id"], prompt_ids=prompt, params=params.to_dict()
+                nodes[index], instance["instance_id"], prompt_ids=prompt, params=codec.to_json(params)
             )
-            tokens = [e["token_id"] for e in events if e["event"] == "token"]
+            tokens = [e["token_id"] for e in events if e["type"] == "token"]
             assert tokens == [e.token_id for e in engine.generate(prompt, params)]
 
 
@@ -137,7 +138,7 @@ def test_the_coordinator_leaves_and_another_takes_over_with_the_state(tmp_path, 
             prompt_ids=[1, 2, 3],
             params={"max_tokens": 5, "temperature": 0},
         )
-        assert len([e for e in events if e["event"] == "token"]) == 5
+        assert len([e for e in events if e["type"] == "token"]) == 5
 
 
 @pytest.mark.parametrize(

@@ -44,8 +44,8 @@ def ask(page, text: str, timeout: float = ANSWER_TIMEOUT_MS):
 
 def api_answer(node: NodeProcess, instance_id: str, messages: list[dict], params: dict) -> str:
     events = generate(node, instance_id, messages=messages, params=params)
-    assert events[0]["event"] == "accepted", events
-    return "".join(event["text"] for event in events if event["event"] == "token")
+    assert events[0]["type"] == "accepted", events
+    return "".join(event["text"] for event in events if event["type"] == "token")
 
 
 def launch_from_ui(page, model_pattern: str, *, devices=(), sequences: str = "", context: str = ""):

@@ -1,10 +1,11 @@
 """One rank of a tensor-parallel group, for tests: `python tensor_parallel_worker.py JOB_JSON`.
 
-The job names the rendezvous file, the rank, the group size and the checkpoints. For each
-checkpoint the rank builds its lockstep engine over its shard and decodes the prompts (greedy,
-together, step by step and again running ahead; then one seeded): every rank runs the same steps in the same order, so their
-collectives pair up, and all-gathered logits give every rank the same tokens. Each rank writes
-what it saw to its own JSON file.
+The job names the rank, the group size, a rendezvous port per checkpoint and the checkpoints.
+For each checkpoint every rank builds itself with `start_rank` (the cluster's path: rank 0
+drives a tensor-parallel executor, the others follow it) and rank 0 decodes the prompts
+(greedy, together; again running ahead; then seeded and unseeded sampling). Then every rank
+computes one prompt's logits directly through its shard, in lockstep, and writes what it saw
+to its own JSON file.
 """
 
 from __future__ import annotations
@@ -18,10 +19,10 @@ import torch.distributed as dist
 from tandem.engine.engine import LLMEngine
 from tandem.engine.kv_cache import KVCache
 from tandem.engine.loader import parameter_bytes
-from tandem.engine.parallel.group import TensorParallelGroup
-from tandem.engine.parallel.lockstep import create_tensor_parallel_engine
-from tandem.errors import InvalidRequestError
+from tandem.model.config import load_model_config
 from tandem.model.sampling_params import SamplingParams
+from tandem.protocol.runner import RunnerSpec
+from tandem.runner.assemble import start_rank
 
 
 def last_logits(model, prompt: list[int]) -> list[float]:
@@ -42,44 +43,58 @@ def decode_together(engine: LLMEngine, prompts: list[list[int]], params: Samplin
     return [tokens[seq_id] for seq_id in ids]
 
 
+def spec_for(job: dict, path: str, port: int) -> RunnerSpec:
+    layers = load_model_config(path).num_layers
+    return RunnerSpec(
+        instance_id="test",
+        rank=job["rank"],
+        world_size=job["size"],
+        model_dir=path,
+        layer_start=0,
+        layer_end=layers,
+        num_layers=layers,
+        device="cpu",
+        dtype="float32",
+        max_context=128,
+        num_slots=4,
+        max_prefill_tokens=6,
+        master_port=port,
+        threads=1,
+        stage_sizes=(job["size"],),
+    )
+
+
 def main() -> None:
     job = json.loads(sys.argv[1])
-    torch.set_num_threads(1)
-    dist.init_process_group(
-        "gloo", init_method=f"file://{job['rendezvous']}", rank=job["rank"], world_size=job["size"]
-    )
-    group = TensorParallelGroup.from_process_group()
     report = {}
     params = SamplingParams(max_tokens=job["new_tokens"], temperature=0.0, ignore_eos=True)
-    for name, path in job["checkpoints"].items():
-        engine = create_tensor_parallel_engine(
-            path, group, device="cpu", dtype="float32", max_context=128, num_slots=4, max_prefill_tokens=6
-        )
-        runner = engine.executor.runner
-        model = runner.model
-        tokens = decode_together(engine, job["prompts"], params)
-        engine.executor.run_ahead = True  # each rank queues the next step on its own tokens
-        ahead = decode_together(engine, job["prompts"], params)
-        engine.executor.run_ahead = None
-        seeded = SamplingParams(max_tokens=8, temperature=0.8, seed=7, ignore_eos=True)
-        try:
-            engine.add_request(job["prompts"][0], SamplingParams(temperature=1.0))
-            refusal = None
-        except InvalidRequestError as error:
-            refusal = str(error)
-        report[name] = {
-            "tokens": tokens,
-            "ahead": ahead,
-            "seeded": decode_together(engine, job["prompts"][:1], seeded),
-            "refusal": refusal,
-            "logits": last_logits(model, job["prompts"][-1]),
+    for (name, path), port in zip(job["checkpoints"].items(), job["ports"], strict=True):
+        rank = start_rank(spec_for(job, path, port))
+        seen: dict = {}
+        if rank.engine is None:
+            rank.serve()
+        else:
+            engine = rank.engine
+            seen["tokens"] = decode_together(engine, job["prompts"], params)
+            engine.executor.run_ahead = True  # type: ignore[attr-defined]  # followers keep and feed
+            seen["ahead"] = decode_together(engine, job["prompts"], params)
+            engine.executor.run_ahead = None  # type: ignore[attr-defined]
+            seeded = SamplingParams(max_tokens=8, temperature=0.8, seed=7, ignore_eos=True)
+            seen["seeded"] = decode_together(engine, job["prompts"][:1], seeded)
+            unseeded = SamplingParams(max_tokens=8, temperature=1.0, ignore_eos=True)
+            seen["sampled"] = decode_together(engine, job["prompts"][:1], unseeded)
+            rank.close()  # the followers' serve loops return
+        model = rank.stage.model
+        seen |= {
+            "logits": last_logits(model, job["prompts"][-1]),  # every rank together: collectives pair
             "parameter_bytes": parameter_bytes(model),
             "parameters": {key: list(value.shape) for key, value in model.state_dict().items()},
-            "kv_heads": runner.kv_cache.keys[0].shape[1],
+            "kv_heads": rank.stage.kv_cache.keys[0].shape[1],
         }
+        report[name] = seen
+        dist.destroy_process_group()
     with open(job["output"], "w") as handle:
         json.dump(report, handle)
-    dist.destroy_process_group()
 
 
 if __name__ == "__main__":

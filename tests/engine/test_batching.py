@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from tandem.engine.local import create_local_engine
 from tandem.model.sampling_params import SamplingParams
+from tandem.runner.assemble import create_local_engine
 
 
 def test_concurrent_sequences_match_sequential_runs(checkpoint_factory):

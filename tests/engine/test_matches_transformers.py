@@ -12,9 +12,9 @@ from conftest import TEST_DEVICE, TEST_DTYPE
 from tandem.engine.device import DTYPES
 from tandem.engine.kv_cache import KVCache
 from tandem.engine.loader import load_stage, parameter_bytes
-from tandem.engine.local import create_local_engine
 from tandem.model.sampling_params import SamplingParams
 from tandem.model.stage import LayerRange, StageSpec
+from tandem.runner.assemble import create_local_engine
 
 NEW_TOKENS = 40
 PROMPT_LENGTHS = (1, 7, 19)  # 19 > the Mistral test window of 8

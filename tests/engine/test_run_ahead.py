@@ -7,8 +7,8 @@ from __future__ import annotations
 import torch
 
 from conftest import TEST_DEVICE, TEST_DTYPE
-from tandem.engine.local import create_local_engine
 from tandem.model.sampling_params import SamplingParams
+from tandem.runner.assemble import create_local_engine
 
 PROMPT_LENGTHS = (3, 11, 6, 9, 2, 5)
 MAX_TOKENS = (14, 5, 20, 12, 15, 9)

@@ -7,7 +7,6 @@ import math
 import pytest
 import torch
 
-from tandem.engine.local import create_local_engine
 from tandem.engine.sampling import (
     SamplerState,
     apply_min_p,
@@ -19,6 +18,7 @@ from tandem.engine.sampling import (
 )
 from tandem.errors import InvalidRequestError
 from tandem.model.sampling_params import SamplingParams
+from tandem.runner.assemble import create_local_engine
 
 
 def kept(logits: torch.Tensor) -> list[int]:

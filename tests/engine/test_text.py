@@ -9,8 +9,8 @@ from tokenizers import Tokenizer as FastTokenizer
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
 from tandem.engine.detokenize import IncrementalDetokenizer, StopMatcher
-from tandem.engine.tokenizer import Tokenizer
 from tandem.errors import InvalidRequestError
+from tandem.model.tokenizer import Tokenizer
 
 CORPUS = [
     "The quick brown fox jumps over the lazy dog. Ünïcödé façade, naïve café.",

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from tandem.engine.local import create_local_engine
 from tandem.model.sampling_params import SamplingParams
+from tandem.runner.assemble import create_local_engine
 
 
 def test_warm_up_leaves_no_trace_in_later_requests(checkpoint_factory):

@@ -5,8 +5,18 @@ from __future__ import annotations
 import pytest
 
 from runner_processes import generate_all, start_instance, stop
-from tandem.engine.local import create_local_engine
 from tandem.model.sampling_params import SamplingParams
+from tandem.protocol.runner import (
+    Abort,
+    Accepted,
+    Finished,
+    Generate,
+    GenerateRequest,
+    Ready,
+    Rejected,
+    Token,
+)
+from tandem.runner.assemble import create_local_engine
 
 
 @pytest.mark.parametrize(
@@ -25,7 +35,7 @@ def test_pipeline_tokens_equal_single_process(checkpoint_factory, world_size, ma
     )
     try:
         ready = [runner.next_event() for runner in runners]
-        assert all(event["event"] == "ready" for event in ready), ready
+        assert all(isinstance(event, Ready) for event in ready), ready
         engine = create_local_engine(checkpoint.path, device="cpu", dtype="float32")
         prompts = {
             "a": [3, 1, 4, 1, 5, 9, 2, 6],
@@ -34,7 +44,7 @@ def test_pipeline_tokens_equal_single_process(checkpoint_factory, world_size, ma
         }
         params = SamplingParams(max_tokens=20, temperature=0.0, ignore_eos=True)
         expected = {rid: [e.token_id for e in engine.generate(ids, params)] for rid, ids in prompts.items()}
-        tokens = generate_all(runners[0], prompts, params.to_dict())  # concurrent requests share it
+        tokens = generate_all(runners[0], prompts, params)  # concurrent requests share it
         assert tokens == expected
     finally:
         stop(runners)
@@ -44,26 +54,23 @@ def test_rejected_request_and_abort(checkpoint_factory):
     checkpoint = checkpoint_factory("llama-gqa")
     runners = start_instance(checkpoint.path, checkpoint.config["num_hidden_layers"], (1, 1))
     try:
-        assert [runner.next_event()["event"] for runner in runners] == ["ready", "ready"]
-        runners[0].send(
-            {"op": "generate", "request_id": "long", "prompt_ids": list(range(200)), "params": {}}
-        )
+        assert all(isinstance(runner.next_event(), Ready) for runner in runners)
+        runners[0].send(Generate("long", GenerateRequest(prompt_ids=tuple(range(200)))))
         event = runners[0].next_event()
-        assert event["event"] == "rejected" and "context" in event["message"]
-        runners[0].send({"op": "generate", "request_id": "bad", "prompt_ids": [1], "params": {"top_p": 7}})
-        assert runners[0].next_event()["event"] == "rejected"
-        runners[0].send(
-            {
-                "op": "generate",
-                "request_id": "x",
-                "prompt_ids": [1, 2],
-                "params": {"max_tokens": 100, "ignore_eos": True},
-            }
-        )
-        assert runners[0].next_event()["event"] == "accepted"
-        runners[0].send({"op": "abort", "request_id": "x"})
-        while (event := runners[0].next_event())["event"] == "token":
+        assert isinstance(event, Rejected) and "context" in event.message
+        bad = '{"type": "generate", "request_id": "bad", "request": {"prompt_ids": [1], "params": {"top_p": 7}}}'
+        runners[0].send_line(bad)
+        event = runners[0].next_event()
+        assert isinstance(event, Rejected) and event.request_id == "bad" and "top_p" in event.message
+        runners[0].send_line(
+            '{"type": "launch-missiles"}'
+        )  # unknown: logged and ignored, the runner lives on
+        params = SamplingParams(max_tokens=100, ignore_eos=True)
+        runners[0].send(Generate("x", GenerateRequest(prompt_ids=(1, 2), params=params)))
+        assert isinstance(runners[0].next_event(), Accepted)
+        runners[0].send(Abort("x"))
+        while isinstance(event := runners[0].next_event(), Token):
             pass
-        assert event == {"event": "finished", "request_id": "x", "finish_reason": "abort"}
+        assert event == Finished("x", "abort")
     finally:
         stop(runners)

@@ -18,7 +18,7 @@ PARAMS = {"max_tokens": 12, "temperature": 0.0, "ignore_eos": True}
 
 def tokens(node, instance_id: str) -> list[int]:
     events = generate(node, instance_id, prompt_ids=PROMPT, params=PARAMS)
-    return [e["token_id"] for e in events if e["event"] == "token"]
+    return [e["token_id"] for e in events if e["type"] == "token"]
 
 
 def downloads_of(node, node_id: str) -> list[dict]:

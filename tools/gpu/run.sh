@@ -34,7 +34,7 @@ for task in "$@"; do
       ;;
     tp-check)
       # Tensor parallel on two GPUs against one GPU, token for token.
-      timeout "${TP_CHECK_TIMEOUT:-300}" python3 -m torch.distributed.run --standalone --nproc_per_node 2 tools/check_tensor_parallel_gpu.py \
+      timeout "${TP_CHECK_TIMEOUT:-300}" python3 tools/check_tensor_parallel_gpu.py --gpus 2 \
         2>&1 | tee "$OUT/tp-check.log" || { echo "tensor-parallel check failed: no benchmarks"; exit 1; }
       ;;
     plans-8b|plans-70b)

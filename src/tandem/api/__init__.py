@@ -1,18 +1,18 @@
 """The node's public model APIs: OpenAI-, Anthropic- and Ollama-compatible routes over every
 instance in the cluster, plus the model lists and placement previews.
 
-`mount_api(app, node)` adds them to the node's FastAPI app (see `tandem.node.server`).
+`mount_api(app, cluster, ...)` adds them to the node's FastAPI app (see `tandem.node.app`); they
+see the cluster only through `ClusterAccess` (`api/cluster.py`).
 """
 
 from __future__ import annotations
-
-from typing import Any
 
 from fastapi import FastAPI
 
 from tandem.api import anthropic, models, ollama, ollama_models, openai
 from tandem.api.anthropic_schemas import Message
 from tandem.api.auth import ApiGate
+from tandem.api.cluster import ClusterAccess
 from tandem.api.cluster_schemas import GenerateEvent
 from tandem.api.errors import install_error_handlers
 from tandem.api.ollama_schemas import OllamaChatResponse, OllamaGenerateResponse
@@ -30,10 +30,9 @@ STREAMED_SCHEMAS = [
 ]
 
 
-def mount_api(app: FastAPI, node: Any) -> None:
+def mount_api(app: FastAPI, cluster: ClusterAccess, api_key: str | None, requests_per_slot: int) -> None:
     """Add the API routes, the error formats, the API key check and the OpenAPI additions."""
-    api_key = node.options.api_key
-    app.state.serving = Serving(node, node.options.requests_per_slot)
+    app.state.serving = Serving(cluster, requests_per_slot)
     for module in (openai, anthropic, models, ollama, ollama_models):
         app.include_router(module.router)
     install_error_handlers(app)

@@ -14,8 +14,10 @@ from tandem.api.anthropic_schemas import MAX_STOP_SEQUENCES, ContentBlock, Messa
 from tandem.api.errors import APIError
 from tandem.api.generation import Generation, GenerationFailed
 from tandem.api.openapi import stream_response
+from tandem.api.serving import serving_of
 from tandem.api.streaming import GenerationResponse, collect, sse
 from tandem.model.sampling_params import SamplingParams
+from tandem.protocol.runner import ChatMessage, GenerateRequest
 
 router = APIRouter(tags=["Anthropic"])
 
@@ -31,18 +33,16 @@ def block_text(content: str | list[ContentBlock], where: str) -> str:
     return "\n".join(texts)
 
 
-def conversation(body: MessagesRequest) -> list[dict[str, str]]:
+def conversation(body: MessagesRequest) -> tuple[ChatMessage, ...]:
     messages = []
     if body.system:
-        messages.append({"role": "system", "content": block_text(body.system, "system")})
+        messages.append(ChatMessage("system", block_text(body.system, "system")))
     for index, message in enumerate(body.messages):
-        messages.append(
-            {"role": message.role, "content": block_text(message.content, f"messages.{index}.content")}
-        )
-    return messages
+        messages.append(ChatMessage(message.role, block_text(message.content, f"messages.{index}.content")))
+    return tuple(messages)
 
 
-def sampling_params(body: MessagesRequest) -> dict[str, Any]:
+def sampling_params(body: MessagesRequest) -> SamplingParams:
     if body.tools:
         raise APIError(400, "tools: this server does not support tool use")
     if body.thinking and body.thinking.get("type", "disabled") != "disabled":
@@ -56,7 +56,7 @@ def sampling_params(body: MessagesRequest) -> dict[str, Any]:
         top_p=1.0 if body.top_p is None else body.top_p,
         top_k=body.top_k or 0,
         stop=tuple(stops),
-    ).to_dict()
+    )
 
 
 def stop_reason(finish_reason: str, stop_sequence: str | None) -> str:
@@ -74,8 +74,8 @@ def stop_reason(finish_reason: str, stop_sequence: str | None) -> str:
     ),
 )
 async def messages(body: MessagesRequest, request: Request) -> Any:
-    command = {"messages": conversation(body), "params": sampling_params(body)}
-    generation = await request.app.state.serving.start(body.model, command)
+    command = GenerateRequest(messages=conversation(body), params=sampling_params(body))
+    generation = await serving_of(request).start(body.model, command)
     message_id = f"msg_{secrets.token_hex(12)}"
     if body.stream:
         return GenerationResponse(
@@ -116,12 +116,11 @@ async def message_events(generation: Generation, message_id: str, model: str) ->
     reason, stop_sequence = "end_turn", None
     try:
         async for token in generation.tokens():
-            text = str(token.get("text", ""))
-            if text:
-                yield event("content_block_delta", index=0, delta={"type": "text_delta", "text": text})
-            if "finish_reason" in token:
-                stop_sequence = token.get("stop_sequence")
-                reason = stop_reason(token["finish_reason"], stop_sequence)
+            if token.text:
+                yield event("content_block_delta", index=0, delta={"type": "text_delta", "text": token.text})
+            if token.finish_reason is not None:
+                stop_sequence = token.stop_sequence
+                reason = stop_reason(token.finish_reason, stop_sequence)
     except GenerationFailed as error:
         yield event("error", error={"type": "api_error", "message": str(error)})
         return

@@ -18,9 +18,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from tandem.errors import InvalidRequestError, TandemError
-from tandem.node.control import PeerUnreachable
-from tandem.node.instances import UnknownInstance
+from tandem.errors import InvalidRequestError, PeerUnreachable, TandemError, UnknownInstance
 
 log = logging.getLogger("tandem.api")
 

@@ -12,12 +12,11 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 from tandem.api.errors import APIError, context_code
 from tandem.cluster.state import Instance
-from tandem.errors import TandemError
-from tandem.node.instances import UnknownInstance
+from tandem.errors import TandemError, UnknownInstance
+from tandem.protocol.runner import Accepted, Rejected, RequestEvent, Token
 
 log = logging.getLogger("tandem.api")
 
@@ -34,12 +33,12 @@ class Completion:
     completion_tokens: int
     finish_reason: str  # "stop" | "length"
     stop_sequence: str | None
-    tokens: list[dict[str, Any]] = field(default_factory=list)  # the token events, for logprobs
+    tokens: list[Token] = field(default_factory=list)  # the token events, for logprobs
 
 
 class Generation:
     def __init__(
-        self, events: AsyncIterator[dict[str, Any]], release: Callable[[], None], instance: Instance
+        self, events: AsyncIterator[RequestEvent], release: Callable[[], None], instance: Instance
     ) -> None:
         self.events = events
         self.release = release
@@ -67,36 +66,34 @@ class Generation:
         except BaseException:
             await self.aclose()
             raise
-        kind = first.get("event")
-        if kind == "accepted":
-            self.prompt_tokens = int(first.get("prompt_tokens", 0))
+        if isinstance(first, Accepted):
+            self.prompt_tokens = first.prompt_tokens
             self.accepted_at = time.monotonic()
             return
         self.finished = True
         await self.aclose()
-        message = str(first.get("message") or kind)
-        if kind == "rejected":
+        message = getattr(first, "message", None) or type(first).TAG
+        if isinstance(first, Rejected):
             raise APIError(400, message, code=context_code(message))
         raise APIError(503, f"instance {self.instance.instance_id} failed the request: {message}")
 
-    async def tokens(self) -> AsyncIterator[dict[str, Any]]:
+    async def tokens(self) -> AsyncIterator[Token]:
         """The token events; the last one carries `finish_reason`. Raises GenerationFailed."""
         try:
             async for event in self.events:
-                kind = event.get("event")
-                if kind == "token":
+                if isinstance(event, Token):
                     self.completion_tokens += 1
                     self.first_token_at = self.first_token_at or time.monotonic()
-                    self.finished = "finish_reason" in event
+                    self.finished = event.finish_reason is not None
                     if self.finished:
                         self.ended_at = time.monotonic()
                         self.release()  # the instance is done with it, before the client hears so
                     yield event
                     if self.finished:
                         return
-                elif kind in ("error", "finished", "rejected"):
+                elif not isinstance(event, Accepted):
                     self.finished = True
-                    raise GenerationFailed(str(event.get("message") or "the request was aborted"))
+                    raise GenerationFailed(getattr(event, "message", None) or "the request was aborted")
         except GenerationFailed:
             raise
         except TandemError as error:  # the stream from another node broke
@@ -108,10 +105,10 @@ class Generation:
     async def collect(self) -> Completion:
         """Run to the end; for answers that are not streamed. A failure becomes a 503."""
         texts: list[str] = []
-        tokens: list[dict[str, Any]] = []
+        tokens: list[Token] = []
         try:
             async for event in self.tokens():
-                texts.append(str(event.get("text", "")))
+                texts.append(event.text)
                 tokens.append(event)
         except GenerationFailed as error:
             raise APIError(
@@ -123,8 +120,8 @@ class Generation:
         return Completion(
             text="".join(texts),
             completion_tokens=len(tokens),
-            finish_reason=str(last["finish_reason"]),
-            stop_sequence=last.get("stop_sequence"),
+            finish_reason=last.finish_reason or "stop",
+            stop_sequence=last.stop_sequence,
             tokens=tokens,
         )
 

@@ -15,10 +15,11 @@ from pydantic import BaseModel, Field
 from tandem.api.catalog import servable_model_names
 from tandem.api.errors import APIError
 from tandem.api.openai_schemas import ModelCard, ModelList
-from tandem.api.serving import Serving
+from tandem.api.serving import serving_of
 from tandem.cluster.placement import Infeasible
 from tandem.errors import TandemError
-from tandem.node.codec import to_jsonable
+from tandem.protocol import codec
+from tandem.protocol.control import LaunchRequest
 
 router = APIRouter()
 
@@ -32,12 +33,8 @@ class ModelFit(BaseModel):
     placement: dict[str, Any] | None = None
 
 
-def serving_of(request: Request) -> Serving:
-    return request.app.state.serving
-
-
 def created_at(request: Request) -> int:
-    return int(request.app.state.serving.node.started_at)
+    return int(serving_of(request).cluster.started_at)
 
 
 def openai_card(name: str, instance_ids: list[str], created: int) -> dict[str, Any]:
@@ -108,7 +105,7 @@ async def model_fits(request: Request) -> Any:
     for name in servable_model_names():
         fit: dict[str, Any] = {"model": name, "instances": running.get(name, [])}
         try:
-            placement = await asyncio.to_thread(serving.node.instances.plan, {"model": name})
+            placement = await asyncio.to_thread(serving.cluster.plan, LaunchRequest(name))
         except TandemError as error:
             fits.append({**fit, "fits": False, "reason": str(error)})
             continue
@@ -116,6 +113,6 @@ async def model_fits(request: Request) -> Any:
             fits.append({**fit, "fits": False, "reason": placement.reason})
         else:
             fits.append(
-                {**fit, "fits": True, "explain": placement.explain(), "placement": to_jsonable(placement)}
+                {**fit, "fits": True, "explain": placement.explain(), "placement": codec.to_json(placement)}
             )
     return fits

@@ -20,9 +20,10 @@ from tandem.api.ollama_schemas import (
     OllamaOptions,
 )
 from tandem.api.openapi import stream_response
-from tandem.api.serving import without_default_tag
+from tandem.api.serving import serving_of, without_default_tag
 from tandem.api.streaming import GenerationResponse, collect, json_line
 from tandem.model.sampling_params import SamplingParams
+from tandem.protocol.runner import ChatMessage, GenerateRequest
 
 router = APIRouter(tags=["Ollama"])
 
@@ -39,8 +40,8 @@ def now_iso() -> str:
     return datetime.now(UTC).isoformat().replace("+00:00", "Z")
 
 
-def sampling_params(options: OllamaOptions | None) -> dict[str, Any]:
-    options = options or OllamaOptions()
+def sampling_params(options: OllamaOptions | None) -> SamplingParams:
+    options = options or OllamaOptions.model_validate({})
     if options.num_predict == 0:
         raise APIError(400, "options.num_predict must be positive, or -1 for no limit")
     limit = options.num_predict
@@ -56,7 +57,7 @@ def sampling_params(options: OllamaOptions | None) -> dict[str, Any]:
         repetition_penalty=options.repeat_penalty or 1.0,
         presence_penalty=options.presence_penalty or 0.0,
         frequency_penalty=options.frequency_penalty or 0.0,
-    ).to_dict()
+    )
 
 
 def refuse_unsupported(body: OllamaChatRequest | OllamaGenerateRequest) -> None:
@@ -112,11 +113,10 @@ async def reply_lines(generation: Generation, model: str, arrived: float, piece:
     reason = "stop"
     try:
         async for token in generation.tokens():
-            text = str(token.get("text", ""))
-            if text:
-                yield json_line({"model": model, "created_at": now_iso(), **piece(text), "done": False})
-            if "finish_reason" in token:
-                reason = str(token["finish_reason"])
+            if token.text:
+                yield json_line({"model": model, "created_at": now_iso(), **piece(token.text), "done": False})
+            if token.finish_reason is not None:
+                reason = token.finish_reason
     except GenerationFailed as error:
         yield json_line({"error": str(error)})
         return
@@ -124,10 +124,10 @@ async def reply_lines(generation: Generation, model: str, arrived: float, piece:
 
 
 async def answer(
-    request: Request, model: str, command: dict[str, Any] | None, stream: bool | None, piece: Any
+    request: Request, model: str, command: GenerateRequest | None, stream: bool | None, piece: Any
 ) -> Any:
     arrived = time.monotonic()
-    serving = request.app.state.serving
+    serving = serving_of(request)
     name = without_default_tag(model)
     if command is None:
         await serving.instance_for(name)
@@ -156,8 +156,8 @@ def generate_piece(text: str) -> dict[str, Any]:
 async def chat(body: OllamaChatRequest, request: Request) -> Any:
     refuse_unsupported(body)
     params = sampling_params(body.options)
-    messages = [{"role": m.role, "content": m.content} for m in body.messages]
-    command = {"messages": messages, "params": params} if messages else None
+    messages = tuple(ChatMessage(m.role, m.content) for m in body.messages)
+    command = GenerateRequest(messages=messages, params=params) if messages else None
     return await answer(request, body.model, command, body.stream, chat_piece)
 
 
@@ -172,10 +172,10 @@ async def chat(body: OllamaChatRequest, request: Request) -> Any:
 async def generate(body: OllamaGenerateRequest, request: Request) -> Any:
     refuse_unsupported(body)
     params = sampling_params(body.options)
-    command: dict[str, Any] | None = None
+    command: GenerateRequest | None = None
     if body.prompt and body.raw:
-        command = {"prompt": body.prompt, "params": params}
+        command = GenerateRequest(prompt=body.prompt, params=params)
     elif body.prompt:
-        system = [{"role": "system", "content": body.system}] if body.system else []
-        command = {"messages": [*system, {"role": "user", "content": body.prompt}], "params": params}
+        system = (ChatMessage("system", body.system),) if body.system else ()
+        command = GenerateRequest(messages=(*system, ChatMessage("user", body.prompt)), params=params)
     return await answer(request, body.model, command, body.stream, generate_piece)

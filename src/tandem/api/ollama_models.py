@@ -18,10 +18,10 @@ from tandem.api.ollama_schemas import (
     OllamaTags,
     OllamaVersion,
 )
-from tandem.api.serving import Serving, without_default_tag
-from tandem.engine.tokenizer import Tokenizer
+from tandem.api.serving import serving_of, without_default_tag
 from tandem.errors import TandemError
 from tandem.model.config import ModelConfig, load_model_config
+from tandem.model.tokenizer import Tokenizer
 from tandem.store.resolve import resolve_model_dir
 
 router = APIRouter(tags=["Ollama"])
@@ -71,10 +71,6 @@ def entry(name: str) -> dict[str, Any]:
         "digest": hashlib.sha256(name.encode()).hexdigest(),
         "details": details(config),
     }
-
-
-def serving_of(request: Request) -> Serving:
-    return request.app.state.serving
 
 
 @router.get(

@@ -23,8 +23,11 @@ from tandem.api.openai_schemas import (
     TextCompletion,
 )
 from tandem.api.openapi import stream_response
+from tandem.api.serving import serving_of
 from tandem.api.streaming import GenerationResponse, collect, sse
 from tandem.model.sampling_params import SamplingParams
+from tandem.protocol.runner import ChatMessage as PromptMessage
+from tandem.protocol.runner import GenerateRequest, Token
 
 router = APIRouter(tags=["OpenAI"])
 
@@ -33,7 +36,7 @@ UNLIMITED_TOKENS = 2**31 - 1  # the engine stops at the end of the context anywa
 LOWEST_LOGPROB = -9999.0  # what OpenAI reports for impossible tokens; JSON has no -Infinity
 
 
-def sampling_params(body: SamplingFields, max_tokens: int | None, logprobs: int | None) -> dict[str, Any]:
+def sampling_params(body: SamplingFields, max_tokens: int | None, logprobs: int | None) -> SamplingParams:
     """The engine's sampling settings for an OpenAI request; 400 for what it cannot honour."""
     if body.n not in (None, 1):
         raise APIError(400, "n: only n=1 is supported", param="n")
@@ -43,7 +46,7 @@ def sampling_params(body: SamplingFields, max_tokens: int | None, logprobs: int 
     stops = [stop for stop in stops if stop]
     if len(stops) > MAX_STOP_STRINGS:
         raise APIError(400, f"stop: at most {MAX_STOP_STRINGS} stop strings", param="stop")
-    params = SamplingParams(
+    return SamplingParams(
         max_tokens=min(max_tokens or UNLIMITED_TOKENS, UNLIMITED_TOKENS),
         temperature=1.0 if body.temperature is None else body.temperature,
         top_p=1.0 if body.top_p is None else body.top_p,
@@ -57,7 +60,6 @@ def sampling_params(body: SamplingFields, max_tokens: int | None, logprobs: int 
         ignore_eos=bool(body.ignore_eos),
         logprobs=logprobs,
     )
-    return params.to_dict()
 
 
 def message_text(message: ChatMessage, index: int) -> str:
@@ -75,12 +77,12 @@ def message_text(message: ChatMessage, index: int) -> str:
     return "\n".join(texts)
 
 
-def chat_messages(messages: list[ChatMessage]) -> list[dict[str, str]]:
+def chat_messages(messages: list[ChatMessage]) -> tuple[PromptMessage, ...]:
     # Chat templates know "system"; OpenAI's newer "developer" role means the same.
-    return [
-        {"role": "system" if m.role == "developer" else m.role, "content": message_text(m, i)}
+    return tuple(
+        PromptMessage("system" if m.role == "developer" else m.role, message_text(m, i))
         for i, m in enumerate(messages)
-    ]
+    )
 
 
 def refuse_unsupported_chat(body: ChatCompletionRequest) -> None:
@@ -97,20 +99,20 @@ def logprob_value(value: Any) -> float:
     return max(float(value), LOWEST_LOGPROB)
 
 
-def chat_logprob(event: dict[str, Any]) -> dict[str, Any]:
+def token_logprob(event: Token) -> float:
+    return logprob_value(LOWEST_LOGPROB if event.logprob is None else event.logprob)
+
+
+def chat_logprob(event: Token) -> dict[str, Any]:
     """OpenAI's entry for one chosen token, with its top alternatives."""
-    token = str(event.get("token", event.get("text", "")))
+    token = event.text if event.token is None else event.token
     return {
         "token": token,
-        "logprob": logprob_value(event.get("logprob", LOWEST_LOGPROB)),
+        "logprob": token_logprob(event),
         "bytes": list(token.encode()),
         "top_logprobs": [
-            {
-                "token": top["token"],
-                "logprob": logprob_value(top["logprob"]),
-                "bytes": list(top["token"].encode()),
-            }
-            for top in event.get("top_logprobs") or []
+            {"token": top.token, "logprob": logprob_value(top.logprob), "bytes": list(top.token.encode())}
+            for top in event.top_logprobs or ()
         ],
     }
 
@@ -145,8 +147,8 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any
     refuse_unsupported_chat(body)
     top = (body.top_logprobs or 0) if body.logprobs else None
     params = sampling_params(body, body.max_completion_tokens or body.max_tokens, top)
-    command = {"messages": chat_messages(body.messages), "params": params}
-    generation = await request.app.state.serving.start(body.model, command)
+    command = GenerateRequest(messages=chat_messages(body.messages), params=params)
+    generation = await serving_of(request).start(body.model, command)
     reply_id, created = f"chatcmpl-{secrets.token_hex(12)}", int(time.time())
     if body.stream:
         events = chat_chunks(generation, reply_id, created, body.model, include_usage(body), top is not None)
@@ -182,12 +184,11 @@ async def chat_chunks(
     yield chunk({"role": "assistant", "content": ""})
     try:
         async for event in generation.tokens():
-            text = str(event.get("text", ""))
             logprobs = {"content": [chat_logprob(event)]} if with_logprobs else None
-            if text or logprobs:
-                yield chunk({"content": text}, logprobs=logprobs)
-            if "finish_reason" in event:
-                yield chunk({}, finish=event["finish_reason"])
+            if event.text or logprobs:
+                yield chunk({"content": event.text}, logprobs=logprobs)
+            if event.finish_reason is not None:
+                yield chunk({}, finish=event.finish_reason)
     except GenerationFailed as error:
         yield stream_error(error)
         return
@@ -199,7 +200,7 @@ async def chat_chunks(
 # --- text completions ----------------------------------------------------------------------------
 
 
-def completion_prompt(body: CompletionRequest) -> dict[str, Any]:
+def completion_prompt(body: CompletionRequest, params: SamplingParams) -> GenerateRequest:
     """The runner's prompt: text, or token ids; one prompt only."""
     prompt = body.prompt
     if isinstance(prompt, list) and prompt and isinstance(prompt[0], (str, list)):
@@ -207,25 +208,24 @@ def completion_prompt(body: CompletionRequest) -> dict[str, Any]:
             raise APIError(400, "prompt: only one prompt per request is supported", param="prompt")
         prompt = prompt[0]
     if isinstance(prompt, str):
-        return {"prompt": prompt}
+        return GenerateRequest(prompt=prompt, params=params)
     if not prompt:
         raise APIError(400, "prompt: the prompt is empty", param="prompt")
-    return {"prompt_ids": list(prompt)}
+    return GenerateRequest(prompt_ids=tuple(int(t) for t in prompt), params=params)  # type: ignore[arg-type]
 
 
-def completion_logprobs(tokens: list[dict[str, Any]], offset: int = 0) -> dict[str, Any]:
+def completion_logprobs(tokens: list[Token], offset: int = 0) -> dict[str, Any]:
     """The legacy completions format: parallel lists, and a dict of alternatives per token;
     `offset` is where the first token's text starts in the completion."""
     offsets = []
     for event in tokens:
         offsets.append(offset)
-        offset += len(str(event.get("text", "")))
+        offset += len(event.text)
     return {
-        "tokens": [str(e.get("token", e.get("text", ""))) for e in tokens],
-        "token_logprobs": [logprob_value(e.get("logprob", LOWEST_LOGPROB)) for e in tokens],
+        "tokens": [e.text if e.token is None else e.token for e in tokens],
+        "token_logprobs": [token_logprob(e) for e in tokens],
         "top_logprobs": [
-            {top["token"]: logprob_value(top["logprob"]) for top in e.get("top_logprobs") or []}
-            for e in tokens
+            {top.token: logprob_value(top.logprob) for top in e.top_logprobs or ()} for e in tokens
         ],
         "text_offset": offsets,
     }
@@ -244,8 +244,8 @@ async def completions(body: CompletionRequest, request: Request) -> Any:
         raise APIError(400, "suffix is not supported", param="suffix")
     if body.best_of not in (None, 1):
         raise APIError(400, "best_of: only 1 is supported", param="best_of")
-    command = {**completion_prompt(body), "params": sampling_params(body, body.max_tokens, body.logprobs)}
-    generation = await request.app.state.serving.start(body.model, command)
+    command = completion_prompt(body, sampling_params(body, body.max_tokens, body.logprobs))
+    generation = await serving_of(request).start(body.model, command)
     reply_id, created = f"cmpl-{secrets.token_hex(12)}", int(time.time())
     with_logprobs = body.logprobs is not None
     if body.stream:
@@ -283,13 +283,12 @@ async def completion_chunks(
     offset = 0
     try:
         async for event in generation.tokens():
-            text = str(event.get("text", ""))
             logprobs = completion_logprobs([event], offset) if with_logprobs else None
-            offset += len(text)
-            if text or logprobs:
-                yield chunk(text, logprobs=logprobs)
-            if "finish_reason" in event:
-                yield chunk("", finish=event["finish_reason"])
+            offset += len(event.text)
+            if event.text or logprobs:
+                yield chunk(event.text, logprobs=logprobs)
+            if event.finish_reason is not None:
+                yield chunk("", finish=event.finish_reason)
     except GenerationFailed as error:
         yield stream_error(error)
         return

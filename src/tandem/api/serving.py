@@ -12,15 +12,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+
+from fastapi import Request
 
 from tandem.api.catalog import servable_model_names
+from tandem.api.cluster import ClusterAccess
 from tandem.api.errors import APIError
 from tandem.api.generation import Generation
 from tandem.api.limits import InFlightLimits
 from tandem.cluster.placement import Infeasible
 from tandem.cluster.state import Instance
 from tandem.errors import TandemError
+from tandem.protocol.control import LaunchRequest
+from tandem.protocol.runner import GenerateRequest
 
 log = logging.getLogger("tandem.api")
 
@@ -30,13 +34,13 @@ OLLAMA_DEFAULT_TAG = ":latest"
 class Serving:
     """The API's view of the cluster's instances; one per node."""
 
-    def __init__(self, node: Any, requests_per_slot: int) -> None:
-        self.node = node
+    def __init__(self, cluster: ClusterAccess, requests_per_slot: int) -> None:
+        self.cluster = cluster
         self.limits = InFlightLimits(requests_per_slot)
         self._launch_locks: dict[str, asyncio.Lock] = {}
 
     def instances(self) -> tuple[Instance, ...]:
-        return self.node.state.instances
+        return self.cluster.state.instances
 
     def matching(self, name: str) -> list[Instance]:
         return [i for i in self.instances() if name in (i.instance_id, i.model)]
@@ -66,8 +70,8 @@ class Serving:
         if not name:
             raise APIError(400, "model: name a model (GET /v1/models lists them)", param="model")
         instance = self._pick(name)
-        if instance is None and not self.node.is_coordinator:
-            await self.node.refresh_state()  # our copy may be a heartbeat behind
+        if instance is None and not self.cluster.is_coordinator:
+            await self.cluster.refresh_state()  # our copy may be a heartbeat behind
             instance = self._pick(name)
         if instance is not None:
             return await self._settled(instance)
@@ -87,7 +91,7 @@ class Serving:
     async def _settled(self, instance: Instance) -> Instance:
         if instance.status == "launching":
             try:
-                instance = await self.node.instances.wait_until_settled(instance.instance_id)
+                instance = await self.cluster.wait_until_settled(instance.instance_id)
             except TandemError as error:
                 raise APIError(503, f"instance {instance.instance_id} did not start: {error}") from None
         if instance.status != "ready":
@@ -102,7 +106,7 @@ class Serving:
             instance = self._pick(name)  # a request that held the lock before us may have launched it
             if instance is not None:
                 return await self._settled(instance)
-            placement = await asyncio.to_thread(self.node.instances.plan, {"model": name})
+            placement = await asyncio.to_thread(self.cluster.plan, LaunchRequest(name))
             if isinstance(placement, Infeasible):
                 raise APIError(
                     400,
@@ -112,24 +116,26 @@ class Serving:
                 )
             log.info("a request names %s, which is not running: launching an instance", name)
             try:
-                launched = await self.node.instances.launch({"model": name, "wait": True, "reuse": True})
+                launched = await self.cluster.launch(LaunchRequest(name, wait=True, reuse=True))
             except TandemError as error:
                 raise APIError(503, f"could not launch {name}: {error}") from None
-            instance = self.node.state.instance(launched["instance_id"])
-            if instance is None or launched.get("status") != "ready":
-                raise APIError(503, f"the instance launched for {name} failed: {launched.get('error')}")
-            return instance
+            if launched.status != "ready":
+                raise APIError(503, f"the instance launched for {name} failed: {launched.error}")
+            return launched
 
-    async def start(self, name: str, command: dict[str, Any]) -> Generation:
+    async def start(self, name: str, command: GenerateRequest) -> Generation:
         """Find (or launch) the instance, admit the request under its limit, and wait until the
         runner has accepted it. The caller owns the returned generation and must close it."""
         instance = await self.instance_for(name)
         release = self.limits.admit(instance)
-        generation = Generation(
-            self.node.instances.generate(instance.instance_id, command), release, instance
-        )
+        generation = Generation(self.cluster.generate(instance.instance_id, command), release, instance)
         await generation.start()
         return generation
+
+
+def serving_of(request: Request) -> Serving:
+    """The serving of the node whose app took `request` (`mount_api` put it there)."""
+    return request.app.state.serving
 
 
 def without_default_tag(name: str) -> str:

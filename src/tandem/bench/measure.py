@@ -10,9 +10,6 @@ from dataclasses import dataclass
 import torch
 
 from tandem.engine.engine import LLMEngine
-from tandem.engine.executor import LocalExecutor
-from tandem.engine.model_runner import ModelRunner
-from tandem.engine.models.llama import CausalLM
 from tandem.model.sampling_params import SamplingParams
 
 
@@ -82,18 +79,6 @@ class GenerationTiming:
     joules_per_token: float | None
 
 
-def engine_for(model: CausalLM, max_context: int, num_slots: int = 1) -> LLMEngine:
-    runner = ModelRunner(model, num_slots=num_slots, max_context=max_context)
-    return LLMEngine(
-        LocalExecutor(runner),
-        tokenizer=None,
-        eos_token_ids=frozenset(),
-        max_context=max_context,
-        num_slots=num_slots,
-        max_prefill_tokens=max_context,
-    )
-
-
 def prompt_of(length: int, vocab: int) -> list[int]:
     generator = torch.Generator().manual_seed(length)
     return torch.randint(0, vocab, (length,), generator=generator).tolist()
@@ -102,13 +87,6 @@ def prompt_of(length: int, vocab: int) -> list[int]:
 def context_for(prompt_lengths: list[int], decode_tokens: int) -> int:
     """The context a benchmark engine allocates: its longest prompt (at least 128) plus decode."""
     return max([*prompt_lengths, 128]) + decode_tokens + 8
-
-
-def time_engine(
-    model: CausalLM, prompt_lengths: list[int], decode_tokens: int, device: torch.device
-) -> GenerationTiming:
-    engine = engine_for(model, max_context=context_for(prompt_lengths, decode_tokens))
-    return time_generation(engine, model.config.vocab_size, prompt_lengths, decode_tokens, device)
 
 
 def time_generation(

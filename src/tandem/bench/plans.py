@@ -1,8 +1,9 @@
 """`tandem bench --plans 1,tp2,tp4,pp2`: one model shape under several placements on this
 machine's GPUs, in one run, each beside its comm-aware ceiling and the speedup over one GPU.
 
-Each plan runs in its own process group (`tandem.bench.parallel` under torchrun), one after the
-other, so every plan has the GPUs to itself and starts from empty memory.
+Each plan runs in its own processes (`tandem.bench.parallel`: rank 0 there, the other ranks as
+the cluster's runner processes), one after the other, so every plan has the GPUs to itself and
+starts from empty memory.
 """
 
 from __future__ import annotations
@@ -79,10 +80,6 @@ def run_plan(
     command = [
         sys.executable,
         "-m",
-        "torch.distributed.run",
-        "--standalone",
-        f"--nproc_per_node={gpus_of(plan)}",
-        "-m",
         "tandem.bench.parallel",
         "--plan",
         plan,
@@ -118,21 +115,13 @@ def run_plan(
     return report
 
 
-# the report's all-reduce latencies (tandem.bench.parallel), with their labels in the table
-ALL_REDUCE_LATENCIES = {
-    "all_reduce_seconds_nccl": "NCCL",
-    "all_reduce_seconds_symmetric": "symm",
-    "all_reduce_seconds_fused": "fused+norm",
-}
-
-
 def ceiling_tokens_per_second(report: dict[str, Any], read_bytes: int, num_layers: int) -> float:
-    """Weight bytes over the GPUs' bandwidth, plus (tensor parallel) the measured all-reduce
-    latency times the all-reduces per token: two a layer, the embedding's, and the head's gather.
-    The latency is the fastest way measured (the fused one counts its norm as free)."""
+    """Weight bytes over the GPUs' bandwidth, plus (tensor parallel) the all-reduce latency the
+    group measured at load (a decode row with its norm) times the all-reduces per token: two a
+    layer, the embedding's, and the head's gather."""
     gpus = report["gpus"]
     seconds = read_bytes / (report["copy_bandwidth"] * (gpus if report["plan"].startswith("tp") else 1))
-    latency = min((report[key] for key in ALL_REDUCE_LATENCIES if key in report), default=None)
+    latency = report.get("all_reduce_seconds")
     if report["plan"].startswith("tp") and gpus > 1 and latency:  # measured on GPUs only
         seconds += (2 * num_layers + 2) * latency
     return 1.0 / seconds
@@ -176,21 +165,14 @@ def compare_plans(
         ceiling = ceiling_tokens_per_second(report, read, config.num_layers)
         speedup = rate / reference["decode_tokens_per_second"] if reference else float("nan")
         longest = max(report["ttft_seconds"], key=int)
-        collective = ", ".join(
-            f"{label} {report[key] * 1e6:.1f} us"
-            for key, label in ALL_REDUCE_LATENCIES.items()
-            if key in report
-        )
+        latency = report.get("all_reduce_seconds")
+        collective = (report.get("all_reduce") or "-") + (f", {latency * 1e6:.1f} us" if latency else "")
         lines.append(
             f"{report['plan']:>5} {report['gpus']:>4} {rate:>9.1f} {speedup:>7.2f}x {ceiling:>8.1f} "
             f"{rate / ceiling * 100:>9.0f}% {report['ttft_seconds'][longest] * 1e3:>8.1f}  {collective}"
         )
-        if "graph_replay_seconds" in report:
-            replay = report["graph_replay_seconds"]
-            lines.append(
-                f"{'':>5} {'':>4} decode graph replay alone: {replay * 1e3:.3f} ms ({1 / replay:.1f} tokens/s); "
-                f"kernels in {plan_file(results, shape, report['plan'], 'log')}"
-            )
+        if profile:
+            lines.append(f"{'':>5} {'':>4} kernels in {plan_file(results, shape, report['plan'], 'log')}")
         if "aggregate_tokens_per_second" in report:
             lines.append(
                 f"{'':>5} {'':>4} {report['concurrency']} requests together: "

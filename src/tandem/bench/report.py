@@ -8,11 +8,12 @@ from typing import Any
 
 import torch
 
-from tandem.bench.measure import copy_bandwidth, matmul_flops, time_engine, time_transformers
-from tandem.bench.shapes import named_shape
-from tandem.bench.weights import engine_model, random_weights, transformers_model
+from tandem.bench.measure import context_for, copy_bandwidth, matmul_flops, time_generation, time_transformers
+from tandem.bench.shapes import named_shape, shape_dir
+from tandem.bench.weights import transformers_model
 from tandem.engine.device import DTYPE_NAMES
 from tandem.model.config import ModelConfig
+from tandem.runner.assemble import local_spec, start_rank
 
 
 @dataclass
@@ -74,21 +75,30 @@ def run_benchmark(
         decode_floor_tokens_per_second=bandwidth / read,
     )
     if baseline:
-        reference, weights = transformers_model(raw, device, dtype)
+        reference = transformers_model(raw, device, dtype)
         timing = time_transformers(reference, config.vocab_size, prompt_lengths, decode_tokens, device)
         report.baseline = {
             "name": "transformers generate (eager)",
             "ttft_seconds": timing.ttft_seconds,
             "decode_tokens_per_second": timing.decode_tokens_per_second,
         }
-    else:
-        reference, weights = None, random_weights(config, device, dtype)
-    model = engine_model(config, weights, device, dtype)
-    del reference, weights
+        del reference
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
-    timing = time_engine(model, prompt_lengths, decode_tokens, device)
+    context = context_for(prompt_lengths, decode_tokens)
+    spec = local_spec(
+        shape_dir(shape),
+        device=str(device),
+        dtype=DTYPE_NAMES[dtype],
+        max_context=context,
+        num_slots=1,
+        max_prefill_tokens=context,
+        random_weights_seed=0,
+    )
+    engine = start_rank(spec).engine  # what a cluster runner of one rank serves
+    assert engine is not None
+    timing = time_generation(engine, config.vocab_size, prompt_lengths, decode_tokens, device)
     report.engine = {
         "ttft_seconds": timing.ttft_seconds,
         "prefill_floor_seconds": {n: prefill_floor_seconds(config, n, flops) for n in prompt_lengths},

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import functools
+import json
+import tempfile
+from pathlib import Path
 from typing import Any
 
 from tandem.errors import InvalidRequestError
@@ -104,3 +108,14 @@ def named_shape(name: str) -> tuple[ModelConfig, dict[str, Any]]:
         raise InvalidRequestError(f"unknown shape {name!r}; known: {', '.join(NAMED_SHAPES)}")
     raw = NAMED_SHAPES[name]
     return parse_model_config(raw), raw
+
+
+@functools.cache
+def shape_dir(name: str) -> Path:
+    """A directory named after the shape holding only its `config.json`: what a runner spec with
+    random weights names as its model (every rank of a benchmark reads the same one)."""
+    named_shape(name)  # refuses unknown names
+    directory = Path(tempfile.mkdtemp(prefix="tandem-shape-")) / name
+    directory.mkdir()
+    (directory / "config.json").write_text(json.dumps(NAMED_SHAPES[name]))
+    return directory

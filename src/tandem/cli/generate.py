@@ -31,8 +31,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tandem.engine.local import create_local_engine
     from tandem.errors import InvalidRequestError
+    from tandem.runner.assemble import create_local_engine
     from tandem.store.terminal import fetch_with_progress
 
     params = sampling_params_from_args(args)

@@ -23,7 +23,7 @@ def run(args: argparse.Namespace) -> int:
     from tandem.store.catalog import catalog
     from tandem.store.resolve import local_status
 
-    rows = [COLUMNS]
+    rows: list[tuple[str, ...]] = [COLUMNS]
     for card in catalog():
         if args.family and card.family != args.family:
             continue

@@ -9,6 +9,7 @@ import time
 from tandem.cli.client import NodeClient, add_node_argument
 from tandem.cli.sampling_args import add_sampling_arguments, sampling_params_from_args
 from tandem.errors import TandemError
+from tandem.protocol import codec
 
 EXIT_WORDS = ("/bye", "/exit", "/quit")
 
@@ -47,9 +48,9 @@ def reply(client: NodeClient, instance_id: str, messages: list[dict], params: di
         for event in client.stream(
             f"/v1/instances/{instance_id}/generate", {"messages": messages, "params": params}
         ):
-            if event["event"] in ("rejected", "error"):
+            if event["type"] in ("rejected", "error"):
                 raise TandemError(event.get("message", "the request failed"))
-            if event["event"] != "token":
+            if event["type"] != "token":
                 continue
             first = first or time.perf_counter()
             tokens += 1
@@ -69,7 +70,7 @@ def reply(client: NodeClient, instance_id: str, messages: list[dict], params: di
 
 def run(args: argparse.Namespace) -> int:
     client = NodeClient(args.node)
-    params = sampling_params_from_args(args).to_dict()
+    params = codec.to_json(sampling_params_from_args(args))
     instance_id = find_or_launch(client, args.model, args.context)
     print(
         f"chatting with {args.model} (instance {instance_id}); {EXIT_WORDS[0]} or Ctrl-D to leave",

@@ -201,8 +201,11 @@ def _number(
             raise TandemError(f"{where}: {key} is missing")
         return float(default)
     value = item.get(key)
-    valid = isinstance(value, int | float) and not isinstance(value, bool)
-    if not valid or (value <= 0 if positive else value < 0):
+    if (
+        not isinstance(value, int | float)
+        or isinstance(value, bool)
+        or (value <= 0 if positive else value < 0)
+    ):
         requirement = "a positive number" if positive else "a non-negative number"
         raise TandemError(f"{where}: {key} must be {requirement}, got {value!r}")
     return float(value)

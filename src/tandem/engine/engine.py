@@ -19,13 +19,12 @@ from dataclasses import dataclass
 
 from tandem.engine.detokenize import IncrementalDetokenizer, StopMatcher
 from tandem.engine.executor import Executor, PendingTokens, RunAheadExecutor
-from tandem.engine.sampling import TokenChoice
 from tandem.engine.scheduler import Scheduler
 from tandem.engine.sequence import Sequence, finish_reason_after, reaches_length
-from tandem.engine.tokenizer import Tokenizer
 from tandem.errors import InvalidRequestError
 from tandem.model.sampling_params import SamplingParams
-from tandem.model.step import FinishReason, SequenceChunk, StepPlan
+from tandem.model.step import FinishReason, SequenceChunk, StepPlan, TokenChoice
+from tandem.model.tokenizer import Tokenizer
 
 DEFAULT_MAX_PREFILL_TOKENS = 2048
 
@@ -38,7 +37,7 @@ class TokenEvent:
     token_id: int
     text: str
     logprob: float | None = None
-    top_logprobs: list[tuple[int, float]] | None = None
+    top_logprobs: tuple[tuple[int, float], ...] | None = None
     finish_reason: FinishReason | None = None
     stop_sequence: str | None = None  # the stop string that ended the request, if one did
 

@@ -18,9 +18,9 @@ import torch
 
 from tandem import settings
 from tandem.engine.interface import StageEngine
-from tandem.engine.sampling import SamplerState, TokenChoice, plain_greedy, sample_batch
+from tandem.engine.sampling import SamplerState, plain_greedy, sample_batch
 from tandem.model.sampling_params import SamplingParams
-from tandem.model.step import StepPlan
+from tandem.model.step import StepPlan, TokenChoice
 
 
 class Executor(Protocol):
@@ -102,7 +102,7 @@ class LocalExecutor:
         self.runner = runner
         self.samplers = SamplerStates(runner.config.vocab_size, runner.wire_device)
         # None: where decode graphs are; True/False: always/never (tests run it on the CPU)
-        self.run_ahead = settings.run_ahead() if run_ahead is None else run_ahead
+        self.run_ahead = settings.engine_options().run_ahead if run_ahead is None else run_ahead
 
     def start_sequence(self, seq_id: int, prompt_ids: list[int], params: SamplingParams) -> None:
         self.samplers.start(seq_id, prompt_ids, params)

@@ -11,26 +11,15 @@ other in one pipeline.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 from tandem.model.config import ModelConfig
 from tandem.model.stage import StageSpec
 from tandem.model.step import StepPlan
+from tandem.protocol.runner import StageReport
 
 if TYPE_CHECKING:
     import torch
-
-
-@dataclass(frozen=True)
-class StageReport:
-    """What a loaded stage holds, for the node and placement (the `ready` event carries it)."""
-
-    engine: str  # "torch" or "mlx"
-    device: str  # where it computes: "cpu", "cuda:0", "metal"
-    parameter_bytes: int
-    kv_cache_bytes: int
-    all_reduce: str | None = None  # how its tensor-parallel group sums (None without a group)
 
 
 class StageEngine(Protocol):

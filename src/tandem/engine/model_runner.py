@@ -8,12 +8,12 @@ import torch
 
 from tandem.engine import ops
 from tandem.engine.attention import slot_range
-from tandem.engine.interface import StageReport
 from tandem.engine.kv_cache import KVCache
 from tandem.engine.models.llama import CausalLM
 from tandem.model.config import ModelConfig
 from tandem.model.stage import StageSpec
 from tandem.model.step import SequenceChunk, StepPlan
+from tandem.protocol.runner import StageReport
 
 WARM_UP_PROMPT_TOKENS = 16
 
@@ -80,7 +80,7 @@ class ModelRunner:
     def release(self, slot: int) -> None:
         """Nothing to do: a slot's next sequence overwrites it before reading."""
 
-    def report(self, all_reduce: str | None = None) -> StageReport:
+    def report(self, all_reduce: str | None = None, all_reduce_seconds: float | None = None) -> StageReport:
         from tandem.engine.loader import parameter_bytes
 
         return StageReport(
@@ -89,6 +89,7 @@ class ModelRunner:
             parameter_bytes=parameter_bytes(self.model),
             kv_cache_bytes=self.kv_cache.bytes(),
             all_reduce=all_reduce,
+            all_reduce_seconds=all_reduce_seconds,
         )
 
     @property

@@ -9,12 +9,16 @@ import torch
 import torch.nn.functional as F
 
 
-@functools.cache
 def kernels_available() -> bool:
-    """Triton kernels run on CUDA when Triton imports; TANDEM_EAGER=1 turns them off."""
+    """Triton kernels run on CUDA when Triton imports, unless the engine options say eager."""
     from tandem import settings
 
-    if settings.eager_only() or not torch.cuda.is_available():
+    return not settings.engine_options().eager and _triton_on_cuda()
+
+
+@functools.cache
+def _triton_on_cuda() -> bool:
+    if not torch.cuda.is_available():
         return False
     try:
         import triton  # noqa: F401
@@ -32,9 +36,8 @@ def kernel_head_dim(head_dim: int) -> bool:
     return head_dim >= 16 and head_dim & (head_dim - 1) == 0
 
 
-# Decode products with a few rows go through the Triton matrix-vector kernel (set False to compare
-# with cuBLAS); larger products, and float32 (which Triton would round to tf32), use F.linear.
-TRITON_GEMV = True
+# Decode products with a few rows go through the Triton matrix-vector kernel (unless the engine
+# options say cuBLAS); larger products, and float32 (which Triton would round to tf32), F.linear.
 GEMV_DTYPES = (torch.bfloat16, torch.float16)
 
 
@@ -48,7 +51,9 @@ def linear(layer: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 def _by_gemv(x: torch.Tensor) -> bool:
     """Whether a product of x goes through the Triton matrix-vector kernel."""
-    if not (TRITON_GEMV and x.dtype in GEMV_DTYPES and use_kernels(x)):
+    from tandem import settings
+
+    if not (x.dtype in GEMV_DTYPES and use_kernels(x) and settings.engine_options().triton_gemv):
         return False
     from tandem.engine.cuda.gemv import MAX_ROWS
 

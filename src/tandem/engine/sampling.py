@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import torch
 
 from tandem.model.sampling_params import SamplingParams
+from tandem.model.step import TokenChoice
 
 
 def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
@@ -63,13 +64,6 @@ def apply_min_p(logits: torch.Tensor, min_p: float) -> torch.Tensor:
     probs = logits.softmax(-1)
     threshold = min_p * probs.max(-1, keepdim=True).values
     return logits.masked_fill(probs < threshold, float("-inf"))
-
-
-@dataclass
-class TokenChoice:
-    token_id: int
-    logprob: float | None = None
-    top_logprobs: list[tuple[int, float]] | None = None
 
 
 @dataclass
@@ -140,10 +134,11 @@ def sample_batch(logits: torch.Tensor, states: list[SamplerState]) -> list[Token
         choice = TokenChoice(token)
         if state.params.logprobs is not None:
             logprobs = logits[row].log_softmax(-1)
-            choice.logprob = float(logprobs[token])
+            top_logprobs = None
             if state.params.logprobs > 0:
                 top = torch.topk(logprobs, state.params.logprobs)
-                choice.top_logprobs = list(zip(top.indices.tolist(), top.values.tolist(), strict=True))
+                top_logprobs = tuple(zip(top.indices.tolist(), top.values.tolist(), strict=True))
+            choice = TokenChoice(token, float(logprobs[token]), top_logprobs)
         state.record(token)
         choices.append(choice)
     return choices

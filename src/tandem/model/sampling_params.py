@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
-from typing import Any
+from dataclasses import dataclass
 
 from tandem.errors import InvalidRequestError
 
@@ -66,19 +65,3 @@ class SamplingParams:
     @property
     def has_penalties(self) -> bool:
         return self.repetition_penalty != 1.0 or self.presence_penalty != 0.0 or self.frequency_penalty != 0.0
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> SamplingParams:
-        """Rebuild from `to_dict` output (or a request's JSON); unknown keys are an error."""
-        known = {f.name for f in fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise InvalidRequestError(f"unknown sampling settings: {', '.join(sorted(unknown))}")
-        values = dict(data)
-        for name in ("stop", "stop_token_ids"):
-            if name in values:
-                values[name] = tuple(values[name])
-        return cls(**values)

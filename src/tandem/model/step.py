@@ -61,3 +61,13 @@ class StepPlan:
     @property
     def sampled(self) -> list[SequenceChunk]:
         return [c for c in self.chunks if c.sample]
+
+
+@dataclass(frozen=True)
+class TokenChoice:
+    """The token a step chose for one sequence, with its log-probability and the most likely
+    alternatives (token id, log-probability) when the request asked for them."""
+
+    token_id: int
+    logprob: float | None = None
+    top_logprobs: tuple[tuple[int, float], ...] | None = None

@@ -1,4 +1,5 @@
-"""Assemble and run a node: identity, secret, devices, HTTP server, loops, discovery."""
+"""Assemble and run a node: the service (identity, secret, devices, managers), its HTTP app
+(signed node routes, the public cluster API, the model APIs, the dashboard), loops, discovery."""
 
 from __future__ import annotations
 
@@ -8,53 +9,58 @@ import logging
 import signal
 
 import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
 
-from tandem.cluster.secret import resolve_secret
-from tandem.node.identity import load_or_create_node_id
-from tandem.node.instances import InstanceManager
-from tandem.node.model_files import ModelFiles
-from tandem.node.node import Node
+from tandem import __version__
+from tandem.api import mount_api
+from tandem.dashboard import mount_dashboard
+from tandem.errors import PeerUnreachable, TandemError, UnknownInstance
+from tandem.node import cluster_routes, control_routes
 from tandem.node.options import NodeOptions
-from tandem.node.profile import profile_devices
-from tandem.node.server import create_app
-from tandem.settings import SECRET_FILE
+from tandem.node.service import NodeService
 
 log = logging.getLogger("tandem.node")
 
 
-def build_node(options: NodeOptions) -> Node:
-    node_id = load_or_create_node_id(options.data_dir)
-    secret = resolve_secret(options.secret, path=options.data_dir / SECRET_FILE)
-    devices = profile_devices(
-        options.data_dir, list(options.devices) if options.devices else None, remeasure=options.remeasure
-    )
-    node = Node(options, node_id, secret.secret, devices)
-    node.instances = InstanceManager(node)
-    node.model_files = ModelFiles(node)
-    log.info(
-        "node %s (%s) at %s; cluster secret from %s",
-        node_id,
-        node.info.name,
-        node.info.address,
-        secret.source,
-    )
-    for device in devices:
-        log.info(
-            "device %s: %s, %.1f GB, %.0f GB/s, %.0f GFLOP/s",
-            device.torch_device,
-            device.name,
-            device.memory_total / 1e9,
-            device.memory_bandwidth / 1e9,
-            device.matmul_flops / 1e9,
-        )
-    return node
+def error_response(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
 
 
-async def serve(node: Node) -> None:
+def create_app(service: NodeService) -> FastAPI:
+    app = FastAPI(
+        title="Tandem",
+        version=__version__,
+        description="A cluster of the machines you already have, serving one model API.",
+    )
+    app.state.service = service
+
+    @app.exception_handler(UnknownInstance)
+    async def _unknown(_: Request, error: UnknownInstance) -> JSONResponse:
+        return error_response(404, str(error))
+
+    @app.exception_handler(PeerUnreachable)
+    async def _unreachable(_: Request, error: PeerUnreachable) -> JSONResponse:
+        return error_response(503, str(error))
+
+    @app.exception_handler(TandemError)
+    async def _bad_request(_: Request, error: TandemError) -> JSONResponse:
+        return error_response(400, str(error))
+
+    app.include_router(control_routes.router)
+    app.include_router(cluster_routes.router)
+    mount_dashboard(app)
+    options = service.node.options
+    mount_api(app, service, api_key=options.api_key, requests_per_slot=options.requests_per_slot)
+    return app
+
+
+async def serve(service: NodeService) -> None:
+    options = service.node.options
     config = uvicorn.Config(
-        create_app(node),
-        host=node.options.host,
-        port=node.options.port,
+        create_app(service),
+        host=options.host,
+        port=options.port,
         log_level="warning",
         access_log=False,
         lifespan="off",
@@ -66,29 +72,28 @@ async def serve(node: Node) -> None:
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     serving = asyncio.create_task(server.serve())
-    node.start_background()
-    discovery = await start_discovery(node)
-    log.info("serving on http://%s:%d", node.options.host, node.options.port)
+    service.start_background()
+    discovery = await start_discovery(service)
+    log.info("serving on http://%s:%d", options.host, options.port)
     stopped = asyncio.create_task(stop.wait())
     await asyncio.wait({serving, stopped}, return_when=asyncio.FIRST_COMPLETED)
     log.info("shutting down")
     if discovery is not None:
         await discovery.stop()
-    await node.close()
+    await service.node.close()
     server.should_exit = True
     with contextlib.suppress(asyncio.CancelledError):
         await serving
 
 
-async def start_discovery(node: Node):
+async def start_discovery(service: NodeService):
     """mDNS discovery feeding membership candidates; None when disabled."""
     from tandem.node.discovery_bridge import start_discovery_for
 
-    return await start_discovery_for(node)
+    return await start_discovery_for(service.node)
 
 
 def run_node(options: NodeOptions) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per control request is noise
-    node = build_node(options)
-    asyncio.run(serve(node))
+    asyncio.run(serve(NodeService.build(options)))

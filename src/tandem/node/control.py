@@ -1,23 +1,23 @@
 """Signed HTTP between nodes: every control request and every reply carries the cluster secret's
-signature (`tandem.cluster.auth`), so a node of another cluster can neither command nor mislead."""
+signature (`tandem.cluster.auth`), so a node of another cluster can neither command nor mislead.
+Bodies are the typed messages of `tandem.protocol.control`, through the protocol's codec."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 
 from tandem.cluster.auth import AuthError, sign_request, verify_request
-from tandem.errors import TandemError
+from tandem.errors import PeerUnreachable
+from tandem.protocol import codec
+from tandem.protocol.codec import ProtocolError
+from tandem.protocol.control import Done, Refusal
 
+T = TypeVar("T")
 REPLY_METHOD = "REPLY"  # replies are signed over this pseudo-method, so a request can't pass as one
 CONTROL_TIMEOUT = httpx.Timeout(10.0, connect=3.0)
-
-
-class PeerUnreachable(TandemError):
-    """A peer did not answer, answered with an error, or could not prove it holds the secret."""
 
 
 class ControlClient:
@@ -35,10 +35,16 @@ class ControlClient:
         return headers
 
     async def call(
-        self, address: str, method: str, path: str, payload: Any = None, timeout: float | None = None
-    ) -> Any:
-        """Send a signed request to `address` (host:port) and return the verified JSON reply."""
-        body = b"" if payload is None else json.dumps(payload).encode()
+        self,
+        address: str,
+        method: str,
+        path: str,
+        message: Any = None,
+        reply: type[T] | Any = Done,
+        timeout: float | None = None,
+    ) -> T:
+        """Send a signed request to `address` (host:port) and return its verified, decoded reply."""
+        body = b"" if message is None else codec.encode(message)
         try:
             response = await self.http.request(
                 method,
@@ -54,13 +60,15 @@ class ControlClient:
         except AuthError as error:
             raise PeerUnreachable(f"{address} sent an unsigned or badly signed reply: {error}") from None
         if response.status_code >= 400:
-            detail = _error_text(response.content)
-            raise PeerUnreachable(f"{address} refused {path}: {detail}")
-        return response.json() if response.content else None
+            raise PeerUnreachable(f"{address} refused {path}: {refusal_text(response.content)}")
+        try:
+            return codec.decode(reply, response.content)
+        except ProtocolError as error:
+            raise PeerUnreachable(f"{address} answered {path} with a malformed reply: {error}") from None
 
-    async def stream(self, address: str, path: str, payload: Any) -> AsyncIterator[dict[str, Any]]:
-        """POST a signed request and yield the JSON lines of a streamed reply."""
-        body = json.dumps(payload).encode()
+    async def stream(self, address: str, path: str, message: Any, item: type[T] | Any) -> AsyncIterator[T]:
+        """POST a signed request and yield the decoded JSON lines of a streamed reply."""
+        body = codec.encode(message)
         request = self.http.build_request(
             "POST",
             f"http://{address}{path}",
@@ -74,21 +82,24 @@ class ControlClient:
             raise PeerUnreachable(f"{address} did not answer {path}: {type(error).__name__}") from None
         try:
             if response.status_code >= 400:
-                raise PeerUnreachable(f"{address} refused {path}: {_error_text(await response.aread())}")
+                raise PeerUnreachable(f"{address} refused {path}: {refusal_text(await response.aread())}")
             async for line in response.aiter_lines():
                 if line.strip():
-                    yield json.loads(line)
+                    try:
+                        yield codec.decode(item, line)
+                    except ProtocolError as error:
+                        raise PeerUnreachable(f"the stream from {address} carried {error}") from None
         except httpx.HTTPError as error:
             raise PeerUnreachable(f"the stream from {address} broke: {type(error).__name__}") from None
         finally:
             await response.aclose()
 
 
-def _error_text(content: bytes) -> str:
+def refusal_text(content: bytes) -> str:
+    """The reason of an error reply (a Refusal), or the start of whatever it was."""
     try:
-        data = json.loads(content)
-        return str(data.get("error") or data.get("detail") or data)
-    except (json.JSONDecodeError, AttributeError):
+        return codec.decode(Refusal, content).error
+    except ProtocolError:
         return content[:200].decode(errors="replace")
 
 

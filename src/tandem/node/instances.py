@@ -15,49 +15,49 @@ import logging
 import secrets
 import time
 from collections.abc import AsyncIterator
-from typing import Any
+from dataclasses import replace
 
-from tandem.cluster.placement import DeviceAddress, Infeasible, PlacementRequest, place
-from tandem.cluster.state import Instance, InstanceCreated, InstanceRemoved, MasterAddressSet, RunnerState
-from tandem.engine.engine import DEFAULT_MAX_PREFILL_TOKENS
-from tandem.errors import InvalidRequestError, TandemError
+from tandem import settings
+from tandem.cluster.placement import DeviceAddress, Infeasible, Placement, PlacementRequest, place
+from tandem.cluster.state import (
+    Instance,
+    InstanceCreated,
+    InstanceRemoved,
+    MasterAddressSet,
+    RunnerReported,
+    RunnerState,
+)
+from tandem.errors import InvalidRequestError, PeerUnreachable, TandemError, UnknownInstance
 from tandem.model.config import context_size, load_model_config
 from tandem.model.shapes import ModelShape, shape_from_model_config
-from tandem.node.codec import to_jsonable
-from tandem.node.control import PeerUnreachable
-from tandem.runner.spec import RunnerSpec
+from tandem.node.model_files import ModelFiles
+from tandem.node.node import Node
+from tandem.node.options import HEARTBEAT_INTERVAL
+from tandem.protocol.control import Done, LaunchRequest, RunnerStarted, StartRunner, StopRunners
+from tandem.protocol.runner import GenerateRequest, RequestEvent, RunnerSpec, ends_request
 
 log = logging.getLogger("tandem.instances")
 
 DEFAULT_SEQUENCES = 8
+DEFAULT_MAX_PREFILL_TOKENS = 2048  # tokens of prompts computed in one step (the engine's default)
 ORPHAN_GRACE_SECONDS = 15.0  # a runner whose instance this node has not yet heard of may be new
-TERMINAL_EVENTS = ("rejected", "finished", "error")
 
 
-class UnknownInstance(TandemError):
-    """No instance with that id (HTTP 404)."""
-
-
-def is_terminal(event: dict[str, Any]) -> bool:
-    return event.get("event") in TERMINAL_EVENTS or "finish_reason" in event
-
-
-def parse_devices(values: list[Any] | None) -> tuple[tuple[DeviceAddress, ...], ...] | None:
+def parse_devices(values: tuple[str, ...] | None) -> tuple[tuple[DeviceAddress, ...], ...] | None:
     """Forced stages as "node_id/device" strings (several joined by "+" form a tensor-parallel
-    group: "a/cuda:0+a/cuda:1") or [node_id, device] pairs."""
+    group: "a/cuda:0+a/cuda:1")."""
     if not values:
         return None
     stages = []
     for value in values:
-        parts = value.split("+") if isinstance(value, str) else [value]
         stage = []
-        for part in parts:
-            node_id, _, device = part.partition("/") if isinstance(part, str) else (part[0], "/", part[1])
+        for part in value.split("+"):
+            node_id, _, device = part.partition("/")
             if not node_id or not device:
                 raise InvalidRequestError(
                     f"devices entries look like NODE_ID/cpu, NODE_ID/cuda:0 or A/cuda:0+B/cuda:0, not {value!r}"
                 )
-            stage.append(DeviceAddress(str(node_id), str(device)))
+            stage.append(DeviceAddress(node_id, device))
         stages.append(tuple(stage))
     return tuple(stages)
 
@@ -69,52 +69,52 @@ def live_instance_of(instances: tuple[Instance, ...], model: str) -> Instance | 
 
 
 class InstanceManager:
-    def __init__(self, node: Any) -> None:
+    """Launching instances across the cluster, stopping them, and routing their requests."""
+
+    def __init__(self, node: Node, files: ModelFiles) -> None:
         self.node = node
+        self.files = files
         self._runner_started: dict[str, float] = {}
 
     # --- launching (any node asks; the coordinator decides) -----------------------------------
 
-    async def launch(self, request: dict[str, Any]) -> dict[str, Any]:
+    async def launch(self, request: LaunchRequest) -> Instance:
         if not self.node.is_coordinator:
             address = self.node.address_of(self.node.coordinator)
+            if address is None:
+                raise PeerUnreachable(f"the coordinator {self.node.coordinator} is not reachable")
             launched = await self.node.control.call(
-                address, "POST", "/internal/instances", request, timeout=600
+                address, "POST", "/internal/instances", request, reply=Instance, timeout=600
             )
             await self.node.refresh_state()
             return launched
         instance = await self._launch_as_coordinator(request)
-        if request.get("wait"):
+        if request.wait:
             instance = await self.wait_until_settled(instance.instance_id)
-        return to_jsonable(instance)
+        return instance
 
-    def plan(self, request: dict[str, Any]):
-        """The placement a launch request would get now (Placement or Infeasible)."""
-        model = str(request.get("model") or "")
-        if not model:
-            raise InvalidRequestError(
-                "name a model: a catalog id, a Hugging Face repo id, a directory or 'demo'"
-            )
-        config = load_model_config(self.node.model_files.config_dir(model))  # fetches config.json if need be
-        return self.plan_shape(shape_from_model_config(config, model), request)
+    def plan(self, request: LaunchRequest) -> Placement | Infeasible:
+        """The placement a launch request would get now."""
+        config = load_model_config(self.files.config_dir(request.model))  # fetches config.json if need be
+        return self.plan_shape(shape_from_model_config(config, request.model), request)
 
-    def plan_shape(self, shape: ModelShape, request: dict[str, Any]):
+    def plan_shape(self, shape: ModelShape, request: LaunchRequest) -> Placement | Infeasible:
         """The placement of a model known by its shape alone (a catalog card: nothing downloaded)."""
-        context = context_size(request.get("context"), shape.max_context)
+        context = context_size(request.context, shape.max_context)
         placement_request = PlacementRequest(
             context_length=context,
-            num_sequences=int(request.get("sequences") or DEFAULT_SEQUENCES),
-            devices=parse_devices(request.get("devices")),
-            min_stages=int(request.get("min_stages") or 1),
+            num_sequences=request.sequences or DEFAULT_SEQUENCES,
+            devices=parse_devices(request.devices),
+            min_stages=request.min_stages or 1,
         )
         return place(shape, self.node.state.topology(), placement_request)
 
-    async def _launch_as_coordinator(self, request: dict[str, Any]) -> Instance:
+    async def _launch_as_coordinator(self, request: LaunchRequest) -> Instance:
         placement = await asyncio.to_thread(self.plan, request)  # may fetch the config: off the loop
         if isinstance(placement, Infeasible):
-            raise InvalidRequestError(f"cannot place {request['model']}: {placement.reason}")
-        if request.get("reuse"):  # no await from this check to InstanceCreated: one launch wins
-            existing = live_instance_of(self.node.state.instances, str(request["model"]))
+            raise InvalidRequestError(f"cannot place {request.model}: {placement.reason}")
+        if request.reuse:  # no await from this check to InstanceCreated: one launch wins
+            existing = live_instance_of(self.node.state.instances, request.model)
             if existing is not None:
                 return existing
         instance_id = secrets.token_hex(4)
@@ -127,7 +127,7 @@ class InstanceManager:
         )
         instance = Instance(
             instance_id=instance_id,
-            model=str(request["model"]),
+            model=request.model,
             placement=placement,
             runners=runners,
             max_context=placement.request.context_length,
@@ -136,37 +136,35 @@ class InstanceManager:
         self.node.apply(InstanceCreated(instance))
         log.info("launching %s as %s:\n%s", instance.model, instance_id, "\n".join(placement.explain()))
         try:
-            await self.node.model_files.prepare_instance(instance)  # every node fetches its files, at once
-            driver_host = self.node.address_of(runners[0].node_id).rsplit(":", 1)[0]
-            reply = await self._start_runner(instance, 0, master_host=driver_host, master_port=0)
-            master = f"{driver_host}:{reply['port']}" if len(runners) > 1 else None
-            if master is not None:
-                self.node.apply(MasterAddressSet(instance_id, master))
+            await self.files.prepare_instance(instance)  # every node fetches its files, at once
+            driver_address = self.node.address_of(runners[0].node_id)
+            if driver_address is None:
+                raise PeerUnreachable(f"node {runners[0].node_id} is not reachable")
+            driver_host = driver_address.rsplit(":", 1)[0]
+            started = await self._start_runner(instance, 0, master_host=driver_host, master_port=0)
+            if len(runners) > 1:
+                if started.port is None:
+                    raise TandemError("rank 0 did not report its rendezvous port")
+                self.node.apply(MasterAddressSet(instance_id, f"{driver_host}:{started.port}"))
                 await asyncio.gather(
                     *(
-                        self._start_runner(instance, rank, driver_host, int(reply["port"]))
+                        self._start_runner(instance, rank, driver_host, started.port)
                         for rank in range(1, len(runners))
                     )
                 )
         except TandemError as error:
-            await self.node.submit_runner_report(
-                {
-                    "instance_id": instance_id,
-                    "rank": 0,
-                    "status": "failed",
-                    "parameter_bytes": None,
-                    "message": str(error),
-                }
-            )
+            await self.node.submit_runner_report(RunnerReported(instance_id, 0, "failed", None, str(error)))
         return self.node.state.instance(instance_id) or instance
 
-    async def _start_runner(self, instance: Instance, rank: int, master_host: str, master_port: int) -> dict:
+    async def _start_runner(
+        self, instance: Instance, rank: int, master_host: str, master_port: int
+    ) -> RunnerStarted:
         runner = instance.runners[rank]
         spec = RunnerSpec(
             instance_id=instance.instance_id,
             rank=rank,
             world_size=len(instance.runners),
-            model_dir=self.node.model_files.pinned(instance.model),  # the commit the coordinator planned with
+            model_dir=self.files.pinned(instance.model),  # the commit the coordinator planned with
             layer_start=runner.layers.start,
             layer_end=runner.layers.end,
             num_layers=instance.placement.num_layers,
@@ -180,31 +178,29 @@ class InstanceManager:
             master_port=master_port,
             stage_sizes=tuple(len(stage.members) for stage in instance.placement.stages),
             stage_backends=tuple(stage.backend for stage in instance.placement.stages),  # type: ignore[arg-type]
+            options=settings.engine_options(),  # this node's; every rank of the instance runs the same
         )
         if runner.node_id == self.node.node_id:
-            return await self.start_local_runner(spec.to_json())
+            return await self.start_local_runner(StartRunner(spec))
         address = self.node.address_of(runner.node_id)
         if address is None:
             raise PeerUnreachable(f"node {runner.node_id} is not reachable")
         return await self.node.control.call(
-            address, "POST", "/internal/runners", {"spec": spec.to_json()}, timeout=120
+            address, "POST", "/internal/runners", StartRunner(spec), reply=RunnerStarted, timeout=120
         )
 
-    async def start_local_runner(self, spec_json: str) -> dict[str, Any]:
+    async def start_local_runner(self, request: StartRunner) -> RunnerStarted:
         """Start a runner here; for rank 0 of a pipeline, wait for its rendezvous port."""
-        spec = RunnerSpec.from_json(spec_json)
-        spec = RunnerSpec(
-            **{
-                **spec.__dict__,
-                "model_dir": str(await self.node.model_files.ensure_stage(spec.model_dir, spec.stage)),
-                "threads": self.node.options.runner_threads,
-            }
+        spec = replace(
+            request.spec,
+            model_dir=str(await self.files.ensure_stage(request.spec.model_dir, request.spec.stage)),
+            threads=self.node.options.runner_threads,
         )
         runner = await self.node.supervisor.start(spec)
         self._runner_started[spec.instance_id] = time.monotonic()
         if spec.rank == 0 and spec.world_size > 1:
-            return {"port": await asyncio.wait_for(runner.listening, timeout=120)}
-        return {}
+            return RunnerStarted(await asyncio.wait_for(runner.listening, timeout=120))
+        return RunnerStarted()
 
     async def wait_until_settled(self, instance_id: str, timeout: float = 600) -> Instance:
         deadline = time.monotonic() + timeout
@@ -219,16 +215,23 @@ class InstanceManager:
 
     # --- stopping -------------------------------------------------------------------------------
 
-    async def stop(self, instance_id: str) -> None:
+    async def stop(self, instance_id: str) -> Done:
         if not self.node.is_coordinator:
             address = self.node.address_of(self.node.coordinator)
+            if address is None:
+                raise PeerUnreachable(f"the coordinator {self.node.coordinator} is not reachable")
             await self.node.control.call(address, "DELETE", f"/internal/instances/{instance_id}")
-            return
+            return Done()
         instance = self.node.state.instance(instance_id)
         if instance is None:
             raise UnknownInstance(f"no instance {instance_id}")
         self.node.apply(InstanceRemoved(instance_id))
         await self._stop_runners_everywhere(instance)
+        return Done()
+
+    async def stop_local_runners(self, request: StopRunners) -> Done:
+        await self.node.supervisor.stop_instance(request.instance_id)
+        return Done()
 
     async def _stop_runners_everywhere(self, instance: Instance) -> None:
         for node_id in {r.node_id for r in instance.runners}:
@@ -239,8 +242,15 @@ class InstanceManager:
             if address is not None:
                 with contextlib.suppress(PeerUnreachable):
                     await self.node.control.call(
-                        address, "POST", "/internal/runners/stop", {"instance_id": instance.instance_id}
+                        address, "POST", "/internal/runners/stop", StopRunners(instance.instance_id)
                     )
+
+    async def reconcile_forever(self) -> None:
+        """Coordinator duty, each heartbeat interval: stop runners nobody needs any more."""
+        while True:
+            if self.node.is_coordinator:
+                await self.reconcile()
+            await asyncio.sleep(HEARTBEAT_INTERVAL)
 
     async def reconcile(self) -> None:
         """Stop local runners of instances that failed or that the cluster no longer has."""
@@ -269,7 +279,7 @@ class InstanceManager:
             raise InvalidRequestError(f"instance {instance_id} is {instance.status}{detail}")
         return instance
 
-    async def generate(self, instance_id: str, command: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+    async def generate(self, instance_id: str, request: GenerateRequest) -> AsyncIterator[RequestEvent]:
         """Events of one request, wherever the instance's rank 0 runs. Closing the iterator early
         (the client went away) aborts the request and frees its slot."""
         instance = await self.ready_instance(instance_id)
@@ -278,7 +288,7 @@ class InstanceManager:
             if address is None:
                 raise PeerUnreachable(f"node {instance.driver_node} is not reachable")
             async for event in self.node.control.stream(
-                address, f"/internal/instances/{instance_id}/generate", command
+                address, f"/internal/instances/{instance_id}/generate", request, RequestEvent
             ):
                 yield event
             return
@@ -286,12 +296,12 @@ class InstanceManager:
         if runner is None:
             raise TandemError(f"instance {instance_id} has no runner on this node")
         request_id = secrets.token_hex(8)
-        queue = await runner.submit(request_id, command)
+        queue = await runner.submit(request_id, request)
         done = False
         try:
             while not done:
                 event = await queue.get()
-                done = is_terminal(event)
+                done = ends_request(event)
                 yield event
         finally:
             if not done:

@@ -15,22 +15,27 @@ import logging
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 from urllib.parse import urlencode
 
 import httpx
 
 from tandem.cluster.auth import AuthError, sign_request, verify_request
-from tandem.cluster.topology import DownloadProgress
-from tandem.errors import TandemError
+from tandem.errors import PeerUnreachable, TandemError
 from tandem.model.stage import LayerRange, StageSpec
-from tandem.node.control import REPLY_METHOD, PeerUnreachable
+from tandem.node.control import REPLY_METHOD
+from tandem.protocol import codec
+from tandem.protocol.control import PreparedStage, PrepareStage
 from tandem.store.cache import RepoCache
 from tandem.store.fetch import ModelFetcher
 from tandem.store.manifest import RepoFile, RepoManifest
 from tandem.store.names import COMMIT_HASH, is_repo_id, is_revision
 from tandem.store.progress import DownloadBoard
-from tandem.store.transfer import ByteStream, open_http_stream
+from tandem.store.transfer import ByteStream, FileSource, open_http_stream
+
+if TYPE_CHECKING:
+    from tandem.cluster.state import Instance
+    from tandem.node.node import Node
 
 log = logging.getLogger("tandem.model_files")
 
@@ -63,7 +68,7 @@ class PeerFiles:
             verify_request(self.secret, REPLY_METHOD, target, response.content, response.headers)
             if response.status_code != 200:
                 return None
-            manifest = RepoManifest.from_json(response.json())
+            manifest = codec.decode(RepoManifest, response.content)
         except (httpx.HTTPError, AuthError, TandemError, ValueError, KeyError) as error:
             log.info("peer %s gave no manifest for %s: %s", self.peer_id, repo_id, error)
             return None
@@ -81,11 +86,11 @@ class PeerFiles:
 class ClusterPeers:
     """The other nodes of the cluster as a `PeerDirectory` for the fetcher (asked in parallel)."""
 
-    def __init__(self, node: Any) -> None:
+    def __init__(self, node: Node) -> None:
         self.node = node
         self.client = httpx.Client(timeout=FILE_TIMEOUT)
 
-    def manifests(self, repo_id: str, revision: str) -> list[tuple[PeerFiles, RepoManifest]]:
+    def manifests(self, repo_id: str, revision: str) -> list[tuple[FileSource, RepoManifest]]:
         peers = [
             PeerFiles(self.client, self.node.node_id, self.node.secret, info.node_id, info.address)
             for info in self.node.state.nodes
@@ -101,9 +106,9 @@ class ClusterPeers:
 class ModelFiles:
     """What `InstanceManager` and the `/internal/files` routes use."""
 
-    def __init__(self, node: Any) -> None:
+    def __init__(self, node: Node, board: DownloadBoard) -> None:
         self.node = node
-        self.board = DownloadBoard()
+        self.board = board
         self.fetcher = ModelFetcher(peers=ClusterPeers(node), board=self.board)
 
     # --- fetching ---------------------------------------------------------------------------------
@@ -120,7 +125,7 @@ class ModelFiles:
         """A directory holding the files of `stage`, fetched first if need be."""
         return await asyncio.to_thread(self.fetcher.ensure, model, stage)
 
-    async def prepare_instance(self, instance: Any) -> None:
+    async def prepare_instance(self, instance: Instance) -> None:
         """Every runner's node fetches its files at once, before any runner starts: a runner that
         started first would otherwise wait in its process group while the others download."""
         model = self.pinned(instance.model)
@@ -133,27 +138,21 @@ class ModelFiles:
             address = self.node.address_of(node_id)
             if address is None:
                 raise PeerUnreachable(f"node {node_id} is not reachable")
-            body = {
-                "model": model,
-                "layer_start": layers.start,
-                "layer_end": layers.end,
-                "num_layers": num_layers,
-            }
             await self.node.control.call(
-                address, "POST", "/internal/files/prepare", body, timeout=PREPARE_TIMEOUT
+                address,
+                "POST",
+                "/internal/files/prepare",
+                PrepareStage(model, layers, num_layers),
+                reply=PreparedStage,
+                timeout=PREPARE_TIMEOUT,
             )
 
         await asyncio.gather(*(prepare(r.node_id, r.layers) for r in instance.runners))
 
-    async def prepare_request(self, body: dict[str, Any]) -> dict[str, Any]:
+    async def prepare_request(self, request: PrepareStage) -> PreparedStage:
         """A peer's coordinator asks this node to fetch one stage's files."""
-        stage = StageSpec(
-            LayerRange(int(body["layer_start"]), int(body["layer_end"])), int(body["num_layers"])
-        )
-        return {"model_dir": str(await self.ensure_stage(str(body["model"]), stage))}
-
-    def downloads(self) -> tuple[DownloadProgress, ...]:
-        return self.board.snapshot()
+        stage = StageSpec(request.layers, request.num_layers)
+        return PreparedStage(str(await self.ensure_stage(request.model, stage)))
 
     # --- serving this node's cache to peers -------------------------------------------------------
 

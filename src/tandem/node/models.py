@@ -12,14 +12,15 @@ path on every node that will hold a stage, as for any launch.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from tandem.cluster.placement import Infeasible, Placement
 from tandem.errors import TandemError
 from tandem.model.config import load_model_config
 from tandem.model.shapes import ModelShape
+from tandem.protocol.control import LaunchRequest
 from tandem.store.catalog import ModelCard
 from tandem.store.resolve import DEMO_MODEL_DIR, DEMO_MODEL_NAME, local_status
 
@@ -54,9 +55,6 @@ class ModelListing:
     reason: str | None = None  # why it does not fit, or why it cannot be read
     downloaded: bool = True  # a catalog model is fetched on launch when this node lacks it
 
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
 
 def is_checkpoint_dir(path: Path) -> bool:
     return (path / "config.json").is_file() and any(path.glob("*.safetensors"))
@@ -82,7 +80,7 @@ MODEL_SOURCES: list[Callable[[tuple[Path, ...]], Iterable[LocalModel]]] = [bundl
 
 
 def describe_card(
-    card: ModelCard, plan_shape: Callable[[ModelShape, dict[str, Any]], Placement | Infeasible]
+    card: ModelCard, plan_shape: Callable[[ModelShape, LaunchRequest], Placement | Infeasible]
 ) -> ModelListing:
     """A catalog model: sizes from its shipped config, the fit from its shape (nothing downloaded)."""
     held = local_status(card.repo) == "complete"
@@ -102,7 +100,7 @@ def describe_card(
         return replace(
             listing, reason=f"placement plans {card.family} models; the engine does not run them yet"
         )
-    placement = plan_shape(card.shape(), {})
+    placement = plan_shape(card.shape(), LaunchRequest(card.id))
     if isinstance(placement, Infeasible):
         return replace(listing, reason=placement.reason)
     return replace(listing, fits=True, predicted_tokens_per_second=placement.predicted_tokens_per_second)
@@ -118,7 +116,7 @@ def find_models(models_dirs: tuple[Path, ...]) -> list[LocalModel]:
 
 
 def describe_model(
-    model: LocalModel, plan: Callable[[dict[str, Any]], Placement | Infeasible]
+    model: LocalModel, plan: Callable[[LaunchRequest], Placement | Infeasible]
 ) -> ModelListing:
     """The model's size from its config and files, and whether `plan` finds room for it now."""
     listing = ModelListing(model.name, model.label, model.source, str(model.path))
@@ -135,7 +133,7 @@ def describe_model(
         max_context=config.max_position_embeddings,
     )
     try:
-        placement = plan({"model": model.name})
+        placement = plan(LaunchRequest(model.name))
     except TandemError as error:
         return replace(listing, reason=str(error))
     if isinstance(placement, Infeasible):

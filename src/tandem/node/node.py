@@ -12,6 +12,7 @@ import contextlib
 import logging
 import socket
 import time
+from collections.abc import Coroutine
 from dataclasses import replace
 from typing import Any
 
@@ -26,12 +27,14 @@ from tandem.cluster.state import (
     apply,
 )
 from tandem.cluster.topology import DeviceInfo, NodeId, NodeInfo
-from tandem.node.codec import links_from_json, node_from_json, state_from_json, state_to_json, to_jsonable
-from tandem.node.control import ControlClient, PeerUnreachable
+from tandem.errors import PeerUnreachable
+from tandem.node.control import ControlClient
 from tandem.node.membership import Membership
 from tandem.node.options import HEARTBEAT_INTERVAL, LINK_MEASURE_INTERVAL, PEER_TIMEOUT, NodeOptions
 from tandem.node.supervisor import Supervisor
 from tandem.node.telemetry import Telemetry
+from tandem.protocol.control import Blob, Done, Heartbeat, HeartbeatReply
+from tandem.store.progress import DownloadBoard
 
 log = logging.getLogger("tandem.node")
 
@@ -51,7 +54,12 @@ def detect_host() -> str:
 
 class Node:
     def __init__(
-        self, options: NodeOptions, node_id: NodeId, secret: bytes, devices: tuple[DeviceInfo, ...]
+        self,
+        options: NodeOptions,
+        node_id: NodeId,
+        secret: bytes,
+        devices: tuple[DeviceInfo, ...],
+        downloads: DownloadBoard,
     ) -> None:
         self.options = options
         self.node_id = node_id
@@ -73,8 +81,7 @@ class Node:
         self.state = ClusterState()
         self.control = ControlClient(node_id, secret)
         self.supervisor = Supervisor(self.on_runner_report)
-        self.instances: Any = None  # the InstanceManager, attached by `tandem.node.app`
-        self.model_files: Any = None  # the ModelFiles, attached by `tandem.node.app`
+        self.downloads = downloads  # this node's downloads, shown in its heartbeats
         self._nodes_published_at = 0.0
         self._tasks: list[asyncio.Task] = []
         self.telemetry = Telemetry()
@@ -101,7 +108,7 @@ class Node:
         if address is None or self.is_coordinator:
             return
         with contextlib.suppress(PeerUnreachable):
-            state = state_from_json(await self.control.call(address, "GET", "/internal/state"))
+            state = await self.control.call(address, "GET", "/internal/state", reply=ClusterState)
             if state.version >= self.state.version or state.coordinator != self.state.coordinator:
                 self.state = state
 
@@ -143,76 +150,59 @@ class Node:
 
     # --- heartbeats ---------------------------------------------------------------------------
 
-    def heartbeat_message(self) -> dict[str, Any]:
-        known = [p.info.address for p in self.membership.peers.values()]
-        return {
-            "node": to_jsonable(self.info),
-            "started_at": self.started_at,
-            "state_version": self.state.version,
-            "known": known,
-            "links": to_jsonable(self.membership.measured_links()),
-            "runners": self.supervisor.reports(),
-        }
+    def heartbeat_message(self) -> Heartbeat:
+        return Heartbeat(
+            node=self.info,
+            started_at=self.started_at,
+            state_version=self.state.version,
+            known=tuple(p.info.address for p in self.membership.peers.values()),
+            links=self.membership.measured_links(),
+            runners=self.supervisor.reports(),
+        )
 
-    def reconcile_runners(self, reports: list[dict[str, Any]]) -> None:
+    def reconcile_runners(self, reports: tuple[RunnerReported, ...]) -> None:
         """Coordinator only: apply runner statuses the state has not recorded (reports that went
         to a coordinator which then left, or were lost on the way)."""
         for report in reports:
-            instance = self.state.instance(str(report.get("instance_id")))
-            rank = report.get("rank")
-            if instance is None or not isinstance(rank, int) or not 0 <= rank < len(instance.runners):
+            instance = self.state.instance(report.instance_id)
+            if instance is None or not 0 <= report.rank < len(instance.runners):
                 continue
-            recorded = instance.runners[rank].status
-            if (
-                report.get("status") in ("ready", "failed")
-                and recorded != report["status"]
-                and recorded != "failed"
-            ):
-                self.apply(
-                    RunnerReported(
-                        instance.instance_id,
-                        rank,
-                        report["status"],
-                        report.get("parameter_bytes"),
-                        report.get("message"),
-                    )
-                )
+            recorded = instance.runners[report.rank].status
+            if report.status in ("ready", "failed") and recorded not in (report.status, "failed"):
+                self.apply(report)
 
-    def handle_heartbeat(self, message: dict[str, Any]) -> dict[str, Any]:
-        """A verified heartbeat from a peer; the reply is this node's view (and state, if useful)."""
-        info = node_from_json(message["node"])
-        if self.membership.observe(
-            info, float(message["started_at"]), links_from_json(message.get("links", []))
-        ):
-            log.info("peer %s (%s) joined", info.node_id, info.address)
-        for address in message.get("known", []):
-            self.membership.add_candidate(str(address))
+    def _observe(self, view: Heartbeat) -> None:
+        if self.membership.observe(view.node, view.started_at, view.links):
+            log.info("peer %s (%s) joined", view.node.node_id, view.node.address)
+        for address in view.known:
+            self.membership.add_candidate(address)
         if self.is_coordinator:
-            self.reconcile_runners(message.get("runners", []))
-        reply: dict[str, Any] = self.heartbeat_message()
-        if self.is_coordinator and message.get("state_version") != self.state.version:
-            reply["state"] = state_to_json(self.state)
-        return reply
+            self.reconcile_runners(view.runners)
 
-    def _accept_reply(self, reply: dict[str, Any], round_trip: float) -> None:
-        info = node_from_json(reply["node"])
-        if self.membership.observe(info, float(reply["started_at"]), links_from_json(reply.get("links", []))):
-            log.info("peer %s (%s) joined", info.node_id, info.address)
-        peer = self.membership.peers.get(info.node_id)
+    def handle_heartbeat(self, message: Heartbeat) -> HeartbeatReply:
+        """A verified heartbeat from a peer; the reply is this node's view (and state, if useful)."""
+        self._observe(message)
+        stale = self.is_coordinator and message.state_version != self.state.version
+        return HeartbeatReply(self.heartbeat_message(), self.state if stale else None)
+
+    def _accept_reply(self, reply: HeartbeatReply, round_trip: float) -> None:
+        self._observe(reply.view)
+        peer = self.membership.peers.get(reply.view.node.node_id)
         if peer is not None:
             peer.record_round_trip(round_trip)
-        for address in reply.get("known", []):
-            self.membership.add_candidate(str(address))
-        if "state" in reply and info.node_id == self.coordinator:
-            self.state = state_from_json(reply["state"])
-        if self.is_coordinator:
-            self.reconcile_runners(reply.get("runners", []))
+        if reply.state is not None and reply.view.node.node_id == self.coordinator:
+            self.state = reply.state
 
     async def _beat(self, address: str) -> None:
         started = time.perf_counter()
         try:
             reply = await self.control.call(
-                address, "POST", "/internal/heartbeat", self.heartbeat_message(), timeout=PEER_TIMEOUT / 2
+                address,
+                "POST",
+                "/internal/heartbeat",
+                self.heartbeat_message(),
+                reply=HeartbeatReply,
+                timeout=PEER_TIMEOUT / 2,
             )
         except PeerUnreachable as error:
             if address in self.membership.candidates:
@@ -235,15 +225,14 @@ class Node:
                     peer.info.address,
                     PEER_TIMEOUT,
                 )
-            downloads = self.model_files.downloads() if self.model_files is not None else ()
             self.info = replace(
-                self.info, devices=self.telemetry.refresh(self.info.devices), downloads=downloads
+                self.info,
+                devices=self.telemetry.refresh(self.info.devices),
+                downloads=self.downloads.snapshot(),
             )
             if self.is_coordinator:
                 self._publish_as_coordinator()
                 self.reconcile_runners(self.supervisor.reports())
-                if self.instances is not None:
-                    await self.instances.reconcile()
             await asyncio.sleep(HEARTBEAT_INTERVAL)
 
     async def measure_links_forever(self) -> None:
@@ -252,7 +241,7 @@ class Node:
                 started = time.perf_counter()
                 try:
                     await self.control.call(
-                        peer.info.address, "GET", f"/internal/blob?bytes={BANDWIDTH_PROBE_BYTES}"
+                        peer.info.address, "GET", f"/internal/blob?bytes={BANDWIDTH_PROBE_BYTES}", reply=Blob
                     )
                 except PeerUnreachable:
                     continue
@@ -264,33 +253,24 @@ class Node:
 
     # --- runner reports -----------------------------------------------------------------------
 
-    async def on_runner_report(
-        self, instance_id: str, rank: int, status: str, parameter_bytes: int | None, message: str | None
-    ) -> None:
-        report = {
-            "instance_id": instance_id,
-            "rank": rank,
-            "status": status,
-            "parameter_bytes": parameter_bytes,
-            "message": message,
-        }
-        log.info("runner %s rank %d: %s%s", instance_id, rank, status, f" ({message})" if message else "")
+    async def on_runner_report(self, report: RunnerReported) -> None:
+        detail = f" ({report.message})" if report.message else ""
+        log.info("runner %s rank %d: %s%s", report.instance_id, report.rank, report.status, detail)
         await self.submit_runner_report(report)
 
-    async def submit_runner_report(self, report: dict[str, Any]) -> None:
+    async def submit_runner_report(self, report: RunnerReported) -> Done:
         for _ in range(int(PEER_TIMEOUT * 2)):
             if self.is_coordinator:
-                self.apply(RunnerReported(**report))
-                return
+                self.apply(report)
+                return Done()
             address = self.address_of(self.coordinator)
             if address is not None:
                 with contextlib.suppress(PeerUnreachable):
                     await self.control.call(address, "POST", "/internal/runner-report", report)
-                    return
+                    return Done()
             await asyncio.sleep(0.5)  # the coordinator may be changing; try the next one
-        log.error(
-            "could not report runner %s rank %s to any coordinator", report["instance_id"], report["rank"]
-        )
+        log.error("could not report runner %s rank %s to any coordinator", report.instance_id, report.rank)
+        return Done()
 
     # --- lifecycle ----------------------------------------------------------------------------
 
@@ -301,6 +281,10 @@ class Node:
     def keep_task(self, task: asyncio.Task) -> None:
         """Hold a background task (so it is not garbage-collected) and cancel it on close."""
         self._tasks.append(task)
+
+    def keep_task_running(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run `work` in the background until the node closes."""
+        self.keep_task(asyncio.create_task(work))
 
     async def close(self) -> None:
         self.closing.set()

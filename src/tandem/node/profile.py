@@ -21,7 +21,7 @@ from tandem.cluster.topology import DeviceInfo
 CACHE_FILE = "profile.json"
 
 
-def _median_seconds(work: Callable[[], None], synchronize: Callable[[], None], repeats: int) -> float:
+def _median_seconds(work: Callable[[], object], synchronize: Callable[[], None], repeats: int) -> float:
     work()  # warm-up: first-call allocations and kernel selection stay out of the timing
     synchronize()
     samples = []

@@ -7,21 +7,35 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import sys
 from collections.abc import Awaitable, Callable
-from typing import Any
 
-from tandem.runner.spec import RunnerSpec
+from tandem.cluster.state import RunnerReported
+from tandem.protocol import codec
+from tandem.protocol.codec import ProtocolError
+from tandem.protocol.runner import (
+    Abort,
+    Failed,
+    Generate,
+    GenerateRequest,
+    Listening,
+    Ready,
+    RequestError,
+    RequestEvent,
+    RunnerCommand,
+    RunnerEvent,
+    RunnerSpec,
+    Shutdown,
+    ends_request,
+)
 
 log = logging.getLogger("tandem.supervisor")
 
 STOP_GRACE_SECONDS = 5.0
 LINE_LIMIT = 16 * 2**20
 
-# (instance_id, rank, status, parameter_bytes, message) -> None
-ReportCallback = Callable[[str, int, str, int | None, str | None], Awaitable[None]]
+ReportCallback = Callable[[RunnerReported], Awaitable[None]]
 
 
 class RunnerExited(Exception):
@@ -35,8 +49,8 @@ class RunnerProcess:
         self.report = report
         loop = asyncio.get_running_loop()
         self.listening: asyncio.Future[int] = loop.create_future()
-        self.ready: asyncio.Future[dict[str, Any]] = loop.create_future()
-        self.requests: dict[str, asyncio.Queue] = {}
+        self.ready: asyncio.Future[Ready] = loop.create_future()
+        self.requests: dict[str, asyncio.Queue[RequestEvent]] = {}
         self.stopping = False
         self.reader = asyncio.create_task(self._read_events())
 
@@ -44,12 +58,13 @@ class RunnerProcess:
         assert self.process.stdout is not None
         while line := await self.process.stdout.readline():
             try:
-                event = json.loads(line)
-            except json.JSONDecodeError:
+                event = codec.decode(RunnerEvent, line)
+            except ProtocolError as error:
                 log.warning(
-                    "runner %s/%d printed a non-event line: %r",
+                    "runner %s/%d wrote a line that is not an event (%s): %r",
                     self.spec.instance_id,
                     self.spec.rank,
+                    error,
                     line[:200],
                 )
                 continue
@@ -59,55 +74,58 @@ class RunnerProcess:
         for future in (self.listening, self.ready):
             if not future.done():
                 future.set_exception(RunnerExited(message))
-        for queue in self.requests.values():
-            queue.put_nowait({"event": "error", "message": message})
+        for request_id, queue in self.requests.items():
+            queue.put_nowait(RequestError(message, request_id))
         self.requests.clear()
         if not self.stopping:
-            await self.report(self.spec.instance_id, self.spec.rank, "failed", None, message)
+            await self._report("failed", None, message)
 
-    async def _dispatch(self, event: dict[str, Any]) -> None:
-        kind = event.get("event")
-        if kind == "listening" and not self.listening.done():
-            self.listening.set_result(int(event["port"]))
-        elif kind == "ready":
+    async def _report(self, status, parameter_bytes: int | None, message: str | None) -> None:
+        await self.report(
+            RunnerReported(self.spec.instance_id, self.spec.rank, status, parameter_bytes, message)
+        )
+
+    async def _dispatch(self, event: RunnerEvent) -> None:
+        if isinstance(event, Listening):
+            if not self.listening.done():
+                self.listening.set_result(event.port)
+        elif isinstance(event, Ready):
             if not self.ready.done():
                 self.ready.set_result(event)
-            await self.report(
-                self.spec.instance_id, self.spec.rank, "ready", event.get("parameter_bytes"), None
-            )
-        elif kind == "failed":
+            await self._report("ready", event.report.parameter_bytes, None)
+        elif isinstance(event, Failed):
             self.stopping = True  # the exit that follows is this failure, reported here once
-            await self.report(self.spec.instance_id, self.spec.rank, "failed", None, event.get("message"))
-        elif "request_id" in event:
-            queue = self.requests.get(event["request_id"])
+            await self._report("failed", None, event.message)
+        elif event.request_id is not None:
+            queue = self.requests.get(event.request_id)
             if queue is not None:
                 queue.put_nowait(event)
-                if kind in ("rejected", "finished") or "finish_reason" in event:
-                    self.requests.pop(event["request_id"], None)
+                if ends_request(event):
+                    self.requests.pop(event.request_id, None)
 
-    async def send(self, command: dict[str, Any]) -> None:
+    async def send(self, command: RunnerCommand) -> None:
         if self.process.returncode is not None or self.process.stdin is None:
             raise RunnerExited(f"runner exited with code {self.process.returncode}")
-        self.process.stdin.write((json.dumps(command) + "\n").encode())
+        self.process.stdin.write(codec.encode(command) + b"\n")
         await self.process.stdin.drain()
 
-    async def submit(self, request_id: str, command: dict[str, Any]) -> asyncio.Queue:
+    async def submit(self, request_id: str, request: GenerateRequest) -> asyncio.Queue[RequestEvent]:
         """Send a generate command; its events arrive on the returned queue."""
-        queue: asyncio.Queue = asyncio.Queue()
+        queue: asyncio.Queue[RequestEvent] = asyncio.Queue()
         self.requests[request_id] = queue
-        await self.send({**command, "op": "generate", "request_id": request_id})
+        await self.send(Generate(request_id, request))
         return queue
 
     async def abort(self, request_id: str) -> None:
         if self.requests.pop(request_id, None) is not None:
             with contextlib.suppress(RunnerExited, ConnectionError):
-                await self.send({"op": "abort", "request_id": request_id})
+                await self.send(Abort(request_id))
 
     async def stop(self) -> None:
         self.stopping = True
         if self.process.returncode is None:
             with contextlib.suppress(RunnerExited, ConnectionError):
-                await self.send({"op": "shutdown"})
+                await self.send(Shutdown())
             try:
                 await asyncio.wait_for(self.process.wait(), STOP_GRACE_SECONDS)
             except TimeoutError:
@@ -148,24 +166,24 @@ class Supervisor:
         )
         return runner
 
-    def reports(self) -> list[dict[str, Any]]:
-        """Every local runner's status, as RunnerReported fields (heartbeats carry them, so a new
-        coordinator learns what the old one was told)."""
+    def reports(self) -> tuple[RunnerReported, ...]:
+        """Every local runner's status (heartbeats carry them, so a new coordinator learns what
+        the old one was told)."""
         reports = []
         for (instance_id, rank), runner in self.runners.items():
             ready = runner.ready.done() and runner.ready.exception() is None
             exited = runner.process.returncode is not None and not runner.stopping
             status = "ready" if ready and not exited else ("failed" if exited else "starting")
             reports.append(
-                {
-                    "instance_id": instance_id,
-                    "rank": rank,
-                    "status": status,
-                    "parameter_bytes": runner.ready.result().get("parameter_bytes") if ready else None,
-                    "message": f"runner exited with code {runner.process.returncode}" if exited else None,
-                }
+                RunnerReported(
+                    instance_id,
+                    rank,
+                    status,
+                    runner.ready.result().report.parameter_bytes if ready else None,
+                    f"runner exited with code {runner.process.returncode}" if exited else None,
+                )
             )
-        return reports
+        return tuple(reports)
 
     def driver(self, instance_id: str) -> RunnerProcess | None:
         return self.runners.get((instance_id, 0))

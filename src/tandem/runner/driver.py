@@ -1,11 +1,5 @@
-"""Rank 0's request loop: commands from the node in, token events out (JSON lines).
-
-Commands (node → runner, one JSON object per line on stdin):
-  {"op": "generate", "request_id": str, "prompt": str | "messages": [...] | "prompt_ids": [...],
-   "params": {SamplingParams fields}}
-  {"op": "abort", "request_id": str}
-  {"op": "shutdown"}
-Events (runner → node, stdout): see `emit` calls; every event names its request when it has one.
+"""Rank 0's request loop: commands from the node in, token events out, one JSON message a line
+(`tandem.protocol.runner`: Generate, Abort, Shutdown in; Accepted, Rejected, Token, Finished out).
 """
 
 from __future__ import annotations
@@ -15,24 +9,55 @@ import queue
 import sys
 import threading
 from collections.abc import Callable
-from typing import Any, TextIO
+from typing import TextIO
 
 from tandem.engine.engine import LLMEngine, TokenEvent
 from tandem.errors import TandemError
-from tandem.model.sampling_params import SamplingParams
+from tandem.protocol import codec
+from tandem.protocol.codec import ProtocolError
+from tandem.protocol.runner import (
+    Abort,
+    Accepted,
+    Finished,
+    Generate,
+    GenerateRequest,
+    Rejected,
+    RunnerCommand,
+    RunnerEvent,
+    Shutdown,
+    Token,
+    TopLogprob,
+)
 
-Emit = Callable[[dict[str, Any]], None]
+Emit = Callable[[RunnerEvent], None]
 
 
 def line_emitter(stream: TextIO) -> Emit:
     lock = threading.Lock()
 
-    def emit(event: dict[str, Any]) -> None:
+    def emit(event: RunnerEvent) -> None:
+        line = codec.encode(event).decode() + "\n"
         with lock:
-            stream.write(json.dumps(event) + "\n")
+            stream.write(line)
             stream.flush()
 
     return emit
+
+
+def parse_command(line: str) -> RunnerCommand | Rejected | None:
+    """One stdin line as a command; a malformed one as the rejection of its request (when it
+    names one), else None (logged)."""
+    try:
+        return codec.decode(RunnerCommand, line)
+    except ProtocolError as error:
+        try:
+            request_id = json.loads(line).get("request_id")
+        except (json.JSONDecodeError, AttributeError):
+            request_id = None
+        if isinstance(request_id, str):
+            return Rejected(request_id, f"malformed request: {error}")
+        print(f"runner: ignoring a malformed command ({error}): {line[:80]}", file=sys.stderr)
+        return None
 
 
 def read_commands(stream: TextIO, commands: queue.Queue) -> None:
@@ -40,26 +65,25 @@ def read_commands(stream: TextIO, commands: queue.Queue) -> None:
     for line in stream:
         line = line.strip()
         if line:
-            try:
-                commands.put(json.loads(line))
-            except json.JSONDecodeError:
-                print(f"runner: ignoring a malformed command line: {line[:80]}", file=sys.stderr)
-    commands.put({"op": "shutdown"})
+            command = parse_command(line)
+            if command is not None:
+                commands.put(command)
+    commands.put(Shutdown())
 
 
-def prompt_ids_of(engine: LLMEngine, command: dict[str, Any], vocab_size: int | None = None) -> list[int]:
+def prompt_ids_of(engine: LLMEngine, request: GenerateRequest, vocab_size: int | None = None) -> list[int]:
     tokenizer = engine.tokenizer
-    if "prompt_ids" in command:
-        ids = [int(t) for t in command["prompt_ids"]]
+    if request.prompt_ids is not None:
+        ids = list(request.prompt_ids)
         limit = vocab_size or (tokenizer.vocab_size if tokenizer else None)
         if limit is not None and any(not 0 <= t < limit for t in ids):
             raise TandemError(f"prompt_ids must be token ids between 0 and {limit - 1}")
         return ids
     if tokenizer is None:
         raise TandemError("this model has no tokenizer; send prompt_ids")
-    if "messages" in command:
-        return tokenizer.encode_chat(command["messages"])
-    return tokenizer.encode(str(command.get("prompt", "")))
+    if request.messages is not None:
+        return tokenizer.encode_chat([{"role": m.role, "content": m.content} for m in request.messages])
+    return tokenizer.encode(request.prompt or "")
 
 
 class Driver:
@@ -85,61 +109,61 @@ class Driver:
         self.request_of: dict[int, str] = {}  # seq_id -> request_id
         self.seq_of: dict[str, int] = {}
 
-    def handle(self, command: dict[str, Any]) -> bool:
+    def handle(self, command: RunnerCommand | Rejected) -> bool:
         """Apply one command; False when it asks the loop to stop."""
-        op = command.get("op")
-        if op == "shutdown":
-            return False
-        request_id = str(command.get("request_id", ""))
-        if op == "generate":
-            self._generate(request_id, command)
-        elif op == "abort" and request_id in self.seq_of:
-            seq_id = self.seq_of.pop(request_id)
-            self.request_of.pop(seq_id, None)
-            self.engine.abort(seq_id)
-            self.emit({"event": "finished", "request_id": request_id, "finish_reason": "abort"})
+        match command:
+            case Shutdown():
+                return False
+            case Rejected():
+                self.emit(command)
+            case Generate(request_id, request):
+                self._generate(request_id, request)
+            case Abort(request_id) if request_id in self.seq_of:
+                seq_id = self.seq_of.pop(request_id)
+                self.request_of.pop(seq_id, None)
+                self.engine.abort(seq_id)
+                self.emit(Finished(request_id, "abort"))
         return True
 
-    def _generate(self, request_id: str, command: dict[str, Any]) -> None:
+    def _generate(self, request_id: str, request: GenerateRequest) -> None:
         try:
-            params = SamplingParams.from_dict(command.get("params") or {})
-            prompt_ids = prompt_ids_of(self.engine, command, self.vocab_size)
-            seq_id = self.engine.add_request(prompt_ids, params)
+            prompt_ids = prompt_ids_of(self.engine, request, self.vocab_size)
+            seq_id = self.engine.add_request(prompt_ids, request.params)
         except TandemError as error:
-            self.emit({"event": "rejected", "request_id": request_id, "message": str(error)})
-            return
-        except Exception as error:  # a malformed command rejects its request, never the runner
-            message = f"malformed request: {type(error).__name__}: {error}"
-            self.emit({"event": "rejected", "request_id": request_id, "message": message})
+            self.emit(Rejected(request_id, str(error)))
             return
         self.request_of[seq_id] = request_id
         self.seq_of[request_id] = seq_id
-        self.emit({"event": "accepted", "request_id": request_id, "prompt_tokens": len(prompt_ids)})
+        self.emit(Accepted(request_id, len(prompt_ids)))
 
     def publish(self, event: TokenEvent) -> None:
         request_id = self.request_of.get(event.seq_id)
         if request_id is None:
             return
-        message: dict[str, Any] = {
-            "event": "token",
-            "request_id": request_id,
-            "token_id": event.token_id,
-            "text": event.text,
-        }
+        token, top = None, None
         if event.logprob is not None:
-            message["token"] = self.token_text(event.token_id)
-            message["logprob"] = event.logprob
-            message["top_logprobs"] = [
-                {"token_id": token_id, "token": self.token_text(token_id), "logprob": logprob}
-                for token_id, logprob in event.top_logprobs or []
-            ]
+            token = self.token_text(event.token_id)
+            top = tuple(
+                TopLogprob(token_id, self.token_text(token_id), logprob)
+                for token_id, logprob in event.top_logprobs or ()
+            )
+        finish = None
         if event.finish_reason is not None:
-            message["finish_reason"] = str(event.finish_reason)
-            if event.stop_sequence is not None:
-                message["stop_sequence"] = event.stop_sequence
+            finish = event.finish_reason.value
             self.request_of.pop(event.seq_id, None)
             self.seq_of.pop(request_id, None)
-        self.emit(message)
+        self.emit(
+            Token(
+                request_id=request_id,
+                token_id=event.token_id,
+                text=event.text,
+                token=token,
+                logprob=event.logprob,
+                top_logprobs=top,
+                finish_reason=finish,  # type: ignore[arg-type]
+                stop_sequence=event.stop_sequence if finish else None,
+            )
+        )
 
     def token_text(self, token_id: int) -> str:
         """One token decoded alone (for logprobs); a piece of a multi-byte character shows as U+FFFD."""

@@ -9,18 +9,16 @@ ranks is a tensor-parallel group: its leader shares each step with the group (`s
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 
 from tandem.engine.executor import SamplerStates
-from tandem.engine.model_runner import ModelRunner
-from tandem.engine.sampling import TokenChoice
+from tandem.engine.interface import StageEngine
 from tandem.model.sampling_params import SamplingParams
-from tandem.model.step import StepPlan
-from tandem.runner.messages import choices_from_wire, choices_to_wire, plan_from_wire, plan_to_wire
-from tandem.runner.spec import InstanceLayout
-from tandem.runner.stage_group import KEEP_ALIVE, STOP, StageChannel
+from tandem.model.step import StepPlan, TokenChoice
+from tandem.protocol.codec import ProtocolError
+from tandem.protocol.runner import InstanceLayout
+from tandem.protocol.stages import Choices, KeepAlive, SequenceStart, Step, Stop
+from tandem.runner.stage_group import StageChannel
 from tandem.runner.wire import Wire
 
 
@@ -28,7 +26,7 @@ class PipelineExecutor:
     """Rank 0's executor: runs the first stage here (with its group) and the rest through the ring."""
 
     def __init__(
-        self, runner: ModelRunner, wire: Wire, layout: InstanceLayout, channel: StageChannel | None = None
+        self, runner: StageEngine, wire: Wire, layout: InstanceLayout, channel: StageChannel | None = None
     ) -> None:
         if layout.num_stages < 2:
             raise ValueError("a pipeline needs at least two stages; use a local executor for one")
@@ -37,37 +35,39 @@ class PipelineExecutor:
         self.channel = channel or StageChannel(None, 0, 0)
         self.next_leader = layout.leader(1)
         self.last_leader = layout.leader(layout.num_stages - 1)
-        self._starts: list[dict[str, Any]] = []
+        self._starts: list[SequenceStart] = []
         self._ends: list[int] = []
 
     def start_sequence(self, seq_id: int, prompt_ids: list[int], params: SamplingParams) -> None:
-        self._starts.append({"seq_id": seq_id, "prompt_ids": prompt_ids, "params": params.to_dict()})
+        self._starts.append(SequenceStart(seq_id, tuple(prompt_ids), params))
 
     def end_sequence(self, seq_id: int) -> None:
         self._ends.append(seq_id)
 
     @torch.inference_mode()
     def execute(self, plan: StepPlan) -> list[TokenChoice]:
-        header = {"op": "step", "plan": plan_to_wire(plan), "start": self._starts, "end": self._ends}
+        step = Step(plan, tuple(self._starts), tuple(self._ends))
         self._starts, self._ends = [], []
-        self.channel.share(header, None)
+        self.channel.share(step, None)
         hidden = self.runner.forward(plan)
-        self.wire.send(header, hidden, dst=self.next_leader)
+        self.wire.send(step, hidden, dst=self.next_leader)
         reply, _ = self.wire.recv(src=self.last_leader)
-        return choices_from_wire(reply["choices"])
+        if not isinstance(reply, Choices):
+            raise ProtocolError(f"the last stage answered a step with a {type(reply).__name__} message")
+        return list(reply.choices)
 
     def keep_alive(self) -> None:
-        self.channel.share(KEEP_ALIVE, None)
-        self.wire.send(KEEP_ALIVE, None, dst=self.next_leader)
+        self.channel.share(KeepAlive(), None)
+        self.wire.send(KeepAlive(), None, dst=self.next_leader)
 
     def shutdown(self) -> None:
-        self.channel.share(STOP, None)
-        self.wire.send(STOP, None, dst=self.next_leader)
+        self.channel.share(Stop(), None)
+        self.wire.send(Stop(), None, dst=self.next_leader)
 
 
 @torch.inference_mode()
 def serve_stage(
-    runner: ModelRunner,
+    runner: StageEngine,
     wire: Wire,
     layout: InstanceLayout,
     stage: int,
@@ -83,22 +83,25 @@ def serve_stage(
     samplers = SamplerStates(runner.config.vocab_size, runner.wire_device) if is_last else None
     while True:
         header, hidden = wire.recv(src=previous)
+        if not isinstance(header, Step | KeepAlive | Stop):
+            raise ProtocolError(
+                f"stage {stage} received a {type(header).__name__} message from stage {stage - 1}"
+            )
         channel.share(header, hidden)
-        if header["op"] in (STOP["op"], KEEP_ALIVE["op"]):
+        if not isinstance(header, Step):
             if following is not None:
                 wire.send(header, None, dst=following)
-            if header["op"] == STOP["op"]:
+            if isinstance(header, Stop):
                 return
             continue
-        plan = plan_from_wire(header["plan"])
-        output = runner.forward(plan, hidden)
+        output = runner.forward(header.plan, hidden)
         if samplers is None:
             assert following is not None
             wire.send(header, output, dst=following)
             continue
-        for start in header["start"]:
-            samplers.start(start["seq_id"], start["prompt_ids"], SamplingParams.from_dict(start["params"]))
-        choices = samplers.sample(plan, output) if plan.sampled else []
-        for seq_id in header["end"]:
+        for start in header.starts:
+            samplers.start(start.seq_id, list(start.prompt_ids), start.params)
+        choices = samplers.sample(header.plan, output) if header.plan.sampled else []
+        for seq_id in header.ends:
             samplers.end(seq_id)
-        wire.send({"choices": choices_to_wire(choices)}, None, dst=0)
+        wire.send(Choices(tuple(choices)), None, dst=0)

@@ -15,15 +15,12 @@ import torch
 import torch.distributed as dist
 
 from tandem.engine.executor import LocalExecutor, PendingTokens, tokens_for
-from tandem.engine.model_runner import ModelRunner
-from tandem.engine.sampling import TokenChoice
-from tandem.model.step import StepPlan
-from tandem.runner.messages import plan_from_wire, plan_to_wire
-from tandem.runner.spec import RunnerSpec
+from tandem.engine.interface import StageEngine
+from tandem.model.step import StepPlan, TokenChoice
+from tandem.protocol.codec import ProtocolError
+from tandem.protocol.runner import RunnerSpec
+from tandem.protocol.stages import KeepAlive, StageHeader, StageMessage, Step, Stop
 from tandem.runner.wire import Wire
-
-STOP = {"op": "stop"}
-KEEP_ALIVE = {"op": "keep-alive"}  # runs nothing; resets the followers' wait for the next step
 
 
 @dataclass(frozen=True)
@@ -68,17 +65,13 @@ class StageChannel:
         wire = Wire(torch.device("cpu"), groups.control, tensor_device, groups.data)
         return cls(wire, spec.layout.leader(spec.stage_index), spec.rank)
 
-    def share(self, header: dict[str, Any], hidden: torch.Tensor | None) -> None:
+    def share(self, header: StageHeader, hidden: torch.Tensor | None) -> None:
         """Leader: send the step (only what followers need: the plan) or the stop to the group."""
         if self.wire is not None:
-            followers_header = (
-                {key: header[key] for key in ("op", "plan", "keep", "feed") if key in header}
-                if "plan" in header
-                else header
-            )
-            self.wire.broadcast(followers_header, hidden, src=self.leader)
+            shared = header.for_followers() if isinstance(header, Step) else header
+            self.wire.broadcast(shared, hidden, src=self.leader)
 
-    def receive(self) -> tuple[dict[str, Any], torch.Tensor | None]:
+    def receive(self) -> tuple[StageMessage, torch.Tensor | None]:
         assert self.wire is not None, "a stage of one rank has no leader to follow"
         return self.wire.receive_broadcast(src=self.leader)
 
@@ -87,49 +80,48 @@ class TensorParallelExecutor(LocalExecutor):
     """Rank 0 of an instance of one stage split over a tensor-parallel group: it runs the whole
     model with its group and samples here, like a local executor."""
 
-    def __init__(self, runner: ModelRunner, channel: StageChannel) -> None:
+    def __init__(self, runner: StageEngine, channel: StageChannel) -> None:
         super().__init__(runner)
         self.channel = channel
 
     @torch.inference_mode()
     def execute(self, plan: StepPlan) -> list[TokenChoice]:
-        self.channel.share({"op": "step", "plan": plan_to_wire(plan)}, None)
+        self.channel.share(Step(plan), None)
         return super().execute(plan)
 
     @torch.inference_mode()
     def launch(self, plan: StepPlan, after: PendingTokens | None = None) -> PendingTokens:
         """Running ahead: every rank has the same gathered logits, so each follower keeps its own
         greedy tokens of a launched step and feeds them to the next, as the leader does."""
-        self.channel.share(
-            {"op": "step", "plan": plan_to_wire(plan), "keep": True, "feed": after is not None}, None
-        )
+        self.channel.share(Step(plan, keep=True, feed=after is not None), None)
         return super().launch(plan, after)
 
     def keep_alive(self) -> None:
-        self.channel.share(KEEP_ALIVE, None)
+        self.channel.share(KeepAlive(), None)
 
     def shutdown(self) -> None:
-        self.channel.share(STOP, None)
+        self.channel.share(Stop(), None)
 
 
 @torch.inference_mode()
-def follow_leader(runner: ModelRunner, channel: StageChannel) -> None:
+def follow_leader(runner: StageEngine, channel: StageChannel) -> None:
     """The loop of a rank that is not its stage's leader: run every step the leader shares.
     A step the leader launched to run ahead is marked `keep` (keep its greedy tokens), the one
     after it `feed` (take its token ids from them)."""
     kept: tuple[StepPlan, torch.Tensor] | None = None
     while True:
         header, hidden = channel.receive()
-        if header["op"] == "stop":
+        if isinstance(header, Stop):
             return
-        if header["op"] == KEEP_ALIVE["op"]:
+        if isinstance(header, KeepAlive):
             continue
-        plan = plan_from_wire(header["plan"])
+        if not isinstance(header, Step):
+            raise ProtocolError(f"a follower received a {type(header).__name__} message from its leader")
         feed = None
-        if header.get("feed"):
+        if header.feed:
             assert kept is not None, "the leader fed a step from tokens this rank did not keep"
-            feed = tokens_for(plan, *kept)
-        output = runner.forward(plan, hidden, feed=feed)
+            feed = tokens_for(header.plan, *kept)
+        output = runner.forward(header.plan, hidden, feed=feed)
         kept = None
-        if header.get("keep"):
-            kept = (plan, output.argmax(-1))
+        if header.keep:
+            kept = (header.plan, output.argmax(-1))

@@ -1,8 +1,10 @@
-"""Messages between runners: a JSON header and an optional tensor, as plain tensors.
+"""Messages between runners: a typed header (`tandem.protocol.stages`, JSON through the
+protocol's codec) and an optional tensor, as plain tensors.
 
 Everything on the wire is a tensor of bytes or of the tensor's own dtype, sent with
 `torch.distributed` point-to-point operations, so any engine that can speak the same sends (an
-MLX stage, later) can join a pipeline. Nothing is pickled.
+MLX stage) can join a pipeline. Nothing is pickled; a header that does not decode is a
+ProtocolError naming its bad field.
 
 Layout of one message: a fixed-size envelope of bytes — a preamble of int64 [header bytes,
 tensor rank, dtype code, dims...] and then the header itself (UTF-8 JSON) when it fits in the
@@ -13,17 +15,19 @@ or two with hidden states.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from typing import Any
 
 import torch
 import torch.distributed as dist
 
+from tandem.protocol import codec
+from tandem.protocol.stages import StageMessage
+
 MAX_RANK = 6
 PREAMBLE_LENGTH = 3 + MAX_RANK
 PREAMBLE_BYTES = 8 * PREAMBLE_LENGTH
-INLINE_HEADER_BYTES = 1024
+INLINE_HEADER_BYTES = 4096  # a decode step's header for 32 sequences fits
 ENVELOPE_BYTES = PREAMBLE_BYTES + INLINE_HEADER_BYTES
 WIRE_DTYPES = [torch.float32, torch.bfloat16, torch.float16, torch.int64]
 NO_TENSOR = -1
@@ -51,24 +55,24 @@ class Wire:
         self.tensor_device = tensor_device or device
         self.tensor_group = tensor_group if tensor_device is not None else group  # None: the default group
 
-    def send(self, header: dict[str, Any], tensor: torch.Tensor | None, dst: int) -> None:
+    def send(self, header: StageMessage, tensor: torch.Tensor | None, dst: int) -> None:
         for part, group in self._encode(header, tensor):
             dist.send(part, dst, group=group)
 
-    def recv(self, src: int) -> tuple[dict[str, Any], torch.Tensor | None]:
+    def recv(self, src: int) -> tuple[StageMessage, torch.Tensor | None]:
         return self._decode(lambda buffer, group: dist.recv(buffer, src, group=group))
 
-    def broadcast(self, header: dict[str, Any], tensor: torch.Tensor | None, src: int) -> None:
+    def broadcast(self, header: StageMessage, tensor: torch.Tensor | None, src: int) -> None:
         """From rank `src` (this one) to every other rank of the group."""
         for part, group in self._encode(header, tensor):
             dist.broadcast(part, src, group=group)
 
-    def receive_broadcast(self, src: int) -> tuple[dict[str, Any], torch.Tensor | None]:
+    def receive_broadcast(self, src: int) -> tuple[StageMessage, torch.Tensor | None]:
         return self._decode(lambda buffer, group: dist.broadcast(buffer, src, group=group))
 
-    def _encode(self, header: dict[str, Any], tensor: torch.Tensor | None) -> list[tuple[torch.Tensor, Any]]:
+    def _encode(self, header: StageMessage, tensor: torch.Tensor | None) -> list[tuple[torch.Tensor, Any]]:
         """The message's parts in order, each with the group it travels on."""
-        payload = json.dumps(header).encode()
+        payload = codec.encode(header)
         preamble = [len(payload), NO_TENSOR, 0] + [0] * MAX_RANK
         if tensor is not None:
             if tensor.dim() > MAX_RANK:
@@ -92,7 +96,7 @@ class Wire:
 
     def _decode(
         self, receive: Callable[[torch.Tensor, Any], Any]
-    ) -> tuple[dict[str, Any], torch.Tensor | None]:
+    ) -> tuple[StageMessage, torch.Tensor | None]:
         envelope_tensor = torch.empty(ENVELOPE_BYTES, dtype=torch.uint8, device=self.device)
         receive(envelope_tensor, self.group)
         envelope = envelope_tensor.cpu().numpy().tobytes()
@@ -104,13 +108,12 @@ class Wire:
             buffer = torch.empty(length, dtype=torch.uint8, device=self.device)
             receive(buffer, self.group)
             payload = buffer.cpu().numpy().tobytes()
-        header = json.loads(payload.decode())
-        if preamble[1] == NO_TENSOR:
-            return header, None
-        shape = preamble[3 : 3 + preamble[1]]
-        tensor = torch.empty(shape, dtype=WIRE_DTYPES[preamble[2]], device=self.tensor_device)
-        receive(tensor, self.tensor_group)
-        return header, tensor
+        tensor = None
+        if preamble[1] != NO_TENSOR:
+            shape = preamble[3 : 3 + preamble[1]]
+            tensor = torch.empty(shape, dtype=WIRE_DTYPES[preamble[2]], device=self.tensor_device)
+            receive(tensor, self.tensor_group)
+        return codec.decode(StageMessage, payload), tensor  # after every part: the stream stays aligned
 
 
 def pipeline_wire(device: torch.device) -> Wire:

@@ -42,15 +42,9 @@ class RepoFile:
             return ContentHash(sha1, "git-sha1")
         return None
 
-    def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "size": self.size, "etag": self.etag}
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> RepoFile:
-        etag = data.get("etag")
-        if etag is not None and not (SHA256.fullmatch(str(etag)) or GIT_SHA1.fullmatch(str(etag))):
-            raise TandemError(f"file {data.get('name')!r} has a malformed hash {str(etag)[:80]!r}")
-        return cls(name=str(data["name"]), size=int(data["size"]), etag=etag)
+    def __post_init__(self) -> None:
+        if self.etag is not None and not (SHA256.fullmatch(self.etag) or GIT_SHA1.fullmatch(self.etag)):
+            raise TandemError(f"file {self.name!r} has a malformed hash {self.etag[:80]!r}")
 
 
 @dataclass
@@ -81,15 +75,9 @@ class RepoManifest:
     def names(self) -> set[str]:
         return {f.name for f in self.files}
 
-    def to_json(self) -> dict[str, Any]:
-        return {"repo_id": self.repo_id, "commit": self.commit, "files": [f.to_json() for f in self.files]}
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> RepoManifest:
-        commit = str(data["commit"])
-        if not GIT_SHA1.fullmatch(commit):
-            raise TandemError(f"malformed commit {commit[:80]!r} in a manifest")
-        return cls(str(data["repo_id"]), commit, tuple(RepoFile.from_json(f) for f in data["files"]))
+    def __post_init__(self) -> None:
+        if not GIT_SHA1.fullmatch(self.commit):
+            raise TandemError(f"malformed commit {self.commit[:80]!r} in a manifest")
 
 
 def is_metadata_file(name: str) -> bool:

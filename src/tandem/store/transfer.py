@@ -202,8 +202,9 @@ def _verify(path: Path, file: RepoFile) -> None:
         while block := handle.read(CHUNK_BYTES):
             hasher.update(block)
     actual = hasher.hexdigest()
-    if actual != file.etag:
+    expected = file.etag or ""
+    if actual != expected:
         path.unlink(missing_ok=True)
         raise CorruptFile(
-            f"it failed verification ({hasher.kind} {actual[:16]}… instead of {file.etag[:16]}…) and was deleted"
+            f"it failed verification ({hasher.kind} {actual[:16]}… instead of {expected[:16]}…) and was deleted"
         )

@@ -6,10 +6,13 @@ dtype after each elementwise operation), so the fast path and the reference agre
 elementwise work; only attention sums in a different order.
 """
 
+# Triton's JIT parameters (constexpr, static_range, launch options) are not typed for checkers.
+# pyright: reportArgumentType=false, reportCallIssue=false, reportGeneralTypeIssues=false
+# pyright: reportOperatorIssue=false
+
 from __future__ import annotations
 
 import functools
-import os
 
 import torch
 import triton
@@ -32,9 +35,13 @@ def wait_for_previous_kernel(OVERLAP: tl.constexpr):
         gdc_wait()
 
 
-@functools.cache
 def _overlapping() -> bool:
-    if not settings.overlap_launches() or os.environ.get("TRITON_INTERPRET") == "1":
+    return settings.engine_options().overlap_launches and _can_overlap()
+
+
+@functools.cache
+def _can_overlap() -> bool:
+    if settings.triton_interpreter():
         return False
     return torch.cuda.is_available() and torch.cuda.get_device_capability()[0] >= 9
 

@@ -19,7 +19,9 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from tandem import settings
 from tandem.engine import ops
+from tandem.engine.parallel.exchange import all_gather_json
 from tandem.engine.parallel.group import AllReduce, ProcessGroupAllReduce
 
 log = logging.getLogger("tandem.allreduce")
@@ -42,9 +44,9 @@ class SymmetricMemoryAllReduce(AllReduce):
         import torch.distributed._symmetric_memory as symm_mem
 
         self.process_group = process_group
-        self.group_name = (
-            process_group.group_name if process_group is not None else dist.group.WORLD.group_name
-        )
+        group = process_group if process_group is not None else dist.group.WORLD
+        assert group is not None, "symmetric memory needs a process group"
+        self.group_name = group.group_name
         self.max_elements = max_elements
         self.dtype = dtype
         # Allocated and exchanged once, collectively: every rank builds this at the same point.
@@ -112,10 +114,9 @@ def group_all_reduce(
     (fused with the norms, for activations `width` wide) where the ranks are GPUs of one host that
     reach each other directly, else torch.distributed on `data_group`. Collective: every rank of
     the group calls it at the same point; they agree over `control_group` (gloo)."""
-    size = dist.get_world_size(control_group)
-    places: list[Any] = [None] * size
-    here = (socket.gethostname(), device.type, device.index, symmetric_memory_available())
-    dist.all_gather_object(places, here, group=control_group)
+    wanted = settings.engine_options().symmetric_all_reduce
+    here = [socket.gethostname(), device.type, device.index, wanted and symmetric_memory_available()]
+    places = all_gather_json(here, control_group)
     usable = len({host for host, *_ in places}) == 1 and all(
         kind == "cuda" and available for _, kind, _, available in places
     )
@@ -125,8 +126,6 @@ def group_all_reduce(
             for _, _, index, _ in places
             if index != device.index
         )
-    votes: list[Any] = [None] * size
-    dist.all_gather_object(votes, usable, group=control_group)
-    if all(votes):
+    if all(all_gather_json(usable, control_group)):
         return SymmetricMemoryAllReduce(data_group, device, dtype, width=width)
     return ProcessGroupAllReduce(data_group)

@@ -50,6 +50,8 @@ class ProcessGroupAllReduce(AllReduce):
 
     def __init__(self, process_group: Any = None) -> None:
         self.process_group = process_group
+        if dist.is_initialized():
+            self.name = f"torch.distributed over {dist.get_backend(process_group)}"
 
     def __call__(self, tensor: torch.Tensor) -> torch.Tensor:
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM, group=self.process_group)

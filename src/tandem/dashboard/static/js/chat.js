@@ -126,16 +126,16 @@ export class ChatPanel {
     try {
       const body = { messages: this.messages, params: this.params() };
       for await (const event of generate(this.instanceId, body, controller.signal)) {
-        if (event.event === "accepted") run.promptTokens = event.prompt_tokens;
-        else if (event.event === "token") {
+        if (event.type === "accepted") run.promptTokens = event.prompt_tokens;
+        else if (event.type === "token") {
           run.last = performance.now();
           run.first ??= run.last;
           run.tokens += 1;
           content += event.text ?? "";
           if (event.finish_reason) run.finish = event.finish_reason;
           answer.show(content, run);
-        } else if (event.event === "finished") run.finish = event.finish_reason;
-        else if (event.event === "rejected" || event.event === "error") throw new ApiError(event.message);
+        } else if (event.type === "finished") run.finish = event.finish_reason;
+        else if (event.type === "rejected" || event.type === "error") throw new ApiError(event.message);
       }
     } catch (caught) {
       if (caught.name === "AbortError") run.finish = "stopped";

@@ -1,0 +1,290 @@
+"""A node and its runner processes: the spec a runner starts from (its command line), the
+commands it reads on stdin and the events it writes on stdout, one JSON message a line.
+
+    node -> runner:  Generate | Abort | Shutdown
+    runner -> node:  Listening | Ready | Failed            (about the runner)
+                     Accepted | Rejected | Token | Finished | RequestError   (about one request)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar, Literal
+
+from tandem.model.sampling_params import SamplingParams
+from tandem.model.stage import LayerRange, StageSpec
+from tandem.protocol import codec
+from tandem.settings import EngineOptions
+
+Backend = Literal["gloo", "nccl"]
+
+
+@dataclass(frozen=True)
+class InstanceLayout:
+    """How an instance's ranks form pipeline stages: stage s is a tensor-parallel group of
+    `stage_sizes[s]` consecutive ranks, the first of which (its leader) talks to the other stages.
+
+    Rank 0 leads stage 0 and drives the instance; the leader of the last stage samples."""
+
+    stage_sizes: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        if not self.stage_sizes or min(self.stage_sizes) < 1:
+            raise ValueError(f"every stage needs at least one rank, got {self.stage_sizes}")
+
+    @property
+    def world_size(self) -> int:
+        return sum(self.stage_sizes)
+
+    @property
+    def num_stages(self) -> int:
+        return len(self.stage_sizes)
+
+    def ranks(self, stage: int) -> range:
+        """The global ranks of stage `stage`, its leader first."""
+        first = sum(self.stage_sizes[:stage])
+        return range(first, first + self.stage_sizes[stage])
+
+    def leader(self, stage: int) -> int:
+        return self.ranks(stage).start
+
+    def stage_of(self, rank: int) -> int:
+        for stage in range(self.num_stages):
+            if rank in self.ranks(stage):
+                return stage
+        raise ValueError(f"rank {rank} is outside a world of {self.world_size}")
+
+
+@dataclass(frozen=True)
+class RunnerSpec:
+    """One rank of an instance. `layer_start`/`layer_end` are its stage's layers; with
+    `stage_sizes` several ranks share a stage as a tensor-parallel group (default: a rank each)."""
+
+    instance_id: str
+    rank: int
+    world_size: int
+    model_dir: str
+    layer_start: int
+    layer_end: int
+    num_layers: int
+    device: str  # "cpu", "cuda:0"
+    dtype: str | None  # None: the device's default
+    max_context: int
+    num_slots: int
+    max_prefill_tokens: int
+    backend: Backend = "gloo"  # of the whole instance: pipeline sends between stage leaders
+    master_host: str = "127.0.0.1"
+    master_port: int = 0  # rank 0 picks a free port when 0 and reports it
+    threads: int | None = None  # torch CPU threads; None: torch's default
+    stage_sizes: tuple[int, ...] | None = None  # ranks per pipeline stage; None: one each
+    # Backend of each stage's tensor-parallel group (NCCL for a group of GPUs inside a gloo
+    # instance); None: `backend` for all. Every rank must know all of them to create the groups.
+    stage_backends: tuple[Backend, ...] | None = None
+    keep_alive_seconds: float = 60.0  # an idle driver's interval between keep-alives to the others
+    options: EngineOptions = field(default_factory=EngineOptions)
+    # Weights drawn at random with this seed instead of read from `model_dir` (which then needs
+    # only its config.json): the benchmark's shapes; None: the checkpoint's weights.
+    random_weights_seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.rank < self.world_size:
+            raise ValueError(f"rank {self.rank} is outside a world of {self.world_size}")
+        if self.layout.world_size != self.world_size:
+            raise ValueError(f"stage sizes {self.stage_sizes} do not add up to a world of {self.world_size}")
+        if len(self.group_backends) != self.layout.num_stages:
+            raise ValueError("stage_backends needs one backend per stage")
+
+    @property
+    def layout(self) -> InstanceLayout:
+        return InstanceLayout(self.stage_sizes or (1,) * self.world_size)
+
+    @property
+    def group_backends(self) -> tuple[Backend, ...]:
+        return self.stage_backends or (self.backend,) * self.layout.num_stages
+
+    @property
+    def stage_index(self) -> int:
+        return self.layout.stage_of(self.rank)
+
+    @property
+    def tp_rank(self) -> int:
+        """This rank's place within its stage's tensor-parallel group (0: the leader)."""
+        return self.rank - self.layout.leader(self.stage_index)
+
+    @property
+    def tp_size(self) -> int:
+        return self.layout.stage_sizes[self.stage_index]
+
+    @property
+    def stage(self) -> StageSpec:
+        return StageSpec(LayerRange(self.layer_start, self.layer_end), self.num_layers)
+
+    @property
+    def is_driver(self) -> bool:
+        """Rank 0 takes requests, schedules, and runs the first stage."""
+        return self.rank == 0
+
+    def to_json(self) -> str:
+        return codec.encode(self).decode()
+
+    @classmethod
+    def from_json(cls, text: str) -> RunnerSpec:
+        return codec.decode(cls, text)
+
+
+# --- node -> runner ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ChatMessage:
+    """One message of a conversation, as the chat template renders it."""
+
+    role: str
+    content: str
+
+
+@dataclass(frozen=True)
+class GenerateRequest:
+    """What to generate from: exactly one of a prompt, chat messages or token ids."""
+
+    prompt: str | None = None
+    messages: tuple[ChatMessage, ...] | None = None
+    prompt_ids: tuple[int, ...] | None = None
+    params: SamplingParams = field(default_factory=SamplingParams)
+
+    def __post_init__(self) -> None:
+        given = [name for name in ("prompt", "messages", "prompt_ids") if getattr(self, name) is not None]
+        if len(given) != 1:
+            raise ValueError("a request needs exactly one of prompt, messages or prompt_ids")
+
+
+@dataclass(frozen=True)
+class Generate:
+    TAG: ClassVar[str] = "generate"
+    request_id: str
+    request: GenerateRequest
+
+
+@dataclass(frozen=True)
+class Abort:
+    TAG: ClassVar[str] = "abort"
+    request_id: str
+
+
+@dataclass(frozen=True)
+class Shutdown:
+    TAG: ClassVar[str] = "shutdown"
+
+
+RunnerCommand = Generate | Abort | Shutdown
+
+
+# --- runner -> node ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StageReport:
+    """What a loaded stage holds, for the node and placement."""
+
+    engine: str  # "torch" or "mlx"
+    device: str  # where it computes: "cpu", "cuda:0", "metal"
+    parameter_bytes: int
+    kv_cache_bytes: int
+    all_reduce: str | None = None  # how its tensor-parallel group sums (None without a group)
+    all_reduce_seconds: float | None = None  # one decode row's sum with its norm (GPU groups)
+
+
+@dataclass(frozen=True)
+class Listening:
+    """Rank 0 of an instance of several ranks: its process-group rendezvous is open."""
+
+    TAG: ClassVar[str] = "listening"
+    port: int
+
+
+@dataclass(frozen=True)
+class Ready:
+    TAG: ClassVar[str] = "ready"
+    rank: int
+    stage: int
+    tp_rank: int
+    layers: LayerRange
+    report: StageReport
+
+
+@dataclass(frozen=True)
+class Failed:
+    """The runner cannot go on (it exits after this)."""
+
+    TAG: ClassVar[str] = "failed"
+    message: str
+
+
+@dataclass(frozen=True)
+class Accepted:
+    TAG: ClassVar[str] = "accepted"
+    request_id: str
+    prompt_tokens: int
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """The request was refused before it started (bad prompt or settings); nothing ran."""
+
+    TAG: ClassVar[str] = "rejected"
+    request_id: str
+    message: str
+
+
+@dataclass(frozen=True)
+class TopLogprob:
+    token_id: int
+    token: str
+    logprob: float
+
+
+FinishReasonName = Literal["stop", "length", "abort"]
+
+
+@dataclass(frozen=True)
+class Token:
+    """One generated token; the last of a request carries `finish_reason`."""
+
+    TAG: ClassVar[str] = "token"
+    request_id: str
+    token_id: int
+    text: str
+    token: str | None = None  # the token alone, decoded (with log-probabilities)
+    logprob: float | None = None
+    top_logprobs: tuple[TopLogprob, ...] | None = None
+    finish_reason: FinishReasonName | None = None
+    stop_sequence: str | None = None
+
+
+@dataclass(frozen=True)
+class Finished:
+    """The request ended without a final token (it was aborted)."""
+
+    TAG: ClassVar[str] = "finished"
+    request_id: str
+    finish_reason: FinishReasonName
+
+
+@dataclass(frozen=True)
+class RequestError:
+    """The request failed while running (its runner exited, a peer went away)."""
+
+    TAG: ClassVar[str] = "error"
+    message: str
+    request_id: str | None = None
+
+
+RequestEvent = Accepted | Rejected | Token | Finished | RequestError
+RunnerEvent = Listening | Ready | Failed | RequestEvent
+
+
+def ends_request(event: RequestEvent) -> bool:
+    """Whether `event` is the last one of its request."""
+    if isinstance(event, Token):
+        return event.finish_reason is not None
+    return not isinstance(event, Accepted)
