@@ -1,0 +1,17 @@
+"""The MLX engine: a stage engine (`engine/interface.py`) computed by Apple's MLX, on Metal on
+Apple silicon and on MLX's CPU backend elsewhere, beside the PyTorch one.
+
+Only this package imports `mlx`, and only its modules that compute (`engine`, `model`, `cache`,
+`weights`, `arrays`, `local`, `profile`); `affine` reads MLX's quantized checkpoints with torch
+and numpy alone, for the PyTorch engine. Nothing outside imports this package unless the MLX
+engine is asked for.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+
+def mlx_available() -> bool:
+    """Whether `mlx` and `mlx-lm` can be imported here (the `mlx` extra is installed)."""
+    return all(importlib.util.find_spec(name) is not None for name in ("mlx", "mlx_lm"))
