@@ -139,6 +139,10 @@ class StageModel(nn.Module):
             x = layer(x, masks[window], LayerCache(cache, index, batch, window))  # [B, T, hidden]
         if not self.stage.is_last:
             return x
+        if logit_rows is not None and logit_rows.size == 0:
+            # Nothing sampled (a prompt chunk before its last): the step only fills the cache.
+            # (MLX's CPU quantized matmul also fails on zero rows.)
+            return mx.zeros((0, self.config.vocab_size), dtype=mx.float32)
         x = x.reshape(-1, x.shape[-1])  # [B*T, hidden]
         if logit_rows is not None:
             x = x[logit_rows]  # [R, hidden]
