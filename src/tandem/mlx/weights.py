@@ -10,7 +10,7 @@ QuantizedLinear and QuantizedEmbedding, exactly as mlx-lm loads them.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -24,6 +24,16 @@ from tandem.model.config import ModelConfig, load_model_config, read_config_json
 from tandem.model.stage import StageSpec
 
 TIED_HEAD = ("lm_head", "model.embed_tokens")
+
+
+class TensorSource(Protocol):
+    """Tensors by checkpoint name: a checkpoint on disk, or weights held in memory (the bench)."""
+
+    def __contains__(self, name: str) -> bool: ...
+
+    def shape(self, name: str) -> tuple[int, ...]: ...
+
+    def read(self, name: str) -> mx.array: ...
 
 
 class StageTensors:
@@ -64,7 +74,7 @@ class StageTensors:
         return self._files[path][name]
 
 
-def source_name(model: StageModel, path: str, tensors: StageTensors) -> str:
+def source_name(model: StageModel, path: str, tensors: TensorSource) -> str:
     """The checkpoint tensor that fills a stage's module or parameter `path` (a tied head
     reads the embedding)."""
     name = model.checkpoint_name(path)
@@ -74,7 +84,7 @@ def source_name(model: StageModel, path: str, tensors: StageTensors) -> str:
     return name
 
 
-def quantize_like_checkpoint(model: StageModel, tensors: StageTensors, scheme: AffineScheme) -> None:
+def quantize_like_checkpoint(model: StageModel, tensors: TensorSource, scheme: AffineScheme) -> None:
     """Turn into quantized layers the Linear and Embedding modules whose checkpoint holds scales,
     with the bits and group size config.json gives them."""
 
@@ -90,7 +100,7 @@ def quantize_like_checkpoint(model: StageModel, tensors: StageTensors, scheme: A
     nn.quantize(model, class_predicate=predicate)
 
 
-def load_weights(model: StageModel, tensors: StageTensors, dtype: mx.Dtype) -> None:
+def load_weights(model: StageModel, tensors: TensorSource, dtype: mx.Dtype) -> None:
     """Fill every parameter of `model` from the checkpoint (float ones cast to `dtype`; packed
     codes kept as stored), checking each shape against what the config implies."""
     loaded = []
@@ -121,10 +131,17 @@ def load_mlx_stage(
     when `stage` is None) onto MLX. Only the owned tensors are read from disk."""
     model_dir = Path(model_dir)
     config = config or load_model_config(model_dir)
-    stage = stage or StageSpec.whole(config.num_layers)
-    tensors = StageTensors(model_dir)
-    model = StageModel(config, stage)
     scheme = read_affine_scheme(read_config_json(model_dir / "config.json"))
+    return build_stage(
+        config, stage or StageSpec.whole(config.num_layers), StageTensors(model_dir), dtype, scheme
+    )
+
+
+def build_stage(
+    config: ModelConfig, stage: StageSpec, tensors: TensorSource, dtype: mx.Dtype, scheme: AffineScheme | None
+) -> StageModel:
+    """A stage filled from `tensors` (quantized where `scheme` and the stored scales say)."""
+    model = StageModel(config, stage)
     if scheme is not None:
         quantize_like_checkpoint(model, tensors, scheme)
     load_weights(model, tensors, dtype)
