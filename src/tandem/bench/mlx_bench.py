@@ -100,6 +100,9 @@ def run_mlx_benchmark(
     shape: str, prompt_lengths: list[int], decode_tokens: int, mlx_device: str | None, dtype: str | None
 ) -> MLXBenchReport:
     """Both engines on one shape's random weights: PyTorch on the CPU, then MLX."""
+    from tandem.mlx import require_mlx
+
+    require_mlx("tandem bench --engine mlx")
     import mlx.core as mx
 
     from tandem.bench.measure import context_for

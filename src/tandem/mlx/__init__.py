@@ -15,3 +15,11 @@ import importlib.util
 def mlx_available() -> bool:
     """Whether `mlx` and `mlx-lm` can be imported here (the `mlx` extra is installed)."""
     return all(importlib.util.find_spec(name) is not None for name in ("mlx", "mlx_lm"))
+
+
+def require_mlx(what: str) -> None:
+    """Raise a one-line InvalidRequestError naming `what` needs MLX, where it is not installed."""
+    if not mlx_available():
+        from tandem.errors import InvalidRequestError
+
+        raise InvalidRequestError(f"{what} needs mlx and mlx-lm: pip install 'tandem-llm[mlx]'")
