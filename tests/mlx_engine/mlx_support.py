@@ -1,5 +1,8 @@
 """Helpers for the MLX engine's tests: stages of both engines chained in one process, and the
-reference `transformers` decodes they are held to."""
+reference `transformers` decodes they are held to.
+
+(This directory is not named `tests/mlx`: `mlx` is a namespace package, and with `tests/` on
+sys.path a `tests/mlx` directory would join it, its files shadowing mlx's own modules.)"""
 
 from __future__ import annotations
 
