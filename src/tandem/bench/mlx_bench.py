@@ -10,6 +10,7 @@ Metal where MLX has it, else on MLX's CPU backend.
 from __future__ import annotations
 
 import datetime
+import importlib.metadata
 import json
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -153,7 +154,7 @@ def run_mlx_benchmark(
         date=datetime.date.today().isoformat(),
         cpu=cpu_name(),
         torch_version=torch.__version__,
-        mlx_version=mx.__version__,
+        mlx_version=importlib.metadata.version("mlx"),
         parameters=config.total_parameter_count(),
         weight_bytes_read_per_token=mlx_read,
         torch=torch_figures,

@@ -53,7 +53,7 @@ def _median_seconds(work: Callable[[], mx.array], repeats: int) -> float:
     return sorted(samples)[len(samples) // 2]
 
 
-def copy_bandwidth(device: mx.Device, size: int | None = None, repeats: int = 5) -> float:
+def copy_bandwidth(device: mx.DeviceType, size: int | None = None, repeats: int = 5) -> float:
     """Bytes read + written per second by an elementwise copy of `size` bytes on `device`."""
     size = size or (METAL_COPY_BYTES if device == mx.gpu else CPU_COPY_BYTES)
     with mx.stream(device):
@@ -64,7 +64,7 @@ def copy_bandwidth(device: mx.Device, size: int | None = None, repeats: int = 5)
     return 2 * size / seconds
 
 
-def matmul_flops(device: mx.Device, dtype: mx.Dtype, size: int | None = None, repeats: int = 5) -> float:
+def matmul_flops(device: mx.DeviceType, dtype: mx.Dtype, size: int | None = None, repeats: int = 5) -> float:
     """FLOP/s of a square matmul in `dtype` on `device`."""
     size = size or (METAL_MATMUL_SIZE if device == mx.gpu else CPU_MATMUL_SIZE)
     with mx.stream(device):

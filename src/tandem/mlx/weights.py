@@ -10,7 +10,7 @@ QuantizedLinear and QuantizedEmbedding, exactly as mlx-lm loads them.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -68,7 +68,8 @@ class StageTensors:
         path, _ = self._entry(name)
         if path not in self._files:
             try:
-                self._files[path] = mx.load(str(path))  # lazy: nothing is read yet
+                # lazy: nothing is read yet
+                self._files[path] = cast(dict[str, mx.array], mx.load(str(path)))
             except (RuntimeError, ValueError) as error:
                 raise ModelFormatError(f"cannot open {path.name}: {error}") from None
         return self._files[path][name]
@@ -104,7 +105,7 @@ def load_weights(model: StageModel, tensors: TensorSource, dtype: mx.Dtype) -> N
     """Fill every parameter of `model` from the checkpoint (float ones cast to `dtype`; packed
     codes kept as stored), checking each shape against what the config implies."""
     loaded = []
-    for path, empty in tree_flatten(model.parameters()):
+    for path, empty in cast(list[tuple[str, mx.array]], tree_flatten(model.parameters())):
         name = source_name(model, path, tensors)
         shape = tensors.shape(name)
         if shape != tuple(empty.shape):
@@ -151,4 +152,5 @@ def build_stage(
 
 def parameter_bytes(model: nn.Module) -> int:
     """Bytes of parameters the stage holds (packed codes, scales and biases as stored)."""
-    return sum(array.nbytes for _, array in tree_flatten(model.parameters()))
+    arrays = cast(list[tuple[str, mx.array]], tree_flatten(model.parameters()))
+    return sum(array.nbytes for _, array in arrays)
