@@ -29,6 +29,29 @@ _LLAMA3 = dict(
 )
 
 NAMED_SHAPES: dict[str, dict[str, Any]] = {
+    # CPU-sized: the demo model's shape, and a Llama of 100M parameters
+    "demo": dict(
+        _LLAMA3,
+        vocab_size=4096,
+        hidden_size=256,
+        intermediate_size=768,
+        num_hidden_layers=6,
+        num_attention_heads=8,
+        num_key_value_heads=4,
+        max_position_embeddings=1024,
+        tie_word_embeddings=True,
+    ),
+    "llama-100m": dict(
+        _LLAMA3,
+        vocab_size=32000,
+        hidden_size=768,
+        intermediate_size=2048,
+        num_hidden_layers=12,
+        num_attention_heads=12,
+        num_key_value_heads=4,
+        max_position_embeddings=4096,
+        tie_word_embeddings=True,
+    ),
     # a toy for tests of the benchmark itself
     "tiny": dict(
         _LLAMA3,

@@ -18,6 +18,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="model shape with random weights (default llama3-8b)",
     )
     parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
+    parser.add_argument(
+        "--engine",
+        default="torch",
+        choices=["torch", "mlx"],
+        help="mlx: the MLX engine (--device auto, cpu or metal) beside the PyTorch engine on the CPU",
+    )
     parser.add_argument("--dtype", default="auto", help="auto (bfloat16 on CUDA, float32 on CPU)")
     parser.add_argument(
         "--prompt-lengths",
@@ -75,6 +81,14 @@ def run(args: argparse.Namespace) -> int:
         print("\n".join(lines))
         if args.json:
             args.json.write_text(lines[-1].removeprefix("JSON: "))
+        return 0
+    if args.engine == "mlx":
+        from tandem.bench.mlx_bench import format_mlx_report, run_mlx_benchmark
+
+        mlx_report = run_mlx_benchmark(args.shape, lengths, args.decode_tokens, args.device, args.dtype)
+        print("\n".join(format_mlx_report(mlx_report)))
+        if args.json:
+            args.json.write_text(mlx_report.to_json())
         return 0
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)

@@ -27,6 +27,9 @@ _SAFETENSORS_DTYPE_BYTES = {
     "I32": 4,
     "I16": 2,
     "I8": 1,
+    "U64": 8,
+    "U32": 4,  # MLX's packed quantized weights
+    "U16": 2,
     "U8": 1,
     "BOOL": 1,
     "F8_E4M3": 1,
