@@ -15,8 +15,49 @@ sys.path.insert(0, str(Path(__file__).parent))
 from checkpoints import FAMILIES, TinyCheckpoint, build_checkpoint
 from netns import lan
 
+# Modules whose tests start node or runner processes, a browser, or several engines: the slow
+# tier. `pytest -m "not slow"` runs the rest in under two minutes on two cores; CI runs all.
+SLOW_MODULES = {
+    "api/test_anthropic.py",
+    "api/test_fuzz.py",
+    "api/test_load.py",
+    "api/test_ollama.py",
+    "api/test_openai.py",
+    "api/test_serving.py",
+    "bench/test_bench_cli.py",
+    "cli/test_cluster_cli.py",
+    "cli/test_generate_cli.py",
+    "cli/test_place_cli.py",
+    "cluster/test_discovery.py",
+    "cluster/test_discovery_nodes.py",
+    "cluster/test_nodes.py",
+    "dashboard/test_cluster_views.py",
+    "dashboard/test_dashboard.py",
+    "dashboard/test_render.py",
+    "engine/test_matches_transformers.py",
+    "engine/test_run_ahead.py",
+    "engine/test_tensor_parallel.py",
+    "mlx_engine/test_mlx_matches_transformers.py",
+    "mlx_engine/test_mlx_profile_bench.py",
+    "mlx_engine/test_mlx_quantized.py",
+    "mlx_engine/test_mlx_stages.py",
+    "runner/test_pipeline.py",
+    "runner/test_tensor_parallel_runners.py",
+    "runner/test_wire.py",
+    "store/test_download.py",
+    "store/test_download_errors.py",
+    "store/test_peer_files.py",
+}
+
 TEST_DEVICE = os.environ.get("TANDEM_TEST_DEVICE", "cpu")
 TEST_DTYPE = os.environ.get("TANDEM_TEST_DTYPE", "float32")
+
+
+def pytest_collection_modifyitems(items) -> None:
+    tests = Path(__file__).parent
+    for item in items:
+        if Path(item.fspath).relative_to(tests).as_posix() in SLOW_MODULES:
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")

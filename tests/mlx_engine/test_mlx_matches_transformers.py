@@ -125,7 +125,7 @@ def test_concurrent_sequences_match_sequential_runs(checkpoint_factory):
 def test_sampling_is_shared_with_the_torch_engine(checkpoint_factory):
     """Seeded sampling with penalties and log-probabilities: the same tokens as the PyTorch
     engine, since both sample (in torch) from the same logits."""
-    from tandem.engine.local import create_local_engine
+    from tandem.runner.assemble import create_local_engine
 
     checkpoint = checkpoint_factory("llama-gqa")
     params = SamplingParams(

@@ -17,13 +17,13 @@ from typing import Any
 
 import torch
 
-from tandem.bench.measure import copy_bandwidth, matmul_flops, time_engine, time_generation
+from tandem.bench.measure import context_for, copy_bandwidth, matmul_flops, time_generation
 from tandem.bench.report import bytes_read_per_token
-from tandem.bench.shapes import named_shape
-from tandem.bench.weights import engine_model, random_weights
+from tandem.bench.shapes import named_shape, shape_dir
 from tandem.engine.device import DTYPE_NAMES, DTYPES
 from tandem.model.config import ModelConfig
 from tandem.model.stage import StageSpec
+from tandem.runner.assemble import local_spec, start_rank
 
 CPU = torch.device("cpu")
 
@@ -58,6 +58,26 @@ class MLXBenchReport:
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
+
+
+def random_tensors(config: ModelConfig, dtype: torch.dtype, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Every tensor of the whole model by its Hugging Face name: normal(0, 0.02) matrices, unit
+    norms (speed does not depend on the values)."""
+    from tandem.engine.models import build_empty_model
+
+    names = build_empty_model(config, StageSpec.whole(config.num_layers)).state_dict()
+    generator = torch.Generator().manual_seed(seed)
+    tensors = {}
+    for name, empty in names.items():
+        if name == "lm_head.weight" and config.tie_word_embeddings:
+            continue
+        tensor = torch.empty(empty.shape, dtype=dtype)
+        tensors[name] = (
+            tensor.fill_(1.0)
+            if name.endswith("norm.weight")
+            else tensor.normal_(0.0, 0.02, generator=generator)
+        )
+    return tensors
 
 
 class MemoryTensors:
@@ -106,7 +126,6 @@ def run_mlx_benchmark(
     require_mlx("tandem bench --engine mlx")
     import mlx.core as mx
 
-    from tandem.bench.measure import context_for
     from tandem.mlx import profile
     from tandem.mlx.arrays import mlx_dtype
     from tandem.mlx.engine import resolve_mlx_device
@@ -117,11 +136,22 @@ def run_mlx_benchmark(
     dtype = dtype if dtype not in (None, "auto") else ("float32" if device == "cpu" else "float16")
     # the PyTorch engine on the CPU: the same dtype where the CPU runs it, else float32
     torch_dtype = DTYPES[dtype] if dtype in ("float32", "bfloat16") else torch.float32
-    weights = random_weights(config, CPU, torch_dtype)
-
+    context = context_for(prompt_lengths, decode_tokens)
     torch_read = bytes_read_per_token(config, torch.finfo(torch_dtype).bits // 8)
     torch_bandwidth = copy_bandwidth(CPU)
-    timing = time_engine(engine_model(config, weights, CPU, torch_dtype), prompt_lengths, decode_tokens, CPU)
+    spec = local_spec(
+        shape_dir(shape),
+        device="cpu",
+        dtype=DTYPE_NAMES[torch_dtype],
+        max_context=context,
+        num_slots=1,
+        max_prefill_tokens=context,
+        random_weights_seed=0,
+    )
+    torch_engine = start_rank(spec).engine  # what a cluster runner of one rank serves
+    assert torch_engine is not None
+    timing = time_generation(torch_engine, config.vocab_size, prompt_lengths, decode_tokens, CPU)
+    del torch_engine
     torch_figures = EngineFigures(
         engine="torch",
         device="cpu",
@@ -136,8 +166,7 @@ def run_mlx_benchmark(
     mlx_device_handle = mx.gpu if device == "metal" else mx.cpu
     mlx_read = bytes_read_per_token(config, mlx_dtype(dtype).size)
     mlx_bandwidth = profile.copy_bandwidth(mlx_device_handle)
-    engine = mlx_engine_for(config, weights, device, dtype, context_for(prompt_lengths, decode_tokens))
-    del weights
+    engine = mlx_engine_for(config, random_tensors(config, torch_dtype), device, dtype, context)
     timing = time_generation(engine, config.vocab_size, prompt_lengths, decode_tokens, CPU)
     mlx_figures = EngineFigures(
         engine="mlx",

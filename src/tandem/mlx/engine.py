@@ -15,7 +15,6 @@ import mlx.core as mx
 import numpy as np
 import torch
 
-from tandem.engine.interface import StageReport
 from tandem.errors import InvalidRequestError
 from tandem.mlx.arrays import DTYPE_NAMES, mlx_dtype, to_mlx, to_torch
 from tandem.mlx.cache import SlotCache, StepBatch
@@ -24,6 +23,7 @@ from tandem.mlx.weights import load_mlx_stage, parameter_bytes
 from tandem.model.config import ModelConfig, context_size, load_model_config
 from tandem.model.stage import StageSpec
 from tandem.model.step import SequenceChunk, StepPlan
+from tandem.protocol.runner import StageReport
 
 WARM_UP_PROMPT_TOKENS = 16
 MLX_DEVICES = ("cpu", "metal")

@@ -7,9 +7,9 @@ from pathlib import Path
 
 from tandem.engine.engine import DEFAULT_MAX_PREFILL_TOKENS, LLMEngine
 from tandem.engine.executor import LocalExecutor
-from tandem.engine.tokenizer import Tokenizer
 from tandem.mlx.engine import MLXStageEngine
 from tandem.model.config import load_model_config
+from tandem.model.tokenizer import Tokenizer
 
 DEFAULT_NUM_SLOTS = 8
 
