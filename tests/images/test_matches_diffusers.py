@@ -4,6 +4,8 @@ seed, steps and guidance) to the pixel, whole and split into 2 and 3 stages."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -34,9 +36,11 @@ SPLITS = {
 
 
 def _pipeline(checkpoint, stages) -> FluxImagePipeline:
-    pipeline = FluxImagePipeline(checkpoint.path, CPU, torch.float32, stages=stages)
-    pipeline.encoder.max_sequence_length = T5_MAX_LENGTH  # what the reference is given too
-    return pipeline
+    # the reference is given the same (short) T5 length
+    config = replace(load_image_model_config(checkpoint.path), max_sequence_length=T5_MAX_LENGTH)
+    return FluxImagePipeline.from_checkpoint(
+        checkpoint.path, CPU, torch.float32, stages=stages, config=config
+    )
 
 
 def _reference(checkpoint, seed: int, n: int, steps: int, guidance: float, output_type: str):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -32,9 +33,11 @@ def test_generated_png_decodes(tiny_flux_factory):
     import torch
 
     from tandem.engine.images.pipeline import FluxImagePipeline
+    from tandem.model.image_config import load_image_model_config
 
-    pipeline = FluxImagePipeline(tiny_flux_factory("schnell").path, torch.device("cpu"), torch.float32)
-    pipeline.encoder.max_sequence_length = T5_MAX_LENGTH
+    path = tiny_flux_factory("schnell").path
+    config = replace(load_image_model_config(path), max_sequence_length=T5_MAX_LENGTH)
+    pipeline = FluxImagePipeline.from_checkpoint(path, torch.device("cpu"), torch.float32, config=config)
     result = pipeline.generate(pipeline.request("a red tree", size="32x48", steps=2, seed=3, n=2))
     for index in range(2):
         b64_json = base64.b64encode(result.png(index)).decode()

@@ -20,16 +20,24 @@ def to_pixels(images: torch.Tensor) -> np.ndarray:
 
 
 class ImageDecoder:
-    """The VAE of a checkpoint (`vae/`), on one device."""
+    """A diffusers AutoencoderKL (`vae`) and the scaling its latents were trained with."""
 
-    def __init__(self, model_dir: str | Path, config: VaeConfig, device: torch.device, dtype: torch.dtype):
+    def __init__(self, vae, config: VaeConfig) -> None:
+        self.vae, self.config = vae.eval(), config
+        self.device = next(vae.parameters()).device
+
+    @classmethod
+    def from_checkpoint(
+        cls, model_dir: str | Path, config: VaeConfig, device: torch.device, dtype: torch.dtype
+    ) -> ImageDecoder:
+        """The checkpoint's `vae/`, on `device`."""
         from diffusers import AutoencoderKL
 
         try:
-            self.vae = AutoencoderKL.from_pretrained(Path(model_dir) / "vae", dtype=dtype).to(device).eval()
+            vae = AutoencoderKL.from_pretrained(Path(model_dir) / "vae", dtype=dtype)
         except (OSError, ValueError) as error:
             raise ModelFormatError(f"cannot load the VAE of {model_dir}: {error}") from None
-        self.config, self.device = config, device
+        return cls(vae.to(device), config)
 
     @torch.inference_mode()
     def decode(self, tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:

@@ -135,31 +135,54 @@ def denoise(
 
 
 class FluxImagePipeline:
-    """A FLUX.1 checkpoint (diffusers layout) loaded whole in one process, its transformer
-    split into `stages` (a count of near-equal block ranges, or the ranges themselves)."""
+    """A FLUX.1 model in one process: its prompt encoder (None when the caller brings prompt
+    embeddings, as the benchmark does), the transformer's stages behind a driver, the
+    scheduler and the VAE decoder."""
 
     def __init__(
         self,
+        config: ImageModelConfig,
+        driver: LocalDriver,
+        scheduler,
+        decoder: ImageDecoder,
+        encoder: PromptEncoder | None,
+        device: torch.device,
+        dtype: torch.dtype,
+    ) -> None:
+        self.config, self.driver, self.scheduler = config, driver, scheduler
+        self.decoder, self.encoder = decoder, encoder
+        self.device, self.dtype = device, dtype
+
+    @classmethod
+    def from_checkpoint(
+        cls,
         model_dir: str | Path,
         device: torch.device,
         dtype: torch.dtype,
         stages: int | list[LayerRange] = 1,
         config: ImageModelConfig | None = None,
-    ) -> None:
+    ) -> FluxImagePipeline:
+        """A checkpoint in diffusers' layout, its transformer split into `stages` (a count of
+        near-equal block ranges, or the ranges themselves), everything on `device`."""
         from diffusers import FlowMatchEulerDiscreteScheduler
 
-        self.model_dir = Path(model_dir)
-        self.config = config or load_image_model_config(model_dir)
-        self.device, self.dtype = device, dtype
-        transformer = self.config.transformer
-        self.stages = [
-            TransformerStage(load_transformer_stage(model_dir, transformer, spec, device, dtype))
-            for spec in stage_specs(transformer.num_blocks, stages)
-        ]
-        self.driver = LocalDriver(self.stages)
-        self.encoder = PromptEncoder(model_dir, device, dtype, self.config.max_sequence_length)
-        self.decoder = ImageDecoder(model_dir, self.config.vae, device, dtype)
-        self.scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(self.model_dir / "scheduler")
+        config = config or load_image_model_config(model_dir)
+        transformer = config.transformer
+        driver = LocalDriver(
+            [
+                TransformerStage(load_transformer_stage(model_dir, transformer, spec, device, dtype))
+                for spec in stage_specs(transformer.num_blocks, stages)
+            ]
+        )
+        return cls(
+            config,
+            driver,
+            FlowMatchEulerDiscreteScheduler.from_pretrained(Path(model_dir) / "scheduler"),
+            ImageDecoder.from_checkpoint(model_dir, config.vae, device, dtype),
+            PromptEncoder(model_dir, device, dtype, config.max_sequence_length),
+            device,
+            dtype,
+        )
 
     def request(self, prompt: object, **fields: object) -> ImageRequest:
         """A checked request for this model (see `image_request`)."""
@@ -169,12 +192,18 @@ class FluxImagePipeline:
     def latents(
         self,
         request: ImageRequest,
+        embeddings: PromptEmbeddings | None = None,
         micro_batch: int | None = None,
         on_step: StepCallback | None = None,
     ) -> torch.Tensor:
-        """The denoised packed latents [n, N, in_channels] of a request."""
+        """The denoised packed latents [n, N, in_channels] of a request. The prompt is encoded
+        once (or its `embeddings` given) and shared by the request's images."""
+        if embeddings is None:
+            if self.encoder is None:
+                raise ValueError("this pipeline has no prompt encoder: give the prompt's embeddings")
+            embeddings = self.encoder.encode(request.prompt)
+        embeddings = embeddings.repeated(request.n)
         grid = request.latent_grid(self.config)
-        embeddings = self.encoder.encode(request.prompt).repeated(request.n)  # once per request
         noise = initial_noise(
             request.seed, request.n, self.config.latent_channels, grid, self.device, embeddings.sequence.dtype
         )
@@ -199,11 +228,12 @@ class FluxImagePipeline:
     def generate(
         self,
         request: ImageRequest,
+        embeddings: PromptEmbeddings | None = None,
         micro_batch: int | None = None,
         on_step: StepCallback | None = None,
     ) -> GeneratedImages:
         """The request's images as 8-bit RGB."""
         started = time.perf_counter()
-        latents = self.latents(request, micro_batch, on_step)
+        latents = self.latents(request, embeddings, micro_batch, on_step)
         pixels = to_pixels(self.images(latents, request))
         return GeneratedImages(pixels, request.seed, request.steps, time.perf_counter() - started)

@@ -71,7 +71,32 @@ def layer_norm(x: torch.Tensor) -> torch.Tensor:
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """norm(x) · (1 + scale) + shift, per image: x [B, S, D], shift and scale [B, D]."""
+    if ops.use_kernels(x) and x.is_contiguous():
+        from tandem.engine.cuda.flux_kernels import modulate as fused
+
+        return fused(x, shift, scale)
     return layer_norm(x) * (1 + scale[:, None]) + shift[:, None]
+
+
+def gated_add(x: torch.Tensor, gate: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """x + gate · y, per image: x and y [B, S, D], gate [B, D]. One kernel on CUDA (rounded once,
+    where the reference's two operations round twice)."""
+    if ops.use_kernels(x):
+        return torch.addcmul(x, gate[:, None], y)
+    return x + gate[:, None] * y
+
+
+def norm_rope_into(x: torch.Tensor, norm: RMSNorm, rotary: Rotary, out: torch.Tensor, offset: int) -> None:
+    """out[:, offset : offset + S] = rotary(norm(x)) for x [B, S, H, hd] (a slice of a fused
+    projection), by one kernel on CUDA."""
+    if ops.use_kernels(x):
+        from tandem.engine.cuda.flux_kernels import norm_rope
+
+        norm_rope(x, norm.weight, norm.eps, rotary[0], rotary[1], out, offset)
+        return
+    tokens = x.shape[1]
+    part = (rotary[0][offset : offset + tokens], rotary[1][offset : offset + tokens])
+    out[:, offset : offset + tokens] = apply_rotary(norm(x), part)
 
 
 class RMSNorm(nn.Module):
@@ -224,6 +249,8 @@ class JointAttention(nn.Module):
         self, image: torch.Tensor, text: torch.Tensor, rotary: Rotary
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """image [B, N, D], text [B, T, D] (both normalized) → their attention outputs."""
+        if self.to_qkv is not None and self.to_added_qkv is not None and ops.use_kernels(image):
+            return self._fused_forward(image, text, rotary)
         image_q, image_k, image_v = self._qkv(image, text=False)
         text_q, text_k, text_v = self._qkv(text, text=True)
         q = apply_rotary(torch.cat([text_q, image_q], dim=1), rotary)  # [B, T + N, H, hd]
@@ -231,6 +258,29 @@ class JointAttention(nn.Module):
         v = torch.cat([text_v, image_v], dim=1)
         out = attend(q, k, v)  # [B, T + N, D]
         text_length = text.shape[1]
+        text_out, image_out = out[:, :text_length], out[:, text_length:]
+        return ops.linear(self.to_out[0], image_out), ops.linear(self.to_add_out, text_out)
+
+    def _fused_forward(
+        self, image: torch.Tensor, text: torch.Tensor, rotary: Rotary
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The same on CUDA: each stream's normalized, rotated q and k written by one kernel
+        straight into the joint sequence's buffers."""
+        assert self.to_qkv is not None and self.to_added_qkv is not None
+        image_qkv = ops.linear(self.to_qkv, image)  # [B, N, 3 D]
+        text_qkv = ops.linear(self.to_added_qkv, text)  # [B, T, 3 D]
+        (batch, image_length, width), text_length = image_qkv.shape, text.shape[1]
+        dim, shape = width // 3, (-1, self.head_dim)
+        q = image.new_empty(batch, text_length + image_length, dim // self.head_dim, self.head_dim)
+        k = torch.empty_like(q)
+        for out, part, text_norm, image_norm in (
+            (q, slice(0, dim), self.norm_added_q, self.norm_q),
+            (k, slice(dim, 2 * dim), self.norm_added_k, self.norm_k),
+        ):
+            norm_rope_into(text_qkv[..., part].unflatten(-1, shape), text_norm, rotary, out, 0)
+            norm_rope_into(image_qkv[..., part].unflatten(-1, shape), image_norm, rotary, out, text_length)
+        v = torch.cat([text_qkv[..., 2 * dim :], image_qkv[..., 2 * dim :]], dim=1).unflatten(-1, shape)
+        out = attend(q, k, v)  # [B, T + N, D]
         text_out, image_out = out[:, :text_length], out[:, text_length:]
         return ops.linear(self.to_out[0], image_out), ops.linear(self.to_add_out, text_out)
 
@@ -256,10 +306,10 @@ class DoubleStreamBlock(nn.Module):
         image_attention, text_attention = self.attn(
             modulate(image, shift, scale), modulate(text, t_shift, t_scale), rotary
         )
-        image = image + gate[:, None] * image_attention  # [B, N, D]
-        image = image + mlp_gate[:, None] * self.ff(modulate(image, mlp_shift, mlp_scale))
-        text = text + t_gate[:, None] * text_attention  # [B, T, D]
-        text = text + t_mlp_gate[:, None] * self.ff_context(modulate(text, t_mlp_shift, t_mlp_scale))
+        image = gated_add(image, gate, image_attention)  # [B, N, D]
+        image = gated_add(image, mlp_gate, self.ff(modulate(image, mlp_shift, mlp_scale)))
+        text = gated_add(text, t_gate, text_attention)  # [B, T, D]
+        text = gated_add(text, t_mlp_gate, self.ff_context(modulate(text, t_mlp_shift, t_mlp_scale)))
         return image, text
 
 
@@ -301,6 +351,8 @@ class SingleStreamBlock(nn.Module):
         """hidden [B, T + N, D] → the same, after this block."""
         shift, scale, gate = self.norm(conditioning)
         normed = modulate(hidden, shift, scale)
+        if self.qkv_mlp is not None and ops.use_kernels(hidden):
+            return gated_add(hidden, gate, ops.linear(self.proj_out, self._fused_mix(normed, rotary)))
         if self.qkv_mlp is not None:
             projected = ops.linear(self.qkv_mlp, normed)  # [B, S, 3 D + mlp]
             q, k, v, mlp = projected.split(
@@ -316,6 +368,22 @@ class SingleStreamBlock(nn.Module):
         out = attend(q, k, v.unflatten(-1, shape))  # [B, S, D]
         mixed = torch.cat([out, F.gelu(mlp, approximate="tanh")], dim=-1)  # [B, S, D + mlp]
         return hidden + gate[:, None] * ops.linear(self.proj_out, mixed)
+
+    def _fused_mix(self, normed: torch.Tensor, rotary: Rotary) -> torch.Tensor:
+        """proj_out's input [B, S, D + mlp] on CUDA: q and k normalized and rotated by one kernel
+        each, attention and the GELU written side by side into one buffer (no concatenation)."""
+        assert self.qkv_mlp is not None
+        projected = ops.linear(self.qkv_mlp, normed)  # [B, S, 3 D + mlp]
+        batch, tokens, _ = projected.shape
+        dim, shape = self.dim, (-1, self.head_dim)
+        q = normed.new_empty(batch, tokens, dim // self.head_dim, self.head_dim)
+        k = torch.empty_like(q)
+        norm_rope_into(projected[..., :dim].unflatten(-1, shape), self.attn.norm_q, rotary, q, 0)
+        norm_rope_into(projected[..., dim : 2 * dim].unflatten(-1, shape), self.attn.norm_k, rotary, k, 0)
+        mixed = normed.new_empty(batch, tokens, projected.shape[-1] - 2 * dim)
+        mixed[..., :dim] = attend(q, k, projected[..., 2 * dim : 3 * dim].unflatten(-1, shape))
+        torch.ops.aten.gelu.out(projected[..., 3 * dim :], approximate="tanh", out=mixed[..., dim:])
+        return mixed
 
 
 class OutputNorm(nn.Module):
