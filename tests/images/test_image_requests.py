@@ -6,7 +6,7 @@ import pytest
 
 from tandem.errors import InvalidRequestError
 from tandem.model.image_config import FlowMatchConfig, FluxTransformerConfig, ImageModelConfig, VaeConfig
-from tandem.model.image_request import MAX_SEED, image_request, parse_size
+from tandem.model.image_request import MAX_SEED, check_model_task, image_request, parse_size
 
 DEV = ImageModelConfig(
     name="flux-dev",
@@ -97,3 +97,12 @@ def test_limits_follow_the_vae():
     assert image_request(coarse, "a cat", size="520x264").latent_grid(coarse) == (33, 65)
     with pytest.raises(InvalidRequestError, match="multiple of 8 "):
         image_request(coarse, "a cat", size="524x264")
+
+
+def test_model_asked_for_the_wrong_task():
+    check_model_task("flux-dev", is_image_model=True, wants_images=True)
+    check_model_task("llama", is_image_model=False, wants_images=False)
+    with pytest.raises(InvalidRequestError, match=r"^model 'flux-dev' makes images"):
+        check_model_task("flux-dev", is_image_model=True, wants_images=False)
+    with pytest.raises(InvalidRequestError, match=r"^model 'llama' is a text model"):
+        check_model_task("llama", is_image_model=False, wants_images=True)

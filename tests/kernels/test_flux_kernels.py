@@ -54,3 +54,16 @@ def test_modulate_matches_eager(dtype):
     out = flux_kernels.modulate(x, shift, scale)
     expected = layer_norm(x) * (1 + scale[:, None]) + shift[:, None]
     torch.testing.assert_close(out, expected, **_close(dtype))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_attention_gelu_matches_eager(dtype):
+    generator = torch.Generator().manual_seed(2)
+    batch, tokens, dim, mlp = 2, 5, 24, 96
+    attention = torch.randn(batch, tokens, dim, generator=generator).to(TEST_DEVICE, dtype)
+    projected = (2 * torch.randn(batch, tokens, 3 * dim + mlp, generator=generator)).to(TEST_DEVICE, dtype)
+    out = flux_kernels.attention_gelu(attention, projected[..., 3 * dim :])
+    expected = torch.cat(
+        [attention, torch.nn.functional.gelu(projected[..., 3 * dim :], approximate="tanh")], -1
+    )
+    torch.testing.assert_close(out, expected, **_close(dtype))

@@ -138,3 +138,16 @@ def _number(value: Any) -> float | None:
         return None
     number = float(value)
     return number if math.isfinite(number) else None
+
+
+def check_model_task(model: str, is_image_model: bool, wants_images: bool) -> None:
+    """Refuse an image model asked for text (chat, completions) or a text model asked for
+    images, naming the request's `model` field."""
+    if is_image_model and not wants_images:
+        raise InvalidRequestError(
+            f"model {model!r} makes images; it cannot chat or complete text (use /v1/images/generations)"
+        )
+    if wants_images and not is_image_model:
+        raise InvalidRequestError(
+            f"model {model!r} is a text model; it cannot make images (use an image model)"
+        )

@@ -371,7 +371,7 @@ class SingleStreamBlock(nn.Module):
 
     def _fused_mix(self, normed: torch.Tensor, rotary: Rotary) -> torch.Tensor:
         """proj_out's input [B, S, D + mlp] on CUDA: q and k normalized and rotated by one kernel
-        each, attention and the GELU written side by side into one buffer (no concatenation)."""
+        each, then attention and the GELU written side by side by one more."""
         assert self.qkv_mlp is not None
         projected = ops.linear(self.qkv_mlp, normed)  # [B, S, 3 D + mlp]
         batch, tokens, _ = projected.shape
@@ -380,10 +380,10 @@ class SingleStreamBlock(nn.Module):
         k = torch.empty_like(q)
         norm_rope_into(projected[..., :dim].unflatten(-1, shape), self.attn.norm_q, rotary, q, 0)
         norm_rope_into(projected[..., dim : 2 * dim].unflatten(-1, shape), self.attn.norm_k, rotary, k, 0)
-        mixed = normed.new_empty(batch, tokens, projected.shape[-1] - 2 * dim)
-        mixed[..., :dim] = attend(q, k, projected[..., 2 * dim : 3 * dim].unflatten(-1, shape))
-        torch.ops.aten.gelu.out(projected[..., 3 * dim :], approximate="tanh", out=mixed[..., dim:])
-        return mixed
+        from tandem.engine.cuda.flux_kernels import attention_gelu
+
+        attention = attend(q, k, projected[..., 2 * dim : 3 * dim].unflatten(-1, shape))  # [B, S, D]
+        return attention_gelu(attention.contiguous(), projected[..., 3 * dim :])
 
 
 class OutputNorm(nn.Module):
