@@ -3,14 +3,9 @@ diffusers FluxPipeline on each as the reference."""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-from tiny_flux import VARIANTS, TinyFlux, build_tiny_flux
+from images.tiny_flux import VARIANTS, TinyFlux, build_tiny_flux
 
 
 @pytest.fixture(scope="session")

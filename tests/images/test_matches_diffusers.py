@@ -9,8 +9,8 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
-from tiny_flux import T5_MAX_LENGTH
 
+from images.tiny_flux import T5_MAX_LENGTH
 from tandem.engine.images.latents import initial_noise, pack_latents, unpack_latents
 from tandem.engine.images.loader import load_transformer_stage
 from tandem.engine.images.pipeline import FluxImagePipeline, LocalDriver

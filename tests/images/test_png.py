@@ -9,8 +9,8 @@ from dataclasses import replace
 import numpy as np
 import pytest
 from PIL import Image
-from tiny_flux import T5_MAX_LENGTH
 
+from images.tiny_flux import T5_MAX_LENGTH
 from tandem.engine.images.png import encode_png
 
 
