@@ -9,13 +9,18 @@ from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from tandem.bench.image_shapes import IMAGE_SHAPES
     from tandem.bench.shapes import NAMED_SHAPES
 
     parser.add_argument(
         "--shape",
         default="llama3-8b",
-        choices=sorted(NAMED_SHAPES),
-        help="model shape with random weights (default llama3-8b)",
+        choices=sorted(NAMED_SHAPES) + sorted(IMAGE_SHAPES),
+        help="model shape with random weights (default llama3-8b; flux-*: text-to-image)",
+    )
+    parser.add_argument("--size", type=int, help="flux-*: image side in pixels (default 1024)")
+    parser.add_argument(
+        "--steps", type=int, help="flux-*: denoising steps (default 28 for dev, 4 for schnell)"
     )
     parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
     parser.add_argument(
@@ -52,6 +57,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from tandem.bench.image_shapes import IMAGE_SHAPES
+
+    if args.shape in IMAGE_SHAPES:
+        from tandem.bench.images import run_image_bench_command
+
+        return run_image_bench_command(args)
     from tandem.bench.report import format_report, run_benchmark
     from tandem.engine.device import resolve_device, resolve_dtype
     from tandem.errors import InvalidRequestError

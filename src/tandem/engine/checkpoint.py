@@ -17,6 +17,8 @@ from safetensors import safe_open
 from tandem.errors import ModelFormatError
 
 INDEX_FILE = "model.safetensors.index.json"
+# diffusers names the index of a sharded part (transformer/, vae/) after its weights file
+INDEX_FILES = (INDEX_FILE, "diffusion_pytorch_model.safetensors.index.json")
 
 _SAFETENSORS_DTYPE_BYTES = {
     "F64": 8,
@@ -74,12 +76,14 @@ class Checkpoint:
         self._handles: dict[Path, Any] = {}
 
     def _build_weight_map(self) -> dict[str, Path]:
-        index_path = self.model_dir / INDEX_FILE
-        if index_path.is_file():
+        for index_file in INDEX_FILES:
+            index_path = self.model_dir / index_file
+            if not index_path.is_file():
+                continue
             try:
                 weight_map = json.loads(index_path.read_text())["weight_map"]
             except (OSError, json.JSONDecodeError, KeyError, TypeError):
-                raise ModelFormatError(f"{INDEX_FILE} in {self.model_dir} is not a valid index") from None
+                raise ModelFormatError(f"{index_file} in {self.model_dir} is not a valid index") from None
             return {name: self.model_dir / file for name, file in weight_map.items()}
         files = sorted(self.model_dir.glob("*.safetensors"))
         if not files:
