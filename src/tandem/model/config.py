@@ -275,6 +275,26 @@ def parse_model_config(raw: dict[str, Any]) -> ModelConfig:
     return ModelConfig(**{**common, **traits})
 
 
+def unsupported_quantization(config: ModelConfig) -> str | None:
+    """Why the engine cannot load this config's weights (None: it can): quantized weights read
+    as plain floats would be silently wrong, so they are refused."""
+    if config.quantization is None:
+        return None
+    return (
+        f"unsupported quantization_config.quant_method {config.quantization!r}; "
+        "supported: none (float32, bfloat16 or float16 weights)"
+    )
+
+
+def engine_refusal(raw: dict[str, Any]) -> str | None:
+    """Why the engine cannot run the model of this `config.json` dictionary (None: it can)."""
+    try:
+        config = parse_model_config(raw)
+    except (UnsupportedModelError, ModelFormatError) as error:
+        return str(error)
+    return unsupported_quantization(config)
+
+
 def _quantization(raw: dict[str, Any]) -> str | None:
     quantization = raw.get("quantization_config")
     if not quantization:

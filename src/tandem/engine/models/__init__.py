@@ -14,7 +14,7 @@ from tandem.engine.models.meta import on_meta
 from tandem.engine.models.mixtral import MixtralForCausalLM
 from tandem.engine.models.qwen3_moe import Qwen3MoeForCausalLM
 from tandem.errors import UnsupportedModelError
-from tandem.model.config import ModelConfig
+from tandem.model.config import ModelConfig, unsupported_quantization
 from tandem.model.stage import StageSpec
 
 MODEL_CLASSES: dict[str, type[CausalLM]] = {
@@ -31,11 +31,8 @@ MODEL_CLASSES: dict[str, type[CausalLM]] = {
 
 def build_empty_model(config: ModelConfig, stage: StageSpec) -> CausalLM:
     """The module tree of one stage with parameters on the meta device (no memory, no init)."""
-    if config.quantization is not None:
-        # Quantized weights read as plain floats would be silently wrong: refuse them.
-        raise UnsupportedModelError(
-            f"unsupported quantization_config.quant_method {config.quantization!r}; "
-            "supported: none (float32, bfloat16 or float16 weights)"
-        )
+    refusal = unsupported_quantization(config)
+    if refusal is not None:
+        raise UnsupportedModelError(refusal)
     with on_meta():
         return MODEL_CLASSES[config.model_type](config, stage)
