@@ -75,7 +75,8 @@ def main() -> None:
             "logits": last_logits(model, job["prompts"][-1]),
             "parameter_bytes": parameter_bytes(model),
             "parameters": {key: list(value.shape) for key, value in model.state_dict().items()},
-            "kv_heads": runner.kv_cache.keys[0].shape[1],
+            # (latent attention's compressed cache has no heads)
+            "kv_heads": runner.kv_cache.keys[0].shape[1] if hasattr(runner.kv_cache, "keys") else None,
         }
     with open(job["output"], "w") as handle:
         json.dump(report, handle)

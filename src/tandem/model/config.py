@@ -189,6 +189,36 @@ class ModelConfig:
             feed_forward = self.dense_mlp_parameter_count()
         return self.attention_parameter_count() + feed_forward + 2 * self.hidden_size
 
+    def layer_replicated_parameter_count(self, layer_index: int) -> int:
+        """What every rank of a tensor/expert-parallel group holds whole of a layer: the norms,
+        the router, latent attention's shared low-rank projections, biases added after a sum."""
+        hidden = self.hidden_size
+        count = 2 * hidden  # input and post-attention norms
+        if self.mla is not None:
+            mla, bias = self.mla, int(self.mla.bias)
+            if mla.q_lora_rank is not None:  # q_a_proj, q_a_layernorm
+                count += hidden * mla.q_lora_rank + bias * mla.q_lora_rank + mla.q_lora_rank
+            count += hidden * mla.latent_width + bias * mla.latent_width + mla.kv_lora_rank  # kv_a_*
+            count += bias * hidden  # o_proj's bias
+        else:
+            count += 2 * self.head_dim if self.qk_norm else 0
+            count += hidden if self.o_bias else 0
+        if self.is_sparse_layer(layer_index):
+            assert self.moe is not None
+            experts = self.moe.num_experts
+            count += experts * hidden + (experts if self.moe.router.correction_bias else 0)
+        elif self.mlp_bias:
+            count += hidden  # down_proj's bias
+        return count
+
+    def layer_expert_parameter_count(self, layer_index: int, read: bool = False) -> int:
+        """The routed experts of a layer (0 for a dense one); `read`: the top-k a token uses."""
+        if not self.is_sparse_layer(layer_index):
+            return 0
+        assert self.moe is not None
+        experts = self.moe.top_k if read else self.moe.num_experts
+        return experts * 3 * self.hidden_size * self.moe.expert_intermediate_size
+
     def layers_parameter_count(self, layers: range | None = None) -> int:
         """Parameters of the layers in `layers` (default: all)."""
         indices = range(self.num_layers) if layers is None else layers

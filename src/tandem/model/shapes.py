@@ -15,7 +15,7 @@ device runs, which placement decides.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +42,14 @@ class ModelShape:
     tie_word_embeddings: bool
     hidden_size: int  # one token's activation between stages has this many elements
     max_context: int
+    # For groups of ranks sharing a stage (`for_group`); () : none. Parameters every rank holds
+    # whole (norms, routers, latent attention's shared projections), and the routed experts of
+    # `num_experts` a layer, which ranks split whole, stored and read per token (top-k).
+    layer_replicated_parameters: tuple[int, ...] = ()
+    layer_expert_parameters: tuple[int, ...] = ()
+    layer_expert_parameters_read: tuple[int, ...] = ()
+    num_experts: int = 0
+    kv_replicated: bool = False  # every rank keeps the whole cache (latent attention's latent)
 
     def __post_init__(self) -> None:
         layers = len(self.layer_parameters)
@@ -49,6 +57,15 @@ class ModelShape:
             raise ModelFormatError(f"model {self.name!r} has no layers")
         if len(self.layer_parameters_read) != layers or len(self.layer_kv_elements) != layers:
             raise ModelFormatError(f"model {self.name!r}: every per-layer count needs one entry per layer")
+        optional = (
+            self.layer_replicated_parameters,
+            self.layer_expert_parameters,
+            self.layer_expert_parameters_read,
+        )
+        if any(counts and len(counts) != layers for counts in optional):
+            raise ModelFormatError(f"model {self.name!r}: every per-layer count needs one entry per layer")
+        if any(self.layer_expert_parameters) and self.num_experts < 1:
+            raise ModelFormatError(f"model {self.name!r}: experts are counted but num_experts is not set")
         if any(
             read > stored
             for read, stored in zip(self.layer_parameters_read, self.layer_parameters, strict=True)
@@ -68,6 +85,41 @@ class ModelShape:
             self.head_parameters - self.embedding_parameters
             if self.tie_word_embeddings
             else self.head_parameters
+        )
+
+    def for_group(self, size: int) -> ModelShape:
+        """The shape as a group of `size` ranks sharing each stage holds it, counted as `size`
+        times its largest member's share, so that it compares with the group's pooled memory and
+        bandwidth (`placement_groups`): parts held whole count `size` times, routed experts are
+        split whole (8 over 3 ranks: 3 on the largest), the rest evenly; the cache is split with
+        the heads, or whole on every rank for latent attention. Reading assumes a token's top-k
+        experts spread evenly over the ranks."""
+        if size == 1:
+            return self
+        layers = range(self.num_layers)
+        replicated = self.layer_replicated_parameters or (0,) * self.num_layers
+        experts = self.layer_expert_parameters or (0,) * self.num_layers
+        largest_share = -(-self.num_experts // size) / self.num_experts if self.num_experts else 0.0
+        held = tuple(
+            round(
+                size * replicated[i]
+                + (self.layer_parameters[i] - replicated[i] - experts[i])
+                + size * experts[i] * largest_share
+            )
+            for i in layers
+        )
+        read = tuple(self.layer_parameters_read[i] + (size - 1) * replicated[i] for i in layers)
+        kv = tuple(size * k for k in self.layer_kv_elements) if self.kv_replicated else self.layer_kv_elements
+        return replace(
+            self,
+            layer_parameters=held,
+            layer_parameters_read=read,
+            layer_kv_elements=kv,
+            layer_replicated_parameters=(),
+            layer_expert_parameters=(),
+            layer_expert_parameters_read=(),
+            num_experts=0,
+            kv_replicated=False,
         )
 
     def total_parameter_count(self) -> int:
@@ -92,6 +144,11 @@ def shape_from_model_config(config: ModelConfig, name: str | None = None) -> Mod
         tie_word_embeddings=config.tie_word_embeddings,
         hidden_size=config.hidden_size,
         max_context=config.max_position_embeddings,
+        layer_replicated_parameters=tuple(config.layer_replicated_parameter_count(i) for i in layers),
+        layer_expert_parameters=tuple(config.layer_expert_parameter_count(i) for i in layers),
+        layer_expert_parameters_read=tuple(config.layer_expert_parameter_count(i, read=True) for i in layers),
+        num_experts=config.moe.num_experts if config.moe is not None else 0,
+        kv_replicated=config.mla is not None,
     )
 
 
