@@ -5,8 +5,9 @@ Odd sizes, several expert counts and top-k, with and without shared experts and 
 query, a nonzero routing bias and group-limited routing, yarn rope. transformers 5 keeps experts
 fused in memory but saves the Hub's layout, one tensor per expert
 (`model.layers.N.mlp.experts.E.gate_proj.weight`, Mixtral's `block_sparse_moe.experts.E.w1`);
-`build_moe_checkpoint` checks that, and rewrites config.json the way Hub checkpoints spell it
-(Qwen3-MoE's `num_experts`, DeepSeek's `rope_scaling`, Kimi-K2's `model_type`).
+`build_moe_checkpoint` converts to it where an older transformers saved experts fused, checks
+it, and rewrites config.json the way Hub checkpoints spell it (Qwen3-MoE's `num_experts`,
+DeepSeek's `rope_scaling`, Kimi-K2's `model_type`).
 """
 
 from __future__ import annotations
@@ -176,16 +177,54 @@ def _hub_config(config: dict[str, Any], model_type: str) -> dict[str, Any]:
     return config
 
 
-def _check_hub_layout(directory: Path, model: torch.nn.Module) -> None:
+def to_hub_layout(directory: Path, model_type: str) -> None:
+    """Rewrite experts saved fused, as transformers holds them in memory (`….experts.gate_up_proj`
+    [experts, 2 × inner, hidden], `….experts.down_proj`), into the Hub's one tensor per expert;
+    Mixtral's block also back to `block_sparse_moe` with w1 (gate), w3 (up), w2 (down). A no-op
+    where transformers already saved the Hub's layout (5.24 does)."""
+    from safetensors.torch import load_file, save_file
+
+    gate, up, down = ("w1", "w3", "w2") if model_type == "mixtral" else ("gate_proj", "up_proj", "down_proj")
+    renamed: dict[str, str] = {}  # new name -> file
+    for path in sorted(directory.glob("*.safetensors")):
+        tensors = load_file(str(path))
+        if not any(name.endswith(("experts.gate_up_proj", "experts.down_proj")) for name in tensors):
+            renamed |= dict.fromkeys(tensors, path.name)
+            continue
+        converted: dict[str, torch.Tensor] = {}
+        for name, tensor in tensors.items():
+            if model_type == "mixtral":
+                name = name.replace(".mlp.", ".block_sparse_moe.")
+            if name.endswith("experts.gate_up_proj"):
+                prefix = name.removesuffix("gate_up_proj")
+                for expert, rows in enumerate(tensor):
+                    gate_rows, up_rows = rows.chunk(2, dim=0)
+                    converted[f"{prefix}{expert}.{gate}.weight"] = gate_rows.contiguous()
+                    converted[f"{prefix}{expert}.{up}.weight"] = up_rows.contiguous()
+            elif name.endswith("experts.down_proj"):
+                prefix = name.removesuffix("down_proj")
+                for expert, rows in enumerate(tensor):
+                    converted[f"{prefix}{expert}.{down}.weight"] = rows.contiguous()
+            else:
+                converted[name] = tensor
+        save_file(converted, str(path), metadata={"format": "pt"})
+        renamed |= dict.fromkeys(converted, path.name)
+    index = directory / "model.safetensors.index.json"
+    if index.is_file():
+        content = json.loads(index.read_text())
+        content["weight_map"] = renamed
+        index.write_text(json.dumps(content, indent=2))
+
+
+def _check_hub_layout(directory: Path) -> None:
     """Saved experts must be the Hub's per-expert tensors, not transformers' fused in-memory ones."""
     names: set[str] = set()
     for path in directory.glob("*.safetensors"):
         with safe_open(str(path), "pt") as handle:
             names.update(handle.keys())
     fused = [name for name in names if name.endswith(("experts.gate_up_proj", "experts.down_proj"))]
-    assert not fused, f"transformers saved fused experts: {fused[:2]}"
-    per_expert = [name for name in names if ".experts.0." in name]
-    assert per_expert, "no per-expert tensors saved"
+    assert not fused, f"experts still fused: {fused[:2]}"
+    assert any(".experts.0." in name for name in names), "no per-expert tensors saved"
 
 
 def build_moe_checkpoint(
@@ -201,7 +240,8 @@ def build_moe_checkpoint(
     directory.mkdir(parents=True, exist_ok=True)
     kwargs = {"max_shard_size": max_shard_size} if max_shard_size else {}
     model.save_pretrained(directory, **kwargs)
-    _check_hub_layout(directory, model)
+    to_hub_layout(directory, model_type)
+    _check_hub_layout(directory)
     config_path = directory / "config.json"
     config = _hub_config(json.loads(config_path.read_text()), model_type)
     config_path.write_text(json.dumps(config, indent=2))

@@ -186,3 +186,30 @@ def test_a_stage_reads_only_its_own_experts_and_stacks_them_in_order(moe_checkpo
         assert torch.equal(ours[key], expected), key
     expert_names = [name for name in counting.names_read if ".experts." in name]
     assert len(expert_names) == 3 * config.moe.num_experts  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("family", ["mixtral-e5-top2", "deepseek-v3-qlora-groups"])
+def test_fused_experts_saved_in_memory_layout_convert_to_the_hubs(moe_checkpoint_factory, tmp_path, family):
+    """The test helper's conversion (for a transformers that saves experts fused) gives the
+    tensors transformers itself saves in the Hub's layout."""
+    import json
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from moe_checkpoints import MOE_FAMILIES, to_hub_layout
+
+    checkpoint = moe_checkpoint_factory(family)
+    directory = tmp_path / "fused"
+    shutil.copytree(checkpoint.path, directory)
+    (directory / "model.safetensors").unlink()
+    state = {name: tensor.detach().contiguous() for name, tensor in checkpoint.model.state_dict().items()}
+    if checkpoint.config.get("tie_word_embeddings"):
+        del state["lm_head.weight"]
+    save_file(state, str(directory / "model.safetensors"))
+    to_hub_layout(directory, MOE_FAMILIES[family][0])
+    converted = load_file(str(directory / "model.safetensors"))
+    saved = load_file(str(checkpoint.path / "model.safetensors"))
+    assert converted.keys() == saved.keys()
+    assert all(torch.equal(converted[name], saved[name]) for name in saved)
+    assert json.loads((directory / "config.json").read_text()) == checkpoint.config

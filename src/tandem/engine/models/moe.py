@@ -114,9 +114,11 @@ class Experts(nn.Module):
         if ops.use_kernels(x):
             from tandem.engine.cuda.moe import fused_experts
 
-            return fused_experts(
+            out = fused_experts(
                 x, self.gate_up_proj, self.down_proj, experts, weights, self.first, self.round_weights
             )
+            if out is not None:
+                return out
         return self._loop(x, experts, weights)
 
     def _loop(self, x: torch.Tensor, experts: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
