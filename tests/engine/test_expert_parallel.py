@@ -155,3 +155,26 @@ def test_placement_counts_what_each_rank_really_holds(moe_checkpoint_factory, mo
             held = sum(sum(p.numel() for p in layer.parameters()) for layer in layers)
             replicated = config.layer_replicated_parameter_count(index)
             assert held == config.layer_parameter_count(index) + (size - 1) * replicated
+
+
+@pytest.mark.parametrize("family", ["qwen3-moe-e6-top3", "deepseek-v3-qlora-groups"])
+def test_experts_saved_stacked_load_by_their_rows(moe_checkpoint_factory, tmp_path, family):
+    """A checkpoint holding experts stacked, as transformers holds them in memory (and the
+    benchmark's random weights), loads too: each rank reads its rows of the stacked tensor."""
+    import shutil
+
+    from safetensors.torch import save_file
+
+    checkpoint = moe_checkpoint_factory(family)
+    directory = tmp_path / "stacked"
+    directory.mkdir()
+    shutil.copy(checkpoint.path / "config.json", directory / "config.json")
+    state = {name: tensor.detach().contiguous() for name, tensor in checkpoint.model.state_dict().items()}
+    save_file(state, str(directory / "model.safetensors"))
+    for rank in range(3):
+        per_expert, _ = load_rank(checkpoint.path, rank, 3)
+        stacked, reads = load_rank(directory, rank, 3)
+        assert not any(".experts.0." in name for name in reads.reads)
+        mine, theirs = dict(per_expert.named_parameters()), dict(stacked.named_parameters())
+        assert mine.keys() == theirs.keys()
+        assert all(torch.equal(mine[name], theirs[name]) for name in mine)

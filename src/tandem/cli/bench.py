@@ -14,8 +14,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--shape",
         default="llama3-8b",
-        choices=sorted(NAMED_SHAPES),
-        help="model shape with random weights (default llama3-8b)",
+        help=f"model shape with random weights (default llama3-8b): {', '.join(sorted(NAMED_SHAPES))}; "
+        "NAME:N keeps the first N layers (deepseek-v3:4)",
     )
     parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
     parser.add_argument("--dtype", default="auto", help="auto (bfloat16 on CUDA, float32 on CPU)")

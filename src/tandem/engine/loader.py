@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from tandem.engine.checkpoint import Checkpoint
+from tandem.engine.checkpoint import Checkpoint, StackedSource
 from tandem.engine.models import build_empty_model
 from tandem.engine.models.llama import CausalLM
 from tandem.errors import ModelFormatError
@@ -38,11 +38,8 @@ class TensorSlice:
 SliceRule = Callable[[str], TensorSlice | None]
 
 
-# Parameters assembled from several checkpoint tensors, by the model's `checkpoint_sources()`:
-# parameter name -> one entry per index of its first dimension, each the names of the tensors
-# whose rows are concatenated there. Experts stacked as [experts, rows, columns] come from the
-# Hub's one tensor per expert (`model.layers.3.mlp.experts.7.gate_proj.weight`, ...).
-StackedSources = dict[str, tuple[tuple[str, ...], ...]]
+# The model's `checkpoint_sources()`: parameter name -> how to assemble it.
+StackedSources = dict[str, StackedSource]
 
 
 def checkpoint_name(name: str, config: ModelConfig, checkpoint: Checkpoint) -> str:
@@ -62,8 +59,8 @@ def stage_tensor_names(model: torch.nn.Module, config: ModelConfig, checkpoint: 
     stacked = _sources(model)
     names: set[str] = set()
     for name in model.state_dict():
-        if name in stacked:
-            names.update(part for entry in stacked[name] for part in entry)
+        if name in stacked and name not in checkpoint:
+            names.update(part for entry in stacked[name].parts for part in entry)
         else:
             names.add(checkpoint_name(name, config, checkpoint))
     return sorted(names)
@@ -72,13 +69,14 @@ def stage_tensor_names(model: torch.nn.Module, config: ModelConfig, checkpoint: 
 def _read_stacked(
     checkpoint: Checkpoint,
     name: str,
-    entries: tuple[tuple[str, ...], ...],
+    source: StackedSource,
     empty: torch.Tensor,
     device: torch.device,
     dtype: torch.dtype,
 ) -> torch.Tensor:
     """Parameter `name` filled entry by entry, straight into its place on `device` (a stage's
     experts never sit whole in host memory as well)."""
+    entries = source.parts
     if len(entries) != empty.shape[0]:
         raise ModelFormatError(f"{name}: {len(entries)} entries for a first dimension of {empty.shape[0]}")
     out = torch.empty(tuple(empty.shape), device=device, dtype=dtype)
@@ -115,11 +113,12 @@ def load_weights(
     tensors: dict[str, torch.Tensor] = {}
     for name, empty in model.state_dict().items():
         target = torch.float32 if name in keep_float32 else dtype
-        if name in stacked:
+        if name in stacked and name not in checkpoint:
             tensors[name] = _read_stacked(checkpoint, name, stacked[name], empty, device, target)
             continue
         source = checkpoint_name(name, config, checkpoint)
-        block = slice_rule(name) if slice_rule else None
+        block = TensorSlice(rows=stacked[name].rows) if name in stacked else None
+        block = slice_rule(name) if slice_rule and block is None else block
         full_shape = checkpoint.shape(source)
         tensor = block.read(checkpoint, source) if block else checkpoint.read(source)
         if tuple(tensor.shape) != tuple(empty.shape):

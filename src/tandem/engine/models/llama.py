@@ -17,6 +17,7 @@ from torch import nn
 
 from tandem.engine import ops
 from tandem.engine.attention import AttentionBatch, attend, attention_masks
+from tandem.engine.checkpoint import StackedSource
 from tandem.engine.kv_cache import KVCache
 from tandem.engine.parallel.group import AllReduce
 from tandem.engine.parallel.layers import unsummed
@@ -222,8 +223,8 @@ class CausalLM(nn.Module):
         the decode kernels, which read each sequence's length on the device."""
         return ops.kernels_available() and self.decode_kernels_fit()
 
-    def checkpoint_sources(self) -> dict[str, tuple[tuple[str, ...], ...]]:
-        """Parameters assembled from several checkpoint tensors (none here; see `loader`)."""
+    def checkpoint_sources(self) -> dict[str, StackedSource]:
+        """Parameters assembled from several checkpoint tensors (none here; see `StackedSource`)."""
         return {}
 
     def float32_parameters(self) -> set[str]:

@@ -24,6 +24,7 @@ from torch import nn
 
 from tandem.engine import ops
 from tandem.engine.attention import AttentionBatch
+from tandem.engine.checkpoint import StackedSource
 from tandem.engine.models.llama import MLP, CausalLM, RMSNorm, _add_norm
 from tandem.engine.parallel.group import AllReduce
 from tandem.engine.parallel.layers import unsummed
@@ -97,15 +98,16 @@ class Experts(nn.Module):
         self.gate_up_proj = nn.Parameter(torch.empty(count, 2 * inner, hidden))
         self.down_proj = nn.Parameter(torch.empty(count, hidden, inner))
 
-    def sources(self, prefix: str) -> dict[str, tuple[tuple[str, ...], ...]]:
+    def sources(self, prefix: str) -> dict[str, StackedSource]:
         """The checkpoint tensors of each held expert, stacked into this module's parameters."""
         gate, up, down = self.names
         held = range(self.first, self.first + self.count)
+        rows = slice(self.first, self.first + self.count)
         return {
-            f"{prefix}.gate_up_proj": tuple(
-                (f"{prefix}.{e}.{gate}.weight", f"{prefix}.{e}.{up}.weight") for e in held
+            f"{prefix}.gate_up_proj": StackedSource(
+                tuple((f"{prefix}.{e}.{gate}.weight", f"{prefix}.{e}.{up}.weight") for e in held), rows
             ),
-            f"{prefix}.down_proj": tuple((f"{prefix}.{e}.{down}.weight",) for e in held),
+            f"{prefix}.down_proj": StackedSource(tuple((f"{prefix}.{e}.{down}.weight",) for e in held), rows),
         }
 
     def forward(self, x: torch.Tensor, experts: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
@@ -226,8 +228,8 @@ class SparseCausalLM(CausalLM):
                 blocks[f"model.layers.{index}.{layer.feed_forward_name}"] = layer.feed_forward
         return blocks
 
-    def checkpoint_sources(self) -> dict[str, tuple[tuple[str, ...], ...]]:
-        sources: dict[str, tuple[tuple[str, ...], ...]] = {}
+    def checkpoint_sources(self) -> dict[str, StackedSource]:
+        sources: dict[str, StackedSource] = {}
         for prefix, block in self.sparse_blocks().items():
             sources |= block.experts.sources(f"{prefix}.experts")
         return sources
