@@ -13,16 +13,37 @@ from tandem.bench.shapes import named_shape
 
 def test_mixture_report_with_baseline(tmp_path):
     report_path = tmp_path / "report.json"
+    arguments = [
+        "--shape",
+        "tiny-deepseek",
+        "--device",
+        "cpu",
+        "--prompt-lengths",
+        "8",
+        "--decode-tokens",
+        "4",
+    ]
     result = subprocess.run(
-        [sys.executable, "-m", "tandem.cli.main", "bench", "--shape", "tiny-deepseek", "--device", "cpu"]
-        + ["--prompt-lengths", "8", "--decode-tokens", "4", "--baseline", "--json", str(report_path)],
+        [
+            sys.executable,
+            "-m",
+            "tandem.cli.main",
+            "bench",
+            *arguments,
+            "--baseline",
+            "--json",
+            str(report_path),
+        ],
         capture_output=True,
         text=True,
         timeout=600,
     )
     assert result.returncode == 0, result.stderr
     report = json.loads(report_path.read_text())
-    assert report["engine"]["decode_tokens_per_second"] > 0 and report["baseline"]["decode_tokens_per_second"] > 0
+    assert (
+        report["engine"]["decode_tokens_per_second"] > 0
+        and report["baseline"]["decode_tokens_per_second"] > 0
+    )
     config, _ = named_shape("tiny-deepseek")
     assert report["weight_bytes_read_per_token"] == bytes_read_per_token(config, 4)
 
