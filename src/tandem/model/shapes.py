@@ -160,7 +160,7 @@ def shape_from_hf_config(raw: dict[str, Any], name: str | None = None) -> ModelS
         raise UnsupportedModelError(
             f"placement cannot size model_type {model_type!r}; supported: {', '.join(sorted(_BUILDERS))}"
         )
-    name = name or raw.get("_name_or_path") or model_type
+    name = str(name or raw.get("_name_or_path") or model_type)
     try:
         return builder(raw, name)
     except (KeyError, TypeError, ValueError) as error:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import functools
 import os
+from typing import Any
 
 import torch
 import triton
@@ -149,10 +150,10 @@ def fused_decode_experts(
     weights = weights.float().contiguous()
     act = torch.empty(N * top_k, inner, dtype=x.dtype, device=x.device)
     out = torch.empty(N, hidden, dtype=x.dtype, device=x.device)
-    if _interpreted():
-        gate_up_kernel, down_kernel, fixed = _expert_gate_up_kernel, _expert_down_kernel, _INTERPRETED_CONFIG
-    else:
-        gate_up_kernel, down_kernel, fixed = _tuned_gate_up, _tuned_down, {}
+    # The interpreter runs one fixed configuration (autotuning there would time nothing real).
+    fixed: dict[str, Any] = dict(_INTERPRETED_CONFIG) if _interpreted() else {}
+    gate_up_kernel: Any = _expert_gate_up_kernel if fixed else _tuned_gate_up
+    down_kernel: Any = _expert_down_kernel if fixed else _tuned_down
     gate_up_kernel[lambda meta: (N * top_k, triton.cdiv(inner, meta["BLOCK_N"]))](
         x, gate_up, experts, act, first, count, inner, hidden, TOP_K=top_k, **fixed, **overlap()
     )
@@ -213,8 +214,9 @@ def grouped_experts(
     pairs = order[: int(offsets[-1])]  # the one host sync: how many pairs are held here
     tokens = pairs // k
     rows = x[tokens]  # [pairs, hidden], grouped by expert
-    product = torch._grouped_mm(rows, gate_up.transpose(1, 2), offs=offsets)  # [pairs, 2 × inner]
-    y = torch._grouped_mm(ops.silu_mul(product), down.transpose(1, 2), offs=offsets)  # [pairs, hidden]
+    grouped = torch._grouped_mm  # type: ignore[attr-defined]
+    product = grouped(rows, gate_up.transpose(1, 2), offs=offsets)  # [pairs, 2 × inner]
+    y = grouped(ops.silu_mul(product), down.transpose(1, 2), offs=offsets)  # [pairs, hidden]
     out = torch.zeros_like(x)
     out.index_add_(0, tokens, weigh(y, weights.flatten()[pairs, None], round_weights))
     return out

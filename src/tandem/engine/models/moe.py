@@ -209,7 +209,7 @@ class SparseDecoderLayer(nn.Module):
         the residual (nor summed over the ranks when `owed`)."""
         normed, residual = _add_norm(self.input_layernorm, x, residual, owed)
         attention = self.self_attn(normed, batch, kv_cache)
-        owed = unsummed(self.self_attn.o_proj)
+        owed = unsummed(self.self_attn.o_proj)  # type: ignore[arg-type]
         normed, residual = _add_norm(self.post_attention_layernorm, attention, residual, owed)
         feed_forward = self.feed_forward
         return feed_forward(normed), residual, owed_by(feed_forward)
