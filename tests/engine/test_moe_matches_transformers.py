@@ -213,3 +213,20 @@ def test_fused_experts_saved_in_memory_layout_convert_to_the_hubs(moe_checkpoint
     assert converted.keys() == saved.keys()
     assert all(torch.equal(converted[name], saved[name]) for name in saved)
     assert json.loads((directory / "config.json").read_text()) == checkpoint.config
+
+
+def test_a_stage_download_asks_for_the_files_of_its_own_experts(moe_checkpoint_factory):
+    """`tandem download --layers` picks files by the loader's own view: the per-expert tensors."""
+    import json
+
+    from tandem.store.selection import stage_weight_files
+
+    checkpoint = moe_checkpoint_factory("deepseek-v3-qlora-groups", max_shard_size="30KB")
+    weight_map = json.loads((checkpoint.path / "model.safetensors.index.json").read_text())["weight_map"]
+    config = load_model_config(checkpoint.path)
+    stage = StageSpec(LayerRange(2, 3), config.num_layers)
+    names = stage_tensor_names(build_empty_model(config, stage), config, Checkpoint(checkpoint.path))
+    assert any(".experts.7.down_proj." in name for name in names)
+    files = stage_weight_files(checkpoint.path, stage, set(weight_map.values()))
+    assert files == {weight_map[name] for name in names}
+    assert len(files) < len(set(weight_map.values()))  # some files are left out
