@@ -13,6 +13,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 from checkpoints import FAMILIES, TinyCheckpoint, build_checkpoint
+from moe_checkpoints import MOE_FAMILIES, build_moe_checkpoint
 from netns import lan
 
 # Modules whose tests start node or runner processes, a browser, or several engines: the slow
@@ -76,6 +77,26 @@ def checkpoint_factory(tmp_path_factory):
 
 @pytest.fixture(params=sorted(FAMILIES))
 def family(request) -> str:
+    return request.param
+
+
+@pytest.fixture(scope="session")
+def moe_checkpoint_factory(tmp_path_factory):
+    """Tiny mixture-of-experts checkpoints by `moe_checkpoints.MOE_FAMILIES` name, built once."""
+    cache: dict[tuple, TinyCheckpoint] = {}
+
+    def make(family: str, **options) -> TinyCheckpoint:
+        key = (family, tuple(sorted(options.items())))
+        if key not in cache:
+            directory = tmp_path_factory.mktemp(family.replace(".", "_"))
+            cache[key] = build_moe_checkpoint(directory, family, **options)
+        return cache[key]
+
+    return make
+
+
+@pytest.fixture(params=sorted(MOE_FAMILIES))
+def moe_family(request) -> str:
     return request.param
 
 

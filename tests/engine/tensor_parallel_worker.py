@@ -89,7 +89,8 @@ def main() -> None:
             "logits": last_logits(model, job["prompts"][-1]),  # every rank together: collectives pair
             "parameter_bytes": parameter_bytes(model),
             "parameters": {key: list(value.shape) for key, value in model.state_dict().items()},
-            "kv_heads": rank.stage.kv_cache.keys[0].shape[1],
+            # (latent attention's compressed cache has no heads)
+            "kv_heads": cache.keys[0].shape[1] if hasattr(cache := rank.stage.kv_cache, "keys") else None,
         }
         report[name] = seen
         dist.destroy_process_group()

@@ -36,17 +36,19 @@ class BenchReport:
 
 
 def bytes_read_per_token(config: ModelConfig, dtype_bytes: int) -> int:
-    layers = config.num_layers * config.layer_parameter_count()
+    """Weights one decoded token reads: every layer's (of a sparse one the router, the shared
+    experts and its top-k experts only), the head, one embedding row."""
+    layers = sum(config.layer_parameters_read(i) for i in range(config.num_layers))
     return (layers + config.head_parameter_count() + config.hidden_size) * dtype_bytes
 
 
 def prefill_floor_seconds(config: ModelConfig, prompt_length: int, flops: float) -> float:
-    """Matrix work of a prompt over the measured throughput: 2 FLOPs per parameter per token,
-    plus causal attention (QK^T and PV, half the square)."""
-    dense = 2 * config.total_parameter_count() * prompt_length
-    attention = (
-        2 * 2 * config.num_layers * config.num_attention_heads * config.head_dim * prompt_length**2 / 2
-    )
+    """Matrix work of a prompt over the measured throughput: 2 FLOPs per parameter a token uses
+    (a mixture's top-k experts, not all), plus causal attention (QK^T and PV, half the square)."""
+    active = sum(config.layer_parameters_read(i) for i in range(config.num_layers))
+    dense = 2 * (active + config.head_parameter_count()) * prompt_length
+    head_dim = config.mla.qk_head_dim if config.mla is not None else config.head_dim
+    attention = 2 * 2 * config.num_layers * config.num_attention_heads * head_dim * prompt_length**2 / 2
     return (dense + attention) / flops
 
 

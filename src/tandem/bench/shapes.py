@@ -1,4 +1,7 @@
-"""Named model shapes for benchmarks with random weights (no checkpoint needed)."""
+"""Named model shapes for benchmarks with random weights (no checkpoint needed).
+
+A name may end in `:N` to keep only the first N decoder layers (`deepseek-v3:4`: three dense
+layers and one sparse), so that a mixture-of-experts shape fits one device."""
 
 from __future__ import annotations
 
@@ -124,12 +127,134 @@ NAMED_SHAPES: dict[str, dict[str, Any]] = {
     ),
 }
 
+_QWEN3_MOE = dict(
+    model_type="qwen3_moe",
+    vocab_size=151936,
+    head_dim=128,
+    num_key_value_heads=4,
+    num_experts=128,
+    num_experts_per_tok=8,
+    norm_topk_prob=True,
+    rms_norm_eps=1e-6,
+    rope_theta=1000000.0,
+    max_position_embeddings=40960,
+)
+_DEEPSEEK_V3 = dict(
+    model_type="deepseek_v3",
+    vocab_size=129280,
+    hidden_size=7168,
+    intermediate_size=18432,
+    moe_intermediate_size=2048,
+    num_hidden_layers=61,
+    num_attention_heads=128,
+    num_key_value_heads=128,
+    n_shared_experts=1,
+    n_routed_experts=256,
+    num_experts_per_tok=8,
+    routed_scaling_factor=2.5,
+    first_k_dense_replace=3,
+    n_group=8,
+    topk_group=4,
+    q_lora_rank=1536,
+    kv_lora_rank=512,
+    qk_nope_head_dim=128,
+    qk_rope_head_dim=64,
+    v_head_dim=128,
+    rms_norm_eps=1e-6,
+    rope_theta=10000.0,
+    rope_scaling=dict(
+        type="yarn",
+        factor=40.0,
+        beta_fast=32,
+        beta_slow=1,
+        mscale=1.0,
+        mscale_all_dim=1.0,
+        original_max_position_embeddings=4096,
+    ),
+    max_position_embeddings=163840,
+)
+
+NAMED_SHAPES |= {
+    # a toy mixture with latent attention, for tests of the benchmark itself
+    "tiny-deepseek": dict(
+        _DEEPSEEK_V3,
+        vocab_size=512,
+        hidden_size=64,
+        intermediate_size=128,
+        moe_intermediate_size=32,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        n_routed_experts=8,
+        num_experts_per_tok=2,
+        first_k_dense_replace=1,
+        n_group=2,
+        topk_group=1,
+        q_lora_rank=32,
+        kv_lora_rank=32,
+        qk_nope_head_dim=16,
+        qk_rope_head_dim=16,
+        v_head_dim=16,
+        max_position_embeddings=4096,
+    ),
+    "qwen3-30b-a3b": dict(
+        _QWEN3_MOE,
+        hidden_size=2048,
+        intermediate_size=6144,
+        moe_intermediate_size=768,
+        num_hidden_layers=48,
+        num_attention_heads=32,
+    ),
+    "qwen3-235b-a22b": dict(
+        _QWEN3_MOE,
+        hidden_size=4096,
+        intermediate_size=12288,
+        moe_intermediate_size=1536,
+        num_hidden_layers=94,
+        num_attention_heads=64,
+    ),
+    "deepseek-v3": _DEEPSEEK_V3,
+    "kimi-k2": dict(
+        _DEEPSEEK_V3,
+        model_type="kimi_k2",
+        vocab_size=163840,
+        num_attention_heads=64,
+        num_key_value_heads=64,
+        n_routed_experts=384,
+        routed_scaling_factor=2.827,
+        first_k_dense_replace=1,
+        n_group=1,
+        topk_group=1,
+        rope_theta=50000.0,
+        rope_scaling=dict(
+            type="yarn",
+            factor=32.0,
+            beta_fast=1.0,
+            beta_slow=1.0,
+            mscale=1.0,
+            mscale_all_dim=1.0,
+            original_max_position_embeddings=4096,
+        ),
+        max_position_embeddings=131072,
+    ),
+}
+
 
 def named_shape(name: str) -> tuple[ModelConfig, dict[str, Any]]:
-    """The engine config and the raw Hugging Face config dict of a named shape."""
-    if name not in NAMED_SHAPES:
-        raise InvalidRequestError(f"unknown shape {name!r}; known: {', '.join(NAMED_SHAPES)}")
-    raw = NAMED_SHAPES[name]
+    """The engine config and the raw Hugging Face config dict of a named shape (`NAME:N`: its
+    first N layers only)."""
+    base, _, layers = name.partition(":")
+    if base not in NAMED_SHAPES:
+        raise InvalidRequestError(
+            f"unknown shape {name!r}; known: {', '.join(NAMED_SHAPES)} (NAME:N for N layers)"
+        )
+    raw = dict(NAMED_SHAPES[base])
+    if layers:
+        if not layers.isdigit() or not 1 <= int(layers) <= raw["num_hidden_layers"]:
+            raise InvalidRequestError(
+                f"shape {name!r}: the layer count must be between 1 and {raw['num_hidden_layers']}"
+            )
+        raw["num_hidden_layers"] = int(layers)
     return parse_model_config(raw), raw
 
 
@@ -137,8 +262,8 @@ def named_shape(name: str) -> tuple[ModelConfig, dict[str, Any]]:
 def shape_dir(name: str) -> Path:
     """A directory named after the shape holding only its `config.json`: what a runner spec with
     random weights names as its model (every rank of a benchmark reads the same one)."""
-    named_shape(name)  # refuses unknown names
+    _, raw = named_shape(name)  # refuses unknown names
     directory = Path(tempfile.mkdtemp(prefix="tandem-shape-")) / name
     directory.mkdir()
-    (directory / "config.json").write_text(json.dumps(NAMED_SHAPES[name]))
+    (directory / "config.json").write_text(json.dumps(raw))
     return directory

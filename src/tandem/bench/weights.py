@@ -11,6 +11,8 @@ def transformers_model(raw_config: dict, device: torch.device, dtype: torch.dtyp
     from transformers import AutoConfig, AutoModelForCausalLM
 
     config = dict(raw_config)
-    hf_config = AutoConfig.for_model(config.pop("model_type"), **config)
+    model_type = config.pop("model_type")
+    # transformers knows Kimi-K2 by its architecture, DeepSeek-V3's.
+    hf_config = AutoConfig.for_model("deepseek_v3" if model_type == "kimi_k2" else model_type, **config)
     with torch.device(device):
         return AutoModelForCausalLM.from_config(hf_config, dtype=dtype).eval()

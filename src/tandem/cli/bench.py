@@ -15,8 +15,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--shape",
         default="llama3-8b",
-        choices=sorted(NAMED_SHAPES) + sorted(IMAGE_SHAPES),
-        help="model shape with random weights (default llama3-8b; flux-*: text-to-image)",
+        help=f"model shape with random weights (default llama3-8b): {', '.join(sorted(NAMED_SHAPES))}; "
+        "NAME:N keeps the first N layers (deepseek-v3:4); text-to-image: "
+        f"{', '.join(sorted(IMAGE_SHAPES))}",
     )
     parser.add_argument("--size", type=int, help="flux-*: image side in pixels (default 1024)")
     parser.add_argument(

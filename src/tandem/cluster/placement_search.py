@@ -136,18 +136,34 @@ class DeviceTable:
 
 
 class LayerCosts:
-    """Bytes a stage holds and reads for any layer range on any device, from prefix sums."""
+    """Bytes a stage holds and reads for any layer range on any device, from prefix sums.
+
+    A tensor-parallel group counts its stage as `ModelShape.for_group` does: its size times what
+    its largest member holds and reads, which compares with its pooled memory and bandwidth."""
 
     def __init__(self, shape: ModelShape, request: PlacementRequest) -> None:
         self.shape, self.request = shape, request
         self.num_layers = shape.num_layers
-        self._stored = [0, *accumulate(shape.layer_parameters)]
-        self._read = [0, *accumulate(shape.layer_parameters_read)]
-        self._kv = [0, *accumulate(shape.layer_kv_elements)]
+        self._sums: dict[int, tuple[list[int], list[int], list[int]]] = {}
         self._kv_held_tokens = request.context_length * request.num_sequences
         # A token reads the cache of its own sequence only; count it at the full context.
         self._kv_read_tokens = request.context_length
-        self._tables: dict[tuple[float, float], DeviceTable] = {}
+        self._tables: dict[tuple[int, float, float], DeviceTable] = {}
+
+    def shape_for(self, device: Candidate) -> ModelShape:
+        """The shape as `device` (one device, or a group) holds it."""
+        return self.shape.for_group(device.size)
+
+    def _prefix_sums(self, device: Candidate) -> tuple[list[int], list[int], list[int]]:
+        """(stored, read, cache elements) summed over layers [0, x), for the device's group size."""
+        if device.size not in self._sums:
+            shape = self.shape_for(device)
+            self._sums[device.size] = (
+                [0, *accumulate(shape.layer_parameters)],
+                [0, *accumulate(shape.layer_parameters_read)],
+                [0, *accumulate(shape.layer_kv_elements)],
+            )
+        return self._sums[device.size]
 
     def end_parameters(self, start: int, end: int) -> tuple[int, int]:
         """(held, read) parameters the embedding and head add to stage `[start, end)`."""
@@ -162,10 +178,11 @@ class LayerCosts:
 
     def stage(self, device: Candidate, start: int, end: int) -> StageCost:
         """Layers `[start, end)` on `device`; the first stage owns the embedding, the last the head."""
+        stored_sums, read_sums, kv_sums = self._prefix_sums(device)
         end_held, end_read = self.end_parameters(start, end)
-        stored = self._stored[end] - self._stored[start] + end_held
-        read = self._read[end] - self._read[start] + end_read
-        kv_elements = self._kv[end] - self._kv[start]
+        stored = stored_sums[end] - stored_sums[start] + end_held
+        read = read_sums[end] - read_sums[start] + end_read
+        kv_elements = kv_sums[end] - kv_sums[start]
         return StageCost(
             weight_bytes=stored * device.weight_bytes,
             kv_bytes=kv_elements * self._kv_held_tokens * device.value_bytes,
@@ -173,13 +190,14 @@ class LayerCosts:
         )
 
     def table(self, device: Candidate) -> DeviceTable:
-        """The per-layer sums for `device`'s dtypes, built once per pair of dtypes."""
-        key = (device.weight_bytes, device.value_bytes)
+        """The per-layer sums for `device`'s group size and dtypes, built once for each."""
+        key = (device.size, device.weight_bytes, device.value_bytes)
         if key not in self._tables:
-            weight, value = key
+            _, weight, value = key
+            stored_sums, read_sums, kv_sums = self._prefix_sums(device)
             held_per_token, read_per_token = self._kv_held_tokens * value, self._kv_read_tokens * value
-            held = [w * weight + k * held_per_token for w, k in zip(self._stored, self._kv, strict=True)]
-            read = [r * weight + k * read_per_token for r, k in zip(self._read, self._kv, strict=True)]
+            held = [w * weight + k * held_per_token for w, k in zip(stored_sums, kv_sums, strict=True)]
+            read = [r * weight + k * read_per_token for r, k in zip(read_sums, kv_sums, strict=True)]
             layers = sorted(after - before for before, after in pairwise(held))
             self._tables[key] = DeviceTable(held, read, [0.0, *accumulate(layers)])
         return self._tables[key]

@@ -62,7 +62,7 @@ def oversized_layer(costs: LayerCosts, devices: list[Candidate]) -> int | None:
 
 def _layer_bytes(costs: LayerCosts, device: Candidate, layer: int) -> tuple[float, float, float]:
     """(weights, KV, both) of one layer on `device`, without the embedding or head."""
-    shape, request = costs.shape, costs.request
+    shape, request = costs.shape_for(device), costs.request
     weights = shape.layer_parameters[layer] * device.weight_bytes
     kv = shape.layer_kv_elements[layer] * request.context_length * request.num_sequences * device.value_bytes
     return weights, kv, weights + kv

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import struct
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,19 @@ from tandem.errors import ModelFormatError
 INDEX_FILE = "model.safetensors.index.json"
 # diffusers names the index of a sharded part (transformer/, vae/) after its weights file
 INDEX_FILES = (INDEX_FILE, "diffusion_pytorch_model.safetensors.index.json")
+
+
+@dataclass(frozen=True)
+class StackedSource:
+    """A parameter stacked along its first dimension from several checkpoint tensors: entry i
+    concatenates the rows of `parts[i]`. Experts held as [experts, rows, columns] come so from
+    the Hub's one tensor per expert (`model.layers.3.mlp.experts.7.gate_proj.weight`, ...). A
+    checkpoint that already holds the stacked tensor under the parameter's own name (as
+    transformers holds experts in memory) is read by `rows`, the block of it this parameter is."""
+
+    parts: tuple[tuple[str, ...], ...]
+    rows: slice
+
 
 _SAFETENSORS_DTYPE_BYTES = {
     "F64": 8,

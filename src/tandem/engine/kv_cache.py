@@ -14,6 +14,7 @@ from torch import nn
 
 if TYPE_CHECKING:
     from tandem.engine.attention import AttentionBatch
+    from tandem.engine.latent_cache import LatentCache
 
 
 class KVCache:
@@ -38,10 +39,16 @@ class KVCache:
         self.max_length = max_length
 
     @classmethod
-    def for_model(cls, model: nn.Module, num_slots: int, max_length: int) -> KVCache:
-        """A cache shaped for the attention layers `model` holds (after any tensor-parallel split)."""
+    def for_model(cls, model: nn.Module, num_slots: int, max_length: int) -> KVCache | LatentCache:
+        """A cache shaped for the attention layers `model` holds (after any tensor-parallel
+        split): keys and values, or the compressed latents of latent attention, which the
+        attention declares with its `latent_width`."""
         layers = model.attention_layers()  # type: ignore[operator]
         first = next(iter(layers.values()))
+        if getattr(first, "latent_width", None):
+            from tandem.engine.latent_cache import LatentCache
+
+            return LatentCache.for_model(model, num_slots, max_length)
         parameter = first.o_proj.weight
         return cls(
             layer_indices=list(layers),

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from tandem.engine.checkpoint import Checkpoint
+from tandem.engine.checkpoint import Checkpoint, StackedSource
 from tandem.engine.models import build_empty_model
 from tandem.engine.models.llama import CausalLM
 from tandem.errors import ModelFormatError
@@ -38,6 +38,10 @@ class TensorSlice:
 SliceRule = Callable[[str], TensorSlice | None]
 
 
+# The model's `checkpoint_sources()`: parameter name -> how to assemble it.
+StackedSources = dict[str, StackedSource]
+
+
 def checkpoint_name(name: str, config: ModelConfig, checkpoint: Checkpoint) -> str:
     """The checkpoint tensor that fills parameter `name` (a tied head reads the embedding)."""
     if name == TIED_HEAD[0] and name not in checkpoint and config.tie_word_embeddings:
@@ -45,9 +49,54 @@ def checkpoint_name(name: str, config: ModelConfig, checkpoint: Checkpoint) -> s
     return name
 
 
+def _sources(model: torch.nn.Module) -> StackedSources:
+    method = getattr(model, "checkpoint_sources", None)
+    return method() if method is not None else {}
+
+
 def stage_tensor_names(model: torch.nn.Module, config: ModelConfig, checkpoint: Checkpoint) -> list[str]:
     """The checkpoint tensors a built (empty) stage needs."""
-    return sorted({checkpoint_name(name, config, checkpoint) for name in model.state_dict()})
+    stacked = _sources(model)
+    names: set[str] = set()
+    for name in model.state_dict():
+        if name in stacked and name not in checkpoint:
+            names.update(part for entry in stacked[name].parts for part in entry)
+        else:
+            names.add(checkpoint_name(name, config, checkpoint))
+    return sorted(names)
+
+
+def _read_stacked(
+    checkpoint: Checkpoint,
+    name: str,
+    source: StackedSource,
+    empty: torch.Tensor,
+    device: torch.device,
+    dtype: torch.dtype,
+) -> torch.Tensor:
+    """Parameter `name` filled entry by entry, straight into its place on `device` (a stage's
+    experts never sit whole in host memory as well)."""
+    entries = source.parts
+    if len(entries) != empty.shape[0]:
+        raise ModelFormatError(f"{name}: {len(entries)} entries for a first dimension of {empty.shape[0]}")
+    out = torch.empty(tuple(empty.shape), device=device, dtype=dtype)
+    for index, parts in enumerate(entries):
+        row = 0
+        for part in parts:
+            tensor = checkpoint.read(part)
+            rows = tensor.shape[0] if tensor.dim() else 0
+            if tensor.dim() != empty.dim() - 1 or tuple(tensor.shape[1:]) != tuple(empty.shape[2:]):
+                raise ModelFormatError(
+                    f"tensor {part} has shape {tuple(tensor.shape)} in the checkpoint, but the config "
+                    f"implies rows of {tuple(empty.shape[2:])}"
+                )
+            out[index, row : row + rows].copy_(tensor)
+            row += rows
+        if row != empty.shape[1]:
+            raise ModelFormatError(
+                f"tensors {', '.join(parts)} hold {row} rows in the checkpoint, but the config implies {empty.shape[1]}"
+            )
+    return out
 
 
 def load_weights(
@@ -59,10 +108,17 @@ def load_weights(
     slice_rule: SliceRule | None = None,
 ) -> None:
     """Replace every meta parameter of `model` with its tensor from the checkpoint."""
+    stacked = _sources(model)
+    keep_float32 = getattr(model, "float32_parameters", set)()
     tensors: dict[str, torch.Tensor] = {}
     for name, empty in model.state_dict().items():
+        target = torch.float32 if name in keep_float32 else dtype
+        if name in stacked and name not in checkpoint:
+            tensors[name] = _read_stacked(checkpoint, name, stacked[name], empty, device, target)
+            continue
         source = checkpoint_name(name, config, checkpoint)
-        block = slice_rule(name) if slice_rule else None
+        block = TensorSlice(rows=stacked[name].rows) if name in stacked else None
+        block = slice_rule(name) if slice_rule and block is None else block
         full_shape = checkpoint.shape(source)
         tensor = block.read(checkpoint, source) if block else checkpoint.read(source)
         if tuple(tensor.shape) != tuple(empty.shape):
@@ -71,7 +127,7 @@ def load_weights(
                 f"tensor {source} has shape {tuple(tensor.shape)}{detail} in the checkpoint, "
                 f"but the config implies {tuple(empty.shape)}"
             )
-        tensors[name] = tensor.to(device=device, dtype=dtype)
+        tensors[name] = tensor.to(device=device, dtype=target)
     model.load_state_dict(tensors, strict=True, assign=True)
     embedding, head = getattr(model.model, "embed_tokens", None), getattr(model, "lm_head", None)
     if config.tie_word_embeddings and embedding is not None and head is not None:

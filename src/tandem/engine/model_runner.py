@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import torch
 
-from tandem.engine import ops
 from tandem.engine.attention import slot_range
 from tandem.engine.kv_cache import KVCache
 from tandem.engine.models.llama import CausalLM
@@ -28,11 +27,7 @@ class ModelRunner:
         self.num_slots = num_slots
         if use_graphs is None:
             # graphs need the device-side lengths of the decode kernels
-            use_graphs = (
-                self.device.type == "cuda"
-                and ops.kernels_available()
-                and ops.kernel_head_dim(model.config.head_dim)
-            )
+            use_graphs = self.device.type == "cuda" and model.supports_decode_graphs()
         # Graphs pad a batch up to a bucket; the padding rows write to one extra, scratch slot.
         self.kv_cache = KVCache.for_model(model, num_slots + (1 if use_graphs else 0), max_context)
         self.graphs = None

@@ -12,9 +12,27 @@ from pathlib import Path
 from typing import Any
 
 from tandem.errors import InvalidRequestError, ModelFormatError, UnsupportedModelError
+from tandem.model.moe_config import (
+    MLAConfig,
+    MoEConfig,
+    deepseek_moe,
+    latent_attention,
+    mixtral_moe,
+    qwen3_moe,
+    yarn_mscale,
+)
 
-SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
-SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3")
+SUPPORTED_MODEL_TYPES = (
+    "llama",
+    "mistral",
+    "qwen2",
+    "qwen3",
+    "mixtral",
+    "qwen3_moe",
+    "deepseek_v3",
+    "kimi_k2",
+)
+SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3", "yarn")
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 DEFAULT_MAX_CONTEXT = 4096  # tokens allocated per sequence when nobody asks for a size
@@ -39,11 +57,32 @@ class RopeConfig:
     low_freq_factor: float = 1.0
     high_freq_factor: float = 4.0
     original_max_position_embeddings: int | None = None
+    # YaRN (`rope_type` "yarn"): the ramp between interpolated and extrapolated frequencies, and
+    # the attention temperature (given as `attention_factor`, or derived from the mscales).
+    beta_fast: float = 32.0
+    beta_slow: float = 1.0
+    mscale: float | None = None
+    mscale_all_dim: float | None = None
+    attention_factor: float | None = None
+    truncate: bool = True
+
+    @property
+    def cos_sin_scale(self) -> float:
+        """What cos and sin are multiplied by (YaRN's attention factor; 1 for the other types)."""
+        if self.rope_type != "yarn":
+            return 1.0
+        if self.attention_factor is not None:
+            return self.attention_factor
+        if self.mscale and self.mscale_all_dim:
+            return yarn_mscale(self.factor, self.mscale) / yarn_mscale(self.factor, self.mscale_all_dim)
+        return yarn_mscale(self.factor)
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """The shape and options of a dense decoder-only transformer (Llama, Mistral, Qwen2, Qwen3)."""
+    """The shape and options of a decoder-only transformer: the dense families (Llama, Mistral,
+    Qwen2, Qwen3), and with `moe` and `mla` the mixture-of-experts ones (Mixtral, Qwen3-MoE,
+    DeepSeek-V3 and Kimi-K2, whose attention is latent)."""
 
     model_type: str
     vocab_size: int
@@ -67,6 +106,9 @@ class ModelConfig:
     bos_token_id: int | None = None
     eos_token_ids: tuple[int, ...] = ()
     checkpoint_dtype: str = "float32"
+    moe: MoEConfig | None = None  # sparse feed-forward blocks (None: every layer dense)
+    mla: MLAConfig | None = None  # latent attention (None: grouped-query attention)
+    quantization: str | None = None  # `quantization_config.quant_method`; the engine runs none
 
     def __post_init__(self) -> None:
         checks = [
@@ -79,6 +121,10 @@ class ModelConfig:
             ),
             (self.head_dim % 2 == 0, f"head_dim ({self.head_dim}) must be even for rotary embeddings"),
             (len(self.sliding_layers) == self.num_layers, "sliding_layers needs one flag per layer"),
+            (
+                self.moe is None or len(self.moe.sparse_layers) == self.num_layers,
+                "sparse_layers needs one flag per layer",
+            ),
         ]
         for ok, message in checks:
             if not ok:
@@ -92,8 +138,14 @@ class ModelConfig:
         """The attention window of one layer, or None when it attends to the whole context."""
         return self.sliding_window if self.sliding_layers[layer_index] else None
 
+    def is_sparse_layer(self, layer_index: int) -> bool:
+        """Whether layer `layer_index`'s feed-forward is a mixture of experts."""
+        return self.moe is not None and self.moe.sparse_layers[layer_index]
+
     # Parameter counts, used by placement to size stages without loading anything.
-    def layer_parameter_count(self) -> int:
+    def attention_parameter_count(self) -> int:
+        if self.mla is not None:
+            return self.mla.parameter_count(self.hidden_size, self.num_attention_heads)
         hidden, head_dim = self.hidden_size, self.head_dim
         q_out, kv_out = self.num_attention_heads * head_dim, self.num_kv_heads * head_dim
         attention = hidden * q_out + 2 * hidden * kv_out + q_out * hidden
@@ -103,11 +155,74 @@ class ModelConfig:
             attention += hidden
         if self.qk_norm:
             attention += 2 * head_dim
-        mlp = 3 * hidden * self.intermediate_size
+        return attention
+
+    def dense_mlp_parameter_count(self) -> int:
+        mlp = 3 * self.hidden_size * self.intermediate_size
         if self.mlp_bias:
-            mlp += 2 * self.intermediate_size + hidden
-        norms = 2 * hidden
-        return attention + mlp + norms
+            mlp += 2 * self.intermediate_size + self.hidden_size
+        return mlp
+
+    def layer_parameter_count(self, layer_index: int | None = None) -> int:
+        """Parameters of one decoder layer (attention, feed-forward, two norms). `layer_index` may
+        be left out only where every layer is alike (a dense model)."""
+        return self._layer_count(layer_index, read=False)
+
+    def layer_parameters_read(self, layer_index: int | None = None) -> int:
+        """What one decoded token reads of a layer: everything of a dense layer; of a sparse one
+        the router, the shared experts and its top-k experts."""
+        return self._layer_count(layer_index, read=True)
+
+    def _layer_count(self, layer_index: int | None, read: bool) -> int:
+        if layer_index is None:
+            if self.moe is not None and len(set(self.moe.sparse_layers)) > 1:
+                raise ValueError("this model's layers differ in size: name the layer to count")
+            layer_index = 0
+        if self.is_sparse_layer(layer_index):
+            assert self.moe is not None
+            feed_forward = (
+                self.moe.parameters_read(self.hidden_size)
+                if read
+                else self.moe.parameter_count(self.hidden_size)
+            )
+        else:
+            feed_forward = self.dense_mlp_parameter_count()
+        return self.attention_parameter_count() + feed_forward + 2 * self.hidden_size
+
+    def layer_replicated_parameter_count(self, layer_index: int) -> int:
+        """What every rank of a tensor/expert-parallel group holds whole of a layer: the norms,
+        the router, latent attention's shared low-rank projections, biases added after a sum."""
+        hidden = self.hidden_size
+        count = 2 * hidden  # input and post-attention norms
+        if self.mla is not None:
+            mla, bias = self.mla, int(self.mla.bias)
+            if mla.q_lora_rank is not None:  # q_a_proj, q_a_layernorm
+                count += hidden * mla.q_lora_rank + bias * mla.q_lora_rank + mla.q_lora_rank
+            count += hidden * mla.latent_width + bias * mla.latent_width + mla.kv_lora_rank  # kv_a_*
+            count += bias * hidden  # o_proj's bias
+        else:
+            count += 2 * self.head_dim if self.qk_norm else 0
+            count += hidden if self.o_bias else 0
+        if self.is_sparse_layer(layer_index):
+            assert self.moe is not None
+            experts = self.moe.num_experts
+            count += experts * hidden + (experts if self.moe.router.correction_bias else 0)
+        elif self.mlp_bias:
+            count += hidden  # down_proj's bias
+        return count
+
+    def layer_expert_parameter_count(self, layer_index: int, read: bool = False) -> int:
+        """The routed experts of a layer (0 for a dense one); `read`: the top-k a token uses."""
+        if not self.is_sparse_layer(layer_index):
+            return 0
+        assert self.moe is not None
+        experts = self.moe.top_k if read else self.moe.num_experts
+        return experts * 3 * self.hidden_size * self.moe.expert_intermediate_size
+
+    def layers_parameter_count(self, layers: range | None = None) -> int:
+        """Parameters of the layers in `layers` (default: all)."""
+        indices = range(self.num_layers) if layers is None else layers
+        return sum(self.layer_parameter_count(index) for index in indices)
 
     def embedding_parameter_count(self) -> int:
         return self.vocab_size * self.hidden_size
@@ -118,12 +233,19 @@ class ModelConfig:
 
     def total_parameter_count(self) -> int:
         head = self.hidden_size if self.tie_word_embeddings else self.head_parameter_count()
-        return self.embedding_parameter_count() + self.num_layers * self.layer_parameter_count() + head
+        return self.embedding_parameter_count() + self.layers_parameter_count() + head
+
+    def kv_elements_per_token(self) -> int:
+        """Cache elements one token adds in each layer: keys and values, or MLA's compressed
+        latent plus its rotary key."""
+        if self.mla is not None:
+            return self.mla.latent_width
+        return 2 * self.num_kv_heads * self.head_dim
 
     def kv_bytes_per_token(self, dtype_bytes: int, num_layers: int | None = None) -> int:
-        """Bytes of keys and values one token occupies across `num_layers` layers (default: all)."""
+        """Bytes of cache one token occupies across `num_layers` layers (default: all)."""
         layers = self.num_layers if num_layers is None else num_layers
-        return 2 * layers * self.num_kv_heads * self.head_dim * dtype_bytes
+        return layers * self.kv_elements_per_token() * dtype_bytes
 
 
 def load_model_config(model_dir: str | Path) -> ModelConfig:
@@ -175,11 +297,39 @@ def parse_model_config(raw: dict[str, Any]) -> ModelConfig:
             bos_token_id=raw.get("bos_token_id"),
             eos_token_ids=_as_id_tuple(raw.get("eos_token_id")),
             checkpoint_dtype=str(raw.get("torch_dtype") or raw.get("dtype") or "float32"),
+            quantization=_quantization(raw),
         )
+        traits = _FAMILY_TRAITS[model_type](raw, num_layers)
     except (KeyError, TypeError, ValueError) as error:
         raise ModelFormatError(f"config.json is missing or has a bad value for {error}") from None
-    traits = _FAMILY_TRAITS[model_type](raw, num_layers)
-    return ModelConfig(**common, **traits)
+    return ModelConfig(**{**common, **traits})
+
+
+def unsupported_quantization(config: ModelConfig) -> str | None:
+    """Why the engine cannot load this config's weights (None: it can): quantized weights read
+    as plain floats would be silently wrong, so they are refused."""
+    if config.quantization is None:
+        return None
+    return (
+        f"unsupported quantization_config.quant_method {config.quantization!r}; "
+        "supported: none (float32, bfloat16 or float16 weights)"
+    )
+
+
+def engine_refusal(raw: dict[str, Any]) -> str | None:
+    """Why the engine cannot run the model of this `config.json` dictionary (None: it can)."""
+    try:
+        config = parse_model_config(raw)
+    except (UnsupportedModelError, ModelFormatError) as error:
+        return str(error)
+    return unsupported_quantization(config)
+
+
+def _quantization(raw: dict[str, Any]) -> str | None:
+    quantization = raw.get("quantization_config")
+    if not quantization:
+        return None
+    return str(quantization.get("quant_method", "unknown")) if isinstance(quantization, dict) else "unknown"
 
 
 def _as_id_tuple(value: Any) -> tuple[int, ...]:
@@ -201,13 +351,29 @@ def _parse_rope(raw: dict[str, Any]) -> RopeConfig:
             f"unsupported rope type {rope_type!r}; supported: {', '.join(SUPPORTED_ROPE_TYPES)}"
         )
     original = params.get("original_max_position_embeddings")
+    if original is None and rope_type == "yarn":  # transformers' default for yarn
+        original = raw.get("original_max_position_embeddings") or raw.get("max_position_embeddings", 2048)
+    factor = params.get("factor")
+    if factor is None and rope_type == "yarn" and original:
+        factor = int(raw.get("max_position_embeddings", 2048)) / int(original)
+
+    def optional(key: str) -> float | None:
+        value = params.get(key)
+        return float(value) if value is not None else None
+
     return RopeConfig(
         theta=theta,
         rope_type=rope_type,
-        factor=float(params.get("factor", 1.0)),
+        factor=float(factor if factor is not None else 1.0),
         low_freq_factor=float(params.get("low_freq_factor", 1.0)),
         high_freq_factor=float(params.get("high_freq_factor", 4.0)),
         original_max_position_embeddings=int(original) if original is not None else None,
+        beta_fast=float(params.get("beta_fast") or 32.0),
+        beta_slow=float(params.get("beta_slow") or 1.0),
+        mscale=optional("mscale"),
+        mscale_all_dim=optional("mscale_all_dim"),
+        attention_factor=optional("attention_factor"),
+        truncate=bool(params.get("truncate", True)),
     )
 
 
@@ -256,9 +422,47 @@ def _qwen3_traits(raw: dict[str, Any], num_layers: int) -> dict[str, Any]:
     return dict(qkv_bias=bias, o_bias=bias, qk_norm=True, **_qwen_sliding(raw, num_layers))
 
 
+def _mixtral_traits(raw: dict[str, Any], num_layers: int) -> dict[str, Any]:
+    return dict(moe=mixtral_moe(raw, num_layers), **_mistral_traits(raw, num_layers))
+
+
+def _qwen3_moe_traits(raw: dict[str, Any], num_layers: int) -> dict[str, Any]:
+    bias = bool(raw.get("attention_bias", False))
+    # Qwen3-MoE applies its window to every layer when `use_sliding_window` is set.
+    window = raw.get("sliding_window") if raw.get("use_sliding_window") else None
+    return dict(
+        qkv_bias=bias,
+        o_bias=bias,
+        qk_norm=True,
+        sliding_window=int(window) if window else None,
+        sliding_layers=(bool(window),) * num_layers,
+        moe=qwen3_moe(raw, num_layers),
+    )
+
+
+def _deepseek_v3_traits(raw: dict[str, Any], num_layers: int) -> dict[str, Any]:
+    """DeepSeek-V3 and Kimi-K2. Every head has its own keys and values (expanded from the shared
+    latent), and rotary embedding acts on the `qk_rope_head_dim` part only, which is what
+    `head_dim` names here. The multi-token-prediction layers (`num_nextn_predict_layers`) lie
+    past `num_hidden_layers` and are not used to decode."""
+    rope = _parse_rope(raw)
+    mla = latent_attention(raw, rope)
+    return dict(
+        num_kv_heads=int(raw["num_attention_heads"]),
+        head_dim=mla.qk_rope_head_dim,
+        sliding_layers=_no_sliding(num_layers),
+        moe=deepseek_moe(raw, num_layers),
+        mla=mla,
+    )
+
+
 _FAMILY_TRAITS = {
     "llama": _llama_traits,
     "mistral": _mistral_traits,
     "qwen2": _qwen2_traits,
     "qwen3": _qwen3_traits,
+    "mixtral": _mixtral_traits,
+    "qwen3_moe": _qwen3_moe_traits,
+    "deepseek_v3": _deepseek_v3_traits,
+    "kimi_k2": _deepseek_v3_traits,
 }

@@ -1,8 +1,12 @@
 """What placement needs to know of a model: layer sizes, what a token reads, what it caches.
 
-Pure Python (no torch). Dense families come through the engine's `ModelConfig`; the
-mixture-of-experts families (Qwen3-MoE, Mixtral, DeepSeek-V3, Kimi-K2) are read straight from a
-Hugging Face `config.json`, because placement must plan them before the engine can run them.
+Pure Python (no torch). Every family comes through the engine's own `ModelConfig`
+(`tandem.model.config`), so placement counts exactly what the engine holds and caches: one
+source of truth for parameters per layer (dense, sparse, latent attention) and for the cache a
+token adds (keys and values, or latent attention's compressed latent). A config the engine
+refuses (an unsupported router, rope or architecture) has no shape either: placement never
+predicts speeds for a model that cannot run. Quantized checkpoints are sized (placement plans
+them at their weights' bytes) though the engine does not load them yet.
 
 Counts are parameters and cache elements, never bytes: the bytes depend on the dtype each
 device runs, which placement decides.
@@ -11,12 +15,12 @@ device runs, which placement decides.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from tandem.errors import ModelFormatError, UnsupportedModelError
-from tandem.model.config import ModelConfig, parse_model_config, read_config_json
+from tandem.model.config import SUPPORTED_MODEL_TYPES, ModelConfig, parse_model_config, read_config_json
 
 
 @dataclass(frozen=True)
@@ -38,6 +42,14 @@ class ModelShape:
     tie_word_embeddings: bool
     hidden_size: int  # one token's activation between stages has this many elements
     max_context: int
+    # For groups of ranks sharing a stage (`for_group`); () : none. Parameters every rank holds
+    # whole (norms, routers, latent attention's shared projections), and the routed experts of
+    # `num_experts` a layer, which ranks split whole, stored and read per token (top-k).
+    layer_replicated_parameters: tuple[int, ...] = ()
+    layer_expert_parameters: tuple[int, ...] = ()
+    layer_expert_parameters_read: tuple[int, ...] = ()
+    num_experts: int = 0
+    kv_replicated: bool = False  # every rank keeps the whole cache (latent attention's latent)
 
     def __post_init__(self) -> None:
         layers = len(self.layer_parameters)
@@ -45,6 +57,15 @@ class ModelShape:
             raise ModelFormatError(f"model {self.name!r} has no layers")
         if len(self.layer_parameters_read) != layers or len(self.layer_kv_elements) != layers:
             raise ModelFormatError(f"model {self.name!r}: every per-layer count needs one entry per layer")
+        optional = (
+            self.layer_replicated_parameters,
+            self.layer_expert_parameters,
+            self.layer_expert_parameters_read,
+        )
+        if any(counts and len(counts) != layers for counts in optional):
+            raise ModelFormatError(f"model {self.name!r}: every per-layer count needs one entry per layer")
+        if any(self.layer_expert_parameters) and self.num_experts < 1:
+            raise ModelFormatError(f"model {self.name!r}: experts are counted but num_experts is not set")
         if any(
             read > stored
             for read, stored in zip(self.layer_parameters_read, self.layer_parameters, strict=True)
@@ -66,6 +87,41 @@ class ModelShape:
             else self.head_parameters
         )
 
+    def for_group(self, size: int) -> ModelShape:
+        """The shape as a group of `size` ranks sharing each stage holds it, counted as `size`
+        times its largest member's share, so that it compares with the group's pooled memory and
+        bandwidth (`placement_groups`): parts held whole count `size` times, routed experts are
+        split whole (8 over 3 ranks: 3 on the largest), the rest evenly; the cache is split with
+        the heads, or whole on every rank for latent attention. Reading assumes a token's top-k
+        experts spread evenly over the ranks."""
+        if size == 1:
+            return self
+        layers = range(self.num_layers)
+        replicated = self.layer_replicated_parameters or (0,) * self.num_layers
+        experts = self.layer_expert_parameters or (0,) * self.num_layers
+        largest_share = -(-self.num_experts // size) / self.num_experts if self.num_experts else 0.0
+        held = tuple(
+            round(
+                size * replicated[i]
+                + (self.layer_parameters[i] - replicated[i] - experts[i])
+                + size * experts[i] * largest_share
+            )
+            for i in layers
+        )
+        read = tuple(self.layer_parameters_read[i] + (size - 1) * replicated[i] for i in layers)
+        kv = tuple(size * k for k in self.layer_kv_elements) if self.kv_replicated else self.layer_kv_elements
+        return replace(
+            self,
+            layer_parameters=held,
+            layer_parameters_read=read,
+            layer_kv_elements=kv,
+            layer_replicated_parameters=(),
+            layer_expert_parameters=(),
+            layer_expert_parameters_read=(),
+            num_experts=0,
+            kv_replicated=False,
+        )
+
     def total_parameter_count(self) -> int:
         """Parameters of the checkpoint, a tied head counted once."""
         return self.embedding_parameters + sum(self.layer_parameters) + self.shared_head_parameters
@@ -76,18 +132,23 @@ class ModelShape:
 
 
 def shape_from_model_config(config: ModelConfig, name: str | None = None) -> ModelShape:
-    """The shape of a dense model the engine runs (Llama, Mistral, Qwen2, Qwen3)."""
-    per_layer = config.layer_parameter_count()
+    """The shape of a model as the engine builds it, layer by layer."""
+    layers = range(config.num_layers)
     return ModelShape(
         name=name or config.model_type,
-        layer_parameters=(per_layer,) * config.num_layers,
-        layer_parameters_read=(per_layer,) * config.num_layers,
-        layer_kv_elements=(2 * config.num_kv_heads * config.head_dim,) * config.num_layers,
+        layer_parameters=tuple(config.layer_parameter_count(i) for i in layers),
+        layer_parameters_read=tuple(config.layer_parameters_read(i) for i in layers),
+        layer_kv_elements=(config.kv_elements_per_token(),) * config.num_layers,
         embedding_parameters=config.embedding_parameter_count(),
         head_parameters=config.head_parameter_count(),
         tie_word_embeddings=config.tie_word_embeddings,
         hidden_size=config.hidden_size,
         max_context=config.max_position_embeddings,
+        layer_replicated_parameters=tuple(config.layer_replicated_parameter_count(i) for i in layers),
+        layer_expert_parameters=tuple(config.layer_expert_parameter_count(i) for i in layers),
+        layer_expert_parameters_read=tuple(config.layer_expert_parameter_count(i, read=True) for i in layers),
+        num_experts=config.moe.num_experts if config.moe is not None else 0,
+        kv_replicated=config.mla is not None,
     )
 
 
@@ -125,155 +186,7 @@ def load_shape(path: str | Path) -> ModelShape:
     return shape_from_hf_config(raw, name=raw.get("_name_or_path") or name)
 
 
-# Building blocks, in parameters. Names follow the Hugging Face modules they count.
-
-
-def _grouped_query_attention(raw: dict[str, Any], qk_norm: bool) -> int:
-    hidden, heads = int(raw["hidden_size"]), int(raw["num_attention_heads"])
-    kv_heads = int(raw.get("num_key_value_heads") or heads)
-    head_dim = int(raw.get("head_dim") or hidden // heads)
-    q_out, kv_out = heads * head_dim, kv_heads * head_dim
-    count = hidden * q_out + 2 * hidden * kv_out + q_out * hidden
-    if raw.get("attention_bias"):
-        count += q_out + 2 * kv_out + hidden
-    if qk_norm:
-        count += 2 * head_dim
-    return count
-
-
-def _grouped_query_kv_elements(raw: dict[str, Any]) -> int:
-    hidden, heads = int(raw["hidden_size"]), int(raw["num_attention_heads"])
-    head_dim = int(raw.get("head_dim") or hidden // heads)
-    return 2 * int(raw.get("num_key_value_heads") or heads) * head_dim
-
-
-def _gated_mlp(hidden: int, intermediate: int) -> int:
-    """gate_proj, up_proj and down_proj without bias."""
-    return 3 * hidden * intermediate
-
-
-@dataclass(frozen=True)
-class _Layer:
-    stored: int
-    read: int
-
-
-def _mixture_of_experts(
-    hidden: int, expert_intermediate: int, routed: int, top_k: int, shared: int = 0, router_extra: int = 0
-) -> _Layer:
-    """Routed experts plus always-on shared experts; a token reads the router, shared, and top-k."""
-    expert = _gated_mlp(hidden, expert_intermediate)
-    always = routed * hidden + router_extra + shared * expert
-    return _Layer(stored=always + routed * expert, read=always + top_k * expert)
-
-
-def _assemble(
-    raw: dict[str, Any], name: str, attention: int, kv_elements: int, feed_forwards: list[_Layer]
-) -> ModelShape:
-    """One decoder layer = attention + feed-forward + two norms; embedding and head from vocab × hidden."""
-    hidden, vocab = int(raw["hidden_size"]), int(raw["vocab_size"])
-    norms = 2 * hidden
-    return ModelShape(
-        name=name,
-        layer_parameters=tuple(attention + ffn.stored + norms for ffn in feed_forwards),
-        layer_parameters_read=tuple(attention + ffn.read + norms for ffn in feed_forwards),
-        layer_kv_elements=(kv_elements,) * len(feed_forwards),
-        embedding_parameters=vocab * hidden,
-        head_parameters=hidden + vocab * hidden,
-        tie_word_embeddings=bool(raw.get("tie_word_embeddings", False)),
-        hidden_size=hidden,
-        max_context=int(raw.get("max_position_embeddings", 2048)),
-    )
-
-
-# One builder per model_type.
-
-
-def _dense_shape(raw: dict[str, Any], name: str) -> ModelShape:
-    return shape_from_model_config(parse_model_config(raw), name)
-
-
-def _qwen3_moe_shape(raw: dict[str, Any], name: str) -> ModelShape:
-    """Qwen3-MoE: a layer is sparse unless listed in `mlp_only_layers` or off `decoder_sparse_step`."""
-    hidden, layers = int(raw["hidden_size"]), int(raw["num_hidden_layers"])
-    experts, step = int(raw.get("num_experts", 0)), int(raw.get("decoder_sparse_step", 1))
-    dense_only = set(raw.get("mlp_only_layers") or ())
-    dense_mlp = _gated_mlp(hidden, int(raw.get("intermediate_size", 0)))
-    sparse = _mixture_of_experts(
-        hidden, int(raw["moe_intermediate_size"]), experts, int(raw["num_experts_per_tok"])
-    )
-    feed_forwards = [
-        sparse
-        if index not in dense_only and experts > 0 and (index + 1) % step == 0
-        else _Layer(dense_mlp, dense_mlp)
-        for index in range(layers)
-    ]
-    attention = _grouped_query_attention(raw, qk_norm=True)
-    return _assemble(raw, name, attention, _grouped_query_kv_elements(raw), feed_forwards)
-
-
-def _mixtral_shape(raw: dict[str, Any], name: str) -> ModelShape:
-    hidden, layers = int(raw["hidden_size"]), int(raw["num_hidden_layers"])
-    sparse = _mixture_of_experts(
-        hidden, int(raw["intermediate_size"]), int(raw["num_local_experts"]), int(raw["num_experts_per_tok"])
-    )
-    attention = _grouped_query_attention(raw, qk_norm=False)
-    return _assemble(raw, name, attention, _grouped_query_kv_elements(raw), [sparse] * layers)
-
-
-def _multi_head_latent_attention(raw: dict[str, Any]) -> int:
-    """DeepSeek's MLA: queries and keys/values pass through low-rank projections with their own norms."""
-    hidden, heads = int(raw["hidden_size"]), int(raw["num_attention_heads"])
-    q_lora, kv_lora = raw.get("q_lora_rank"), int(raw["kv_lora_rank"])
-    nope, rope, value = int(raw["qk_nope_head_dim"]), int(raw["qk_rope_head_dim"]), int(raw["v_head_dim"])
-    bias = bool(raw.get("attention_bias", False))
-    if q_lora:  # q_a_proj, q_a_layernorm, q_b_proj
-        query = (
-            hidden * int(q_lora) + int(bias) * int(q_lora) + int(q_lora) + int(q_lora) * heads * (nope + rope)
-        )
-    else:  # q_proj
-        query = hidden * heads * (nope + rope)
-    key_value = (  # kv_a_proj_with_mqa, kv_a_layernorm, kv_b_proj
-        hidden * (kv_lora + rope) + int(bias) * (kv_lora + rope) + kv_lora + kv_lora * heads * (nope + value)
-    )
-    output = heads * value * hidden + int(bias) * hidden
-    return query + key_value + output
-
-
-def _deepseek_v3_shape(raw: dict[str, Any], name: str) -> ModelShape:
-    """DeepSeek-V3 and Kimi-K2: dense first layers, then routed + shared experts on every
-    `moe_layer_freq`-th layer. The multi-token-prediction layers (`num_nextn_predict_layers`) lie
-    outside `num_hidden_layers`, are not used to decode, and are not counted."""
-    hidden, layers = int(raw["hidden_size"]), int(raw["num_hidden_layers"])
-    routed = int(raw.get("n_routed_experts") or 0)
-    first_sparse, frequency = int(raw.get("first_k_dense_replace", 0)), int(raw.get("moe_layer_freq", 1))
-    dense_mlp = _gated_mlp(hidden, int(raw["intermediate_size"]))
-    sparse = _mixture_of_experts(
-        hidden,
-        int(raw["moe_intermediate_size"]),
-        routed,
-        int(raw["num_experts_per_tok"]),
-        shared=int(raw.get("n_shared_experts") or 0),
-        router_extra=routed,  # e_score_correction_bias, one per routed expert
-    )
-    feed_forwards = [
-        sparse
-        if routed and index >= first_sparse and index % frequency == 0
-        else _Layer(dense_mlp, dense_mlp)
-        for index in range(layers)
-    ]
-    # MLA caches one compressed latent plus the shared rotary key per token, not per-head K and V.
-    kv_elements = int(raw["kv_lora_rank"]) + int(raw["qk_rope_head_dim"])
-    return _assemble(raw, name, _multi_head_latent_attention(raw), kv_elements, feed_forwards)
-
-
 _BUILDERS: dict[str, Callable[[dict[str, Any], str], ModelShape]] = {
-    "llama": _dense_shape,
-    "mistral": _dense_shape,
-    "qwen2": _dense_shape,
-    "qwen3": _dense_shape,
-    "qwen3_moe": _qwen3_moe_shape,
-    "mixtral": _mixtral_shape,
-    "deepseek_v3": _deepseek_v3_shape,
-    "kimi_k2": _deepseek_v3_shape,
+    model_type: (lambda raw, name: shape_from_model_config(parse_model_config(raw), name))
+    for model_type in SUPPORTED_MODEL_TYPES
 }

@@ -96,9 +96,9 @@ def describe_card(
         max_context=card.context,
         downloaded=held,
     )
-    if card.engine != "runs":
+    if card.engine_refusal is not None:
         return replace(
-            listing, reason=f"placement plans {card.family} models; the engine does not run them yet"
+            listing, reason=f"placement plans this model; the engine does not run it: {card.engine_refusal}"
         )
     placement = plan_shape(card.shape(), LaunchRequest(card.id))
     if isinstance(placement, Infeasible):

@@ -14,7 +14,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any, Literal
 
-from tandem.model.config import SUPPORTED_MODEL_TYPES
+from tandem.model.config import engine_refusal
 from tandem.model.shapes import ModelShape, shape_from_hf_config
 
 CATALOG_PATH = Path(__file__).with_name("catalog.json")
@@ -28,7 +28,8 @@ EngineSupport = Literal["runs", "plans"]
 @dataclass(frozen=True)
 class ModelCard:
     """One catalog model. `engine` is "runs" when Tandem's engine runs it today, "plans" when
-    placement can plan it (mixture-of-experts families) but the engine cannot run it yet."""
+    placement can plan it but the engine cannot run it yet (`engine_refusal` says why: FP8
+    weights, for instance)."""
 
     id: str
     repo: str
@@ -43,7 +44,12 @@ class ModelCard:
 
     @property
     def engine(self) -> EngineSupport:
-        return "runs" if self.family in SUPPORTED_MODEL_TYPES else "plans"
+        return "runs" if self.engine_refusal is None else "plans"
+
+    @property
+    def engine_refusal(self) -> str | None:
+        """Why the engine does not run this model (None: it does)."""
+        return engine_refusal(self.config)
 
     @property
     def is_mixture_of_experts(self) -> bool:

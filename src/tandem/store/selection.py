@@ -1,9 +1,9 @@
 """Which weight files one pipeline stage needs, read from the checkpoint's index.
 
-For the families the engine runs, the stage is built on the meta device (no memory, no weights)
-and its parameter names are looked up in the index's weight map: the loader's own view of what
-it will read, tied heads included. For families the engine only plans (mixture-of-experts),
-tensors are assigned by their `model.layers.N.` prefix instead.
+For the models the engine runs, the stage is built on the meta device (no memory, no weights)
+and the checkpoint tensors it loads (tied heads, per-expert tensors) are looked up in the
+index's weight map: the loader's own view of what it will read. For models the engine only
+plans (quantized ones), tensors are assigned by their `model.layers.N.` prefix instead.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 
 from tandem.errors import ModelFormatError
-from tandem.model.config import SUPPORTED_MODEL_TYPES, read_config_json
+from tandem.model.config import engine_refusal, read_config_json
 from tandem.model.stage import StageSpec
 from tandem.store.manifest import INDEX_FILE, is_weight_file
 
@@ -44,7 +44,7 @@ def stage_weight_files(snapshot: Path, stage: StageSpec | None, known_files: set
     if stage is None:
         return set(weight_map.values())
     config = read_config_json(snapshot / "config.json")
-    if config.get("model_type") in SUPPORTED_MODEL_TYPES:
+    if engine_refusal(config) is None:
         names = _engine_tensor_names(snapshot, stage)
     else:
         names = [name for name in weight_map if _by_prefix(name, stage)]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 
 from tandem.engine.kv_cache import KVCache
+from tandem.engine.latent_cache import LatentCache
 from tandem.engine.models.llama import CausalLM
 from tandem.model.step import StepPlan
 
@@ -24,7 +25,9 @@ def bucket_for(batch: int, max_batch: int) -> int:
 
 
 class DecodeGraphs:
-    def __init__(self, model: CausalLM, kv_cache: KVCache, max_batch: int, scratch_slot: int) -> None:
+    def __init__(
+        self, model: CausalLM, kv_cache: KVCache | LatentCache, max_batch: int, scratch_slot: int
+    ) -> None:
         self.model = model
         self.kv_cache = kv_cache
         self.max_batch = max_batch

@@ -17,6 +17,7 @@ from torch import nn
 
 from tandem.engine import ops
 from tandem.engine.attention import AttentionBatch, attend, attention_masks
+from tandem.engine.checkpoint import StackedSource
 from tandem.engine.kv_cache import KVCache
 from tandem.engine.parallel.group import AllReduce
 from tandem.engine.parallel.layers import unsummed
@@ -109,9 +110,13 @@ class Attention(nn.Module):
 
 
 class MLP(nn.Module):
-    def __init__(self, config: ModelConfig) -> None:
+    """The gated feed-forward (SiLU(gate) · up, then down), of the model's `intermediate_size`
+    unless `intermediate_size` is given (a mixture's shared experts)."""
+
+    def __init__(self, config: ModelConfig, intermediate_size: int | None = None) -> None:
         super().__init__()
-        hidden, inner = config.hidden_size, config.intermediate_size
+        hidden = config.hidden_size
+        inner = config.intermediate_size if intermediate_size is None else intermediate_size
         self.gate_proj: nn.Linear | None = nn.Linear(hidden, inner, bias=config.mlp_bias)
         self.up_proj: nn.Linear | None = nn.Linear(hidden, inner, bias=config.mlp_bias)
         self.gate_up_proj: nn.Linear | None = None
@@ -169,10 +174,12 @@ class DecoderLayer(nn.Module):
 class DecoderStack(nn.Module):
     """`model.*` in the checkpoint: embedding (first stage), layers, final norm (last stage)."""
 
-    def __init__(self, config: ModelConfig, stage: StageSpec) -> None:
+    def __init__(
+        self, config: ModelConfig, stage: StageSpec, layer_class: type[nn.Module] = DecoderLayer
+    ) -> None:
         super().__init__()
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size) if stage.is_first else None
-        self.layers = nn.ModuleDict({str(i): DecoderLayer(config, i) for i in stage.layers})
+        self.layers = nn.ModuleDict({str(i): layer_class(config, i) for i in stage.layers})
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps) if stage.is_last else None
 
 
@@ -181,13 +188,17 @@ class CausalLM(nn.Module):
 
     The first stage takes token ids; later stages take the previous stage's hidden states.
     The last stage returns logits for the rows named by `logit_rows`; others return hidden states.
+    A family whose layers differ (mixtures of experts, latent attention) subclasses it with its
+    own `layer_class`.
     """
+
+    layer_class: type[nn.Module] = DecoderLayer
 
     def __init__(self, config: ModelConfig, stage: StageSpec) -> None:
         super().__init__()
         self.config = config
         self.stage = stage
-        self.model = DecoderStack(config, stage)
+        self.model = DecoderStack(config, stage, self.layer_class)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False) if stage.is_last else None
         # computed by reset_buffers once the model is on a real device
         self.register_buffer("inv_freq", torch.empty(config.head_dim // 2), persistent=False)
@@ -202,6 +213,23 @@ class CausalLM(nn.Module):
         for layer in self.model.layers.values():
             layer.self_attn.fuse()  # type: ignore[union-attr]
             layer.mlp.fuse()  # type: ignore[union-attr]
+
+    def decode_kernels_fit(self) -> bool:
+        """Whether this model's attention can take the CUDA decode kernels (their head sizes)."""
+        return ops.kernel_head_dim(self.config.head_dim)
+
+    def supports_decode_graphs(self) -> bool:
+        """Whether decode steps can be captured in CUDA graphs on this model's device: they need
+        the decode kernels, which read each sequence's length on the device."""
+        return ops.kernels_available() and self.decode_kernels_fit()
+
+    def checkpoint_sources(self) -> dict[str, StackedSource]:
+        """Parameters assembled from several checkpoint tensors (none here; see `StackedSource`)."""
+        return {}
+
+    def float32_parameters(self) -> set[str]:
+        """Parameters kept in float32 whatever the model's dtype (none here)."""
+        return set()
 
     def attention_layers(self) -> dict[int, Attention]:
         return {int(i): layer.self_attn for i, layer in self.model.layers.items()}  # type: ignore[union-attr]
@@ -218,12 +246,10 @@ class CausalLM(nn.Module):
         prompt_from_start: bool = False,
     ) -> AttentionBatch:
         """Everything attention needs for `positions` ([B, T]) of sequences in cache `slots` ([B])."""
-        cos, sin = rotary_cos_sin(self.inv_freq, positions, self.activation_dtype())
-        decode_kernels = (
-            positions.shape[1] == 1
-            and ops.use_kernels(positions)
-            and ops.kernel_head_dim(self.config.head_dim)
+        cos, sin = rotary_cos_sin(
+            self.inv_freq, positions, self.activation_dtype(), self.config.rope.cos_sin_scale
         )
+        decode_kernels = positions.shape[1] == 1 and ops.use_kernels(positions) and self.decode_kernels_fit()
         prompt_from_start = prompt_from_start and positions.shape[1] > 1
         if decode_kernels:
             needed: set[int | None] = set()

@@ -26,7 +26,7 @@ from __future__ import annotations
 from torch import nn
 
 from tandem.engine.loader import TensorSlice
-from tandem.engine.models.llama import Attention, CausalLM, DecoderLayer
+from tandem.engine.models.llama import MLP, Attention, CausalLM, DecoderLayer
 from tandem.engine.models.meta import on_meta
 from tandem.engine.parallel.group import TensorParallelGroup
 from tandem.engine.parallel.layers import RowParallelLinear, VocabParallelEmbedding, VocabParallelHead
@@ -36,42 +36,53 @@ from tandem.engine.parallel.sharding import attention_shard, even_block, even_bl
 def shard_llama(model: CausalLM, group: TensorParallelGroup) -> dict[str, TensorSlice]:
     """Replace `model`'s projections (on the meta device) by this rank's shards; returns
     parameter name -> the block of its checkpoint tensor. Parameters not named are read whole."""
-    config, rank, size = model.config, group.rank, group.size
+    config = model.config
     slices: dict[str, TensorSlice] = {}
     with on_meta():
         for index, layer in model.model.layers.items():
             assert isinstance(layer, DecoderLayer)
             prefix = f"model.layers.{index}"
-            slices |= _shard_attention(layer.self_attn, f"{prefix}.self_attn", group)
-            inner = even_block(config.intermediate_size, rank, size)
-            mlp = layer.mlp
-            for name in ("gate_proj", "up_proj"):
-                setattr(mlp, name, nn.Linear(config.hidden_size, inner.size, bias=config.mlp_bias))
-                slices |= _row_slices(f"{prefix}.mlp.{name}", slice(inner.start, inner.end), config.mlp_bias)
-            down = RowParallelLinear(
-                inner.size,
-                config.hidden_size,
-                config.mlp_bias,
-                group.all_reduce,
-                sum_in_norm=not config.mlp_bias,
-            )
-            mlp.down_proj = down  # type: ignore[assignment]
-            slices[f"{prefix}.mlp.down_proj.weight"] = TensorSlice(columns=slice(inner.start, inner.end))
-        vocab_blocks = even_blocks(config.vocab_size, size)
-        vocab = vocab_blocks[rank]
-        vocab_rows = TensorSlice(rows=slice(vocab.start, vocab.end))
-        if model.model.embed_tokens is not None:
-            embedding = VocabParallelEmbedding(vocab, config.hidden_size, group.all_reduce)
-            model.model.embed_tokens = embedding  # type: ignore[assignment]
-            slices["model.embed_tokens.weight"] = vocab_rows
-        if model.lm_head is not None:
-            sizes = tuple(block.size for block in vocab_blocks)
-            model.lm_head = VocabParallelHead(config.hidden_size, vocab, sizes, group.all_gather)  # type: ignore[assignment]
-            slices["lm_head.weight"] = vocab_rows
+            slices |= shard_attention(layer.self_attn, f"{prefix}.self_attn", group)
+            slices |= shard_mlp(layer.mlp, f"{prefix}.mlp", config.intermediate_size, group)
+        slices |= shard_ends(model, group)
     return slices
 
 
-def _shard_attention(attention: Attention, prefix: str, group: TensorParallelGroup) -> dict[str, TensorSlice]:
+def shard_mlp(
+    mlp: MLP, prefix: str, intermediate_size: int, group: TensorParallelGroup
+) -> dict[str, TensorSlice]:
+    """A gated MLP split Megatron's way: gate/up by rows, down by columns, its all-reduce left to
+    the norm after it (when it has no bias). Call on the meta device."""
+    assert mlp.gate_proj is not None, "apply tensor parallelism before fuse_projections"
+    hidden, bias = mlp.gate_proj.in_features, mlp.gate_proj.bias is not None
+    inner = even_block(intermediate_size, group.rank, group.size)
+    slices: dict[str, TensorSlice] = {}
+    for name in ("gate_proj", "up_proj"):
+        setattr(mlp, name, nn.Linear(hidden, inner.size, bias=bias))
+        slices |= _row_slices(f"{prefix}.{name}", slice(inner.start, inner.end), bias)
+    mlp.down_proj = RowParallelLinear(inner.size, hidden, bias, group.all_reduce, sum_in_norm=not bias)  # type: ignore[assignment]
+    slices[f"{prefix}.down_proj.weight"] = TensorSlice(columns=slice(inner.start, inner.end))
+    return slices
+
+
+def shard_ends(model: CausalLM, group: TensorParallelGroup) -> dict[str, TensorSlice]:
+    """The embedding and the head split by vocabulary rows. Call on the meta device."""
+    config, slices = model.config, {}
+    vocab_blocks = even_blocks(config.vocab_size, group.size)
+    vocab = vocab_blocks[group.rank]
+    vocab_rows = TensorSlice(rows=slice(vocab.start, vocab.end))
+    if model.model.embed_tokens is not None:
+        embedding = VocabParallelEmbedding(vocab, config.hidden_size, group.all_reduce)
+        model.model.embed_tokens = embedding  # type: ignore[assignment]
+        slices["model.embed_tokens.weight"] = vocab_rows
+    if model.lm_head is not None:
+        sizes = tuple(block.size for block in vocab_blocks)
+        model.lm_head = VocabParallelHead(config.hidden_size, vocab, sizes, group.all_gather)  # type: ignore[assignment]
+        slices["lm_head.weight"] = vocab_rows
+    return slices
+
+
+def shard_attention(attention: Attention, prefix: str, group: TensorParallelGroup) -> dict[str, TensorSlice]:
     q_proj, k_proj = attention.q_proj, attention.k_proj
     if q_proj is None or k_proj is None:
         raise ValueError("apply tensor parallelism before fuse_projections: it splits q, k and v apart")

@@ -25,6 +25,7 @@ from tandem.engine.loader import SliceRule, TensorSlice, load_weights
 from tandem.engine.models import build_empty_model
 from tandem.engine.models.llama import CausalLM
 from tandem.engine.models.llama_tp import shard_llama
+from tandem.engine.models.moe_tp import shard_mixture
 from tandem.engine.parallel.group import AllReduce, TensorParallelGroup
 from tandem.engine.parallel.layers import RowParallelLinear, VocabParallelEmbedding
 from tandem.errors import UnsupportedModelError
@@ -37,6 +38,10 @@ TENSOR_PARALLEL_PLANS: dict[str, Callable[[CausalLM, TensorParallelGroup], dict[
     "mistral": shard_llama,
     "qwen2": shard_llama,
     "qwen3": shard_llama,
+    "mixtral": shard_mixture,
+    "qwen3_moe": shard_mixture,
+    "deepseek_v3": shard_mixture,
+    "kimi_k2": shard_mixture,
 }
 
 
