@@ -47,6 +47,7 @@ def start_instance(
     env: dict[str, str] | None = None,
     max_prefill_tokens: int = 5,
     devices: list[str] | None = None,
+    quantize: str | None = None,
 ) -> list[RunnerProcess]:
     """One runner per rank: stage s holds an even share of the layers over `stage_sizes[s]` ranks;
     `env` is added to every runner's environment. `devices` (one per rank, e.g. cuda:0, cuda:1)
@@ -70,6 +71,7 @@ def start_instance(
         threads=1,
         stage_sizes=stage_sizes,
         keep_alive_seconds=keep_alive_seconds,
+        quantize=quantize,
     )
     driver = RunnerProcess(base, env)
     runners = [driver]

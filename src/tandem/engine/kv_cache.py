@@ -42,14 +42,14 @@ class KVCache:
         """A cache shaped for the attention layers `model` holds (after any tensor-parallel split)."""
         layers = model.attention_layers()  # type: ignore[operator]
         first = next(iter(layers.values()))
-        parameter = first.o_proj.weight
+        parameter = next(model.parameters())
         return cls(
             layer_indices=list(layers),
             num_slots=num_slots,
             max_length=max_length,
             num_kv_heads=first.local_kv_heads,
             head_dim=first.head_dim,
-            dtype=parameter.dtype,
+            dtype=model.activation_dtype(),  # type: ignore[operator]
             device=parameter.device,
         )
 

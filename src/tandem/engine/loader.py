@@ -11,8 +11,11 @@ import torch
 from tandem.engine.checkpoint import Checkpoint
 from tandem.engine.models import build_empty_model
 from tandem.engine.models.llama import CausalLM
+from tandem.engine.quant.linear import QuantizedEmbedding, QuantizedLinear
+from tandem.engine.quant.loading import load_quantized, prepare_quantized, quantize_modules, stage_format
 from tandem.errors import ModelFormatError
 from tandem.model.config import ModelConfig, load_model_config
+from tandem.model.quantization import QuantFormat
 from tandem.model.stage import StageSpec
 
 TIED_HEAD = ("lm_head.weight", "model.embed_tokens.weight")
@@ -46,8 +49,13 @@ def checkpoint_name(name: str, config: ModelConfig, checkpoint: Checkpoint) -> s
 
 
 def stage_tensor_names(model: torch.nn.Module, config: ModelConfig, checkpoint: Checkpoint) -> list[str]:
-    """The checkpoint tensors a built (empty) stage needs."""
-    return sorted({checkpoint_name(name, config, checkpoint) for name in model.state_dict()})
+    """The checkpoint tensors a built (empty) stage needs; a quantized module's several tensors
+    (packed values, scales, zero points) are found under its name."""
+    names = {checkpoint_name(name, config, checkpoint) for name in model.state_dict()}
+    if config.quantization is not None:
+        modules = {name.rsplit(".", 1)[0] for name in names}
+        names |= {name for name in checkpoint.weight_map if name.rsplit(".", 1)[0] in modules}
+    return sorted(names)
 
 
 def load_weights(
@@ -57,8 +65,11 @@ def load_weights(
     device: torch.device,
     dtype: torch.dtype,
     slice_rule: SliceRule | None = None,
+    quantization: QuantFormat | None = None,
 ) -> None:
-    """Replace every meta parameter of `model` with its tensor from the checkpoint."""
+    """Replace every meta parameter of `model` with its tensor from the checkpoint; with
+    `quantization`, its quantized modules first take the place of the dense ones."""
+    quantized = quantize_modules(model, quantization, checkpoint, dtype) if quantization else []
     tensors: dict[str, torch.Tensor] = {}
     for name, empty in model.state_dict().items():
         source = checkpoint_name(name, config, checkpoint)
@@ -73,8 +84,11 @@ def load_weights(
             )
         tensors[name] = tensor.to(device=device, dtype=dtype)
     model.load_state_dict(tensors, strict=True, assign=True)
+    if quantization is not None and quantized:
+        load_quantized(model, quantized, quantization, checkpoint, device, dtype, config, slice_rule)
     embedding, head = getattr(model.model, "embed_tokens", None), getattr(model, "lm_head", None)
-    if config.tie_word_embeddings and embedding is not None and head is not None:
+    dense_ends = not isinstance(embedding, QuantizedEmbedding) and not isinstance(head, QuantizedLinear)
+    if config.tie_word_embeddings and embedding is not None and head is not None and dense_ends:
         head.weight = embedding.weight  # one copy when a stage holds both ends of a tied model
 
 
@@ -84,17 +98,28 @@ def load_stage(
     device: torch.device,
     dtype: torch.dtype,
     config: ModelConfig | None = None,
+    quantize: str | None = None,
 ) -> CausalLM:
     """Load layers `stage.layers` (plus embedding and/or head for end stages); the whole model when
-    `stage` is None. Only the owned tensors are read from disk."""
+    `stage` is None. Only the owned tensors are read from disk. Quantized checkpoints keep their
+    compact weights; `quantize` ("int8", "int4") quantizes a 16/32-bit checkpoint as it loads."""
     config = config or load_model_config(model_dir)
     stage = stage or StageSpec.whole(config.num_layers)
+    quantization = stage_format(config, quantize)
     checkpoint = Checkpoint(model_dir)
     model = build_empty_model(config, stage)
-    load_weights(model, config, checkpoint, device, dtype)
+    try:
+        load_weights(model, config, checkpoint, device, dtype, quantization=quantization)
+    finally:
+        checkpoint.close()
+    return finish_loading(model, device, dtype)
+
+
+def finish_loading(model: CausalLM, device: torch.device, dtype: torch.dtype) -> CausalLM:
+    """After the weights: buffers, fused projections, quantized weights in their kernels' form."""
     model.reset_buffers(device)
     model.fuse_projections()
-    checkpoint.close()
+    prepare_quantized(model, device, dtype)
     return model.eval()
 
 

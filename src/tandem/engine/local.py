@@ -32,12 +32,14 @@ def assemble_engine(
     num_slots: int,
     max_prefill_tokens: int,
     engine_class: type[LLMEngine] = LLMEngine,
+    quantized: bool = False,
 ) -> LLMEngine:
     """An engine over the model `load` returns, with the checkpoint's tokenizer and stop tokens."""
     model_dir = Path(model_dir)
     config = load_model_config(model_dir)
     torch_device = resolve_device(device)
-    torch_dtype = resolve_dtype(dtype, torch_device)
+    quantized = quantized or config.quantization is not None
+    torch_dtype = resolve_dtype(dtype, torch_device, config.checkpoint_dtype, quantized)
     context = context_size(max_context, config.max_position_embeddings)
     tokenizer = Tokenizer(model_dir) if (model_dir / "tokenizer.json").is_file() else None
     model = load(model_dir, torch_device, torch_dtype, config)
@@ -53,10 +55,21 @@ def create_local_engine(
     max_context: int | None = None,
     num_slots: int = DEFAULT_NUM_SLOTS,
     max_prefill_tokens: int = DEFAULT_MAX_PREFILL_TOKENS,
+    quantize: str | None = None,
 ) -> LLMEngine:
-    """An engine over the whole model in this process."""
+    """An engine over the whole model in this process; `quantize` ("int8", "int4") quantizes a
+    16/32-bit checkpoint as it loads (`tandem.model.quantization.load_time_format`)."""
 
     def load(directory: Path, device: torch.device, dtype: torch.dtype, config: ModelConfig) -> CausalLM:
-        return load_stage(directory, None, device, dtype, config=config)
+        return load_stage(directory, None, device, dtype, config=config, quantize=quantize)
 
-    return assemble_engine(model_dir, load, device, dtype, max_context, num_slots, max_prefill_tokens)
+    return assemble_engine(
+        model_dir,
+        load,
+        device,
+        dtype,
+        max_context,
+        num_slots,
+        max_prefill_tokens,
+        quantized=quantize is not None,
+    )

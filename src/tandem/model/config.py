@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from tandem.errors import InvalidRequestError, ModelFormatError, UnsupportedModelError
+from tandem.model.quantization import QuantFormat, parse_quantization
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3")
@@ -67,6 +68,8 @@ class ModelConfig:
     bos_token_id: int | None = None
     eos_token_ids: tuple[int, ...] = ()
     checkpoint_dtype: str = "float32"
+    # The checkpoint's quantized weights (its `quantization_config`); None: plain 16/32-bit.
+    quantization: QuantFormat | None = None
 
     def __post_init__(self) -> None:
         checks = [
@@ -175,6 +178,7 @@ def parse_model_config(raw: dict[str, Any]) -> ModelConfig:
             bos_token_id=raw.get("bos_token_id"),
             eos_token_ids=_as_id_tuple(raw.get("eos_token_id")),
             checkpoint_dtype=str(raw.get("torch_dtype") or raw.get("dtype") or "float32"),
+            quantization=parse_quantization(raw),
         )
     except (KeyError, TypeError, ValueError) as error:
         raise ModelFormatError(f"config.json is missing or has a bad value for {error}") from None

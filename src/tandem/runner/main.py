@@ -94,11 +94,13 @@ def load_shard(
     """This rank's part of its stage: the whole stage, or its tensor-parallel shard; and the
     all-reduce its group sums with (None without a group)."""
     if groups is None:
-        return load_stage(spec.model_dir, spec.stage, device, dtype), None
+        return load_stage(spec.model_dir, spec.stage, device, dtype, quantize=spec.quantize), None
     config = load_model_config(spec.model_dir)
     all_reduce = group_all_reduce(groups.data, groups.control, device, dtype, config.hidden_size)
     group = TensorParallelGroup.from_process_group(groups.data, all_reduce=all_reduce)
-    model = load_tensor_parallel_stage(spec.model_dir, spec.stage, group, device, dtype, config)
+    model = load_tensor_parallel_stage(
+        spec.model_dir, spec.stage, group, device, dtype, config, spec.quantize
+    )
     return model, all_reduce.name
 
 
@@ -108,7 +110,9 @@ def run(spec: RunnerSpec, emit: Emit) -> None:
     device = resolve_device(spec.device)
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    dtype = resolve_dtype(spec.dtype, device)
+    config = load_model_config(spec.model_dir)
+    quantized = spec.quantize is not None or config.quantization is not None
+    dtype = resolve_dtype(spec.dtype, device, config.checkpoint_dtype, quantized)
     groups, wire = None, None
     if spec.world_size > 1:
         join_group(spec, emit)

@@ -73,6 +73,7 @@ class RunnerSpec:
     # instance); None: `backend` for all. Every rank must know all of them to create the groups.
     stage_backends: tuple[Backend, ...] | None = None
     keep_alive_seconds: float = 60.0  # an idle driver's interval between keep-alives to the others
+    quantize: str | None = None  # "int8" / "int4": quantize a 16/32-bit checkpoint as it loads
 
     def __post_init__(self) -> None:
         if not 0 <= self.rank < self.world_size:

@@ -17,6 +17,7 @@ from torch import nn
 from tandem.engine import ops
 from tandem.engine.parallel.group import AllGather, AllReduce
 from tandem.engine.parallel.sharding import Block
+from tandem.engine.quant.linear import QuantizedLinear
 
 
 class RowParallelLinear(nn.Module):
@@ -53,9 +54,35 @@ class RowParallelLinear(nn.Module):
         return total if self.bias is None else total + self.bias
 
 
+class QuantizedRowParallelLinear(QuantizedLinear):
+    """A RowParallelLinear whose block of the weight is quantized (the block's inputs start on a
+    group of the quantization, `QuantizedWeight.columns`); sums like RowParallelLinear."""
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool,
+        all_reduce: AllReduce,
+        sum_in_norm: bool = False,
+    ) -> None:
+        super().__init__(in_features, out_features, bias)
+        if sum_in_norm and bias:
+            raise ValueError("a row-parallel layer with a bias sums its output itself")
+        self.all_reduce = all_reduce
+        self.sum_in_norm = sum_in_norm
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        partial = self.product(x)  # [..., out_features], this rank's share of the sum
+        if self.sum_in_norm:
+            return partial
+        total = self.all_reduce(partial)
+        return total if self.bias is None else total + self.bias
+
+
 def unsummed(layer: nn.Module) -> AllReduce | None:
     """The all-reduce still owed to `layer`'s output (None: the output is whole)."""
-    if isinstance(layer, RowParallelLinear) and layer.sum_in_norm:
+    if isinstance(layer, RowParallelLinear | QuantizedRowParallelLinear) and layer.sum_in_norm:
         return layer.all_reduce
     return None
 
