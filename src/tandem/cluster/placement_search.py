@@ -13,6 +13,8 @@ from itertools import accumulate, pairwise
 from typing import TYPE_CHECKING
 
 from tandem.cluster.topology import LinkInfo, NodeId, Topology
+from tandem.errors import InvalidRequestError
+from tandem.model.quantization import QuantFormat, load_time_format
 from tandem.model.shapes import ModelShape
 
 if TYPE_CHECKING:
@@ -88,6 +90,20 @@ def offered_devices(topology: Topology, request: PlacementRequest) -> list[Candi
     return candidates
 
 
+def weight_format(shape: ModelShape, request: PlacementRequest) -> QuantFormat | None:
+    """The quantization the stages will hold: `request.quantize` at load, else the checkpoint's
+    own; none where `weight_bytes_per_parameter` sets every parameter's size."""
+    if request.weight_bytes_per_parameter is not None:
+        return None
+    if request.quantize is None:
+        return shape.quantization
+    if shape.quantization is not None:
+        raise InvalidRequestError(
+            f"quantize {request.quantize}: {shape.name} is already quantized ({shape.quantization.label})"
+        )
+    return load_time_format(request.quantize)
+
+
 class LinkTable:
     """Hop times between nodes, from the topology's links indexed once (100 nodes: ~10⁴ links)."""
 
@@ -136,40 +152,73 @@ class DeviceTable:
 
 
 class LayerCosts:
-    """Bytes a stage holds and reads for any layer range on any device, from prefix sums."""
+    """Bytes a stage holds and reads for any layer range on any device, from prefix sums.
+
+    Weights a quantized format holds (`ModelShape.quantized_layer_parameters`) take that
+    format's bytes (packed values, scales, zero points); every other parameter takes the
+    device's dtype. The embedding and head take their own scheme's bytes where quantized."""
 
     def __init__(self, shape: ModelShape, request: PlacementRequest) -> None:
         self.shape, self.request = shape, request
         self.num_layers = shape.num_layers
+        self.format = weight_format(shape, request)
+        quantized = shape.quantized_layer_parameters(self.format)
         self._stored = [0, *accumulate(shape.layer_parameters)]
         self._read = [0, *accumulate(shape.layer_parameters_read)]
+        self._quantized_stored = [0, *accumulate(stored for stored, _ in quantized)]
+        self._quantized_read = [0, *accumulate(read for _, read in quantized)]
         self._kv = [0, *accumulate(shape.layer_kv_elements)]
         self._kv_held_tokens = request.context_length * request.num_sequences
         # A token reads the cache of its own sequence only; count it at the full context.
         self._kv_read_tokens = request.context_length
         self._tables: dict[tuple[float, float], DeviceTable] = {}
+        fmt, hidden = self.format, shape.hidden_size
+        self._quantized_bytes = fmt.layers.bytes_per_parameter(hidden) if fmt else 0.0
+        self._embedding_bytes = fmt.embedding.bytes_per_parameter(hidden) if fmt and fmt.embedding else None
+        self._head_bytes = fmt.head.bytes_per_parameter(hidden) if fmt and fmt.head else None
 
-    def end_parameters(self, start: int, end: int) -> tuple[int, int]:
-        """(held, read) parameters the embedding and head add to stage `[start, end)`."""
-        shape, held, read = self.shape, 0, 0
+    def _weights(self, weight_bytes: float, stored: float, quantized: float) -> float:
+        return (stored - quantized) * weight_bytes + quantized * self._quantized_bytes
+
+    def end_bytes(self, device: Candidate, start: int, end: int) -> tuple[float, float]:
+        """(held, read) bytes the embedding and head add to stage `[start, end)` on `device`."""
+        shape, held, read = self.shape, 0.0, 0.0
+        embedding_bytes = self._embedding_bytes or device.weight_bytes
+        head_bytes = self._head_bytes or device.weight_bytes
         if start == 0:
-            held += shape.embedding_parameters
-            read += shape.hidden_size  # a lookup reads one row
+            held += shape.embedding_parameters * embedding_bytes
+            read += shape.hidden_size * embedding_bytes  # a lookup reads one row
         if end == self.num_layers:
-            held += shape.shared_head_parameters if start == 0 else shape.head_parameters
-            read += shape.head_parameters
+            norm = (shape.head_parameters - shape.head_linear_parameters) * device.weight_bytes
+            shares = start == 0 and shape.tie_word_embeddings and embedding_bytes == head_bytes
+            held += norm + (0 if shares else shape.head_linear_parameters * head_bytes)
+            read += norm + shape.head_linear_parameters * head_bytes
         return held, read
+
+    def layer_weight_bytes(self, device: Candidate, layer: int) -> float:
+        """Bytes of one layer's weights on `device` (without the embedding or head)."""
+        stored = self._stored[layer + 1] - self._stored[layer]
+        quantized = self._quantized_stored[layer + 1] - self._quantized_stored[layer]
+        return self._weights(device.weight_bytes, stored, quantized)
 
     def stage(self, device: Candidate, start: int, end: int) -> StageCost:
         """Layers `[start, end)` on `device`; the first stage owns the embedding, the last the head."""
-        end_held, end_read = self.end_parameters(start, end)
-        stored = self._stored[end] - self._stored[start] + end_held
-        read = self._read[end] - self._read[start] + end_read
+        end_held, end_read = self.end_bytes(device, start, end)
+        stored = self._weights(
+            device.weight_bytes,
+            self._stored[end] - self._stored[start],
+            self._quantized_stored[end] - self._quantized_stored[start],
+        )
+        read = self._weights(
+            device.weight_bytes,
+            self._read[end] - self._read[start],
+            self._quantized_read[end] - self._quantized_read[start],
+        )
         kv_elements = self._kv[end] - self._kv[start]
         return StageCost(
-            weight_bytes=stored * device.weight_bytes,
+            weight_bytes=stored + end_held,
             kv_bytes=kv_elements * self._kv_held_tokens * device.value_bytes,
-            read_bytes=read * device.weight_bytes + kv_elements * self._kv_read_tokens * device.value_bytes,
+            read_bytes=read + end_read + kv_elements * self._kv_read_tokens * device.value_bytes,
         )
 
     def table(self, device: Candidate) -> DeviceTable:
@@ -178,8 +227,14 @@ class LayerCosts:
         if key not in self._tables:
             weight, value = key
             held_per_token, read_per_token = self._kv_held_tokens * value, self._kv_read_tokens * value
-            held = [w * weight + k * held_per_token for w, k in zip(self._stored, self._kv, strict=True)]
-            read = [r * weight + k * read_per_token for r, k in zip(self._read, self._kv, strict=True)]
+            held = [
+                self._weights(weight, w, q) + k * held_per_token
+                for w, q, k in zip(self._stored, self._quantized_stored, self._kv, strict=True)
+            ]
+            read = [
+                self._weights(weight, r, q) + k * read_per_token
+                for r, q, k in zip(self._read, self._quantized_read, self._kv, strict=True)
+            ]
             layers = sorted(after - before for before, after in pairwise(held))
             self._tables[key] = DeviceTable(held, read, [0.0, *accumulate(layers)])
         return self._tables[key]
@@ -229,7 +284,7 @@ def split_layers(costs: LayerCosts, order: list[Candidate]) -> list[int] | None:
     reached: dict[int, tuple[float, float]] = {0: (0.0, 0.0)}  # boundary -> (time sum, slowest stage)
     parents: list[dict[int, int]] = []
     for index, device in enumerate(order):
-        table, weight_bytes = costs.table(device), device.weight_bytes
+        table = costs.table(device)
         row: dict[int, tuple[float, float]] = {}
         parent: dict[int, int] = {}
         rest_hold_at_most = most_by[-1] - most_by[index]
@@ -241,8 +296,8 @@ def split_layers(costs: LayerCosts, order: list[Candidate]) -> list[int] | None:
                 held = table.held[end] - table.held[start]
                 read = table.read[end] - table.read[start]
                 if start == 0 or end == num_layers:
-                    end_held, end_read = costs.end_parameters(start, end)
-                    held, read = held + end_held * weight_bytes, read + end_read * weight_bytes
+                    end_held, end_read = costs.end_bytes(device, start, end)
+                    held, read = held + end_held, read + end_read
                 if held > device.usable_bytes:
                     break
                 if start not in reached:

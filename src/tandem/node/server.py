@@ -10,7 +10,7 @@ import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import FastAPI, HTTPException, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -47,6 +47,11 @@ class LaunchRequest(BaseModel):
         None, description="force these devices in pipeline order: NODE_ID/cpu, ..."
     )
     min_stages: int | None = Field(None, description="split over at least this many devices")
+    quantize: Literal["int8", "int4"] | None = Field(
+        None,
+        description="quantize a 16/32-bit checkpoint's weights as it loads: int8, or int4 in groups "
+        "of 128 (a checkpoint stored quantized keeps its own format)",
+    )
     wait: bool = Field(False, description="answer once the instance is ready or has failed")
     reuse: bool = Field(
         False,
