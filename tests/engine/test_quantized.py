@@ -13,7 +13,7 @@ import shutil
 import pytest
 import torch
 
-from quant_checkpoints import FORMATS, build_quantizable, load_time_twin, quantize_checkpoint
+from quant_checkpoints import FORMATS, load_time_twin
 from tandem.engine.kv_cache import KVCache
 from tandem.engine.loader import load_stage, parameter_bytes
 from tandem.engine.local import create_local_engine
@@ -27,36 +27,14 @@ PROMPT_LENGTHS = (1, 7, 19)
 CPU = torch.device("cpu")
 
 
-@pytest.fixture(scope="module")
-def sources(tmp_path_factory):
-    """Tiny float32 checkpoints to quantize, by family (built once for the module)."""
-    built = {}
-
-    def source(family: str, **overrides):
-        key = (family, tuple(sorted(overrides.items())))
-        if key not in built:
-            built[key] = build_quantizable(tmp_path_factory.mktemp("source"), family, **overrides)
-        return built[key]
-
-    return source
+@pytest.fixture
+def sources(quantizable_factory):
+    return quantizable_factory
 
 
-@pytest.fixture(scope="module")
-def quantized(sources, tmp_path_factory):
-    made = {}
-
-    def make(format_name: str, family: str = "llama-gqa"):
-        key = (format_name, family)
-        if key not in made:
-            # GPTQ packs 8 outputs a word, so a quantized head needs a vocabulary of a multiple of 8
-            # (296 is not a multiple of 16, which the CPU int4 kernel's padding must handle).
-            overrides = {"vocab_size": 296} if FORMATS[format_name].get("head") else {}
-            made[key] = quantize_checkpoint(
-                sources(family, **overrides), tmp_path_factory.mktemp(format_name), format_name
-            )
-        return made[key]
-
-    return make
+@pytest.fixture
+def quantized(quantized_factory):
+    return quantized_factory
 
 
 def prompts(vocab_size: int, seed: int = 1) -> list[list[int]]:

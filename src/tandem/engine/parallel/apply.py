@@ -28,6 +28,7 @@ from tandem.engine.models.llama_tp import shard_llama
 from tandem.engine.parallel.group import AllReduce, TensorParallelGroup
 from tandem.engine.parallel.layers import (
     QuantizedRowParallelLinear,
+    QuantizedVocabParallelEmbedding,
     RowParallelLinear,
     VocabParallelEmbedding,
 )
@@ -86,5 +87,11 @@ def use_all_reduce(model: torch.nn.Module, all_reduce: AllReduce) -> None:
     """Make every tensor-parallel layer of a loaded shard call `all_reduce` from now on (for an
     all-reduce that needs the model's buffers to exist before it can be built)."""
     for module in model.modules():
-        if isinstance(module, RowParallelLinear | QuantizedRowParallelLinear | VocabParallelEmbedding):
+        if isinstance(
+            module,
+            RowParallelLinear
+            | QuantizedRowParallelLinear
+            | VocabParallelEmbedding
+            | QuantizedVocabParallelEmbedding,
+        ):
             module.all_reduce = all_reduce

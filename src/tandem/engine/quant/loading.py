@@ -18,6 +18,8 @@ from torch import nn
 from tandem.engine.checkpoint import Checkpoint
 from tandem.engine.parallel.layers import (
     QuantizedRowParallelLinear,
+    QuantizedVocabParallelEmbedding,
+    QuantizedVocabParallelHead,
     RowParallelLinear,
     VocabParallelEmbedding,
     VocabParallelHead,
@@ -60,10 +62,11 @@ def _module_is_quantized(name: str, fmt: QuantFormat, checkpoint: Checkpoint) ->
 
 
 def _replacement(name: str, module: nn.Module, dtype: torch.dtype) -> nn.Module:
-    if isinstance(module, VocabParallelEmbedding | VocabParallelHead):
-        raise UnsupportedModelError(
-            "a quantized embedding or head cannot be split over tensor-parallel ranks yet; "
-            "--quantize quantizes both, so run it without tensor parallelism"
+    if isinstance(module, VocabParallelEmbedding):
+        return QuantizedVocabParallelEmbedding(module.vocab, module.weight.shape[1], module.all_reduce, dtype)
+    if isinstance(module, VocabParallelHead):
+        return QuantizedVocabParallelHead(
+            module.weight.shape[1], module.vocab, module.vocab_sizes, module.all_gather
         )
     if type(module) is nn.Linear:
         return QuantizedLinear(module.in_features, module.out_features, module.bias is not None)

@@ -165,17 +165,22 @@ class QuantizedWeight:
             moved["scales"] = moved["scales"].to(scale_dtype)
         return replace(self, **moved)
 
+    def with_row_scales(self) -> QuantizedWeight:
+        """The same weight with its scales repeated for every output row (block_rows 1): FP8
+        blocks cut or joined off their boundaries (a few percent more scale bytes)."""
+        if self.block_rows == 1:
+            return self
+        scales = self.scales.repeat_interleave(self.block_rows, dim=-2)[..., : self.out_features, :]
+        return replace(self, scales=scales.contiguous(), block_rows=1)
+
     def rows(self, rows: slice | tuple[slice, ...]) -> QuantizedWeight:
         """The weight of outputs `rows` (several row blocks are concatenated): a
-        column-parallel shard. Blocks must start on a scale block."""
+        column-parallel shard. A cut inside an FP8 block gives each row its block's scale."""
         if isinstance(rows, tuple):
             return concatenate([self.rows(block) for block in rows])
         start, stop, _ = rows.indices(self.out_features)
         if start % self.block_rows or (stop % self.block_rows and stop != self.out_features):
-            raise UnsupportedModelError(
-                f"cannot split a {self.kind} weight at output {start}:{stop}: its scales cover "
-                f"blocks of {self.block_rows} outputs"
-            )
+            return self.with_row_scales().rows(slice(start, stop))
         scale_rows = slice(start // self.block_rows, _ceil_div(stop, self.block_rows))
         return replace(
             self,
@@ -246,12 +251,11 @@ def _materialized_zeros(weight: QuantizedWeight) -> torch.Tensor:
 def concatenable(parts: Sequence[QuantizedWeight]) -> bool:
     """Whether `concatenate` can join these weights along their outputs."""
     first = parts[0]
-    same = all(
+    return all(
         p.kind == first.kind
         and p.shape[:-2] == first.shape[:-2]
         and p.in_features == first.in_features
         and p.group_size == first.group_size
-        and p.block_rows == first.block_rows
         and p.scales.dtype == first.scales.dtype
         and (
             (p.input_order is None and first.input_order is None)
@@ -263,14 +267,16 @@ def concatenable(parts: Sequence[QuantizedWeight]) -> bool:
         )
         for p in parts
     )
-    # Each part but the last must end on a scale block, or blocks would straddle two parts.
-    return same and all(p.out_features % p.block_rows == 0 for p in parts[:-1])
 
 
 def concatenate(parts: Sequence[QuantizedWeight]) -> QuantizedWeight:
-    """One weight whose outputs are the parts' outputs in order (fused q/k/v or gate/up)."""
+    """One weight whose outputs are the parts' outputs in order (fused q/k/v or gate/up). FP8
+    parts whose blocks differ or would straddle two parts get a scale per row first."""
     if not concatenable(parts):
         raise ValueError("these quantized weights cannot be joined along their outputs")
+    rows = parts[0].block_rows
+    if any(p.block_rows != rows for p in parts) or any(p.out_features % rows for p in parts[:-1]):
+        parts = [p.with_row_scales() for p in parts]
     first = parts[0]
     zeros = None
     if any(p.zeros is not None for p in parts):
