@@ -22,6 +22,7 @@ class BenchReport:
     shape: str
     dtype: str
     parameters: int
+    weights: str  # the dtype, or the quantized format
     weight_bytes_read_per_token: int  # every weight once, but only one row of the embedding
     copy_bandwidth: float  # bytes/s, read + written
     matmul_flops: float
@@ -37,6 +38,20 @@ class BenchReport:
 def bytes_read_per_token(config: ModelConfig, dtype_bytes: int) -> int:
     layers = config.num_layers * config.layer_parameter_count()
     return (layers + config.head_parameter_count() + config.hidden_size) * dtype_bytes
+
+
+def model_bytes_read_per_token(model: torch.nn.Module) -> int:
+    """What one decoded token reads of a loaded model: every weight it holds once, but only one
+    row of an embedding that is not also the head (quantized weights at their real size)."""
+    held = {id(p): p for p in model.parameters()}
+    total = sum(p.numel() * p.element_size() for p in held.values())
+    embedding = model.model.embed_tokens  # type: ignore[union-attr]
+    head = model.lm_head  # type: ignore[union-attr]
+    tables = [p for p in embedding.parameters() if p.dim() == 2]
+    if not tables or any(p is q for p in tables for q in head.parameters()):
+        return total  # a tied head reads the whole table anyway
+    table = sum(p.numel() * p.element_size() for p in embedding.parameters())
+    return total - table + table // tables[0].shape[0]
 
 
 def prefill_floor_seconds(config: ModelConfig, prompt_length: int, flops: float) -> float:
@@ -56,7 +71,10 @@ def run_benchmark(
     prompt_lengths: list[int],
     decode_tokens: int,
     baseline: bool,
+    quantize: str | None = None,
 ) -> BenchReport:
+    """`quantize` (int8, int4, fp8) runs the engine on the same weights quantized; the baseline
+    stays `transformers` in `dtype`."""
     config, raw = named_shape(shape)
     dtype_bytes = torch.finfo(dtype).bits // 8
     bandwidth = copy_bandwidth(device)
@@ -68,6 +86,7 @@ def run_benchmark(
         shape=shape,
         dtype=DTYPE_NAMES[dtype],
         parameters=config.total_parameter_count(),
+        weights=quantize or DTYPE_NAMES[dtype],
         weight_bytes_read_per_token=read,
         copy_bandwidth=bandwidth,
         matmul_flops=flops,
@@ -83,8 +102,11 @@ def run_benchmark(
         }
     else:
         reference, weights = None, random_weights(config, device, dtype)
-    model = engine_model(config, weights, device, dtype)
+    model = engine_model(config, weights, device, dtype, quantize)
     del reference, weights
+    if quantize is not None:  # the floor of what the quantized weights really read
+        read = report.weight_bytes_read_per_token = model_bytes_read_per_token(model)
+        report.decode_floor_tokens_per_second = bandwidth / read
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
@@ -105,7 +127,7 @@ def run_benchmark(
 def format_report(report: BenchReport) -> list[str]:
     engine = report.engine
     lines = [
-        f"{report.shape} {report.dtype} on {report.device} (torch {report.torch_version}), batch 1",
+        f"{report.shape} {report.weights} on {report.device} (torch {report.torch_version}), batch 1",
         f"floors: copy {report.copy_bandwidth / 1e12:.2f} TB/s, matmul {report.matmul_flops / 1e12:.0f} TFLOP/s; "
         f"{report.weight_bytes_read_per_token / 1e9:.2f} GB read per token -> decode floor "
         f"{report.decode_floor_tokens_per_second:.1f} tokens/s",

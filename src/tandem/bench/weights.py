@@ -9,6 +9,7 @@ from tandem.engine.loader import load_weights
 from tandem.engine.models import build_empty_model
 from tandem.engine.models.llama import CausalLM
 from tandem.model.config import ModelConfig
+from tandem.model.quantization import parse_quantization
 from tandem.model.stage import StageSpec
 
 
@@ -52,13 +53,45 @@ def random_weights(
 
 
 def engine_model(
-    config: ModelConfig, weights: dict[str, torch.Tensor], device: torch.device, dtype: torch.dtype
+    config: ModelConfig,
+    weights: dict[str, torch.Tensor],
+    device: torch.device,
+    dtype: torch.dtype,
+    quantize: str | None = None,
 ) -> CausalLM:
+    """The engine's model over `weights`; `quantize`: int8 or int4 as `--quantize` loads them,
+    or fp8 (the decoder projections in FP8 blocks of 128, as DeepSeek-V3 ships them)."""
+    from tandem.engine.loader import finish_loading
+    from tandem.engine.quant.loading import stage_format
+
     model = build_empty_model(config, StageSpec.whole(config.num_layers))
-    load_weights(model, config, MemoryCheckpoint(weights), device, dtype)  # type: ignore[arg-type]
-    model.reset_buffers(device)
-    model.fuse_projections()
-    return model.eval()
+    if quantize == "fp8":
+        weights, quantization = fp8_block_weights(weights), FP8_BLOCKS
+    else:
+        quantization = stage_format(config, quantize)
+    load_weights(model, config, MemoryCheckpoint(weights), device, dtype, quantization=quantization)  # type: ignore[arg-type]
+    return finish_loading(model, device, dtype)
+
+
+FP8_BLOCKS = parse_quantization(
+    {"quantization_config": {"quant_method": "fp8", "fmt": "e4m3", "weight_block_size": [128, 128]}}
+)
+
+
+def fp8_block_weights(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The decoder layers' projections of `weights` as an FP8 checkpoint holds them (weight and
+    weight_scale_inv); everything else as it is."""
+    from tandem.engine.quant.quantize import quantize_fp8_blocks
+
+    converted = {}
+    for name, tensor in weights.items():
+        if name.startswith("model.layers.") and tensor.dim() == 2:
+            fp8 = quantize_fp8_blocks(tensor)
+            module = name.removesuffix(".weight")
+            converted[f"{module}.weight"], converted[f"{module}.weight_scale_inv"] = fp8.data, fp8.scales
+        else:
+            converted[name] = tensor
+    return converted
 
 
 def transformers_model(raw_config: dict, device: torch.device, dtype: torch.dtype):

@@ -65,7 +65,11 @@ class QuantizedLinear(nn.Module):
         """The weight in the engine's layout (not available once held in the CPU int4 layout)."""
         if self.cpu_int4:
             raise RuntimeError("this layer holds its weight in torch's CPU int4 layout")
-        return QuantizedWeight(
+        held = tuple(self._parameters[f"weight_{role}"] for role in _ROLES)
+        cached = self.__dict__.get("_quantized")
+        if cached is not None and cached[0] == tuple(map(id, held)):
+            return cached[1]  # built once per set of tensors: it is asked for on every product
+        weight = QuantizedWeight(
             self.kind,
             (self.out_features, self.in_features),
             self.weight_data,
@@ -75,6 +79,8 @@ class QuantizedLinear(nn.Module):
             zeros=self.weight_zeros,
             input_order=self.weight_input_order,
         )
+        self.__dict__["_quantized"] = (tuple(map(id, held)), weight)
+        return weight
 
     def weight_bytes(self) -> int:
         return sum(

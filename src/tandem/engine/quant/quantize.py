@@ -51,6 +51,24 @@ def quantize_int4_groups(weight: torch.Tensor, group_size: int, scale_dtype: tor
     )
 
 
+FP8_LARGEST = 448.0  # the largest float8_e4m3fn
+
+
+def quantize_fp8_blocks(weight: torch.Tensor, block: int = 128) -> QuantizedWeight:
+    """weight [out, in] → FP8 e4m3 with one float32 scale per block × block (DeepSeek-V3's
+    layout): scale = max |w| of the block / 448. For benchmarks and measurements; a checkpoint
+    stored in FP8 is read as it is."""
+    w = weight.to(torch.float32)
+    out, inputs = w.shape
+    rows, columns = -(-out // block), -(-inputs // block)
+    padded = torch.nn.functional.pad(w, (0, columns * block - inputs, 0, rows * block - out))
+    tiles = padded.view(rows, block, columns, block)
+    scale = (tiles.abs().amax(dim=(1, 3)) / FP8_LARGEST).clamp_min(SMALLEST_SCALE)  # [rows, columns]
+    expanded = scale.repeat_interleave(block, 0)[:out].repeat_interleave(block, 1)[:, :inputs]
+    data = (w / expanded).to(torch.float8_e4m3fn)
+    return QuantizedWeight("fp8", (out, inputs), data, scale, block, block)
+
+
 def quantize_weight(weight: torch.Tensor, scheme: WeightScheme, scale_dtype: torch.dtype) -> QuantizedWeight:
     """A dense weight [out, in] in the load-time `scheme` (int8 rows or int4 groups), quantized a
     chunk of rows at a time (a vocabulary-sized table would otherwise need a whole fp32 copy)."""
