@@ -162,7 +162,7 @@ def test_quantized_weights_stay_compact(sources, quantized):
         assert type(model.model.embed_tokens) is torch.nn.Embedding  # kept as stored
 
 
-@pytest.mark.parametrize("format_name", ["awq-int4", "ct-int8-channel-sym", "fp8-blocks"])
+@pytest.mark.parametrize("format_name", ["awq-int4", "ct-int8-channel-sym", "fp8-blocks", "gptq-int4-head"])
 def test_bfloat16_on_cpu_chooses_within_rounding_of_the_twin(quantized, format_name):
     """The CPU default for quantized weights is bfloat16 (torch's packed kernels are fast there);
     greedy paths of two bfloat16 implementations may part at near ties, so each choice is
@@ -246,3 +246,19 @@ def test_quantizing_a_quantized_checkpoint_or_an_unknown_mode_is_refused(quantiz
         create_local_engine(quantized("awq-int4").path, device="cpu", dtype="float32", quantize="int8")
     with pytest.raises(InvalidRequestError, match="supported: int8, int4"):
         create_local_engine(sources("llama-gqa").path, device="cpu", dtype="float32", quantize="int3")
+
+
+def test_the_cpu_int4_layout_holds_the_same_weights(quantized):
+    """In bfloat16 a CPU holds int4 weights only in torch's packed layout (outputs padded to 16:
+    the head of 296 rows here); read back through the kernel they are the checkpoint's."""
+    checkpoint = quantized("gptq-int4-head")
+    canonical = load_stage(checkpoint.path, None, CPU, torch.float32)
+    packed = load_stage(checkpoint.path, None, CPU, torch.bfloat16)
+    for name in ("lm_head", "model.layers.1.mlp.down_proj"):
+        ours, theirs = packed.get_submodule(name), canonical.get_submodule(name)
+        assert ours.cpu_int4 and not theirs.cpu_int4
+        expected = theirs.dequantize()
+        # the kernel's scales and offsets are held in bfloat16
+        torch.testing.assert_close(
+            ours.dequantize(), expected, rtol=0, atol=2e-2 * expected.abs().max().item()
+        )

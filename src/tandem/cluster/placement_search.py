@@ -13,8 +13,7 @@ from itertools import accumulate, pairwise
 from typing import TYPE_CHECKING
 
 from tandem.cluster.topology import LinkInfo, NodeId, Topology
-from tandem.errors import InvalidRequestError
-from tandem.model.quantization import QuantFormat, load_time_format
+from tandem.model.quantization import QuantFormat, loaded_format
 from tandem.model.shapes import ModelShape
 
 if TYPE_CHECKING:
@@ -95,13 +94,7 @@ def weight_format(shape: ModelShape, request: PlacementRequest) -> QuantFormat |
     own; none where `weight_bytes_per_parameter` sets every parameter's size."""
     if request.weight_bytes_per_parameter is not None:
         return None
-    if request.quantize is None:
-        return shape.quantization
-    if shape.quantization is not None:
-        raise InvalidRequestError(
-            f"quantize {request.quantize}: {shape.name} is already quantized ({shape.quantization.label})"
-        )
-    return load_time_format(request.quantize)
+    return loaded_format(shape.quantization, request.quantize)
 
 
 class LinkTable:

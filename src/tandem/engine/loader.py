@@ -82,7 +82,17 @@ def load_weights(
                 f"tensor {source} has shape {tuple(tensor.shape)}{detail} in the checkpoint, "
                 f"but the config implies {tuple(empty.shape)}"
             )
-        tensors[name] = tensor.to(device=device, dtype=dtype)
+        held = tensor.to(device=device, dtype=dtype)
+        if (
+            quantized
+            and quantization is not None
+            and quantization.is_load_time
+            and held.data_ptr() == tensor.data_ptr()
+        ):
+            # Read straight from the file's memory map, it would keep every page of the 16-bit
+            # file that quantizing touched counted in the process's memory: hold a copy instead.
+            held = held.clone()
+        tensors[name] = held
     model.load_state_dict(tensors, strict=True, assign=True)
     if quantization is not None and quantized:
         load_quantized(model, quantized, quantization, checkpoint, device, dtype, config, slice_rule)

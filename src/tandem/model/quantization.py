@@ -158,6 +158,19 @@ def load_time_format(name: str) -> QuantFormat:
     return QuantFormat("load-time", layers, head=ends, embedding=ends)
 
 
+def loaded_format(stored: QuantFormat | None, quantize: str | None) -> QuantFormat | None:
+    """The weights a model loads with: its checkpoint's own format (`stored`), or `quantize`
+    (int8, int4) applied at load to a checkpoint that is not quantized."""
+    if quantize is None:
+        return stored
+    if stored is not None:
+        raise InvalidRequestError(
+            f"--quantize {quantize}: this checkpoint is already quantized ({stored.label}); "
+            "--quantize applies to 16- and 32-bit checkpoints"
+        )
+    return load_time_format(quantize)
+
+
 def _refuse(method: str, field: str, value: Any, supported: str) -> UnsupportedModelError:
     return UnsupportedModelError(
         f"unsupported quantization_config ({method}): {field} {value!r}; supported: {supported}"

@@ -50,6 +50,7 @@ class QuantizedLinear(nn.Module):
             )
         self.kind, self.group_size, self.block_rows = weight.kind, weight.group_size, weight.block_rows
         held = weight.tensors()
+        self.__dict__.pop("_quantized", None)
         for role in _ROLES:
             name = f"weight_{role}"
             if name in self._parameters:
@@ -105,15 +106,18 @@ class QuantizedLinear(nn.Module):
     def prepare_for_cpu(self, dtype: torch.dtype) -> None:
         """Hold the weight the way the CPU kernels want it (call once, after any fusing)."""
         weight = self.quantized
-        if cpu.int4_kernel_fits(weight):
+        # torch's int4 kernel is fast in 16 bits only: float32 runs multiply dequantized chunks
+        if cpu.int4_kernel_fits(weight) and dtype in (torch.bfloat16, torch.float16):
             packed, scales_and_zeros = cpu.int4_kernel_form(weight, dtype)
             for role in ("data", "zeros"):
                 self.register_parameter(f"weight_{role}", None)
             self.weight_data = nn.Parameter(packed, requires_grad=False)
             self.weight_scales = nn.Parameter(scales_and_zeros, requires_grad=False)
             self.cpu_int4 = True
+            self.__dict__.pop("_quantized", None)  # it would keep the unpacked weight alive
         elif weight.kind != "fp8" and weight.scales.dtype != dtype:
             self.weight_scales = nn.Parameter(weight.scales.to(dtype), requires_grad=False)
+            self.__dict__.pop("_quantized", None)
 
     # --- products ----------------------------------------------------------------------------
 

@@ -24,29 +24,22 @@ from tandem.engine.parallel.layers import (
     VocabParallelEmbedding,
     VocabParallelHead,
 )
+from tandem.engine.quant.cpu import release_freed_memory
 from tandem.engine.quant.linear import QuantizedEmbedding, QuantizedLinear
 from tandem.engine.quant.quantize import quantize_weight
 from tandem.engine.quant.readers import is_quantized_in, read_quantized, stored_shape
 from tandem.engine.quant.weight import QuantizedWeight
-from tandem.errors import InvalidRequestError, ModelFormatError, UnsupportedModelError
+from tandem.errors import ModelFormatError, UnsupportedModelError
 from tandem.model.config import ModelConfig
-from tandem.model.quantization import QuantFormat, load_time_format
+from tandem.model.quantization import QuantFormat, loaded_format
 
 LAYERS_PREFIX = "model.layers."
 EMBEDDING, HEAD = "model.embed_tokens", "lm_head"
 
 
 def stage_format(config: ModelConfig, quantize: str | None) -> QuantFormat | None:
-    """The quantization a stage loads with: the checkpoint's own, or `quantize` (int8, int4)
-    applied at load to a checkpoint that is not quantized."""
-    if quantize is None:
-        return config.quantization
-    if config.quantization is not None:
-        raise InvalidRequestError(
-            f"--quantize {quantize}: this checkpoint is already quantized ({config.quantization.label}); "
-            "--quantize applies to 16- and 32-bit checkpoints"
-        )
-    return load_time_format(quantize)
+    """The quantization a stage loads with (`tandem.model.quantization.loaded_format`)."""
+    return loaded_format(config.quantization, quantize)
 
 
 def _module_is_quantized(name: str, fmt: QuantFormat, checkpoint: Checkpoint) -> bool:
@@ -155,6 +148,10 @@ def load_quantized(
             scheme = fmt.embedding if name == EMBEDDING else fmt.head if name == HEAD else fmt.layers
             assert scheme is not None
             weight = quantize_weight(checkpoint.read(f"{source}.weight"), scheme, dtype)
+            # Unmap the 16-bit file after each weight, so its pages do not add up in memory while
+            # the quantized copies are made (the next read maps it again).
+            getattr(checkpoint, "close", lambda: None)()
+            release_freed_memory()
         else:
             out, inputs = stored_shape(checkpoint, name, fmt)
             weight = read_quantized(checkpoint, name, fmt, out, inputs)
@@ -180,3 +177,4 @@ def prepare_quantized(model: nn.Module, device: torch.device, dtype: torch.dtype
     for module in model.modules():
         if isinstance(module, QuantizedLinear) and not module.cpu_int4:
             module.prepare_for_cpu(dtype)
+    release_freed_memory()  # the unfused and unpacked weights just freed
