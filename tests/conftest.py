@@ -75,6 +75,44 @@ def checkpoint_factory(tmp_path_factory):
     return make
 
 
+@pytest.fixture(scope="session")
+def quantizable_factory(tmp_path_factory):
+    """`make(family, **overrides)`: a tiny float32 checkpoint whose projections divide into groups
+    of 32 (tests/quant_checkpoints.py), built once per session."""
+    from quant_checkpoints import build_quantizable
+
+    cache: dict[tuple, TinyCheckpoint] = {}
+
+    def make(family: str, **overrides) -> TinyCheckpoint:
+        key = (family, tuple(sorted(overrides.items())))
+        if key not in cache:
+            cache[key] = build_quantizable(tmp_path_factory.mktemp("source"), family, **overrides)
+        return cache[key]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def quantized_factory(tmp_path_factory, quantizable_factory):
+    """`make(format_name, family="llama-gqa")`: that checkpoint written in one of the on-disk
+    formats of tests/quant_checkpoints.py, with its dequantized twin, built once per session."""
+    from quant_checkpoints import FORMATS, quantize_checkpoint
+
+    cache: dict[tuple, object] = {}
+
+    def make(format_name: str, family: str = "llama-gqa"):
+        key = (format_name, family)
+        if key not in cache:
+            # GPTQ packs 8 outputs a word, so a quantized head needs a vocabulary of a multiple of 8
+            # (296 is not a multiple of 16, which the CPU int4 kernel's padding must handle).
+            overrides = {"vocab_size": 296} if FORMATS[format_name].get("head") else {}
+            source = quantizable_factory(family, **overrides)
+            cache[key] = quantize_checkpoint(source, tmp_path_factory.mktemp(format_name), format_name)
+        return cache[key]
+
+    return make
+
+
 @pytest.fixture(params=sorted(FAMILIES))
 def family(request) -> str:
     return request.param

@@ -63,6 +63,7 @@ def start_instance(
     max_prefill_tokens: int = 5,
     options: EngineOptions | None = None,
     devices: list[str] | None = None,
+    quantize: str | None = None,
 ) -> list[RunnerProcess]:
     """One runner per rank: stage s holds an even share of the layers over `stage_sizes[s]` ranks;
     `env` is added to every runner's environment. `devices` (one per rank, e.g. cuda:0, cuda:1)
@@ -87,6 +88,7 @@ def start_instance(
         stage_sizes=stage_sizes,
         keep_alive_seconds=keep_alive_seconds,
         options=options or EngineOptions(),
+        quantize=quantize,
     )
     driver = RunnerProcess(base, env)
     runners = [driver]

@@ -23,6 +23,7 @@ class BenchReport:
     shape: str
     dtype: str
     parameters: int
+    weights: str  # the dtype, or the quantized format
     weight_bytes_read_per_token: int  # every weight once, but only one row of the embedding
     copy_bandwidth: float  # bytes/s, read + written
     matmul_flops: float
@@ -42,6 +43,20 @@ def bytes_read_per_token(config: ModelConfig, dtype_bytes: int) -> int:
     return (layers + config.head_parameter_count() + config.hidden_size) * dtype_bytes
 
 
+def model_bytes_read_per_token(model: torch.nn.Module) -> int:
+    """What one decoded token reads of a loaded model: every weight it holds once, but only one
+    row of an embedding that is not also the head (quantized weights at their real size)."""
+    held = {id(p): p for p in model.parameters()}
+    total = sum(p.numel() * p.element_size() for p in held.values())
+    embedding: torch.nn.Module = model.model.embed_tokens  # type: ignore[union-attr,assignment]
+    head: torch.nn.Module = model.lm_head  # type: ignore[assignment]
+    tables = [p for p in embedding.parameters() if p.dim() == 2]
+    if not tables or any(p is q for p in tables for q in head.parameters()):
+        return total  # a tied head reads the whole table anyway
+    table = sum(p.numel() * p.element_size() for p in embedding.parameters())
+    return total - table + table // tables[0].shape[0]
+
+
 def prefill_floor_seconds(config: ModelConfig, prompt_length: int, flops: float) -> float:
     """Matrix work of a prompt over the measured throughput: 2 FLOPs per parameter a token uses
     (a mixture's top-k experts, not all), plus causal attention (QK^T and PV, half the square)."""
@@ -59,7 +74,10 @@ def run_benchmark(
     prompt_lengths: list[int],
     decode_tokens: int,
     baseline: bool,
+    quantize: str | None = None,
 ) -> BenchReport:
+    """`quantize` (int8, int4, fp8) runs the engine on the same weights quantized; the baseline
+    stays `transformers` in `dtype`."""
     config, raw = named_shape(shape)
     dtype_bytes = torch.finfo(dtype).bits // 8
     bandwidth = copy_bandwidth(device)
@@ -71,6 +89,7 @@ def run_benchmark(
         shape=shape,
         dtype=DTYPE_NAMES[dtype],
         parameters=config.total_parameter_count(),
+        weights=quantize or DTYPE_NAMES[dtype],
         weight_bytes_read_per_token=read,
         copy_bandwidth=bandwidth,
         matmul_flops=flops,
@@ -97,9 +116,14 @@ def run_benchmark(
         num_slots=1,
         max_prefill_tokens=context,
         random_weights_seed=0,
+        quantize=quantize,
     )
-    engine = start_rank(spec).engine  # what a cluster runner of one rank serves
+    rank = start_rank(spec)  # what a cluster runner of one rank serves
+    engine = rank.engine
     assert engine is not None
+    if quantize is not None:  # the floor of what the quantized weights really read
+        read = report.weight_bytes_read_per_token = model_bytes_read_per_token(rank.stage.model)
+        report.decode_floor_tokens_per_second = bandwidth / read
     timing = time_generation(engine, config.vocab_size, prompt_lengths, decode_tokens, device)
     report.engine = {
         "ttft_seconds": timing.ttft_seconds,
@@ -117,7 +141,7 @@ def run_benchmark(
 def format_report(report: BenchReport) -> list[str]:
     engine = report.engine
     lines = [
-        f"{report.shape} {report.dtype} on {report.device} (torch {report.torch_version}), batch 1",
+        f"{report.shape} {report.weights} on {report.device} (torch {report.torch_version}), batch 1",
         f"floors: copy {report.copy_bandwidth / 1e12:.2f} TB/s, matmul {report.matmul_flops / 1e12:.0f} TFLOP/s; "
         f"{report.weight_bytes_read_per_token / 1e9:.2f} GB read per token -> decode floor "
         f"{report.decode_floor_tokens_per_second:.1f} tokens/s",

@@ -38,6 +38,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--decode-tokens", type=int, default=256, help="tokens per decode run (default 256)")
     parser.add_argument("--baseline", action="store_true", help="also run transformers generate (eager)")
+    parser.add_argument(
+        "--quantize",
+        choices=("int8", "int4", "fp8"),
+        help="run the engine on the weights quantized: int8, int4 (as --quantize loads them) or fp8 "
+        "(FP8 blocks of 128, as DeepSeek-V3 ships them); the baseline stays 16-bit",
+    )
     parser.add_argument("--json", type=Path, help="write the full report as JSON here")
     parser.add_argument(
         "--concurrency",
@@ -104,7 +110,9 @@ def run(args: argparse.Namespace) -> int:
         return 0
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
-    report = run_benchmark(args.shape, device, dtype, lengths, args.decode_tokens, args.baseline)
+    report = run_benchmark(
+        args.shape, device, dtype, lengths, args.decode_tokens, args.baseline, quantize=args.quantize
+    )
     print("\n".join(format_report(report)))
     if args.json:
         args.json.write_text(report.to_json())

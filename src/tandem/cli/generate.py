@@ -22,7 +22,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--dtype",
         default="auto",
-        help="auto (bfloat16 on CUDA, float32 on CPU), float32, bfloat16 or float16",
+        help="auto (bfloat16 on CUDA; on CPUs the checkpoint's 16-bit dtype, float32 for 32-bit "
+        "checkpoints), float32, bfloat16 or float16",
+    )
+    parser.add_argument(
+        "--quantize",
+        choices=("int8", "int4"),
+        help="quantize the weights as they load: int8 (a scale per output channel) or int4 "
+        "(groups of 128); checkpoints stored quantized (FP8, AWQ, GPTQ, compressed-tensors) "
+        "load as they are without it (docs/quantization.md)",
     )
     parser.add_argument(
         "--context", type=int, help="context size in tokens (default: the model's, at most 4096)"
@@ -38,7 +46,12 @@ def run(args: argparse.Namespace) -> int:
     params = sampling_params_from_args(args)
     model_dir = fetch_with_progress(args.model)
     engine = create_local_engine(
-        model_dir, device=args.device, dtype=args.dtype, max_context=args.context, num_slots=1
+        model_dir,
+        device=args.device,
+        dtype=args.dtype,
+        max_context=args.context,
+        num_slots=1,
+        quantize=args.quantize,
     )
     tokenizer = engine.tokenizer
     if tokenizer is None:

@@ -16,6 +16,7 @@ from tandem.cluster.placement import Infeasible, PlacementRequest, place
 from tandem.cluster.topology import Topology
 from tandem.errors import TandemError
 from tandem.model.config import DEFAULT_MAX_CONTEXT, DTYPE_BYTES, context_size, read_config_json
+from tandem.model.quantization import QUANTIZE_CHOICES
 from tandem.model.shapes import ModelShape, load_shape, shape_from_hf_config
 
 DTYPES = ("auto", *DTYPE_BYTES)
@@ -52,13 +53,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--dtype",
         choices=DTYPES,
         default="auto",
-        help="auto (default: bfloat16 on CUDA, float32 on CPU), or one dtype everywhere",
+        help="auto (default: bfloat16 on CUDA; on CPUs the checkpoint's 16-bit dtype, float32 for "
+        "32-bit checkpoints), or one dtype everywhere",
+    )
+    parser.add_argument(
+        "--quantize",
+        choices=QUANTIZE_CHOICES,
+        help="plan (and launch) with the weights quantized at load: int8, or int4 in groups of 128 "
+        "(docs/quantization.md); a checkpoint stored quantized is counted in its own format",
     )
     parser.add_argument(
         "--weight-bytes",
         type=float,
         metavar="N",
-        help="bytes per parameter of quantized weights, e.g. 1 for FP8 or int8 (default: the dtype's)",
+        help="count every weight at N bytes instead (default: the dtype's, or the quantized format's)",
     )
 
 
@@ -74,6 +82,7 @@ def run(args: argparse.Namespace) -> int:
         "context": args.context,
         "sequences": args.sequences,
         "devices": args.devices.split(",") if args.devices else None,
+        "quantize": args.quantize,
     }
     if args.dry_run:
         preview = client.request("POST", "/v1/placements", body)
@@ -121,7 +130,10 @@ def load_model_shape(model: str) -> ModelShape:
 def request_from_args(args: argparse.Namespace, shape: ModelShape) -> PlacementRequest:
     context = context_size(args.context, shape.max_context)
     request = PlacementRequest(
-        context_length=context, num_sequences=args.sequences, weight_bytes_per_parameter=args.weight_bytes
+        context_length=context,
+        num_sequences=args.sequences,
+        weight_bytes_per_parameter=args.weight_bytes,
+        quantize=args.quantize,
     )
     if args.dtype == "auto":
         return request

@@ -21,19 +21,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--context", type=int, help="tokens per sequence (default: the model's, at most 4096)"
     )
     parser.add_argument("--system", help="a system message for the conversation")
+    parser.add_argument(
+        "--quantize",
+        choices=("int8", "int4"),
+        help="launch with the weights quantized at load: int8, or int4 in groups of 128",
+    )
     add_sampling_arguments(parser)
 
 
-def find_or_launch(client: NodeClient, model: str, context: int | None) -> str:
+def find_or_launch(client: NodeClient, model: str, context: int | None, quantize: str | None = None) -> str:
     for instance in client.request("GET", "/v1/instances"):
-        if instance["model"] == model and instance["status"] == "ready":
+        held = (instance.get("placement") or {}).get("request", {}).get("quantize")
+        if instance["model"] == model and instance["status"] == "ready" and held == quantize:
             return instance["instance_id"]
     print(f"launching {model} on the cluster...", file=sys.stderr)
-    plan = client.request("POST", "/v1/placements", {"model": model, "context": context})
+    body = {"model": model, "context": context, "quantize": quantize}
+    plan = client.request("POST", "/v1/placements", body)
     if not plan["feasible"]:
         raise TandemError(f"cannot place {model}: {plan['reason']}")
     print("\n".join(plan["explain"]), file=sys.stderr)
-    instance = client.request("POST", "/v1/instances", {"model": model, "context": context, "wait": True})
+    instance = client.request("POST", "/v1/instances", {**body, "wait": True})
     if instance["status"] != "ready":
         raise TandemError(f"instance {instance['instance_id']} failed: {instance.get('error')}")
     return instance["instance_id"]
@@ -71,7 +78,7 @@ def reply(client: NodeClient, instance_id: str, messages: list[dict], params: di
 def run(args: argparse.Namespace) -> int:
     client = NodeClient(args.node)
     params = codec.to_json(sampling_params_from_args(args))
-    instance_id = find_or_launch(client, args.model, args.context)
+    instance_id = find_or_launch(client, args.model, args.context, args.quantize)
     print(
         f"chatting with {args.model} (instance {instance_id}); {EXIT_WORDS[0]} or Ctrl-D to leave",
         file=sys.stderr,

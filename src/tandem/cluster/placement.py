@@ -21,9 +21,12 @@ Cost model (batch-1 decode, which is bound by memory bandwidth):
   (the first stage also holds the embedding, the last the head: a full copy unless the same stage
   holds a tied embedding) plus its KV reservation: context_length × num_sequences tokens for each
   of its layers. The fixed overhead stands for activations, logits and the framework's workspace.
-- Weights and cache take `cuda_dtype_bytes` per value on CUDA and `cpu_dtype_bytes` on CPUs (the CPU
-  engine runs float32); `weight_bytes_per_parameter` overrides the weights' size for quantized
-  checkpoints.
+- Weights and cache take `cuda_dtype_bytes` per value on CUDA and `cpu_dtype_bytes` on CPUs (by
+  default the checkpoint's own: 2 for a 16-bit or quantized checkpoint, which the CPU engine keeps
+  in 16 bits, 4 for float32). Quantized weights (the checkpoint's `quantization_config`, or
+  `quantize` at load) count their real bytes: packed values plus scales and zero points for the
+  projections the format quantizes, the dtype's bytes for everything else
+  (`placement_search.LayerCosts`). `weight_bytes_per_parameter` instead sets every weight's size.
 
 Rules: a model that fits on one device stays on the fastest device that holds it whole, unless a
 split over faster devices is predicted at least `SPLIT_GAIN_REQUIRED` (1.25×) faster (a 70B model
@@ -59,6 +62,7 @@ from tandem.cluster.placement_search import (
 from tandem.cluster.placement_why import oversized_layer, why_infeasible
 from tandem.cluster.topology import DeviceKind, NodeId, Topology
 from tandem.errors import InvalidRequestError
+from tandem.model.quantization import QUANTIZE_CHOICES
 from tandem.model.shapes import ModelShape
 from tandem.model.stage import LayerRange, StageSpec
 
@@ -86,8 +90,9 @@ class PlacementRequest:
     context_length: int  # tokens per sequence
     num_sequences: int = 8  # KV-cache slots
     cuda_dtype_bytes: float = 2  # bfloat16
-    cpu_dtype_bytes: float = 4  # the CPU engine runs float32
-    weight_bytes_per_parameter: float | None = None  # quantized weights (1 for FP8); None: the dtype's
+    cpu_dtype_bytes: float | None = None  # None: the checkpoint's (2 for 16-bit or quantized, else 4)
+    weight_bytes_per_parameter: float | None = None  # every weight's size; None: the dtype's / format's
+    quantize: str | None = None  # "int8" / "int4": quantized at load (tandem.model.quantization)
     memory_margin: float = 0.1  # fraction of each device's free memory left free
     device_overhead_bytes: int = DEFAULT_DEVICE_OVERHEAD_BYTES  # activations and workspace, per device
     # A forced split, one entry per stage in pipeline order: a device, or several devices that
@@ -99,7 +104,14 @@ class PlacementRequest:
         checks = [
             (self.context_length >= 1, f"context_length must be at least 1, got {self.context_length}"),
             (self.num_sequences >= 1, f"num_sequences must be at least 1, got {self.num_sequences}"),
-            (self.cuda_dtype_bytes > 0 and self.cpu_dtype_bytes > 0, "dtype sizes must be positive"),
+            (
+                self.cuda_dtype_bytes > 0 and (self.cpu_dtype_bytes is None or self.cpu_dtype_bytes > 0),
+                "dtype sizes must be positive",
+            ),
+            (
+                self.quantize is None or self.quantize in QUANTIZE_CHOICES,
+                f"quantize must be one of {', '.join(QUANTIZE_CHOICES)}, got {self.quantize!r}",
+            ),
             (
                 self.weight_bytes_per_parameter is None or self.weight_bytes_per_parameter > 0,
                 "weight_bytes_per_parameter must be positive",
@@ -120,8 +132,20 @@ class PlacementRequest:
             object.__setattr__(self, "devices", stages)
 
     def dtype_bytes(self, kind: DeviceKind | str) -> float:
-        """Bytes per value (weights, cache, activations) on a device of this kind."""
-        return self.cuda_dtype_bytes if kind == "cuda" else self.cpu_dtype_bytes
+        """Bytes per value (weights, cache, activations) on a device of this kind (`for_shape`
+        has settled the CPU's)."""
+        if kind == "cuda":
+            return self.cuda_dtype_bytes
+        return 4 if self.cpu_dtype_bytes is None else self.cpu_dtype_bytes
+
+    def for_shape(self, shape: ModelShape) -> PlacementRequest:
+        """This request with the CPU's dtype settled for `shape`: the engine keeps a 16-bit
+        checkpoint, and activations beside quantized weights, in 16 bits on CPUs."""
+        if self.cpu_dtype_bytes is not None:
+            return self
+        sixteen = shape.checkpoint_dtype in ("bfloat16", "float16")
+        quantized = self.quantize is not None or shape.quantization is not None
+        return replace(self, cpu_dtype_bytes=2 if sixteen or quantized else 4)
 
 
 def _stage_addresses(entry: Any) -> tuple[DeviceAddress, ...]:
@@ -165,6 +189,7 @@ class Placement:
     stages: tuple[Stage, ...]
     request: PlacementRequest
     notes: tuple[str, ...] = field(default=())  # why this plan, and what it assumed
+    weight_format: str = ""  # the quantized weights' format, for people ("" : the dtype's)
 
     @property
     def predicted_seconds_per_token(self) -> float:
@@ -194,6 +219,8 @@ class Placement:
             f"{self.model_name}: {len(self.stages)} {noun} over {self.backend}, "
             f"{request.context_length} tokens × {request.num_sequences} sequences"
         ]
+        if self.weight_format:
+            lines.append(f"weights: {self.weight_format}")
         width = max(len(member.node_id) for stage in self.stages for member in stage.members)
         members = [_members_text(stage.members, width) for stage in self.stages]
         column = max(len(text) for text in members)
@@ -241,6 +268,7 @@ def place(shape: ModelShape, topology: Topology, request: PlacementRequest) -> P
 
     Plans every pool of candidates (devices alone, like GPUs grouped for tensor parallelism) and
     keeps the best (`placement_groups.choose`); a forced `devices` list is planned as given."""
+    request = request.for_shape(shape)
     if request.context_length > shape.max_context:
         return Infeasible(
             f"a context of {request.context_length} tokens is longer than {shape.name}'s "
@@ -415,4 +443,5 @@ def _placement(
         stages=tuple(stages),
         request=costs.request,
         notes=tuple(notes),
+        weight_format=costs.format.label if costs.format else "",
     )

@@ -13,6 +13,7 @@ from itertools import accumulate, pairwise
 from typing import TYPE_CHECKING
 
 from tandem.cluster.topology import LinkInfo, NodeId, Topology
+from tandem.model.quantization import QuantFormat, loaded_format
 from tandem.model.shapes import ModelShape
 
 if TYPE_CHECKING:
@@ -88,6 +89,14 @@ def offered_devices(topology: Topology, request: PlacementRequest) -> list[Candi
     return candidates
 
 
+def weight_format(shape: ModelShape, request: PlacementRequest) -> QuantFormat | None:
+    """The quantization the stages will hold: `request.quantize` at load, else the checkpoint's
+    own; none where `weight_bytes_per_parameter` sets every parameter's size."""
+    if request.weight_bytes_per_parameter is not None:
+        return None
+    return loaded_format(shape.quantization, request.quantize)
+
+
 class LinkTable:
     """Hop times between nodes, from the topology's links indexed once (100 nodes: ~10⁴ links)."""
 
@@ -135,58 +144,102 @@ class DeviceTable:
     smallest_first: list[float]  # bytes held by the x smallest layers: a bound on how many fit
 
 
+@dataclass(frozen=True)
+class LayerSums:
+    """Per-layer counts summed over layers `[0, x)`, for one group size."""
+
+    stored: list[int]
+    read: list[int]
+    quantized_stored: list[int]  # of `stored`, the weights the format holds quantized
+    quantized_read: list[int]
+    kv: list[int]
+
+
 class LayerCosts:
     """Bytes a stage holds and reads for any layer range on any device, from prefix sums.
 
+    Weights a quantized format holds (`ModelShape.quantized_layer_parameters`) take that
+    format's bytes (packed values, scales, zero points); every other parameter takes the
+    device's dtype. The embedding and head take their own scheme's bytes where quantized.
     A tensor-parallel group counts its stage as `ModelShape.for_group` does: its size times what
     its largest member holds and reads, which compares with its pooled memory and bandwidth."""
 
     def __init__(self, shape: ModelShape, request: PlacementRequest) -> None:
         self.shape, self.request = shape, request
         self.num_layers = shape.num_layers
-        self._sums: dict[int, tuple[list[int], list[int], list[int]]] = {}
+        self.format = weight_format(shape, request)
+        self._sums: dict[int, LayerSums] = {}
         self._kv_held_tokens = request.context_length * request.num_sequences
         # A token reads the cache of its own sequence only; count it at the full context.
         self._kv_read_tokens = request.context_length
         self._tables: dict[tuple[int, float, float], DeviceTable] = {}
+        fmt, hidden = self.format, shape.hidden_size
+        self._quantized_bytes = fmt.layers.bytes_per_parameter(hidden) if fmt else 0.0
+        self._embedding_bytes = fmt.embedding.bytes_per_parameter(hidden) if fmt and fmt.embedding else None
+        self._head_bytes = fmt.head.bytes_per_parameter(hidden) if fmt and fmt.head else None
 
     def shape_for(self, device: Candidate) -> ModelShape:
         """The shape as `device` (one device, or a group) holds it."""
         return self.shape.for_group(device.size)
 
-    def _prefix_sums(self, device: Candidate) -> tuple[list[int], list[int], list[int]]:
-        """(stored, read, cache elements) summed over layers [0, x), for the device's group size."""
+    def sums(self, device: Candidate) -> LayerSums:
+        """The prefix sums for the device's group size, built once for each."""
         if device.size not in self._sums:
             shape = self.shape_for(device)
-            self._sums[device.size] = (
-                [0, *accumulate(shape.layer_parameters)],
-                [0, *accumulate(shape.layer_parameters_read)],
-                [0, *accumulate(shape.layer_kv_elements)],
+            quantized = shape.quantized_layer_parameters(self.format)
+            self._sums[device.size] = LayerSums(
+                stored=[0, *accumulate(shape.layer_parameters)],
+                read=[0, *accumulate(shape.layer_parameters_read)],
+                quantized_stored=[0, *accumulate(stored for stored, _ in quantized)],
+                quantized_read=[0, *accumulate(read for _, read in quantized)],
+                kv=[0, *accumulate(shape.layer_kv_elements)],
             )
         return self._sums[device.size]
 
-    def end_parameters(self, start: int, end: int) -> tuple[int, int]:
-        """(held, read) parameters the embedding and head add to stage `[start, end)`."""
-        shape, held, read = self.shape, 0, 0
+    def _weights(self, weight_bytes: float, stored: float, quantized: float) -> float:
+        return (stored - quantized) * weight_bytes + quantized * self._quantized_bytes
+
+    def end_bytes(self, device: Candidate, start: int, end: int) -> tuple[float, float]:
+        """(held, read) bytes the embedding and head add to stage `[start, end)` on `device`."""
+        shape, held, read = self.shape, 0.0, 0.0
+        embedding_bytes = self._embedding_bytes or device.weight_bytes
+        head_bytes = self._head_bytes or device.weight_bytes
         if start == 0:
-            held += shape.embedding_parameters
-            read += shape.hidden_size  # a lookup reads one row
+            held += shape.embedding_parameters * embedding_bytes
+            read += shape.hidden_size * embedding_bytes  # a lookup reads one row
         if end == self.num_layers:
-            held += shape.shared_head_parameters if start == 0 else shape.head_parameters
-            read += shape.head_parameters
+            norm = (shape.head_parameters - shape.head_linear_parameters) * device.weight_bytes
+            shares = start == 0 and shape.tie_word_embeddings and embedding_bytes == head_bytes
+            held += norm + (0 if shares else shape.head_linear_parameters * head_bytes)
+            read += norm + shape.head_linear_parameters * head_bytes
         return held, read
+
+    def layer_weight_bytes(self, device: Candidate, layer: int) -> float:
+        """Bytes of one layer's weights on `device` (without the embedding or head)."""
+        sums = self.sums(device)
+        stored = sums.stored[layer + 1] - sums.stored[layer]
+        quantized = sums.quantized_stored[layer + 1] - sums.quantized_stored[layer]
+        return self._weights(device.weight_bytes, stored, quantized)
 
     def stage(self, device: Candidate, start: int, end: int) -> StageCost:
         """Layers `[start, end)` on `device`; the first stage owns the embedding, the last the head."""
-        stored_sums, read_sums, kv_sums = self._prefix_sums(device)
-        end_held, end_read = self.end_parameters(start, end)
-        stored = stored_sums[end] - stored_sums[start] + end_held
-        read = read_sums[end] - read_sums[start] + end_read
-        kv_elements = kv_sums[end] - kv_sums[start]
+        sums = self.sums(device)
+        end_held, end_read = self.end_bytes(device, start, end)
+        stored = self._weights(
+            device.weight_bytes,
+            sums.stored[end] - sums.stored[start],
+            sums.quantized_stored[end] - sums.quantized_stored[start],
+        )
+        read = self._weights(
+            device.weight_bytes,
+            sums.read[end] - sums.read[start],
+            sums.quantized_read[end] - sums.quantized_read[start],
+        )
+        kv_elements = sums.kv[end] - sums.kv[start]
         return StageCost(
-            weight_bytes=stored * device.weight_bytes,
+            weight_bytes=stored + end_held,
             kv_bytes=kv_elements * self._kv_held_tokens * device.value_bytes,
-            read_bytes=read * device.weight_bytes + kv_elements * self._kv_read_tokens * device.value_bytes,
+            read_bytes=read + end_read + kv_elements * self._kv_read_tokens * device.value_bytes,
         )
 
     def table(self, device: Candidate) -> DeviceTable:
@@ -194,10 +247,16 @@ class LayerCosts:
         key = (device.size, device.weight_bytes, device.value_bytes)
         if key not in self._tables:
             _, weight, value = key
-            stored_sums, read_sums, kv_sums = self._prefix_sums(device)
+            sums = self.sums(device)
             held_per_token, read_per_token = self._kv_held_tokens * value, self._kv_read_tokens * value
-            held = [w * weight + k * held_per_token for w, k in zip(stored_sums, kv_sums, strict=True)]
-            read = [r * weight + k * read_per_token for r, k in zip(read_sums, kv_sums, strict=True)]
+            held = [
+                self._weights(weight, w, q) + k * held_per_token
+                for w, q, k in zip(sums.stored, sums.quantized_stored, sums.kv, strict=True)
+            ]
+            read = [
+                self._weights(weight, r, q) + k * read_per_token
+                for r, q, k in zip(sums.read, sums.quantized_read, sums.kv, strict=True)
+            ]
             layers = sorted(after - before for before, after in pairwise(held))
             self._tables[key] = DeviceTable(held, read, [0.0, *accumulate(layers)])
         return self._tables[key]
@@ -247,7 +306,7 @@ def split_layers(costs: LayerCosts, order: list[Candidate]) -> list[int] | None:
     reached: dict[int, tuple[float, float]] = {0: (0.0, 0.0)}  # boundary -> (time sum, slowest stage)
     parents: list[dict[int, int]] = []
     for index, device in enumerate(order):
-        table, weight_bytes = costs.table(device), device.weight_bytes
+        table = costs.table(device)
         row: dict[int, tuple[float, float]] = {}
         parent: dict[int, int] = {}
         rest_hold_at_most = most_by[-1] - most_by[index]
@@ -259,8 +318,8 @@ def split_layers(costs: LayerCosts, order: list[Candidate]) -> list[int] | None:
                 held = table.held[end] - table.held[start]
                 read = table.read[end] - table.read[start]
                 if start == 0 or end == num_layers:
-                    end_held, end_read = costs.end_parameters(start, end)
-                    held, read = held + end_held * weight_bytes, read + end_read * weight_bytes
+                    end_held, end_read = costs.end_bytes(device, start, end)
+                    held, read = held + end_held, read + end_read
                 if held > device.usable_bytes:
                     break
                 if start not in reached:

@@ -44,7 +44,7 @@ def why_infeasible(
         offer += f" ({spare_none} more with none to spare)"
     reason = (
         f"{shape.name} needs {_gb(whole.weight_bytes)} for weights and {_gb(whole.kv_bytes)} for the KV cache "
-        f"({_tokens(request)}){_dtype_note(usable, reference)}; {offer} {after}"
+        f"({_tokens(request)}){_dtype_note(costs, usable, reference)}; {offer} {after}"
     )
     if sum(costs.model_fraction(device) for device in usable) >= 1:
         order = " in the given order" if forced else ""
@@ -63,12 +63,14 @@ def oversized_layer(costs: LayerCosts, devices: list[Candidate]) -> int | None:
 def _layer_bytes(costs: LayerCosts, device: Candidate, layer: int) -> tuple[float, float, float]:
     """(weights, KV, both) of one layer on `device`, without the embedding or head."""
     shape, request = costs.shape_for(device), costs.request
-    weights = shape.layer_parameters[layer] * device.weight_bytes
+    weights = costs.layer_weight_bytes(device, layer)
     kv = shape.layer_kv_elements[layer] * request.context_length * request.num_sequences * device.value_bytes
     return weights, kv, weights + kv
 
 
-def _dtype_note(usable: list[Candidate], reference: Candidate) -> str:
+def _dtype_note(costs: LayerCosts, usable: list[Candidate], reference: Candidate) -> str:
+    if costs.format is not None:
+        return f" with {costs.format.label} weights"
     others = sorted({device.weight_bytes for device in usable} - {reference.weight_bytes})
     unit = "byte" if reference.weight_bytes == 1 else "bytes"
     note = f" at {reference.weight_bytes:g} {unit} per parameter"

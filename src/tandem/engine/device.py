@@ -1,4 +1,5 @@
-"""Choosing the device and dtype: CUDA with bfloat16 when present, else CPU with float32."""
+"""Choosing the device and dtype: CUDA with bfloat16 when present, else CPU in the checkpoint's
+own 16-bit dtype (so a 16-bit checkpoint never takes twice its size as an fp32 copy)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from tandem.errors import InvalidRequestError
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 DTYPE_NAMES = {dtype: name for name, dtype in DTYPES.items()}
-DEVICE_DTYPES = {"cpu": ("float32", "bfloat16"), "cuda": ("bfloat16", "float16", "float32")}
+DEVICE_DTYPES = {"cpu": ("float32", "bfloat16", "float16"), "cuda": ("bfloat16", "float16", "float32")}
 
 
 def resolve_device(name: str | None) -> torch.device:
@@ -31,10 +32,18 @@ def resolve_device(name: str | None) -> torch.device:
     return device
 
 
-def resolve_dtype(name: str | None, device: torch.device) -> torch.dtype:
-    """`None`/"auto" gives bfloat16 on CUDA and float32 on CPU."""
+def resolve_dtype(
+    name: str | None, device: torch.device, checkpoint_dtype: str | None = None, quantized: bool = False
+) -> torch.dtype:
+    """`None`/"auto" gives bfloat16 on CUDA. On CPU it gives the checkpoint's 16-bit dtype
+    (bfloat16 or float16), float32 for a 32-bit checkpoint, and bfloat16 for quantized weights
+    stored beside 32-bit scales (the CPU's packed int4/int8 kernels are fast in 16 bits only)."""
     allowed = DEVICE_DTYPES[device.type]
     if name in (None, "auto"):
+        if device.type == "cpu":
+            if checkpoint_dtype in ("bfloat16", "float16"):
+                return DTYPES[checkpoint_dtype]
+            return torch.bfloat16 if quantized else torch.float32
         return DTYPES[allowed[0]]
     if name not in allowed:
         raise InvalidRequestError(

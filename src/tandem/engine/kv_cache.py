@@ -49,14 +49,14 @@ class KVCache:
             from tandem.engine.latent_cache import LatentCache
 
             return LatentCache.for_model(model, num_slots, max_length)
-        parameter = first.o_proj.weight
+        parameter = next(model.parameters())
         return cls(
             layer_indices=list(layers),
             num_slots=num_slots,
             max_length=max_length,
             num_kv_heads=first.local_kv_heads,
             head_dim=first.head_dim,
-            dtype=parameter.dtype,
+            dtype=model.activation_dtype(),  # type: ignore[operator]
             device=parameter.device,
         )
 

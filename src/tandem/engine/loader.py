@@ -11,8 +11,11 @@ import torch
 from tandem.engine.checkpoint import Checkpoint, StackedSource
 from tandem.engine.models import build_empty_model
 from tandem.engine.models.llama import CausalLM
+from tandem.engine.quant.linear import QuantizedEmbedding, QuantizedLinear
+from tandem.engine.quant.loading import load_quantized, prepare_quantized, quantize_modules, stage_format
 from tandem.errors import ModelFormatError
 from tandem.model.config import ModelConfig, load_model_config
+from tandem.model.quantization import QuantFormat
 from tandem.model.stage import StageSpec
 
 TIED_HEAD = ("lm_head.weight", "model.embed_tokens.weight")
@@ -55,7 +58,8 @@ def _sources(model: torch.nn.Module) -> StackedSources:
 
 
 def stage_tensor_names(model: torch.nn.Module, config: ModelConfig, checkpoint: Checkpoint) -> list[str]:
-    """The checkpoint tensors a built (empty) stage needs."""
+    """The checkpoint tensors a built (empty) stage needs; a quantized module's several tensors
+    (packed values, scales, zero points) are found under its name."""
     stacked = _sources(model)
     names: set[str] = set()
     for name in model.state_dict():
@@ -63,6 +67,9 @@ def stage_tensor_names(model: torch.nn.Module, config: ModelConfig, checkpoint: 
             names.update(part for entry in stacked[name].parts for part in entry)
         else:
             names.add(checkpoint_name(name, config, checkpoint))
+    if config.quantization is not None:
+        modules = {name.rsplit(".", 1)[0] for name in names}
+        names |= {name for name in checkpoint.weight_map if name.rsplit(".", 1)[0] in modules}
     return sorted(names)
 
 
@@ -106,8 +113,11 @@ def load_weights(
     device: torch.device,
     dtype: torch.dtype,
     slice_rule: SliceRule | None = None,
+    quantization: QuantFormat | None = None,
 ) -> None:
-    """Replace every meta parameter of `model` with its tensor from the checkpoint."""
+    """Replace every meta parameter of `model` with its tensor from the checkpoint; with
+    `quantization`, its quantized modules first take the place of the dense ones."""
+    quantized = quantize_modules(model, quantization, checkpoint, dtype) if quantization else []
     stacked = _sources(model)
     keep_float32 = getattr(model, "float32_parameters", set)()
     tensors: dict[str, torch.Tensor] = {}
@@ -127,10 +137,23 @@ def load_weights(
                 f"tensor {source} has shape {tuple(tensor.shape)}{detail} in the checkpoint, "
                 f"but the config implies {tuple(empty.shape)}"
             )
-        tensors[name] = tensor.to(device=device, dtype=target)
+        held = tensor.to(device=device, dtype=target)
+        if (
+            quantized
+            and quantization is not None
+            and quantization.is_load_time
+            and held.data_ptr() == tensor.data_ptr()
+        ):
+            # Read straight from the file's memory map, it would keep every page of the 16-bit
+            # file that quantizing touched counted in the process's memory: hold a copy instead.
+            held = held.clone()
+        tensors[name] = held
     model.load_state_dict(tensors, strict=True, assign=True)
+    if quantization is not None and quantized:
+        load_quantized(model, quantized, quantization, checkpoint, device, dtype, config, slice_rule)
     embedding, head = getattr(model.model, "embed_tokens", None), getattr(model, "lm_head", None)
-    if config.tie_word_embeddings and embedding is not None and head is not None:
+    dense_ends = not isinstance(embedding, QuantizedEmbedding) and not isinstance(head, QuantizedLinear)
+    if config.tie_word_embeddings and embedding is not None and head is not None and dense_ends:
         head.weight = embedding.weight  # one copy when a stage holds both ends of a tied model
 
 
@@ -140,17 +163,28 @@ def load_stage(
     device: torch.device,
     dtype: torch.dtype,
     config: ModelConfig | None = None,
+    quantize: str | None = None,
 ) -> CausalLM:
     """Load layers `stage.layers` (plus embedding and/or head for end stages); the whole model when
-    `stage` is None. Only the owned tensors are read from disk."""
+    `stage` is None. Only the owned tensors are read from disk. Quantized checkpoints keep their
+    compact weights; `quantize` ("int8", "int4") quantizes a 16/32-bit checkpoint as it loads."""
     config = config or load_model_config(model_dir)
     stage = stage or StageSpec.whole(config.num_layers)
+    quantization = stage_format(config, quantize)
     checkpoint = Checkpoint(model_dir)
     model = build_empty_model(config, stage)
-    load_weights(model, config, checkpoint, device, dtype)
+    try:
+        load_weights(model, config, checkpoint, device, dtype, quantization=quantization)
+    finally:
+        checkpoint.close()
+    return finish_loading(model, device, dtype)
+
+
+def finish_loading(model: CausalLM, device: torch.device, dtype: torch.dtype) -> CausalLM:
+    """After the weights: buffers, fused projections, quantized weights in their kernels' form."""
     model.reset_buffers(device)
     model.fuse_projections()
-    checkpoint.close()
+    prepare_quantized(model, device, dtype)
     return model.eval()
 
 

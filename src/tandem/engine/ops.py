@@ -39,6 +39,8 @@ def kernel_head_dim(head_dim: int) -> bool:
 # Decode products with a few rows go through the Triton matrix-vector kernel (unless the engine
 # options say cuBLAS); larger products, and float32 (which Triton would round to tf32), F.linear.
 GEMV_DTYPES = (torch.bfloat16, torch.float16)
+# A CPU product of 16-bit weights with at least this many rows runs in fp32 (see quant/cpu.py).
+CPU_UPCAST_ROWS = 16
 
 
 def linear(layer: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -66,16 +68,25 @@ def matmul(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
         from tandem.engine.cuda.gemv import gemv
 
         return gemv(x, weight, bias)
+    if x.device.type == "cpu" and x.dtype in GEMV_DTYPES and x.numel() // x.shape[-1] >= CPU_UPCAST_ROWS:
+        from tandem.engine.quant.cpu import upcast_product
+
+        # CPUs without 16-bit matrix units multiply many rows far faster in fp32 (quant/cpu.py).
+        return upcast_product(x.reshape(-1, x.shape[-1]), weight, bias).view(*x.shape[:-1], weight.shape[0])
     return F.linear(x, weight, bias)
 
 
-def gated_linear(gate_up: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
+def gated_linear(gate_up: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     """silu(gate) * up of x through a fused gate_up projection (gate features, then up): one
     kernel where the matrix-vector kernel runs, else the product then `silu_mul`."""
+    from tandem.engine.quant.linear import QuantizedLinear
+
+    if isinstance(gate_up, QuantizedLinear):
+        return gate_up.gated(x)
     if _by_gemv(x):
         from tandem.engine.cuda.gemv import gemv
 
-        return gemv(x, gate_up.weight, gate_up.bias, gated=True)
+        return gemv(x, gate_up.weight, gate_up.bias, gated=True)  # type: ignore[arg-type]
     return silu_mul(linear(gate_up, x))
 
 

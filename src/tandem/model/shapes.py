@@ -5,11 +5,11 @@ Pure Python (no torch). Every family comes through the engine's own `ModelConfig
 source of truth for parameters per layer (dense, sparse, latent attention) and for the cache a
 token adds (keys and values, or latent attention's compressed latent). A config the engine
 refuses (an unsupported router, rope or architecture) has no shape either: placement never
-predicts speeds for a model that cannot run. Quantized checkpoints are sized (placement plans
-them at their weights' bytes) though the engine does not load them yet.
+predicts speeds for a model that cannot run.
 
 Counts are parameters and cache elements, never bytes: the bytes depend on the dtype each
-device runs, which placement decides.
+device runs and on the quantized format of the weights (`layer_linears` says which weights a
+format may shrink), which placement decides.
 """
 
 from __future__ import annotations
@@ -21,6 +21,18 @@ from typing import Any
 
 from tandem.errors import ModelFormatError, UnsupportedModelError
 from tandem.model.config import SUPPORTED_MODEL_TYPES, ModelConfig, parse_model_config, read_config_json
+from tandem.model.quantization import QuantFormat
+
+
+@dataclass(frozen=True)
+class LinearRole:
+    """The linear projections of one kind in a layer: `module` names one of them relative to the
+    layer ("self_attn.q_proj", "mlp.experts.0.down_proj"), which is what a format's exclusions
+    are matched against; `stored` and `read` count their weights (no biases, norms or routers)."""
+
+    module: str
+    stored: int
+    read: int
 
 
 @dataclass(frozen=True)
@@ -50,6 +62,10 @@ class ModelShape:
     layer_expert_parameters_read: tuple[int, ...] = ()
     num_experts: int = 0
     kv_replicated: bool = False  # every rank keeps the whole cache (latent attention's latent)
+    # Per layer, its linear projections by kind (what quantization may shrink); () : not known.
+    layer_linears: tuple[tuple[LinearRole, ...], ...] = ()
+    quantization: QuantFormat | None = None  # the checkpoint's own quantized format
+    checkpoint_dtype: str = "float32"  # what its unquantized tensors are stored in
 
     def __post_init__(self) -> None:
         layers = len(self.layer_parameters)
@@ -73,6 +89,8 @@ class ModelShape:
             raise ModelFormatError(f"model {self.name!r}: a layer cannot read more parameters than it has")
         if self.tie_word_embeddings and self.head_parameters < self.embedding_parameters:
             raise ModelFormatError(f"model {self.name!r}: a tied head must be at least the embedding's size")
+        if self.layer_linears and len(self.layer_linears) != layers:
+            raise ModelFormatError(f"model {self.name!r}: layer_linears needs one entry per layer")
 
     @property
     def num_layers(self) -> int:
@@ -110,11 +128,24 @@ class ModelShape:
         )
         read = tuple(self.layer_parameters_read[i] + (size - 1) * replicated[i] for i in layers)
         kv = tuple(size * k for k in self.layer_kv_elements) if self.kv_replicated else self.layer_kv_elements
+        # A layer's linears scale as the layer does (the group's extra copies are mostly of them).
+        linears = tuple(
+            tuple(
+                LinearRole(
+                    role.module,
+                    round(role.stored * held[i] / self.layer_parameters[i]),
+                    round(role.read * read[i] / self.layer_parameters_read[i]),
+                )
+                for role in roles
+            )
+            for i, roles in enumerate(self.layer_linears)
+        )
         return replace(
             self,
             layer_parameters=held,
             layer_parameters_read=read,
             layer_kv_elements=kv,
+            layer_linears=linears,
             layer_replicated_parameters=(),
             layer_expert_parameters=(),
             layer_expert_parameters_read=(),
@@ -129,6 +160,21 @@ class ModelShape:
     def active_parameter_count(self) -> int:
         """Parameters one token uses, counted the way model cards count "active" (embedding whole)."""
         return self.embedding_parameters + sum(self.layer_parameters_read) + self.shared_head_parameters
+
+    @property
+    def head_linear_parameters(self) -> int:
+        """The output projection's weights (the head less its final norm)."""
+        return self.head_parameters - self.hidden_size
+
+    def quantized_layer_parameters(self, fmt: QuantFormat | None) -> tuple[tuple[int, int], ...]:
+        """(stored, read) weights of each layer that `fmt` holds quantized; the rest stays 16-bit."""
+        if fmt is None or not self.layer_linears:
+            return ((0, 0),) * self.num_layers
+        counts = []
+        for index, roles in enumerate(self.layer_linears):
+            quantized = [role for role in roles if fmt.quantizes(f"model.layers.{index}.{role.module}")]
+            counts.append((sum(r.stored for r in quantized), sum(r.read for r in quantized)))
+        return tuple(counts)
 
 
 def shape_from_model_config(config: ModelConfig, name: str | None = None) -> ModelShape:
@@ -149,7 +195,43 @@ def shape_from_model_config(config: ModelConfig, name: str | None = None) -> Mod
         layer_expert_parameters_read=tuple(config.layer_expert_parameter_count(i, read=True) for i in layers),
         num_experts=config.moe.num_experts if config.moe is not None else 0,
         kv_replicated=config.mla is not None,
+        layer_linears=tuple(layer_linears(config, i) for i in layers),
+        quantization=config.quantization,
+        checkpoint_dtype=config.checkpoint_dtype,
     )
+
+
+def layer_linears(config: ModelConfig, layer_index: int) -> tuple[LinearRole, ...]:
+    """The weights of a layer's linear projections by kind, named as a format's exclusions see
+    them (the router, norms and biases stay 16-bit and are not listed)."""
+    hidden = config.hidden_size
+    if config.mla is not None:
+        mla, heads = config.mla, config.num_attention_heads
+        nope, rope, value = mla.qk_nope_head_dim, mla.qk_rope_head_dim, mla.v_head_dim
+        if mla.q_lora_rank:
+            query = (hidden + heads * (nope + rope)) * mla.q_lora_rank
+        else:
+            query = hidden * heads * (nope + rope)
+        count = query + hidden * mla.latent_width + mla.kv_lora_rank * heads * (nope + value)
+        attention = LinearRole(
+            "self_attn.o_proj", count + heads * value * hidden, count + heads * value * hidden
+        )
+    else:
+        q_out, kv_out = config.num_attention_heads * config.head_dim, config.num_kv_heads * config.head_dim
+        count = 2 * hidden * q_out + 2 * hidden * kv_out
+        attention = LinearRole("self_attn.q_proj", count, count)
+    if not config.is_sparse_layer(layer_index):
+        mlp = 3 * hidden * config.intermediate_size
+        return (attention, LinearRole("mlp.down_proj", mlp, mlp))
+    assert config.moe is not None
+    moe = config.moe
+    expert = 3 * hidden * moe.expert_intermediate_size
+    module = "block_sparse_moe.experts.0.w2" if config.model_type == "mixtral" else "mlp.experts.0.down_proj"
+    roles = [attention, LinearRole(module, moe.num_experts * expert, moe.top_k * expert)]
+    if moe.shared_intermediate_size:
+        shared = 3 * hidden * moe.shared_intermediate_size
+        roles.append(LinearRole("mlp.shared_experts.down_proj", shared, shared))
+    return tuple(roles)
 
 
 def shape_from_hf_config(raw: dict[str, Any], name: str | None = None) -> ModelShape:

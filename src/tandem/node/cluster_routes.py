@@ -15,7 +15,7 @@ import contextlib
 import json
 import time
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import StreamingResponse
@@ -54,6 +54,11 @@ class LaunchBody(BaseModel):
         None, description="force these devices in pipeline order: NODE_ID/cpu, ..."
     )
     min_stages: int | None = Field(None, description="split over at least this many devices")
+    quantize: Literal["int8", "int4"] | None = Field(
+        None,
+        description="quantize a 16/32-bit checkpoint's weights as it loads: int8, or int4 in groups "
+        "of 128 (a checkpoint stored quantized keeps its own format)",
+    )
     wait: bool = Field(False, description="answer once the instance is ready or has failed")
     reuse: bool = Field(
         False,

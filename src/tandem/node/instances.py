@@ -106,6 +106,7 @@ class InstanceManager:
             num_sequences=request.sequences or DEFAULT_SEQUENCES,
             devices=parse_devices(request.devices),
             min_stages=request.min_stages or 1,
+            quantize=request.quantize,
         )
         return place(shape, self.node.state.topology(), placement_request)
 
@@ -174,6 +175,7 @@ class InstanceManager:
             num_slots=instance.num_slots,
             max_prefill_tokens=DEFAULT_MAX_PREFILL_TOKENS,
             backend=instance.placement.backend,  # type: ignore[arg-type]
+            quantize=instance.placement.request.quantize,
             master_host=master_host,
             master_port=master_port,
             stage_sizes=tuple(len(stage.members) for stage in instance.placement.stages),

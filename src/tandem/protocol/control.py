@@ -18,6 +18,7 @@ An error reply is `Refusal` with a status of 400 or more.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from tandem.cluster.state import ClusterState, RunnerReported
 from tandem.cluster.topology import LinkInfo, NodeInfo
@@ -84,6 +85,7 @@ class LaunchRequest:
     sequences: int | None = None
     devices: tuple[str, ...] | None = None
     min_stages: int | None = None
+    quantize: Literal["int8", "int4"] | None = None  # quantize a 16/32-bit checkpoint as it loads
     wait: bool = False
     reuse: bool = False
 

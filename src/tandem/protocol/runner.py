@@ -82,6 +82,7 @@ class RunnerSpec:
     stage_backends: tuple[Backend, ...] | None = None
     keep_alive_seconds: float = 60.0  # an idle driver's interval between keep-alives to the others
     options: EngineOptions = field(default_factory=EngineOptions)
+    quantize: str | None = None  # "int8" / "int4" ("fp8": benchmarks only): quantize as it loads
     # Weights drawn at random with this seed instead of read from `model_dir` (which then needs
     # only its config.json): the benchmark's shapes; None: the checkpoint's weights.
     random_weights_seed: int | None = None

@@ -38,7 +38,7 @@ from tandem.engine.models.llama import CausalLM
 from tandem.engine.parallel.apply import apply_tensor_parallel, load_tensor_parallel_stage
 from tandem.engine.parallel.group import AllReduce, TensorParallelGroup
 from tandem.engine.parallel.latency import all_reduce_seconds
-from tandem.engine.random_weights import fill_random
+from tandem.engine.random_weights import random_stage
 from tandem.model.config import context_size, load_model_config
 from tandem.model.tokenizer import Tokenizer
 from tandem.protocol.runner import RunnerSpec, StageReport
@@ -97,7 +97,9 @@ def start_rank(spec: RunnerSpec, on_listening: Callable[[int], None] | None = No
     device = resolve_device(spec.device)
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    dtype = resolve_dtype(spec.dtype, device)
+    config = load_model_config(spec.model_dir)
+    quantized = spec.quantize is not None or config.quantization is not None
+    dtype = resolve_dtype(spec.dtype, device, config.checkpoint_dtype, quantized)
     groups, wire = None, None
     if spec.world_size > 1:
         join_group(spec, on_listening)
@@ -211,10 +213,14 @@ def load_shard(
         model = build_empty_model(config, spec.stage)
         if group is not None:
             apply_tensor_parallel(model, group)
-        return fill_random(model, device, dtype, spec.random_weights_seed + spec.rank), summing
+        seed = spec.random_weights_seed + spec.rank
+        return random_stage(model, config, device, dtype, seed, spec.quantize), summing
     if group is None:
-        return load_stage(spec.model_dir, spec.stage, device, dtype, config), None
-    return load_tensor_parallel_stage(spec.model_dir, spec.stage, group, device, dtype, config), summing
+        return load_stage(spec.model_dir, spec.stage, device, dtype, config, spec.quantize), None
+    shard = load_tensor_parallel_stage(
+        spec.model_dir, spec.stage, group, device, dtype, config, spec.quantize
+    )
+    return shard, summing
 
 
 def local_spec(
@@ -226,8 +232,10 @@ def local_spec(
     max_prefill_tokens: int = DEFAULT_MAX_PREFILL_TOKENS,
     options: settings.EngineOptions | None = None,
     random_weights_seed: int | None = None,
+    quantize: str | None = None,
 ) -> RunnerSpec:
-    """The spec of an instance of one rank holding the whole model in this process."""
+    """The spec of an instance of one rank holding the whole model in this process; `quantize`
+    ("int8", "int4") quantizes a 16/32-bit checkpoint as it loads."""
     config = load_model_config(model_dir)
     return RunnerSpec(
         instance_id="local",
@@ -244,6 +252,7 @@ def local_spec(
         max_prefill_tokens=max_prefill_tokens,
         options=options or settings.engine_options(),
         random_weights_seed=random_weights_seed,
+        quantize=quantize,
     )
 
 

@@ -21,6 +21,7 @@ from tandem.engine.checkpoint import StackedSource
 from tandem.engine.kv_cache import KVCache
 from tandem.engine.parallel.group import AllReduce
 from tandem.engine.parallel.layers import unsummed
+from tandem.engine.quant.linear import QuantizedLinear, fuse_quantized
 from tandem.engine.rope import inverse_frequencies, rotary_cos_sin
 from tandem.model.config import ModelConfig
 from tandem.model.stage import StageSpec
@@ -36,8 +37,11 @@ class RMSNorm(nn.Module):
         return ops.add_rms_norm(x, None, self.weight, self.eps)[0]
 
 
-def _fused_linear(parts: list[nn.Linear]) -> nn.Linear:
-    """One Linear whose output is the concatenation of `parts`' outputs."""
+def _fused_linear(parts: list[nn.Linear]) -> nn.Module | None:
+    """One Linear whose output is the concatenation of `parts`' outputs; None where quantized
+    parts cannot share one weight (they then run one by one)."""
+    if any(isinstance(p, QuantizedLinear) for p in parts):
+        return fuse_quantized(parts)  # type: ignore[arg-type]
     weight = torch.cat([p.weight for p in parts], dim=0)
     fused = nn.Linear(
         weight.shape[1],
@@ -84,8 +88,10 @@ class Attention(nn.Module):
         assert self.q_proj is not None and self.k_proj is not None and self.v_proj is not None
         self.local_heads = self.q_proj.out_features // self.head_dim
         self.local_kv_heads = self.k_proj.out_features // self.head_dim
-        self.qkv_proj = _fused_linear([self.q_proj, self.k_proj, self.v_proj])
-        self.q_proj = self.k_proj = self.v_proj = None
+        fused = _fused_linear([self.q_proj, self.k_proj, self.v_proj])
+        if fused is not None:
+            self.qkv_proj = fused  # type: ignore[assignment]
+            self.q_proj = self.k_proj = self.v_proj = None
 
     def forward(self, x: torch.Tensor, batch: AttentionBatch, kv_cache: KVCache) -> torch.Tensor:
         B, T, _ = x.shape
@@ -124,8 +130,10 @@ class MLP(nn.Module):
 
     def fuse(self) -> None:
         assert self.gate_proj is not None and self.up_proj is not None
-        self.gate_up_proj = _fused_linear([self.gate_proj, self.up_proj])
-        self.gate_proj = self.up_proj = None
+        fused = _fused_linear([self.gate_proj, self.up_proj])
+        if fused is not None:
+            self.gate_up_proj = fused  # type: ignore[assignment]
+            self.gate_proj = self.up_proj = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.gate_up_proj is not None:
@@ -235,7 +243,8 @@ class CausalLM(nn.Module):
         return {int(i): layer.self_attn for i, layer in self.model.layers.items()}  # type: ignore[union-attr]
 
     def activation_dtype(self) -> torch.dtype:
-        return next(self.parameters()).dtype
+        # A norm's weight: quantized layers (and a quantized embedding) hold integers or FP8.
+        return next(p.dtype for p in self.parameters() if p.is_floating_point() and p.element_size() > 1)
 
     def attention_batch(
         self,

@@ -21,13 +21,19 @@ from pathlib import Path
 import torch
 
 from tandem.engine.checkpoint import Checkpoint
-from tandem.engine.loader import SliceRule, TensorSlice, load_weights
+from tandem.engine.loader import SliceRule, TensorSlice, finish_loading, load_weights
 from tandem.engine.models import build_empty_model
 from tandem.engine.models.llama import CausalLM
 from tandem.engine.models.llama_tp import shard_llama
 from tandem.engine.models.moe_tp import shard_mixture
 from tandem.engine.parallel.group import AllReduce, TensorParallelGroup
-from tandem.engine.parallel.layers import RowParallelLinear, VocabParallelEmbedding
+from tandem.engine.parallel.layers import (
+    QuantizedRowParallelLinear,
+    QuantizedVocabParallelEmbedding,
+    RowParallelLinear,
+    VocabParallelEmbedding,
+)
+from tandem.engine.quant.loading import stage_format
 from tandem.errors import UnsupportedModelError
 from tandem.model.config import ModelConfig, load_model_config
 from tandem.model.stage import StageSpec
@@ -64,26 +70,33 @@ def load_tensor_parallel_stage(
     device: torch.device,
     dtype: torch.dtype,
     config: ModelConfig | None = None,
+    quantize: str | None = None,
 ) -> CausalLM:
     """This rank's shard of layers `stage.layers` (the whole model when `stage` is None), reading
-    only its blocks of the checkpoint. A group of one rank loads the plain stage."""
+    only its blocks of the checkpoint (a quantized weight is read whole, then cut to its block).
+    A group of one rank loads the plain stage."""
     config = config or load_model_config(model_dir)
     stage = stage or StageSpec.whole(config.num_layers)
+    quantization = stage_format(config, quantize)
     model = build_empty_model(config, stage)
     slice_rule = apply_tensor_parallel(model, group) if group.size > 1 else None
     checkpoint = Checkpoint(model_dir)
     try:
-        load_weights(model, config, checkpoint, device, dtype, slice_rule)
+        load_weights(model, config, checkpoint, device, dtype, slice_rule, quantization)
     finally:
         checkpoint.close()
-    model.reset_buffers(device)
-    model.fuse_projections()
-    return model.eval()
+    return finish_loading(model, device, dtype)
 
 
 def use_all_reduce(model: torch.nn.Module, all_reduce: AllReduce) -> None:
     """Make every tensor-parallel layer of a loaded shard call `all_reduce` from now on (for an
     all-reduce that needs the model's buffers to exist before it can be built)."""
     for module in model.modules():
-        if isinstance(module, RowParallelLinear | VocabParallelEmbedding):
+        if isinstance(
+            module,
+            RowParallelLinear
+            | QuantizedRowParallelLinear
+            | VocabParallelEmbedding
+            | QuantizedVocabParallelEmbedding,
+        ):
             module.all_reduce = all_reduce

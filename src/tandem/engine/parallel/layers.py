@@ -17,6 +17,7 @@ from torch import nn
 from tandem.engine import ops
 from tandem.engine.parallel.group import AllGather, AllReduce
 from tandem.engine.parallel.sharding import Block
+from tandem.engine.quant.linear import QuantizedEmbedding, QuantizedLinear
 
 
 class RowParallelLinear(nn.Module):
@@ -53,9 +54,35 @@ class RowParallelLinear(nn.Module):
         return total if self.bias is None else total + self.bias
 
 
+class QuantizedRowParallelLinear(QuantizedLinear):
+    """A RowParallelLinear whose block of the weight is quantized (the block's inputs start on a
+    group of the quantization, `QuantizedWeight.columns`); sums like RowParallelLinear."""
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool,
+        all_reduce: AllReduce,
+        sum_in_norm: bool = False,
+    ) -> None:
+        super().__init__(in_features, out_features, bias)
+        if sum_in_norm and bias:
+            raise ValueError("a row-parallel layer with a bias sums its output itself")
+        self.all_reduce = all_reduce
+        self.sum_in_norm = sum_in_norm
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        partial = self.product(x)  # [..., out_features], this rank's share of the sum
+        if self.sum_in_norm:
+            return partial
+        total = self.all_reduce(partial)
+        return total if self.bias is None else total + self.bias
+
+
 def unsummed(layer: nn.Module) -> AllReduce | None:
     """The all-reduce still owed to `layer`'s output (None: the output is whole)."""
-    if isinstance(layer, RowParallelLinear) and layer.sum_in_norm:
+    if isinstance(layer, RowParallelLinear | QuantizedRowParallelLinear) and layer.sum_in_norm:
         return layer.all_reduce
     return None
 
@@ -102,3 +129,33 @@ class VocabParallelHead(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         local = ops.matmul(x, self.weight)  # [R, vocab block]
         return self.all_gather(local, self.vocab_sizes)  # [R, vocab]
+
+
+class QuantizedVocabParallelEmbedding(QuantizedEmbedding):
+    """VocabParallelEmbedding over int8 rows (`--quantize`): this rank's rows of the table."""
+
+    def __init__(self, vocab: Block, embedding_dim: int, all_reduce: AllReduce, dtype: torch.dtype) -> None:
+        super().__init__(vocab.size, embedding_dim, dtype)
+        self.vocab = vocab
+        self.all_reduce = all_reduce
+
+    def forward(self, token_ids: torch.Tensor) -> torch.Tensor:
+        held = (token_ids >= self.vocab.start) & (token_ids < self.vocab.end)  # [B, T]
+        local_ids = torch.where(held, token_ids - self.vocab.start, 0)
+        rows = super().forward(local_ids) * held.unsqueeze(-1).to(self.dtype)  # [B, T, hidden]
+        return self.all_reduce(rows)
+
+
+class QuantizedVocabParallelHead(QuantizedLinear):
+    """VocabParallelHead with quantized rows: this rank's logits, then the all-gather."""
+
+    def __init__(
+        self, hidden_size: int, vocab: Block, vocab_sizes: tuple[int, ...], all_gather: AllGather
+    ) -> None:
+        super().__init__(hidden_size, vocab.size, bias=False)
+        self.vocab = vocab
+        self.vocab_sizes = vocab_sizes
+        self.all_gather = all_gather
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.all_gather(self.product(x), self.vocab_sizes)  # [R, vocab]

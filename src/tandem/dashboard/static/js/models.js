@@ -134,6 +134,8 @@ export class ModelsPanel {
       const value = number(name);
       if (value !== undefined) body[field] = value;
     }
+    const quantize = this.el.form.elements.quantize.value;
+    if (quantize) body.quantize = quantize;
     const devices = this.selectedDevices();
     if (devices.length) body.devices = devices;
     return body;

@@ -120,6 +120,7 @@ export function placementSummary(placement) {
     `${stages} ${stages === 1 ? "stage" : "stages"}`,
     `${placement.num_layers} layers`,
     `${request.context_length} tokens × ${request.num_sequences} sequences`,
+    placement.weight_format ? `weights ${placement.weight_format}` : null,
     rate ? `predicted ${tokenRate(rate)}` : null,
   ]
     .filter(Boolean)
