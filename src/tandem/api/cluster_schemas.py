@@ -8,7 +8,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from tandem.cluster.placement import Placement
-from tandem.cluster.state import Instance
+from tandem.cluster.state import HistoryEntry, Instance
 from tandem.cluster.topology import LinkInfo, NodeInfo
 
 
@@ -23,6 +23,9 @@ class ClusterView(BaseModel):
     nodes: list[NodeInfo]
     links: list[LinkInfo]
     instances: list[Instance]
+    history: list[HistoryEntry] = Field(
+        default_factory=list, description="joins, leaves, failures and re-placements, oldest first"
+    )
 
 
 class PlacementPreview(BaseModel):

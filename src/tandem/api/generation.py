@@ -4,13 +4,18 @@ A generation is started before the HTTP answer begins: the runner's first event 
 took the request, so a rejection (a prompt longer than the context, bad settings) gets a proper
 status code instead of a broken stream. Tokens follow; closing the generation, however the
 answer ends, aborts the request if it is still running and frees its KV-cache slot.
+
+When the instance is lost mid-answer (a node left, a runner died), the generation resumes on
+the instance that replaces it (`node/healing.py`): the prompt and the tokens already sent are
+computed again there and the stream goes on from the next token, none lost and none repeated.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
 from tandem.api.errors import APIError, context_code
@@ -26,6 +31,22 @@ class GenerationFailed(TandemError):
 
 
 @dataclass
+class Resumed:
+    """Where a lost request goes on: the replacement's events (its `Accepted` already read),
+    the instance, and the function that counts the request out of it."""
+
+    events: AsyncIterator[RequestEvent]
+    instance: Instance
+    release: Callable[[], None]
+
+
+# Given the failed instance and the token ids sent so far: the request started again elsewhere.
+# Raises GenerationFailed (with the reason) when there is nowhere to go on.
+Resume = Callable[[Instance, tuple[int, ...]], Awaitable[Resumed]]
+MAX_RESUMES = 3
+
+
+@dataclass
 class Completion:
     """Everything a finished request produced, for answers that are not streamed."""
 
@@ -38,11 +59,18 @@ class Completion:
 
 class Generation:
     def __init__(
-        self, events: AsyncIterator[RequestEvent], release: Callable[[], None], instance: Instance
+        self,
+        events: AsyncIterator[RequestEvent],
+        release: Callable[[], None],
+        instance: Instance,
+        resume: Resume | None = None,
     ) -> None:
         self.events = events
         self.release = release
         self.instance = instance
+        self.resume = resume
+        self.sent_ids: list[int] = []
+        self.resumes = 0
         self.prompt_tokens = 0
         self.completion_tokens = 0
         self.finished = False
@@ -79,10 +107,23 @@ class Generation:
 
     async def tokens(self) -> AsyncIterator[Token]:
         """The token events; the last one carries `finish_reason`. Raises GenerationFailed."""
+        while True:
+            try:
+                async for event in self._tokens_from_this_instance():
+                    yield event
+                return
+            except GenerationFailed as error:
+                if self.resume is None or self.resumes >= MAX_RESUMES:
+                    self.finished = True
+                    raise
+                await self._resume_elsewhere(error)
+
+    async def _tokens_from_this_instance(self) -> AsyncIterator[Token]:
         try:
             async for event in self.events:
                 if isinstance(event, Token):
                     self.completion_tokens += 1
+                    self.sent_ids.append(event.token_id)
                     self.first_token_at = self.first_token_at or time.monotonic()
                     self.finished = event.finish_reason is not None
                     if self.finished:
@@ -92,15 +133,35 @@ class Generation:
                     if self.finished:
                         return
                 elif not isinstance(event, Accepted):
-                    self.finished = True
                     raise GenerationFailed(getattr(event, "message", None) or "the request was aborted")
         except GenerationFailed:
             raise
         except TandemError as error:  # the stream from another node broke
-            self.finished = True
             raise GenerationFailed(str(error)) from None
-        self.finished = True
         raise GenerationFailed("the instance's event stream ended before the request finished")
+
+    async def _resume_elsewhere(self, error: GenerationFailed) -> None:
+        """Go on where the lost instance's replacement runs; GenerationFailed if there is none."""
+        assert self.resume is not None
+        self.resumes += 1
+        log.warning(
+            "instance %s lost a request after %d tokens (%s); resuming it",
+            self.instance.instance_id,
+            len(self.sent_ids),
+            error,
+        )
+        lost = self.instance
+        with contextlib.suppress(BaseException):
+            await self.events.aclose()  # type: ignore[attr-defined]
+        self.release()
+        try:
+            resumed = await self.resume(lost, tuple(self.sent_ids))
+        except GenerationFailed:
+            self.finished = True
+            self.release = lambda: None
+            raise
+        self.events, self.instance, self.release = resumed.events, resumed.instance, resumed.release
+        log.info("request resumed on instance %s", self.instance.instance_id)
 
     async def collect(self) -> Completion:
         """Run to the end; for answers that are not streamed. A failure becomes a 503."""

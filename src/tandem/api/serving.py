@@ -12,23 +12,30 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from dataclasses import replace
 
 from fastapi import Request
 
 from tandem.api.catalog import servable_model_names
 from tandem.api.cluster import ClusterAccess
 from tandem.api.errors import APIError
-from tandem.api.generation import Generation
+from tandem.api.generation import Generation, GenerationFailed, Resumed
 from tandem.api.limits import InFlightLimits
 from tandem.cluster.placement import Infeasible
-from tandem.cluster.state import Instance
+from tandem.cluster.state import ClusterState, Instance
 from tandem.errors import TandemError
 from tandem.protocol.control import LaunchRequest
-from tandem.protocol.runner import GenerateRequest
+from tandem.protocol.runner import Accepted, GenerateRequest
 
 log = logging.getLogger("tandem.api")
 
 OLLAMA_DEFAULT_TAG = ":latest"
+# How long a request whose instance broke waits for the coordinator to declare the instance lost
+# (a node is declared gone after node.options.PEER_TIMEOUT, 5 s) and for its replacement to be
+# ready; a replacement loads its weights, so this is generous.
+RESUME_WAIT_SECONDS = 180.0
+LOSS_NOTICE_SECONDS = 15.0  # an instance still ready this long after a failure was not lost
 
 
 class Serving:
@@ -128,9 +135,70 @@ class Serving:
         runner has accepted it. The caller owns the returned generation and must close it."""
         instance = await self.instance_for(name)
         release = self.limits.admit(instance)
-        generation = Generation(self.cluster.generate(instance.instance_id, command), release, instance)
+
+        async def resume(lost: Instance, sent: tuple[int, ...]) -> Resumed:
+            return await self._resume(command, lost, sent)
+
+        generation = Generation(
+            self.cluster.generate(instance.instance_id, command), release, instance, resume
+        )
         await generation.start()
         return generation
+
+    async def _resume(self, command: GenerateRequest, lost: Instance, sent: tuple[int, ...]) -> Resumed:
+        """Start `command` again, after the tokens `sent`, on the instance that replaces `lost`."""
+        replacement = await self._replacement_of(lost)
+        try:
+            release = self.limits.admit(replacement)
+        except APIError as error:
+            raise GenerationFailed(error.message) from None
+        events = self.cluster.generate(replacement.instance_id, replace(command, resume_ids=sent))
+        try:
+            first = await anext(events)  # type: ignore[call-overload]
+        except (TandemError, StopAsyncIteration) as error:
+            release()
+            raise GenerationFailed(
+                f"the replacement {replacement.instance_id} did not take it: {error}"
+            ) from None
+        if not isinstance(first, Accepted):
+            release()
+            await events.aclose()  # type: ignore[attr-defined]
+            detail = getattr(first, "message", None) or type(first).TAG
+            raise GenerationFailed(f"the replacement {replacement.instance_id} refused it: {detail}")
+        return Resumed(events, replacement, release)
+
+    async def _replacement_of(self, lost: Instance) -> Instance:
+        """The ready instance that took over from `lost` (following replacements of replacements);
+        GenerationFailed when the coordinator found it cannot be re-placed, or `lost` still serves."""
+        started = time.monotonic()
+        while time.monotonic() - started < RESUME_WAIT_SECONDS:
+            if not self.cluster.is_coordinator:
+                await self.cluster.refresh_state()
+            state = self.cluster.state
+            current = state.instance(lost.instance_id)
+            if current is not None and current.status != "failed":
+                if time.monotonic() - started > LOSS_NOTICE_SECONDS:
+                    raise GenerationFailed(f"instance {lost.instance_id} is still {current.status}")
+            else:
+                successor = successor_of(state, lost.instance_id)
+                if isinstance(successor, str):
+                    raise GenerationFailed(successor)
+                if successor is not None and successor.status == "ready":
+                    return successor
+            await asyncio.sleep(0.25)
+        raise GenerationFailed(
+            f"instance {lost.instance_id} was lost and no replacement was ready within {RESUME_WAIT_SECONDS:.0f} s"
+        )
+
+
+def successor_of(state: ClusterState, instance_id: str) -> Instance | str | None:
+    """The live instance placed to take over from `instance_id`, the reason there will be none
+    (the history says it cannot be re-placed), or None (not decided yet)."""
+    successor = next((i for i in state.instances if i.replaces == instance_id and i.status != "failed"), None)
+    if successor is not None:
+        return successor
+    refused = [e for e in state.history if e.kind == "not_replaced" and e.instance_id == instance_id]
+    return refused[-1].message if refused else None
 
 
 def serving_of(request: Request) -> Serving:

@@ -16,6 +16,8 @@ from tandem.model.stage import LayerRange
 
 InstanceStatus = Literal["launching", "ready", "failed"]
 RunnerStatus = Literal["starting", "ready", "failed"]
+HistoryKind = Literal["joined", "left", "failed", "replaced", "not_replaced"]
+HISTORY_LENGTH = 100  # the newest entries the state keeps
 
 
 @dataclass(frozen=True)
@@ -48,11 +50,26 @@ class Instance:
     error: str | None = None
     max_context: int = 0
     num_slots: int = 0
+    served: bool = False  # it was ready once: a failure now is a loss, not a launch that failed
+    replaces: str | None = None  # the failed instance this one was placed to take over from
+    attempt: int = 0  # how many re-placements in a row led to this instance
 
     @property
     def driver_node(self) -> NodeId:
         """The node whose rank-0 runner takes this instance's requests."""
         return self.runners[0].node_id
+
+
+@dataclass(frozen=True)
+class HistoryEntry:
+    """Something the cluster went through: a node joined or left, an instance failed, was
+    re-placed or could not be. `at` is the coordinator's wall clock (Unix seconds)."""
+
+    at: float
+    kind: HistoryKind
+    message: str
+    node_id: NodeId | None = None
+    instance_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -62,6 +79,7 @@ class ClusterState:
     nodes: tuple[NodeInfo, ...] = ()
     links: tuple[LinkInfo, ...] = ()
     instances: tuple[Instance, ...] = ()
+    history: tuple[HistoryEntry, ...] = ()  # oldest first, the newest HISTORY_LENGTH
 
     def topology(self) -> Topology:
         return Topology(self.nodes, self.links)
@@ -119,6 +137,11 @@ class InstanceRemoved:
     instance_id: str
 
 
+@dataclass(frozen=True)
+class HistoryNoted:
+    entry: HistoryEntry
+
+
 Event = (
     CoordinatorChanged
     | NodesChanged
@@ -127,6 +150,7 @@ Event = (
     | MasterAddressSet
     | RunnerReported
     | InstanceRemoved
+    | HistoryNoted
 )
 
 
@@ -156,6 +180,8 @@ def _apply(state: ClusterState, event: Event) -> ClusterState:
             return _update_instance(state, event.instance_id, lambda i: _with_runner_report(i, event))
         case InstanceRemoved(instance_id):
             return replace(state, instances=tuple(i for i in state.instances if i.instance_id != instance_id))
+        case HistoryNoted(entry):
+            return replace(state, history=(*state.history, entry)[-HISTORY_LENGTH:])
     raise TypeError(f"unknown event {event!r}")
 
 
@@ -181,8 +207,9 @@ def _with_runner_report(instance: Instance, report: RunnerReported) -> Instance:
             status="failed",
             error=f"rank {report.rank} on node {runners[report.rank].node_id}: {report.message}",
         )
-    status = "ready" if all(r.status == "ready" for r in runners) else instance.status
-    return replace(instance, runners=runners, status=status)
+    if all(r.status == "ready" for r in runners):
+        return replace(instance, runners=runners, status="ready", served=True)
+    return replace(instance, runners=runners)
 
 
 def _fail_if_node_lost(instance: Instance, alive: set[NodeId]) -> Instance:

@@ -20,6 +20,7 @@ from dataclasses import replace
 from tandem import settings
 from tandem.cluster.placement import DeviceAddress, Infeasible, Placement, PlacementRequest, place
 from tandem.cluster.state import (
+    HistoryNoted,
     Instance,
     InstanceCreated,
     InstanceRemoved,
@@ -30,6 +31,14 @@ from tandem.cluster.state import (
 from tandem.errors import InvalidRequestError, PeerUnreachable, TandemError, UnknownInstance
 from tandem.model.config import context_size, load_model_config
 from tandem.model.shapes import ModelShape, shape_from_model_config
+from tandem.node.healing import (
+    MAX_REPLACE_ATTEMPTS,
+    instances_to_replace,
+    note,
+    relaunch_request,
+    replace_now,
+    stale_launch_failures,
+)
 from tandem.node.model_files import ModelFiles
 from tandem.node.node import Node
 from tandem.node.options import HEARTBEAT_INTERVAL
@@ -75,6 +84,7 @@ class InstanceManager:
         self.node = node
         self.files = files
         self._runner_started: dict[str, float] = {}
+        self._failed_at: dict[str, float] = {}  # instance id -> when heal() first saw it failed
 
     # --- launching (any node asks; the coordinator decides) -----------------------------------
 
@@ -111,7 +121,9 @@ class InstanceManager:
         )
         return place(shape, self.node.state.topology(), placement_request)
 
-    async def _launch_as_coordinator(self, request: LaunchRequest) -> Instance:
+    async def _launch_as_coordinator(
+        self, request: LaunchRequest, replaces: str | None = None, attempt: int = 0
+    ) -> Instance:
         placement = await asyncio.to_thread(self.plan, request)  # may fetch the config: off the loop
         if isinstance(placement, Infeasible):
             raise InvalidRequestError(f"cannot place {request.model}: {placement.reason}")
@@ -134,6 +146,8 @@ class InstanceManager:
             runners=runners,
             max_context=placement.request.context_length,
             num_slots=placement.request.num_sequences,
+            replaces=replaces,
+            attempt=attempt,
         )
         self.node.apply(InstanceCreated(instance))
         log.info("launching %s as %s:\n%s", instance.model, instance_id, "\n".join(placement.explain()))
@@ -249,11 +263,61 @@ class InstanceManager:
                     )
 
     async def reconcile_forever(self) -> None:
-        """Coordinator duty, each heartbeat interval: stop runners nobody needs any more."""
+        """Coordinator duty, each heartbeat interval: re-place instances that failed while
+        serving, clear launch failures a newer launch superseded, stop runners nobody needs."""
         while True:
             if self.node.is_coordinator:
+                self.heal()
                 await self.reconcile()
             await asyncio.sleep(HEARTBEAT_INTERVAL)
+
+    def heal(self) -> None:
+        """Coordinator only: each failed serving instance leaves the state (its runners
+        stopped) and a replacement is launched in the background; launch failures that a newer
+        launch superseded are cleared."""
+        for instance in stale_launch_failures(self.node.state):
+            self.node.apply(InstanceRemoved(instance.instance_id))
+        now = time.monotonic()
+        for instance in instances_to_replace(self.node.state):
+            failed_at = self._failed_at.setdefault(instance.instance_id, now)
+            if not replace_now(instance, now - failed_at):
+                continue
+            self._failed_at.pop(instance.instance_id, None)
+            self.node.apply(InstanceRemoved(instance.instance_id))
+            message = f"instance {instance.instance_id} of {instance.model} failed: {instance.error}"
+            self.node.apply(HistoryNoted(note("failed", message, instance_id=instance.instance_id)))
+            if not instance.served and instance.attempt >= MAX_REPLACE_ATTEMPTS:
+                message = (
+                    f"instance {instance.replaces} of {instance.model} was lost and {instance.attempt} "
+                    f"replacements failed; the last: {instance.error}"
+                )
+                log.warning("%s", message)
+                self.node.apply(HistoryNoted(note("not_replaced", message, instance_id=instance.replaces)))
+                continue
+            self.node.keep_task_running(self._replace(instance))
+
+    async def _replace(self, failed: Instance) -> None:
+        """Launch the instance that takes over from `failed`. A replacement that failed to launch
+        is retried under the id of the instance that was lost, so requests waiting for it find it."""
+        await self._stop_runners_everywhere(failed)
+        lost = failed.instance_id if failed.served else (failed.replaces or failed.instance_id)
+        attempt = 1 if failed.served else failed.attempt + 1
+        try:
+            replacement = await self._launch_as_coordinator(
+                relaunch_request(failed), replaces=lost, attempt=attempt
+            )
+        except TandemError as error:
+            message = f"instance {lost} of {failed.model} was lost ({failed.error}) and cannot be re-placed: {error}"
+            log.warning("%s", message)
+            self.node.apply(HistoryNoted(note("not_replaced", message, instance_id=lost)))
+            return
+        where = ", ".join(sorted({r.node_id for r in replacement.runners}))
+        message = (
+            f"instance {failed.instance_id} of {failed.model} re-placed as {replacement.instance_id} "
+            f"on {where}: {replacement.status}"
+        )
+        log.info("%s", message)
+        self.node.apply(HistoryNoted(note("replaced", message, instance_id=replacement.instance_id)))
 
     async def reconcile(self) -> None:
         """Stop local runners of instances that failed or that the cluster no longer has."""

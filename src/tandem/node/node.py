@@ -21,6 +21,7 @@ from tandem.cluster.state import (
     ClusterState,
     CoordinatorChanged,
     Event,
+    HistoryNoted,
     LinksMeasured,
     NodesChanged,
     RunnerReported,
@@ -29,6 +30,7 @@ from tandem.cluster.state import (
 from tandem.cluster.topology import DeviceInfo, NodeId, NodeInfo
 from tandem.errors import PeerUnreachable
 from tandem.node.control import ControlClient
+from tandem.node.healing import membership_notes
 from tandem.node.membership import Membership
 from tandem.node.options import HEARTBEAT_INTERVAL, LINK_MEASURE_INTERVAL, PEER_TIMEOUT, NodeOptions
 from tandem.node.supervisor import Supervisor
@@ -135,6 +137,9 @@ class Node:
         downloads_moved = [n.downloads for n in alive] != [n.downloads for n in self.state.nodes]
         stale = time.monotonic() - self._nodes_published_at > NODES_REFRESH_SECONDS
         if force or ids_changed or downloads_moved or stale:
+            if self.state.nodes or len(alive) > 1:  # a lone first node has nothing to report
+                for entry in membership_notes(self.state, {n.node_id for n in alive}):
+                    self.apply(HistoryNoted(entry))
             self.apply(NodesChanged(alive))
             self._nodes_published_at = time.monotonic()
         for source, links in self._links_by_source().items():

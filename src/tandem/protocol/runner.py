@@ -152,11 +152,16 @@ class GenerateRequest:
     messages: tuple[ChatMessage, ...] | None = None
     prompt_ids: tuple[int, ...] | None = None
     params: SamplingParams = field(default_factory=SamplingParams)
+    # A request resumed on a new instance after its old one was lost: the tokens it had already
+    # sent. They are computed after the prompt, not sent again, and count against max_tokens.
+    resume_ids: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         given = [name for name in ("prompt", "messages", "prompt_ids") if getattr(self, name) is not None]
         if len(given) != 1:
             raise ValueError("a request needs exactly one of prompt, messages or prompt_ids")
+        if len(self.resume_ids) >= self.params.max_tokens:
+            raise ValueError("a resumed request must have tokens left to generate")
 
 
 @dataclass(frozen=True)

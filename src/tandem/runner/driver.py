@@ -9,6 +9,7 @@ import queue
 import sys
 import threading
 from collections.abc import Callable
+from dataclasses import replace
 from typing import TextIO
 
 from tandem.engine.engine import LLMEngine, TokenEvent
@@ -126,9 +127,13 @@ class Driver:
         return True
 
     def _generate(self, request_id: str, request: GenerateRequest) -> None:
+        resumed = list(request.resume_ids)
         try:
             prompt_ids = prompt_ids_of(self.engine, request, self.vocab_size)
-            seq_id = self.engine.add_request(prompt_ids, request.params)
+            params = request.params
+            if resumed:
+                params = replace(params, max_tokens=params.max_tokens - len(resumed))
+            seq_id = self.engine.add_request(prompt_ids + resumed, params)
         except TandemError as error:
             self.emit(Rejected(request_id, str(error)))
             return

@@ -1,0 +1,72 @@
+"""Requests survive a machine's loss: three real node processes on loopback serve the demo
+model as a pipeline over two of them; the node of the last stage is killed mid-stream, the
+coordinator re-places the instance on what is left, and the client's stream goes on, its whole
+text the text of an undisturbed run. The cluster's history says what happened."""
+
+from __future__ import annotations
+
+import signal
+
+import openai
+
+from nodes import launch, running_nodes, wait_for
+from tandem.model.sampling_params import SamplingParams
+from tandem.runner.assemble import create_local_engine
+from tandem.store.resolve import DEMO_MODEL_DIR
+
+PROMPT = "Tell me of the king."
+MAX_TOKENS = 160
+
+
+def all_see(nodes, count: int) -> bool:
+    views = [node.cluster() for node in nodes]
+    return all(len(view["nodes"]) == count for view in views) and len({v["coordinator"] for v in views}) == 1
+
+
+def undisturbed_text() -> str:
+    engine = create_local_engine(DEMO_MODEL_DIR, device="cpu", dtype="float32", max_context=512)
+    assert engine.tokenizer is not None
+    ids = engine.tokenizer.encode_chat([{"role": "user", "content": PROMPT}])
+    params = SamplingParams(max_tokens=MAX_TOKENS, temperature=0.0, ignore_eos=True)
+    return "".join(event.text for event in engine.generate(ids, params))
+
+
+def test_a_stream_goes_on_when_the_node_of_a_stage_is_killed(tmp_path):
+    expected = undisturbed_text()
+    with running_nodes(tmp_path, 3) as nodes:
+        wait_for(lambda: all_see(nodes, 3), timeout=30, what="three nodes to meet")
+        coordinator = nodes[0].cluster()["coordinator"]
+        taker = next(n for n in nodes if n.node_id == coordinator)  # takes the request, survives
+        first, last = [n for n in nodes if n is not taker]
+        lost_id = last.node_id
+        instance = launch(
+            taker,
+            model="demo",
+            devices=[f"{first.node_id}/cpu", f"{lost_id}/cpu"],
+            context=512,
+            dtype="float32",
+        )
+        client = openai.OpenAI(base_url=f"{taker.url}/v1", api_key="unused", max_retries=0)
+        stream = client.chat.completions.create(
+            model="demo",
+            messages=[{"role": "user", "content": PROMPT}],
+            max_tokens=MAX_TOKENS,
+            temperature=0,
+            stream=True,
+            extra_body={"ignore_eos": True},
+        )
+        pieces: list[str] = []
+        for chunk in stream:
+            if chunk.choices and chunk.choices[0].delta.content:
+                pieces.append(chunk.choices[0].delta.content)
+            if len(pieces) == 8:
+                last.stop(signal.SIGKILL)  # the node of the last stage, mid-stream
+        assert "".join(pieces) == expected
+
+        view = taker.cluster()
+        kinds = [entry["kind"] for entry in view["history"]]
+        assert "left" in kinds and "failed" in kinds and "replaced" in kinds, view["history"]
+        (replacement,) = view["instances"]  # the failed instance was cleaned up
+        assert replacement["replaces"] == instance["instance_id"]
+        assert replacement["status"] == "ready"
+        assert lost_id not in {r["node_id"] for r in replacement["runners"]}
