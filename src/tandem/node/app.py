@@ -14,6 +14,7 @@ from fastapi.responses import JSONResponse
 
 from tandem import __version__
 from tandem.api import mount_api
+from tandem.cluster.auth import AuthError
 from tandem.dashboard import mount_dashboard
 from tandem.errors import PeerUnreachable, TandemError, UnknownInstance
 from tandem.node import cluster_routes, control_routes
@@ -34,6 +35,10 @@ def create_app(service: NodeService) -> FastAPI:
         description="A cluster of the machines you already have, serving one model API.",
     )
     app.state.service = service
+
+    @app.exception_handler(AuthError)
+    async def _refused(_: Request, error: AuthError) -> JSONResponse:
+        return error_response(401, str(error))  # logged by the signed route that refused it
 
     @app.exception_handler(UnknownInstance)
     async def _unknown(_: Request, error: UnknownInstance) -> JSONResponse:

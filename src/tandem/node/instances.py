@@ -84,7 +84,13 @@ class InstanceManager:
             if address is None:
                 raise PeerUnreachable(f"the coordinator {self.node.coordinator} is not reachable")
             launched = await self.node.control.call(
-                address, "POST", "/internal/instances", request, reply=Instance, timeout=600
+                address,
+                "POST",
+                "/internal/instances",
+                request,
+                reply=Instance,
+                timeout=600,
+                to=self.node.coordinator,
             )
             await self.node.refresh_state()
             return launched
@@ -188,7 +194,13 @@ class InstanceManager:
         if address is None:
             raise PeerUnreachable(f"node {runner.node_id} is not reachable")
         return await self.node.control.call(
-            address, "POST", "/internal/runners", StartRunner(spec), reply=RunnerStarted, timeout=120
+            address,
+            "POST",
+            "/internal/runners",
+            StartRunner(spec),
+            reply=RunnerStarted,
+            timeout=120,
+            to=runner.node_id,
         )
 
     async def start_local_runner(self, request: StartRunner) -> RunnerStarted:
@@ -222,7 +234,9 @@ class InstanceManager:
             address = self.node.address_of(self.node.coordinator)
             if address is None:
                 raise PeerUnreachable(f"the coordinator {self.node.coordinator} is not reachable")
-            await self.node.control.call(address, "DELETE", f"/internal/instances/{instance_id}")
+            await self.node.control.call(
+                address, "DELETE", f"/internal/instances/{instance_id}", to=self.node.coordinator
+            )
             return Done()
         instance = self.node.state.instance(instance_id)
         if instance is None:
@@ -244,7 +258,11 @@ class InstanceManager:
             if address is not None:
                 with contextlib.suppress(PeerUnreachable):
                     await self.node.control.call(
-                        address, "POST", "/internal/runners/stop", StopRunners(instance.instance_id)
+                        address,
+                        "POST",
+                        "/internal/runners/stop",
+                        StopRunners(instance.instance_id),
+                        to=node_id,
                     )
 
     async def reconcile_forever(self) -> None:
@@ -290,7 +308,11 @@ class InstanceManager:
             if address is None:
                 raise PeerUnreachable(f"node {instance.driver_node} is not reachable")
             async for event in self.node.control.stream(
-                address, f"/internal/instances/{instance_id}/generate", request, RequestEvent
+                address,
+                f"/internal/instances/{instance_id}/generate",
+                request,
+                RequestEvent,
+                to=instance.driver_node,
             ):
                 yield event
             return
