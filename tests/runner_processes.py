@@ -25,7 +25,9 @@ from tandem.protocol.runner import (
     Shutdown,
     Token,
 )
-from tandem.settings import EngineOptions
+from tandem.settings import RENDEZVOUS_TOKEN_VARIABLE, EngineOptions
+
+TEST_RENDEZVOUS_TOKEN = "test-rendezvous-token-0123456789abcdef"
 
 
 class RunnerProcess:
@@ -90,6 +92,7 @@ def start_instance(
         options=options or EngineOptions(),
         quantize=quantize,
     )
+    env = {RENDEZVOUS_TOKEN_VARIABLE: TEST_RENDEZVOUS_TOKEN, **(env or {})}  # as a node hands it over
     driver = RunnerProcess(base, env)
     runners = [driver]
     if world_size > 1:

@@ -7,6 +7,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 SECRET_FILE = "secret"
+RENDEZVOUS_TOKEN_VARIABLE = "TANDEM_RENDEZVOUS_TOKEN"  # a node hands its runners their instance's token
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,11 @@ def use_engine_options(options: EngineOptions) -> None:
     (`tandem.runner.assemble`), before any model code runs; never flipped mid-run."""
     global _engine_options
     _engine_options = options
+
+
+def rendezvous_token() -> str | None:
+    """The token of this runner's instance rendezvous (TANDEM_RENDEZVOUS_TOKEN), set by the node."""
+    return os.environ.get(RENDEZVOUS_TOKEN_VARIABLE) or None
 
 
 def debug() -> bool:

@@ -32,6 +32,7 @@ NONCE_HEADER = "X-Tandem-Nonce"
 ANY_NODE = "*"  # the target of a message sent to an address whose node is not known yet
 
 _CLUSTER_ID_TAG = b"tandem-cluster-id-v1"
+_RENDEZVOUS_TAG = b"tandem-rendezvous-token-v1"
 _REQUEST_TAG = "tandem-request-v2"
 _NONCE_CHARACTERS = frozenset("0123456789abcdef")
 NONCE_LENGTH = 32  # hex digits: 128 random bits
@@ -83,6 +84,12 @@ def cluster_id(secret: bytes) -> str:
     reveals nothing about the secret beyond what any signature already does.
     """
     return hmac.new(secret, _CLUSTER_ID_TAG, hashlib.sha256).hexdigest()[:16]
+
+
+def rendezvous_token(secret: bytes, instance_id: str) -> str:
+    """The token that admits a runner to its instance's rendezvous (`tandem.runner.rendezvous`):
+    every node derives the same one, so it never needs to cross the network."""
+    return hmac.new(secret, _RENDEZVOUS_TAG + b"\n" + instance_id.encode(), hashlib.sha256).hexdigest()
 
 
 def sign(secret: bytes, message: bytes) -> str:

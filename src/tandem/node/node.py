@@ -85,7 +85,7 @@ class Node:
         self.control = ControlClient(node_id, secret)
         self.replay_window = ReplayWindow()  # nonces of the signed messages received lately
         self.refusal_log = LogThrottle()  # refused messages, logged once a minute per sender
-        self.supervisor = Supervisor(self.on_runner_report)
+        self.supervisor = Supervisor(self.on_runner_report, secret)
         self.downloads = downloads  # this node's downloads, shown in its heartbeats
         self._nodes_published_at = 0.0
         self._tasks: list[asyncio.Task] = []
