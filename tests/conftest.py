@@ -31,6 +31,7 @@ SLOW_MODULES = {
     "cli/test_place_cli.py",
     "cluster/test_discovery.py",
     "cluster/test_discovery_nodes.py",
+    "cluster/test_exposure_nodes.py",
     "cluster/test_control_walls.py",
     "cluster/test_nodes.py",
     "dashboard/test_cluster_views.py",

@@ -98,6 +98,11 @@ def api_key() -> str | None:
     return os.environ.get("TANDEM_API_KEY") or None
 
 
+def open_api() -> bool:
+    """TANDEM_OPEN_API=1: as --open-api, other machines may use the API and dashboard."""
+    return os.environ.get("TANDEM_OPEN_API", "") not in ("", "0")
+
+
 def secret_path() -> Path:
     """Where the cluster secret is kept: `secret` in the data dir. Copy it to every machine."""
     return data_dir() / SECRET_FILE
