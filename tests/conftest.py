@@ -34,6 +34,7 @@ SLOW_MODULES = {
     "cluster/test_exposure_nodes.py",
     "cluster/test_control_walls.py",
     "cluster/test_nodes.py",
+    "cluster/test_request_paths.py",
     "dashboard/test_cluster_views.py",
     "dashboard/test_dashboard.py",
     "dashboard/test_render.py",

@@ -31,6 +31,7 @@ from tandem.errors import InvalidRequestError, PeerUnreachable, TandemError, Unk
 from tandem.model.config import context_size, load_model_config
 from tandem.model.shapes import ModelShape, shape_from_model_config
 from tandem.node.model_files import ModelFiles
+from tandem.node.models import check_requested_model
 from tandem.node.node import Node
 from tandem.node.options import HEARTBEAT_INTERVAL
 from tandem.protocol.control import Done, LaunchRequest, RunnerStarted, StartRunner, StopRunners
@@ -79,6 +80,7 @@ class InstanceManager:
     # --- launching (any node asks; the coordinator decides) -----------------------------------
 
     async def launch(self, request: LaunchRequest) -> Instance:
+        check_requested_model(request.model, self.node.options.models_dirs)
         if not self.node.is_coordinator:
             address = self.node.address_of(self.node.coordinator)
             if address is None:
@@ -101,6 +103,7 @@ class InstanceManager:
 
     def plan(self, request: LaunchRequest) -> Placement | Infeasible:
         """The placement a launch request would get now."""
+        check_requested_model(request.model, self.node.options.models_dirs)
         config = load_model_config(self.files.config_dir(request.model))  # fetches config.json if need be
         return self.plan_shape(shape_from_model_config(config, request.model), request)
 

@@ -112,7 +112,8 @@ class ModelFiles:
     def __init__(self, node: Node, board: DownloadBoard) -> None:
         self.node = node
         self.board = board
-        self.fetcher = ModelFetcher(peers=ClusterPeers(node), board=self.board)
+        # Names come from requests: never from what happens to exist under the working directory.
+        self.fetcher = ModelFetcher(peers=ClusterPeers(node), board=self.board, relative_paths=False)
 
     # --- fetching ---------------------------------------------------------------------------------
 
