@@ -33,13 +33,6 @@ def test_paths_outside_the_models_dirs_get_one_answer_whether_or_not_they_exist(
     assert "is not offered by this node" in answer and "--models-dir" in answer
 
 
-def test_names_that_could_be_relative_paths_are_repo_ids(node):
-    response = node.http.post(
-        "/v1/placements", json={"model": "etc/passwd"}
-    )  # the node's cwd is not consulted
-    assert "is a file" not in response.text and "not offered" not in response.text
-
-
 def test_an_offered_checkpoint_is_placed(node):
     response = node.http.post("/v1/placements", json={"model": str(node.offered), "context": 64})
     assert response.status_code == 200, response.text
