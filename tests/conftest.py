@@ -24,6 +24,7 @@ SLOW_MODULES = {
     "api/test_load.py",
     "api/test_ollama.py",
     "api/test_openai.py",
+    "api/test_prompt_size.py",
     "api/test_serving.py",
     "bench/test_bench_cli.py",
     "cli/test_cluster_cli.py",
