@@ -13,8 +13,11 @@ from pathlib import Path
 import psutil
 
 from netns import lan
-from runner_processes import TEST_RENDEZVOUS_TOKEN
+from runner_processes import TEST_RENDEZVOUS_TOKEN, generate_all, start_instance, stop
 from tandem.cluster.auth import rendezvous_token
+from tandem.model.sampling_params import SamplingParams
+from tandem.protocol.runner import Ready
+from tandem.runner.assemble import create_local_engine
 from tandem.runner.rendezvous import CHALLENGE_BYTES
 
 PROBE = [sys.executable, str(Path(__file__).parents[1] / "rendezvous_probe.py")]
@@ -29,6 +32,18 @@ def start_server(host: str, token: str, popen=subprocess.Popen) -> tuple[subproc
     server = popen([*PROBE, "serve", host, token], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     gate_port, store_port = map(int, server.stdout.readline().split())
     return server, gate_port, store_port
+
+
+def listening_sockets(host, pid: int) -> set[tuple[str, int]]:
+    """(address, port) of each TCP socket process `pid` listens on inside `host`'s namespace
+    (psutil sees only this namespace's sockets)."""
+    found = set()
+    for line in host.run(["ss", "-H", "-ltnp"]).stdout.splitlines():
+        fields = line.split()
+        if f"pid={pid}," in line and len(fields) >= 4:
+            address, _, port = fields[3].rpartition(":")
+            found.add((address.strip("[]"), int(port)))
+    return found
 
 
 def test_the_token_differs_by_instance_and_by_secret():
@@ -80,3 +95,31 @@ def test_from_another_host_only_the_token_opens_the_store():
         server.kill()
         _, errors = server.communicate(timeout=10)
         assert f"refused a connection from {outsider.address}" in errors
+
+
+def test_runners_on_two_hosts_join_through_the_gate_and_bind_nothing_to_every_interface(checkpoint_factory):
+    checkpoint = checkpoint_factory("llama-gqa")
+    with lan(2) as network:
+        first, second = network.hosts
+        runners = start_instance(
+            checkpoint.path, checkpoint.config["num_hidden_layers"], (1, 1), hosts=network.hosts
+        )
+        try:
+            assert all(isinstance(runner.next_event(timeout=120), Ready) for runner in runners)
+            listening = listening_sockets(first, runners[0].process.pid)
+            assert {ip for ip, _ in listening} <= {"127.0.0.1", first.address}, listening
+            gate = runners[1].spec.master_port  # what rank 0 reported listening on
+            assert (first.address, gate) in listening
+            assert run_probe(["direct", first.address, str(gate)], second.command).startswith("refused")
+            store_ports = [port for ip, port in listening if ip == "127.0.0.1"]
+            assert store_ports, listening
+            for port in store_ports:  # the store itself: not reachable from the other host at all
+                assert run_probe(["direct", first.address, str(port)], second.command).startswith("refused")
+
+            engine = create_local_engine(checkpoint.path, device="cpu", dtype="float32")
+            params = SamplingParams(max_tokens=8, temperature=0.0, ignore_eos=True)
+            prompt = [3, 1, 4, 1, 5]
+            tokens = generate_all(runners[0], {"a": prompt}, params)
+            assert tokens == {"a": [e.token_id for e in engine.generate(prompt, params)]}
+        finally:
+            stop(runners)
