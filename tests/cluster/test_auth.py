@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import stat
 
+import httpx
 import pytest
 
 from tandem.cluster import auth
@@ -275,3 +276,26 @@ def test_untrusted_text_in_rejections_cannot_break_a_log_line():
     with pytest.raises(AuthError) as caught:
         verify_request(SECRET, "GET", "/state", b"", headers, now=NOW)
     assert "\n" not in str(caught.value)
+
+
+def test_a_reply_must_answer_this_request_for_this_node():
+    from tandem.node.control import ControlClient, SignatureRefused, sign_reply
+
+    client = ControlClient("node-a", SECRET)
+    body = b"{}"
+
+    def reply(nonce: str, requester: str = "node-a", status: int = 200) -> httpx.Response:
+        headers = sign_reply(SECRET, "node-b", "/internal/state", body, requester=requester, nonce=nonce)
+        return httpx.Response(status, content=body, headers=headers)
+
+    sent = auth.new_nonce()
+    client.check_reply("b:1", "/internal/state", reply(sent), sent)  # the answer to our request
+    with pytest.raises(TandemError, match=r"a reply signed for another request \(a replayed reply\)$"):
+        client.check_reply("b:1", "/internal/state", reply(auth.new_nonce()), sent)
+    with pytest.raises(TandemError, match=r"a reply signed for another request"):
+        client.check_reply("b:1", "/internal/state", reply(sent, requester="node-c"), sent)
+    refused = httpx.Response(401, json={"error": "bad signature on a request from node node-a: …"})
+    with pytest.raises(
+        SignatureRefused, match=r"^b:1 refused our signature on /internal/state: bad signature"
+    ):
+        client.check_reply("b:1", "/internal/state", refused, sent)

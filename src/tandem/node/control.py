@@ -41,7 +41,7 @@ class ControlClient:
         headers["Content-Type"] = "application/json"
         return headers
 
-    def _check_reply(self, address: str, path: str, response: httpx.Response, nonce: str) -> None:
+    def check_reply(self, address: str, path: str, response: httpx.Response, nonce: str) -> None:
         """Raise PeerUnreachable unless `response` is the peer's signed answer to our request."""
         if response.status_code == 401:
             raise SignatureRefused(
@@ -79,7 +79,7 @@ class ControlClient:
             )
         except httpx.HTTPError as error:
             raise PeerUnreachable(f"{address} did not answer {path}: {type(error).__name__}") from None
-        self._check_reply(address, path, response, headers[NONCE_HEADER])
+        self.check_reply(address, path, response, headers[NONCE_HEADER])
         if response.status_code >= 400:
             raise PeerUnreachable(f"{address} refused {path}: {refusal_text(response.content)}")
         try:
@@ -106,7 +106,7 @@ class ControlClient:
         try:
             if response.status_code >= 400:
                 await response.aread()
-                self._check_reply(address, path, response, request.headers[NONCE_HEADER])
+                self.check_reply(address, path, response, request.headers[NONCE_HEADER])
                 raise PeerUnreachable(f"{address} refused {path}: {refusal_text(response.content)}")
             async for line in response.aiter_lines():
                 if line.strip():
