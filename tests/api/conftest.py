@@ -19,7 +19,8 @@ def demo_engine():
 
 @pytest.fixture(scope="session")
 def demo_node(tmp_path_factory):
-    """A node serving the demo model (context 512, 8 sequences); `demo_node.instance` is its instance."""
+    """A node serving the demo model (context 512, 8 sequences, float32: exact under batching);
+    `demo_node.instance` is its instance."""
     with running_nodes(tmp_path_factory.mktemp("api"), 1) as (node,):
-        node.instance = launch(node, model="demo", context=CONTEXT)
+        node.instance = launch(node, model="demo", context=CONTEXT, dtype="float32")
         yield node

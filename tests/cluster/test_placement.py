@@ -15,6 +15,7 @@ from model_configs import DEEPSEEK_V3, QWEN3_30B_A3B
 from tandem.cluster.placement import DeviceAddress, Infeasible, Placement, PlacementRequest, place
 from tandem.cluster.placement_search import SAME_NODE_BANDWIDTH, SAME_NODE_LATENCY
 from tandem.cluster.topology import LinkInfo, Topology
+from tandem.errors import InvalidRequestError
 from tandem.model.shapes import shape_from_hf_config
 from topologies import GB, cluster, cpu, gpu, node, uniform_shape
 
@@ -276,9 +277,9 @@ def test_a_hundred_node_mixed_cluster_plans_deepseek_v3_in_well_under_a_second()
         else:
             nodes.append(node(f"n{i:03}", gpu(48 + (i % 4) * 16, 900 + 10 * i), gpu(48, 900, index=1)))
     topology = cluster(*nodes)  # 4950 links
-    started = time.perf_counter()
+    started = time.process_time()  # this process's CPU time: a shared machine's load does not count
     result = place(shape, topology, PlacementRequest(context_length=4096))
-    elapsed = time.perf_counter() - started
+    elapsed = time.process_time() - started
     assert isinstance(result, Placement), result.reason
     assert_covers_all_layers(result, shape.num_layers)
     assert elapsed < 1.0, f"placement took {elapsed:.2f} s"
@@ -293,3 +294,12 @@ def test_placement_imports_no_torch():
     src = str(Path(__file__).parents[2] / "src")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}
     assert subprocess.run([sys.executable, "-c", code], env=env, timeout=60).returncode == 0
+
+
+def test_a_named_dtype_sizes_every_device_and_a_bad_one_is_refused():
+    shape = shape_from_hf_config(DEEPSEEK_V3)
+    settled = PlacementRequest(context_length=64, dtype="float32").for_shape(shape)
+    assert settled.dtype_bytes("cuda") == settled.dtype_bytes("cpu") == 4
+    assert PlacementRequest(context_length=64).for_shape(shape).dtype_bytes("cuda") == 2
+    with pytest.raises(InvalidRequestError, match="dtype must be one of float32, bfloat16, float16"):
+        PlacementRequest(context_length=64, dtype="int3")

@@ -1,5 +1,5 @@
 """MLX affine-quantized checkpoints (what `mlx_lm.convert --quantize` writes and Mac users
-download): they load on the MLX engine as quantized layers, and `tandem.mlx.affine` dequantizes
+download): they load on the MLX engine as quantized layers, and `tandem.engine.affine` dequantizes
 them exactly for the PyTorch engine, so both engines decode the same tokens."""
 
 from __future__ import annotations
@@ -21,17 +21,17 @@ require_mlx()
 import mlx.core as mx  # noqa: E402
 import mlx.nn as nn  # noqa: E402
 
-from tandem.engine.engine import LLMEngine  # noqa: E402
-from tandem.engine.executor import LocalExecutor  # noqa: E402
-from tandem.engine.model_runner import ModelRunner  # noqa: E402
-from tandem.errors import ModelFormatError, UnsupportedModelError  # noqa: E402
-from tandem.mlx.affine import (  # noqa: E402
+from tandem.engine.affine import (  # noqa: E402
     AffineParams,
     DequantizingCheckpoint,
     dequantize,
-    load_dequantized_stage,
     read_affine_scheme,
 )
+from tandem.engine.engine import LLMEngine  # noqa: E402
+from tandem.engine.executor import LocalExecutor  # noqa: E402
+from tandem.engine.loader import load_stage  # noqa: E402
+from tandem.engine.model_runner import ModelRunner  # noqa: E402
+from tandem.errors import ModelFormatError, UnsupportedModelError  # noqa: E402
 from tandem.mlx.arrays import to_mlx, to_torch  # noqa: E402
 from tandem.mlx.engine import MLXStageEngine  # noqa: E402
 from tandem.mlx.local import create_mlx_engine  # noqa: E402
@@ -100,7 +100,7 @@ def test_both_engines_decode_a_quantized_checkpoint_identically(quantized_checkp
     assert scheme is not None
 
     mlx_engine = create_mlx_engine(path, device="cpu", dtype="float32", num_slots=3, max_prefill_tokens=12)
-    torch_model = load_dequantized_stage(path, None, CPU, torch.float32)
+    torch_model = load_stage(path, None, CPU, torch.float32)
     torch_engine = LLMEngine(
         LocalExecutor(ModelRunner(torch_model, 3, 64, use_graphs=False)), None, frozenset(), 64, 3, 12
     )
@@ -142,9 +142,7 @@ def test_quantized_stages_mix_engines(quantized_checkpoint):
     path = quantized_checkpoint("llama-tied-4bit")
     config = load_model_config(path)
     first = MLXStageEngine.load(path, StageSpec(LayerRange(0, 2), config.num_layers), 2, 64, "cpu", "float32")
-    second_model = load_dequantized_stage(
-        path, StageSpec(LayerRange(2, 4), config.num_layers), CPU, torch.float32
-    )
+    second_model = load_stage(path, StageSpec(LayerRange(2, 4), config.num_layers), CPU, torch.float32)
     assert second_model.lm_head is not None and second_model.model.embed_tokens is None
     pipeline = chained_engine([first, ModelRunner(second_model, 2, 64, use_graphs=False)], 2, 64, 12)
     whole = create_mlx_engine(path, device="cpu", dtype="float32", num_slots=2, max_prefill_tokens=12)
@@ -183,10 +181,10 @@ def test_bad_quantization_configs_are_one_line_errors(quantized_checkpoint, tmp_
     with pytest.raises(ModelFormatError, match=r"model\.layers\.0\.self_attn\.q_proj has scales"):
         MLXStageEngine.load(copy, None, 1, 16, device="cpu")
     with pytest.raises(ModelFormatError, match=r"model\.layers\.0\.self_attn\.q_proj has scales"):
-        load_dequantized_stage(copy, None, CPU, torch.float32)
+        load_stage(copy, None, CPU, torch.float32)
     # Group size that does not match the stored scales.
     (copy / "config.json").write_text(json.dumps({**raw, "quantization": {"group_size": 32, "bits": 4}}))
     with pytest.raises(ModelFormatError):
-        load_dequantized_stage(copy, None, CPU, torch.float32)
+        load_stage(copy, None, CPU, torch.float32)
     with pytest.raises(ModelFormatError):
         MLXStageEngine.load(copy, None, 1, 16, device="cpu")

@@ -4,7 +4,8 @@
 # with the transformers baseline, see docs/benchmarks.md); demo (train the demo model from
 # build/demo-data, carried with the call); tp-check (tensor parallel on 2 GPUs against one, token for
 # token); plans-8b, plans-70b (placements compared on every GPU of the machine); multi (all three);
-# all-reduce (decode-sized all-reduces in CUDA graphs, each way).
+# all-reduce (decode-sized all-reduces in CUDA graphs, each way); wave2 (the mixtures' and quantized
+# kernels on CUDA, then llama3-8b bf16/int4/fp8, qwen3-30b-a3b and deepseek-v3:4 benches).
 # Logs and results go to $OUT (or ./artifacts/gpu when run elsewhere).
 set -uo pipefail
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
@@ -65,6 +66,22 @@ for task in "$@"; do
       for n in 2 4; do
         [ "$gpus" -ge $n ] && timeout 120 python3 -m torch.distributed.run --standalone --nproc_per_node $n \
           tools/measure_all_reduce.py 2>&1 | grep -E "GPUs|Error" | tee -a "$OUT/all-reduce.log"
+      done
+      ;;
+    wave2)
+      # The mixtures and quantized weights on one GPU: their kernels for real (the interpreter
+      # checks logic only), then llama3-8b in bf16 / int4 / fp8 and the mixture shapes, each
+      # bench with its floors (WAVE2_DECODE tokens, default 128, after a 128-token prompt).
+      TANDEM_TEST_DEVICE=cuda timeout "${WAVE2_TEST_TIMEOUT:-100}" python3 -m pytest -q -p no:cacheprovider \
+        tests/kernels/test_moe_kernels.py tests/kernels/test_quant_kernels.py 2>&1 \
+        | tee "$OUT/wave2-kernels.log" | tail -8 || status=1
+      decode=${WAVE2_DECODE:-128}
+      for run in "llama3-8b" "llama3-8b int4" "llama3-8b fp8" "qwen3-30b-a3b" "deepseek-v3:4"; do
+        set -- $run
+        name=$1${2:+-$2}; name=${name//:/-}
+        timeout "${WAVE2_BENCH_TIMEOUT:-75}" python3 -m tandem.cli.main bench --shape "$1" ${2:+--quantize $2} \
+          --prompt-lengths 128 --decode-tokens "$decode" --json "$OUT/bench-$name.json" \
+          2>&1 | tee "$OUT/bench-$name.log" | tail -6 || status=1
       done
       ;;
     multi)

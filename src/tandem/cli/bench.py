@@ -59,7 +59,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--plans",
         help="compare placements on this machine's GPUs instead, e.g. 1,tp2,tp4,pp2 "
-        "(1 GPU, tensor parallel over N, pipeline over N); each runs under torchrun",
+        "(1 GPU, tensor parallel over N, pipeline over N); each runs as the cluster runs it, "
+        "one runner process a rank",
     )
 
 

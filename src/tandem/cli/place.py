@@ -8,7 +8,6 @@ plan or, with exit code 1, why no plan fits. Without either, the model is launch
 from __future__ import annotations
 
 import argparse
-from dataclasses import replace
 from pathlib import Path
 
 from tandem.cli.client import NodeClient, add_node_argument
@@ -129,13 +128,10 @@ def load_model_shape(model: str) -> ModelShape:
 
 def request_from_args(args: argparse.Namespace, shape: ModelShape) -> PlacementRequest:
     context = context_size(args.context, shape.max_context)
-    request = PlacementRequest(
+    return PlacementRequest(
         context_length=context,
         num_sequences=args.sequences,
         weight_bytes_per_parameter=args.weight_bytes,
         quantize=args.quantize,
+        dtype=None if args.dtype == "auto" else args.dtype,
     )
-    if args.dtype == "auto":
-        return request
-    size = DTYPE_BYTES[args.dtype]
-    return replace(request, cuda_dtype_bytes=size, cpu_dtype_bytes=size)

@@ -62,6 +62,7 @@ from tandem.cluster.placement_search import (
 from tandem.cluster.placement_why import oversized_layer, why_infeasible
 from tandem.cluster.topology import DeviceKind, NodeId, Topology
 from tandem.errors import InvalidRequestError
+from tandem.model.config import DTYPE_BYTES
 from tandem.model.quantization import QUANTIZE_CHOICES
 from tandem.model.shapes import ModelShape
 from tandem.model.stage import LayerRange, StageSpec
@@ -93,6 +94,7 @@ class PlacementRequest:
     cpu_dtype_bytes: float | None = None  # None: the checkpoint's (2 for 16-bit or quantized, else 4)
     weight_bytes_per_parameter: float | None = None  # every weight's size; None: the dtype's / format's
     quantize: str | None = None  # "int8" / "int4": quantized at load (tandem.model.quantization)
+    dtype: str | None = None  # the runners' dtype on every device (float32, bfloat16, float16); None: auto
     memory_margin: float = 0.1  # fraction of each device's free memory left free
     device_overhead_bytes: int = DEFAULT_DEVICE_OVERHEAD_BYTES  # activations and workspace, per device
     # A forced split, one entry per stage in pipeline order: a device, or several devices that
@@ -111,6 +113,10 @@ class PlacementRequest:
             (
                 self.quantize is None or self.quantize in QUANTIZE_CHOICES,
                 f"quantize must be one of {', '.join(QUANTIZE_CHOICES)}, got {self.quantize!r}",
+            ),
+            (
+                self.dtype is None or self.dtype in DTYPE_BYTES,
+                f"dtype must be one of {', '.join(DTYPE_BYTES)}, got {self.dtype!r}",
             ),
             (
                 self.weight_bytes_per_parameter is None or self.weight_bytes_per_parameter > 0,
@@ -140,7 +146,11 @@ class PlacementRequest:
 
     def for_shape(self, shape: ModelShape) -> PlacementRequest:
         """This request with the CPU's dtype settled for `shape`: the engine keeps a 16-bit
-        checkpoint, and activations beside quantized weights, in 16 bits on CPUs."""
+        checkpoint, and activations beside quantized weights, in 16 bits on CPUs; a `dtype`
+        named for the runners takes its size everywhere."""
+        if self.dtype is not None:
+            size = DTYPE_BYTES[self.dtype]
+            return replace(self, cuda_dtype_bytes=size, cpu_dtype_bytes=size)
         if self.cpu_dtype_bytes is not None:
             return self
         sixteen = shape.checkpoint_dtype in ("bfloat16", "float16")

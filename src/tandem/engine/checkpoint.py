@@ -83,6 +83,10 @@ def read_header(path: Path) -> dict[str, Any]:
 class Checkpoint:
     """Tensor names → files of one checkpoint directory, with lazily opened memory maps."""
 
+    # Whether a module's weight is stored with other tensors of its own (scales, biases) that
+    # this view reads with it, so a stage's download must fetch them too.
+    has_companion_tensors = False
+
     def __init__(self, model_dir: str | Path) -> None:
         self.model_dir = Path(model_dir)
         self._headers: dict[Path, dict[str, Any]] = {}

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from tandem.engine.affine import open_checkpoint
 from tandem.engine.checkpoint import Checkpoint, StackedSource
 from tandem.engine.models import build_empty_model
 from tandem.engine.models.llama import CausalLM
@@ -67,7 +68,7 @@ def stage_tensor_names(model: torch.nn.Module, config: ModelConfig, checkpoint: 
             names.update(part for entry in stacked[name].parts for part in entry)
         else:
             names.add(checkpoint_name(name, config, checkpoint))
-    if config.quantization is not None:
+    if config.quantization is not None or checkpoint.has_companion_tensors:
         modules = {name.rsplit(".", 1)[0] for name in names}
         names |= {name for name in checkpoint.weight_map if name.rsplit(".", 1)[0] in modules}
     return sorted(names)
@@ -171,7 +172,7 @@ def load_stage(
     config = config or load_model_config(model_dir)
     stage = stage or StageSpec.whole(config.num_layers)
     quantization = stage_format(config, quantize)
-    checkpoint = Checkpoint(model_dir)
+    checkpoint = open_checkpoint(model_dir)
     model = build_empty_model(config, stage)
     try:
         load_weights(model, config, checkpoint, device, dtype, quantization=quantization)

@@ -16,9 +16,9 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten
 
+from tandem.engine.affine import AffineScheme, read_affine_scheme
 from tandem.engine.checkpoint import Checkpoint, read_header
 from tandem.errors import ModelFormatError
-from tandem.mlx.affine import AffineScheme, read_affine_scheme
 from tandem.mlx.model import StageModel
 from tandem.model.config import ModelConfig, load_model_config, read_config_json
 from tandem.model.stage import StageSpec

@@ -186,6 +186,8 @@ def parse_quantization(raw: dict[str, Any]) -> QuantFormat | None:
     if not isinstance(config, dict):
         raise UnsupportedModelError("unsupported quantization_config: it is not a JSON object")
     method = config.get("quant_method")
+    if method is None and isinstance(raw.get("quantization"), dict):
+        return None  # MLX's affine format (mlx-lm writes it under both keys): engine/affine.py
     parser = _PARSERS.get(method) if isinstance(method, str) else None
     if parser is None:
         raise _refuse(str(method), "quant_method", method, ", ".join(SUPPORTED_METHODS))

@@ -59,6 +59,12 @@ class LaunchBody(BaseModel):
         description="quantize a 16/32-bit checkpoint's weights as it loads: int8, or int4 in groups "
         "of 128 (a checkpoint stored quantized keeps its own format)",
     )
+    dtype: Literal["float32", "bfloat16", "float16"] | None = Field(
+        None,
+        description="the runners' dtype on every device (default: bfloat16 on CUDA; on CPUs the "
+        "checkpoint's 16-bit dtype, float32 for 32-bit checkpoints). float32 on CPUs gives output "
+        "that does not depend on how many requests share a step",
+    )
     wait: bool = Field(False, description="answer once the instance is ready or has failed")
     reuse: bool = Field(
         False,

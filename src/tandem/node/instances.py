@@ -116,6 +116,7 @@ class InstanceManager:
             devices=parse_devices(request.devices),
             min_stages=request.min_stages or 1,
             quantize=request.quantize,
+            dtype=request.dtype,
         )
         return place(shape, self.node.state.topology(), placement_request)
 
@@ -179,7 +180,7 @@ class InstanceManager:
             layer_end=runner.layers.end,
             num_layers=instance.placement.num_layers,
             device=runner.device,
-            dtype=None,
+            dtype=instance.placement.request.dtype,
             max_context=instance.max_context,
             num_slots=instance.num_slots,
             max_prefill_tokens=DEFAULT_MAX_PREFILL_TOKENS,

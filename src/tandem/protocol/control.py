@@ -86,6 +86,7 @@ class LaunchRequest:
     devices: tuple[str, ...] | None = None
     min_stages: int | None = None
     quantize: Literal["int8", "int4"] | None = None  # quantize a 16/32-bit checkpoint as it loads
+    dtype: Literal["float32", "bfloat16", "float16"] | None = None  # None: auto (device.resolve_dtype)
     wait: bool = False
     reuse: bool = False
 

@@ -103,7 +103,9 @@ def start_rank(
     if spec.threads:
         torch.set_num_threads(spec.threads)
     device = resolve_device(spec.device)
-    if device.type == "cuda":
+    if device.type == "cuda":  # "cuda" alone means the current GPU; set_device wants its index
+        index = torch.cuda.current_device() if device.index is None else device.index
+        device = torch.device("cuda", index)
         torch.cuda.set_device(device)
     config = load_model_config(spec.model_dir)
     quantized = spec.quantize is not None or config.quantization is not None

@@ -52,7 +52,7 @@ def stage_weight_files(snapshot: Path, stage: StageSpec | None, known_files: set
 
 
 def _engine_tensor_names(snapshot: Path, stage: StageSpec) -> list[str]:
-    from tandem.engine.checkpoint import Checkpoint  # torch: only where the engine's view is needed
+    from tandem.engine.affine import open_checkpoint  # torch: only where the engine's view is needed
     from tandem.engine.loader import stage_tensor_names
     from tandem.engine.models import build_empty_model
     from tandem.model.config import load_model_config
@@ -60,7 +60,7 @@ def _engine_tensor_names(snapshot: Path, stage: StageSpec) -> list[str]:
     config = load_model_config(snapshot)
     if stage.num_layers != config.num_layers:
         raise ModelFormatError(f"the model has {config.num_layers} layers, not {stage.num_layers}")
-    return stage_tensor_names(build_empty_model(config, stage), config, Checkpoint(snapshot))
+    return stage_tensor_names(build_empty_model(config, stage), config, open_checkpoint(snapshot))
 
 
 def _by_prefix(name: str, stage: StageSpec) -> bool:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from tandem.engine.checkpoint import Checkpoint
+from tandem.engine.affine import open_checkpoint
 from tandem.engine.loader import SliceRule, TensorSlice, finish_loading, load_weights
 from tandem.engine.models import build_empty_model
 from tandem.engine.models.llama import CausalLM
@@ -80,7 +80,7 @@ def load_tensor_parallel_stage(
     quantization = stage_format(config, quantize)
     model = build_empty_model(config, stage)
     slice_rule = apply_tensor_parallel(model, group) if group.size > 1 else None
-    checkpoint = Checkpoint(model_dir)
+    checkpoint = open_checkpoint(model_dir)
     try:
         load_weights(model, config, checkpoint, device, dtype, slice_rule, quantization)
     finally:

@@ -13,8 +13,9 @@ per-module entries (a dict of other settings, or false for a module kept in floa
 recipe mixes them.
 
 `DequantizingCheckpoint` serves such a checkpoint to the PyTorch loader as plain float tensors
-(dequantized on reading); the quantization work can keep `unpack_codes` and the scales compact
-in its own format instead.
+(dequantized on reading): `open_checkpoint` is how every PyTorch load opens a directory, so one
+download serves a Mac's MLX stage and an NVIDIA node's PyTorch stage. (A compact PyTorch form
+that keeps `unpack_codes` and the scales instead is left for later.)
 """
 
 from __future__ import annotations
@@ -27,8 +28,7 @@ import torch
 
 from tandem.engine.checkpoint import Checkpoint
 from tandem.errors import ModelFormatError, UnsupportedModelError
-from tandem.model.config import ModelConfig, load_model_config, read_config_json
-from tandem.model.stage import StageSpec
+from tandem.model.config import read_config_json
 
 AFFINE_BITS = (2, 3, 4, 5, 6, 8)
 WORD_BITS = 32
@@ -140,7 +140,10 @@ def dequantize(
 
 class DequantizingCheckpoint(Checkpoint):
     """A checkpoint whose affine-quantized weights read as float tensors of their logical shape;
-    everything else reads as stored. Their `.scales` and `.biases` stay behind it."""
+    everything else reads as stored. Their `.scales` and `.biases` stay behind it (a stage's
+    download asks for them beside the weight: `has_companion_tensors`)."""
+
+    has_companion_tensors = True
 
     def __init__(self, model_dir: str | Path, scheme: AffineScheme) -> None:
         super().__init__(model_dir)
@@ -177,28 +180,8 @@ class DequantizingCheckpoint(Checkpoint):
         return weight if columns is None else weight[:, columns]
 
 
-def load_dequantized_stage(
-    model_dir: str | Path,
-    stage: StageSpec | None,
-    device: torch.device,
-    dtype: torch.dtype,
-    config: ModelConfig | None = None,
-):
-    """A PyTorch stage (`engine/loader.py`'s `load_stage`) of an MLX affine checkpoint, its
-    weights dequantized to `dtype`: the plain-float path, until a compact format holds them."""
-    from tandem.engine.loader import load_weights
-    from tandem.engine.models import build_empty_model
-
-    model_dir = Path(model_dir)
-    scheme = read_affine_scheme(read_config_json(model_dir / "config.json"))
-    if scheme is None:
-        raise ModelFormatError(f"{model_dir} is not quantized (config.json has no quantization entry)")
-    config = config or load_model_config(model_dir)
-    stage = stage or StageSpec.whole(config.num_layers)
-    checkpoint = DequantizingCheckpoint(model_dir, scheme)
-    model = build_empty_model(config, stage)
-    load_weights(model, config, checkpoint, device, dtype)
-    model.reset_buffers(device)
-    model.fuse_projections()
-    checkpoint.close()
-    return model.eval()
+def open_checkpoint(model_dir: str | Path) -> Checkpoint:
+    """The PyTorch engine's view of a checkpoint directory: an MLX affine checkpoint's weights
+    dequantized as they are read, any other checkpoint as stored."""
+    scheme = read_affine_scheme(read_config_json(Path(model_dir) / "config.json"))
+    return Checkpoint(model_dir) if scheme is None else DequantizingCheckpoint(model_dir, scheme)
