@@ -69,7 +69,8 @@ class _Listener:
     """A listening socket whose connections are each handled on a thread of their own."""
 
     def __init__(self, host: str, handle: Callable[[socket.socket, str], None]) -> None:
-        self.socket = socket.create_server((host, 0), backlog=64)
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET  # an IPv6 literal
+        self.socket = socket.create_server((host, 0), family=family, backlog=64)
         self.port: int = self.socket.getsockname()[1]
         self._handle = handle
         threading.Thread(target=self._accept_forever, daemon=True).start()
