@@ -77,7 +77,7 @@ def test_the_api_is_closed_to_other_machines_unless_opened(make_lan, tmp_path):
     assert status == 403
     assert "only on its own machine" in json.loads(body)["error"]["message"]
     status, page = call(elsewhere, f"{base[closed]}/", "Accept: text/html")
-    assert status == 403 and "--open-api" in page and "ssh -L" in page
+    assert status == 403 and "--open-api" in page and f"ssh -L {closed}:localhost:{closed}" in page
     status, body = call(elsewhere, f"{base[closed]}/internal/state")  # reachable, refused by the secret
     assert status == 401 and "X-Tandem-Node" in body
 

@@ -58,7 +58,8 @@ class ApiGate:
         closed = self.exposure.refusal(path, local)
         if closed is not None:
             if is_dashboard(path):
-                await HTMLResponse(closed_page(closed), status_code=403)(scope, receive, send)
+                page = closed_page(closed, server[1] if server else "PORT")
+                await HTMLResponse(page, status_code=403)(scope, receive, send)
             else:
                 await error_response(family, APIError(403, closed, code="not_open_to_this_machine"))(
                     scope, receive, send

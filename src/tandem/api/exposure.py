@@ -88,16 +88,16 @@ def is_local(client_host: str | None, server_host: str | None) -> bool:
     return client == server
 
 
-def closed_page(reason: str) -> str:
-    """The page a browser on another machine gets instead of the dashboard."""
+def closed_page(reason: str, port: int | str = "PORT") -> str:
+    """The page a browser on another machine gets instead of the dashboard (`port`: this node's)."""
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>Tandem: not open to this machine</title></head>
 <body style="font-family: sans-serif; max-width: 40em; margin: 3em auto; line-height: 1.5">
 <h1>This Tandem node is not open to this machine</h1>
 <p>{html.escape(reason)}.</p>
 <ul>
-<li>On the node's own machine, open <code>http://localhost:PORT/</code> (from elsewhere:
-<code>ssh -L PORT:localhost:PORT THAT-MACHINE</code>, then the same address here).</li>
+<li>On the node's own machine, open <code>http://localhost:{port}/</code> (from elsewhere:
+<code>ssh -L {port}:localhost:{port} THAT-MACHINE</code>, then the same address here).</li>
 <li>Or restart the node with <code>tandem node --open-api</code> to let every machine that reaches
 it use the dashboard and the API (with <code>--api-key KEY</code> as well, API clients need the key).</li>
 </ul>
