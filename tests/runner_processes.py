@@ -25,14 +25,18 @@ from tandem.protocol.runner import (
     Shutdown,
     Token,
 )
-from tandem.settings import EngineOptions
+from tandem.settings import RENDEZVOUS_TOKEN_VARIABLE, EngineOptions
+
+TEST_RENDEZVOUS_TOKEN = "test-rendezvous-token-0123456789abcdef"
 
 
 class RunnerProcess:
-    def __init__(self, spec: RunnerSpec, env: dict[str, str] | None = None) -> None:
+    def __init__(self, spec: RunnerSpec, env: dict[str, str] | None = None, host=None) -> None:
+        """`host`: a test network namespace (tests/netns.py) to run in; None: this one."""
         self.spec = spec
+        command = [sys.executable, "-m", "tandem.runner", spec.to_json()]
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "tandem.runner", spec.to_json()],
+            host.command(command) if host is not None else command,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
@@ -64,10 +68,12 @@ def start_instance(
     options: EngineOptions | None = None,
     devices: list[str] | None = None,
     quantize: str | None = None,
+    hosts: list | None = None,
 ) -> list[RunnerProcess]:
     """One runner per rank: stage s holds an even share of the layers over `stage_sizes[s]` ranks;
     `env` is added to every runner's environment. `devices` (one per rank, e.g. cuda:0, cuda:1)
-    puts the ranks on GPUs joined by NCCL; default: CPUs over gloo."""
+    puts the ranks on GPUs joined by NCCL; default: CPUs over gloo. `hosts` (one network namespace
+    per rank, tests/netns.py) runs each rank on its own host, rank 0's address as the master."""
     ranges = split_evenly(num_layers, len(stage_sizes))
     world_size = sum(stage_sizes)
     base = RunnerSpec(
@@ -89,8 +95,10 @@ def start_instance(
         keep_alive_seconds=keep_alive_seconds,
         options=options or EngineOptions(),
         quantize=quantize,
+        master_host=hosts[0].address if hosts else "127.0.0.1",
     )
-    driver = RunnerProcess(base, env)
+    env = {RENDEZVOUS_TOKEN_VARIABLE: TEST_RENDEZVOUS_TOKEN, **(env or {})}  # as a node hands it over
+    driver = RunnerProcess(base, env, hosts[0] if hosts else None)
     runners = [driver]
     if world_size > 1:
         listening = driver.next_event()
@@ -105,7 +113,7 @@ def start_instance(
                 master_port=listening.port,
                 device=devices[rank] if devices else "cpu",
             )
-            runners.append(RunnerProcess(spec, env))
+            runners.append(RunnerProcess(spec, env, hosts[rank] if hosts else None))
     return runners
 
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 SECRET_FILE = "secret"
+RENDEZVOUS_TOKEN_VARIABLE = "TANDEM_RENDEZVOUS_TOKEN"  # a node hands its runners their instance's token
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,11 @@ def use_engine_options(options: EngineOptions) -> None:
     _engine_options = options
 
 
+def rendezvous_token() -> str | None:
+    """The token of this runner's instance rendezvous (TANDEM_RENDEZVOUS_TOKEN), set by the node."""
+    return os.environ.get(RENDEZVOUS_TOKEN_VARIABLE) or None
+
+
 def debug() -> bool:
     """TANDEM_DEBUG=1 shows tracebacks for internal errors instead of one-line messages."""
     return os.environ.get("TANDEM_DEBUG", "") not in ("", "0")
@@ -90,6 +96,11 @@ def secret() -> str | None:
 def api_key() -> str | None:
     """TANDEM_API_KEY: when set (and no --api-key is given), every API route requires this key."""
     return os.environ.get("TANDEM_API_KEY") or None
+
+
+def open_api() -> bool:
+    """TANDEM_OPEN_API=1: as --open-api, other machines may use the API and dashboard."""
+    return os.environ.get("TANDEM_OPEN_API", "") not in ("", "0")
 
 
 def secret_path() -> Path:

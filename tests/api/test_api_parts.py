@@ -94,3 +94,12 @@ def test_the_api_key_comes_from_the_flag_else_the_environment(monkeypatch, tmp_p
     monkeypatch.delenv("TANDEM_API_KEY")
     options = node_cli.options_from_args(parse_node_args([*base, "--requests-per-slot", "6"]))
     assert options.api_key is None and options.requests_per_slot == 6
+
+
+def test_the_api_opens_to_other_machines_by_flag_or_environment(monkeypatch, tmp_path):
+    base = ["--data-dir", str(tmp_path), "--discovery", "none"]
+    monkeypatch.delenv("TANDEM_OPEN_API", raising=False)
+    assert node_cli.options_from_args(parse_node_args(base)).open_api is False
+    assert node_cli.options_from_args(parse_node_args([*base, "--open-api"])).open_api is True
+    monkeypatch.setenv("TANDEM_OPEN_API", "1")
+    assert node_cli.options_from_args(parse_node_args(base)).open_api is True

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import stat
 
+import httpx
 import pytest
 
 from tandem.cluster import auth
@@ -17,6 +18,7 @@ from tandem.cluster.announcement import (
     fit_addresses,
 )
 from tandem.cluster.auth import AuthError, sign_request, verify_request
+from tandem.cluster.replay import ReplayWindow
 from tandem.cluster.secret import resolve_secret
 from tandem.errors import TandemError
 
@@ -54,10 +56,21 @@ def test_sign_and_verify():
 
 
 def test_signed_request_verifies_and_names_the_sender():
-    headers = sign_request(SECRET, "node-a", "POST", "/cluster/join?x=1", b'{"a": 1}', now=NOW)
-    assert set(headers) == {"X-Tandem-Node", "X-Tandem-Time", "X-Tandem-Signature"}
+    headers = sign_request(
+        SECRET, "node-a", "POST", "/cluster/join?x=1", b'{"a": 1}', target="node-b", now=NOW
+    )
+    assert set(headers) == {
+        "X-Tandem-Node",
+        "X-Tandem-Target",
+        "X-Tandem-Nonce",
+        "X-Tandem-Time",
+        "X-Tandem-Signature",
+    }
     lowered = {name.lower(): value for name, value in headers.items()}  # as many servers hand them over
-    assert verify_request(SECRET, "post", "/cluster/join?x=1", b'{"a": 1}', lowered, now=NOW + 5) == "node-a"
+    signed = verify_request(SECRET, "post", "/cluster/join?x=1", b'{"a": 1}', lowered, now=NOW + 5)
+    assert (signed.sender, signed.target, signed.timestamp) == ("node-a", "node-b", int(NOW))
+    assert signed.nonce == headers["X-Tandem-Nonce"] and len(signed.nonce) == 32
+    assert sign_request(SECRET, "node-a", "GET", "/state")["X-Tandem-Nonce"] != signed.nonce
 
 
 @pytest.mark.parametrize(
@@ -70,10 +83,70 @@ def test_signed_request_verifies_and_names_the_sender():
     ],
 )
 def test_tampered_request_is_rejected(method, path, body, sender):
-    headers = sign_request(SECRET, "node-a", "POST", "/cluster/join?x=1", b'{"a": 1}', now=NOW)
+    headers = sign_request(
+        SECRET, "node-a", "POST", "/cluster/join?x=1", b'{"a": 1}', target="node-c", now=NOW
+    )
     headers["X-Tandem-Node"] = sender
     with pytest.raises(AuthError, match=r"^bad signature on a request from node node-"):
         verify_request(SECRET, method, path, body, headers, now=NOW)
+
+
+@pytest.mark.parametrize(("header", "value"), [("X-Tandem-Target", "node-d"), ("X-Tandem-Nonce", "0" * 32)])
+def test_retargeted_or_renonced_request_is_rejected(header, value):
+    headers = sign_request(
+        SECRET, "node-a", "POST", "/internal/runners/stop", b"{}", target="node-c", now=NOW
+    )
+    headers[header] = value
+    with pytest.raises(AuthError, match=r"^bad signature on a request from node node-a"):
+        verify_request(SECRET, "POST", "/internal/runners/stop", b"{}", headers, now=NOW)
+
+
+def test_a_malformed_nonce_is_rejected():
+    headers = sign_request(SECRET, "node-a", "GET", "/state", nonce="x" * 32, now=NOW)
+    with pytest.raises(AuthError, match=r"^X-Tandem-Nonce is not 32 lowercase hex digits"):
+        verify_request(SECRET, "GET", "/state", b"", headers, now=NOW)
+
+
+def test_a_message_for_another_node_or_for_any_is_refused_where_a_target_is_required():
+    signed = verify_request(
+        SECRET,
+        "GET",
+        "/s",
+        b"",
+        sign_request(SECRET, "node-a", "GET", "/s", target="node-b", now=NOW),
+        now=NOW,
+    )
+    auth.check_target(signed, "node-b", any_allowed=False)
+    with pytest.raises(
+        AuthError, match=r"^a message from node node-a is meant for node node-b, not this one \(node-c\)$"
+    ):
+        auth.check_target(signed, "node-c", any_allowed=True)
+    anywhere = verify_request(
+        SECRET, "GET", "/s", b"", sign_request(SECRET, "node-a", "GET", "/s", now=NOW), now=NOW
+    )
+    auth.check_target(anywhere, "node-c", any_allowed=True)
+    with pytest.raises(AuthError, match=r"names no target node; this one must$"):
+        auth.check_target(anywhere, "node-c", any_allowed=False)
+
+
+def test_the_replay_window_refuses_a_nonce_twice_and_forgets_it_once_its_timestamp_expired():
+    window = ReplayWindow(max_skew=60)
+    signed = auth.SignedRequest("node-a", "node-b", "ab" * 16, int(NOW))
+    window.admit(signed, NOW)
+    with pytest.raises(AuthError, match=r"^replayed message from node node-a: nonce abababab… seen already$"):
+        window.admit(signed, NOW + 30)
+    window.admit(auth.SignedRequest("node-a", "node-b", "cd" * 16, int(NOW) + 50), NOW + 50)
+    window.admit(auth.SignedRequest("node-a", "node-b", "ef" * 16, int(NOW) + 62), NOW + 62)
+    assert len(window) == 2  # the first expired: verify_request refuses its timestamp by now
+
+
+def test_a_full_replay_window_refuses_rather_than_forgets():
+    window = ReplayWindow(max_skew=60, capacity=2)
+    for index in range(2):
+        window.admit(auth.SignedRequest("node-a", "*", f"{index:032x}", int(NOW)), NOW)
+    with pytest.raises(AuthError, match=r"^too many control messages in the last 120 s \(2\)"):
+        window.admit(auth.SignedRequest("node-a", "*", "f" * 32, int(NOW)), NOW)
+    window.admit(auth.SignedRequest("node-a", "*", "f" * 32, int(NOW) + 70), NOW + 70)
 
 
 def test_request_signed_with_another_secret_is_rejected():
@@ -91,10 +164,12 @@ def test_stale_or_future_request_is_rejected(offset, words):
         verify_request(SECRET, "GET", "/state", b"", headers, now=NOW)
     # Within the window it passes: 60 s is the documented limit.
     headers = sign_request(SECRET, "node-a", "GET", "/state", now=NOW + (60 if offset > 0 else -60))
-    assert verify_request(SECRET, "GET", "/state", b"", headers, now=NOW) == "node-a"
+    assert verify_request(SECRET, "GET", "/state", b"", headers, now=NOW).sender == "node-a"
 
 
-@pytest.mark.parametrize("missing", ["X-Tandem-Node", "X-Tandem-Time", "X-Tandem-Signature"])
+@pytest.mark.parametrize(
+    "missing", ["X-Tandem-Node", "X-Tandem-Target", "X-Tandem-Nonce", "X-Tandem-Time", "X-Tandem-Signature"]
+)
 def test_unsigned_request_is_rejected(missing):
     headers = sign_request(SECRET, "node-a", "GET", "/state", now=NOW)
     del headers[missing]
@@ -201,3 +276,26 @@ def test_untrusted_text_in_rejections_cannot_break_a_log_line():
     with pytest.raises(AuthError) as caught:
         verify_request(SECRET, "GET", "/state", b"", headers, now=NOW)
     assert "\n" not in str(caught.value)
+
+
+def test_a_reply_must_answer_this_request_for_this_node():
+    from tandem.node.control import ControlClient, SignatureRefused, sign_reply
+
+    client = ControlClient("node-a", SECRET)
+    body = b"{}"
+
+    def reply(nonce: str, requester: str = "node-a", status: int = 200) -> httpx.Response:
+        headers = sign_reply(SECRET, "node-b", "/internal/state", body, requester=requester, nonce=nonce)
+        return httpx.Response(status, content=body, headers=headers)
+
+    sent = auth.new_nonce()
+    client.check_reply("b:1", "/internal/state", reply(sent), sent)  # the answer to our request
+    with pytest.raises(TandemError, match=r"a reply signed for another request \(a replayed reply\)$"):
+        client.check_reply("b:1", "/internal/state", reply(auth.new_nonce()), sent)
+    with pytest.raises(TandemError, match=r"a reply signed for another request"):
+        client.check_reply("b:1", "/internal/state", reply(sent, requester="node-c"), sent)
+    refused = httpx.Response(401, json={"error": "bad signature on a request from node node-a: …"})
+    with pytest.raises(
+        SignatureRefused, match=r"^b:1 refused our signature on /internal/state: bad signature"
+    ):
+        client.check_reply("b:1", "/internal/state", refused, sent)

@@ -29,7 +29,7 @@ def all_see(nodes, count: int) -> bool:
 
 def test_three_nodes_run_a_model_split_across_all_of_them(tmp_path, checkpoint_factory):
     checkpoint = checkpoint_factory("llama-gqa")
-    with running_nodes(tmp_path, 3) as nodes:
+    with running_nodes(tmp_path, 3, extra_args=("--models-dir", str(checkpoint.path))) as nodes:
         wait_for(lambda: all_see(nodes, 3), timeout=30, what="three nodes to see each other")
         ids = [node.node_id for node in nodes]
         instance = launch(
@@ -73,7 +73,7 @@ def test_three_nodes_run_a_model_split_across_all_of_them(tmp_path, checkpoint_f
 
 def test_a_stage_runs_as_a_tensor_parallel_group_across_two_nodes(tmp_path, checkpoint_factory):
     checkpoint = checkpoint_factory("qwen2.5-tied")  # 8 heads, 2 KV heads
-    with running_nodes(tmp_path, 3) as nodes:
+    with running_nodes(tmp_path, 3, extra_args=("--models-dir", str(checkpoint.path))) as nodes:
         wait_for(lambda: all_see(nodes, 3), timeout=30, what="three nodes to see each other")
         a, b, c = (node.node_id for node in nodes)
         instance = launch(
@@ -119,7 +119,7 @@ def test_a_node_with_another_secret_is_not_admitted(tmp_path):
 
 def test_the_coordinator_leaves_and_another_takes_over_with_the_state(tmp_path, checkpoint_factory):
     checkpoint = checkpoint_factory("qwen3-qknorm")
-    with running_nodes(tmp_path, 3) as nodes:
+    with running_nodes(tmp_path, 3, extra_args=("--models-dir", str(checkpoint.path))) as nodes:
         wait_for(lambda: all_see(nodes, 3), what="three nodes to meet")
         coordinator = nodes[0].cluster()["coordinator"]
         survivors = [node for node in nodes if node.node_id != coordinator]

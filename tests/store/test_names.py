@@ -19,6 +19,8 @@ def test_each_kind_of_name(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "org" / "model").mkdir(parents=True)
     assert parse_model_name("org/model").kind == "directory"  # an existing directory wins
+    assert parse_model_name("org/model", relative_paths=False).kind == "repo"  # a node's requests
+    assert parse_model_name("./org/model", relative_paths=False).kind == "directory"
 
     card = parse_model_name("llama-3.1-8b")
     assert (card.kind, card.repo_id, card.revision) == ("repo", "meta-llama/Llama-3.1-8B-Instruct", "main")

@@ -30,11 +30,14 @@ STREAMED_SCHEMAS = [
 ]
 
 
-def mount_api(app: FastAPI, cluster: ClusterAccess, api_key: str | None, requests_per_slot: int) -> None:
-    """Add the API routes, the error formats, the API key check and the OpenAPI additions."""
+def mount_api(
+    app: FastAPI, cluster: ClusterAccess, api_key: str | None, requests_per_slot: int, open_api: bool = False
+) -> None:
+    """Add the API routes, the error formats, the caller and API key checks (`open_api`: other
+    machines may call without a key) and the OpenAPI additions."""
     app.state.serving = Serving(cluster, requests_per_slot)
     for module in (openai, anthropic, models, ollama, ollama_models):
         app.include_router(module.router)
     install_error_handlers(app)
-    app.add_middleware(ApiGate, api_key=api_key)
+    app.add_middleware(ApiGate, api_key=api_key, open_api=open_api)
     install_openapi(app, STREAMED_SCHEMAS, api_key_required=api_key is not None)

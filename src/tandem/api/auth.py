@@ -1,4 +1,5 @@
-"""The optional API key, and a cap on request bodies, checked before any route runs.
+"""Who may call (`tandem.api.exposure`), the optional API key, and a cap on request bodies,
+checked before any route runs.
 
 With a key set (`tandem node --api-key KEY` or TANDEM_API_KEY), every public API route (`/v1/*`,
 `/api/*`) needs it, as `Authorization: Bearer KEY` (OpenAI and Ollama clients) or `x-api-key: KEY`
@@ -11,9 +12,11 @@ from __future__ import annotations
 import hmac
 
 from fastapi import HTTPException
+from fastapi.responses import HTMLResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tandem.api.errors import APIError, error_response, family_of
+from tandem.api.exposure import Exposure, closed_page, is_dashboard, is_local
 
 MAX_BODY_BYTES = 32 * 2**20  # far above any context window's worth of text
 
@@ -32,11 +35,15 @@ def presented_key(headers: dict[str, str]) -> str | None:
 
 
 class ApiGate:
-    """ASGI middleware: refuses requests without the API key (401) and bodies over the cap (413)."""
+    """ASGI middleware: refuses callers the exposure does not admit (403; a browser gets a page
+    that explains how to get in), requests without the API key (401) and bodies over the cap (413)."""
 
-    def __init__(self, app: ASGIApp, api_key: str | None, max_body_bytes: int = MAX_BODY_BYTES) -> None:
+    def __init__(
+        self, app: ASGIApp, api_key: str | None, open_api: bool = False, max_body_bytes: int = MAX_BODY_BYTES
+    ) -> None:
         self.app = app
         self.api_key = api_key.encode() if api_key else None
+        self.exposure = Exposure(api_key_set=api_key is not None, open_api=open_api)
         self.max_body_bytes = max_body_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -46,6 +53,18 @@ class ApiGate:
         path = scope["path"]
         headers = {key.decode("latin-1").lower(): value.decode("latin-1") for key, value in scope["headers"]}
         family = family_of(path, headers)
+        client, server = scope.get("client"), scope.get("server")
+        local = is_local(client[0] if client else None, server[0] if server else None)
+        closed = self.exposure.refusal(path, local)
+        if closed is not None:
+            if is_dashboard(path):
+                page = closed_page(closed, server[1] if server else "PORT")
+                await HTMLResponse(page, status_code=403)(scope, receive, send)
+            else:
+                await error_response(family, APIError(403, closed, code="not_open_to_this_machine"))(
+                    scope, receive, send
+                )
+            return
         refusal = self._refusal(path, headers)
         if refusal is not None:
             await error_response(family, refusal)(scope, receive, send)

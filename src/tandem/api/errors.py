@@ -37,6 +37,7 @@ class Kind(enum.StrEnum):
 
     INVALID_REQUEST = "invalid_request"
     AUTHENTICATION = "authentication"
+    PERMISSION = "permission"
     NOT_FOUND = "not_found"
     TOO_LARGE = "too_large"
     OVERLOADED = "overloaded"
@@ -47,6 +48,7 @@ class Kind(enum.StrEnum):
 OPENAI_TYPES = {
     Kind.INVALID_REQUEST: "invalid_request_error",
     Kind.AUTHENTICATION: "invalid_request_error",  # what OpenAI itself answers for a bad key
+    Kind.PERMISSION: "invalid_request_error",
     Kind.NOT_FOUND: "invalid_request_error",
     Kind.TOO_LARGE: "invalid_request_error",
     Kind.OVERLOADED: "rate_limit_error",
@@ -56,6 +58,7 @@ OPENAI_TYPES = {
 ANTHROPIC_TYPES = {
     Kind.INVALID_REQUEST: "invalid_request_error",
     Kind.AUTHENTICATION: "authentication_error",
+    Kind.PERMISSION: "permission_error",
     Kind.NOT_FOUND: "not_found_error",
     Kind.TOO_LARGE: "request_too_large",
     Kind.OVERLOADED: "rate_limit_error",
@@ -65,6 +68,7 @@ ANTHROPIC_TYPES = {
 KIND_OF_STATUS = {
     400: Kind.INVALID_REQUEST,
     401: Kind.AUTHENTICATION,
+    403: Kind.PERMISSION,
     404: Kind.NOT_FOUND,
     413: Kind.TOO_LARGE,
     429: Kind.OVERLOADED,

@@ -45,7 +45,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="offer the checkpoint directories in DIR in the dashboard's model list (repeatable)",
     )
     parser.add_argument(
-        "--api-key", help="require this key on every API route (default: TANDEM_API_KEY; unset: open)"
+        "--api-key",
+        help="require this key on every API route; other machines may then use the API with it "
+        "(default: TANDEM_API_KEY; unset: no key, the API answers this machine only)",
+    )
+    parser.add_argument(
+        "--open-api",
+        action="store_true",
+        help="let other machines use the API and dashboard (without a key unless --api-key is set); "
+        "default, or TANDEM_OPEN_API=1: only this machine, or other machines with the API key",
     )
     parser.add_argument(
         "--requests-per-slot",
@@ -82,6 +90,7 @@ def options_from_args(args: argparse.Namespace):
         remeasure=args.remeasure,
         models_dirs=tuple(args.models_dir),
         api_key=args.api_key or settings.api_key(),
+        open_api=args.open_api or settings.open_api(),
         requests_per_slot=args.requests_per_slot,
     )
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Sequence
 from datetime import datetime
@@ -106,6 +107,20 @@ class Tokenizer:
     @property
     def vocab_size(self) -> int:
         return self._tokenizer.get_vocab_size(with_added_tokens=True)
+
+    @functools.cached_property
+    def max_token_bytes(self) -> int:
+        """The most bytes of text one token can stand for (at most its vocabulary entry's UTF-8
+        length: byte-level and SentencePiece spellings only ever take more bytes than they mean)."""
+        return max(
+            (len(token.encode("utf-8")) for token in self._tokenizer.get_vocab(with_added_tokens=True)),
+            default=1,
+        )
+
+    def fewest_tokens(self, characters: int) -> int:
+        """A lower bound on the tokens of any text of `characters` characters, known without
+        tokenizing it (each character is at least one byte)."""
+        return -(-characters // max(1, self.max_token_bytes))
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         return self._tokenizer.encode(text, add_special_tokens=add_special_tokens).ids

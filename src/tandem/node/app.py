@@ -14,6 +14,8 @@ from fastapi.responses import JSONResponse
 
 from tandem import __version__
 from tandem.api import mount_api
+from tandem.api.exposure import Exposure
+from tandem.cluster.auth import AuthError
 from tandem.dashboard import mount_dashboard
 from tandem.errors import PeerUnreachable, TandemError, UnknownInstance
 from tandem.node import cluster_routes, control_routes
@@ -35,6 +37,10 @@ def create_app(service: NodeService) -> FastAPI:
     )
     app.state.service = service
 
+    @app.exception_handler(AuthError)
+    async def _refused(_: Request, error: AuthError) -> JSONResponse:
+        return error_response(401, str(error))  # logged by the signed route that refused it
+
     @app.exception_handler(UnknownInstance)
     async def _unknown(_: Request, error: UnknownInstance) -> JSONResponse:
         return error_response(404, str(error))
@@ -51,7 +57,13 @@ def create_app(service: NodeService) -> FastAPI:
     app.include_router(cluster_routes.router)
     mount_dashboard(app)
     options = service.node.options
-    mount_api(app, service, api_key=options.api_key, requests_per_slot=options.requests_per_slot)
+    mount_api(
+        app,
+        service,
+        api_key=options.api_key,
+        requests_per_slot=options.requests_per_slot,
+        open_api=options.open_api,
+    )
     return app
 
 
@@ -75,6 +87,7 @@ async def serve(service: NodeService) -> None:
     service.start_background()
     discovery = await start_discovery(service)
     log.info("serving on http://%s:%d", options.host, options.port)
+    log.info("%s", Exposure(options.api_key is not None, options.open_api).summary())
     stopped = asyncio.create_task(stop.wait())
     await asyncio.wait({serving, stopped}, return_when=asyncio.FIRST_COMPLETED)
     log.info("shutting down")

@@ -40,6 +40,7 @@ from tandem.node.healing import (
     stale_launch_failures,
 )
 from tandem.node.model_files import ModelFiles
+from tandem.node.models import check_requested_model
 from tandem.node.node import Node
 from tandem.node.options import HEARTBEAT_INTERVAL
 from tandem.protocol.control import Done, LaunchRequest, RunnerStarted, StartRunner, StopRunners
@@ -89,12 +90,19 @@ class InstanceManager:
     # --- launching (any node asks; the coordinator decides) -----------------------------------
 
     async def launch(self, request: LaunchRequest) -> Instance:
+        check_requested_model(request.model, self.node.options.models_dirs)
         if not self.node.is_coordinator:
             address = self.node.address_of(self.node.coordinator)
             if address is None:
                 raise PeerUnreachable(f"the coordinator {self.node.coordinator} is not reachable")
             launched = await self.node.control.call(
-                address, "POST", "/internal/instances", request, reply=Instance, timeout=600
+                address,
+                "POST",
+                "/internal/instances",
+                request,
+                reply=Instance,
+                timeout=600,
+                to=self.node.coordinator,
             )
             await self.node.refresh_state()
             return launched
@@ -105,6 +113,7 @@ class InstanceManager:
 
     def plan(self, request: LaunchRequest) -> Placement | Infeasible:
         """The placement a launch request would get now."""
+        check_requested_model(request.model, self.node.options.models_dirs)
         config = load_model_config(self.files.config_dir(request.model))  # fetches config.json if need be
         return self.plan_shape(shape_from_model_config(config, request.model), request)
 
@@ -203,7 +212,13 @@ class InstanceManager:
         if address is None:
             raise PeerUnreachable(f"node {runner.node_id} is not reachable")
         return await self.node.control.call(
-            address, "POST", "/internal/runners", StartRunner(spec), reply=RunnerStarted, timeout=120
+            address,
+            "POST",
+            "/internal/runners",
+            StartRunner(spec),
+            reply=RunnerStarted,
+            timeout=120,
+            to=runner.node_id,
         )
 
     async def start_local_runner(self, request: StartRunner) -> RunnerStarted:
@@ -237,7 +252,9 @@ class InstanceManager:
             address = self.node.address_of(self.node.coordinator)
             if address is None:
                 raise PeerUnreachable(f"the coordinator {self.node.coordinator} is not reachable")
-            await self.node.control.call(address, "DELETE", f"/internal/instances/{instance_id}")
+            await self.node.control.call(
+                address, "DELETE", f"/internal/instances/{instance_id}", to=self.node.coordinator
+            )
             return Done()
         instance = self.node.state.instance(instance_id)
         if instance is None:
@@ -259,7 +276,11 @@ class InstanceManager:
             if address is not None:
                 with contextlib.suppress(PeerUnreachable):
                     await self.node.control.call(
-                        address, "POST", "/internal/runners/stop", StopRunners(instance.instance_id)
+                        address,
+                        "POST",
+                        "/internal/runners/stop",
+                        StopRunners(instance.instance_id),
+                        to=node_id,
                     )
 
     async def reconcile_forever(self) -> None:
@@ -355,7 +376,11 @@ class InstanceManager:
             if address is None:
                 raise PeerUnreachable(f"node {instance.driver_node} is not reachable")
             async for event in self.node.control.stream(
-                address, f"/internal/instances/{instance_id}/generate", request, RequestEvent
+                address,
+                f"/internal/instances/{instance_id}/generate",
+                request,
+                RequestEvent,
+                to=instance.driver_node,
             ):
                 yield event
             return

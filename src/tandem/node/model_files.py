@@ -20,7 +20,7 @@ from urllib.parse import urlencode
 
 import httpx
 
-from tandem.cluster.auth import AuthError, sign_request, verify_request
+from tandem.cluster.auth import NONCE_HEADER, AuthError, sign_request, verify_request
 from tandem.errors import PeerUnreachable, TandemError
 from tandem.model.stage import LayerRange, StageSpec
 from tandem.node.control import REPLY_METHOD
@@ -56,16 +56,19 @@ class PeerFiles:
         self.label = f"peer {peer_id}"
 
     def _signed(self, target: str) -> dict[str, str]:
-        return sign_request(self.secret, self.node_id, "GET", target)
+        return sign_request(self.secret, self.node_id, "GET", target, target=self.peer_id)
 
     def manifest(self, repo_id: str, revision: str) -> RepoManifest | None:
         """The files this peer holds of `repo_id` at `revision`; None when it holds none."""
         target = "/internal/files/manifest?" + urlencode({"repo": repo_id, "revision": revision})
         try:
+            headers = self._signed(target)
             response = self.client.get(
-                f"http://{self.address}{target}", headers=self._signed(target), timeout=MANIFEST_TIMEOUT
+                f"http://{self.address}{target}", headers=headers, timeout=MANIFEST_TIMEOUT
             )
-            verify_request(self.secret, REPLY_METHOD, target, response.content, response.headers)
+            reply = verify_request(self.secret, REPLY_METHOD, target, response.content, response.headers)
+            if reply.nonce != headers[NONCE_HEADER]:
+                raise AuthError("the manifest reply was signed for another request")
             if response.status_code != 200:
                 return None
             manifest = codec.decode(RepoManifest, response.content)
@@ -109,7 +112,8 @@ class ModelFiles:
     def __init__(self, node: Node, board: DownloadBoard) -> None:
         self.node = node
         self.board = board
-        self.fetcher = ModelFetcher(peers=ClusterPeers(node), board=self.board)
+        # Names come from requests: never from what happens to exist under the working directory.
+        self.fetcher = ModelFetcher(peers=ClusterPeers(node), board=self.board, relative_paths=False)
 
     # --- fetching ---------------------------------------------------------------------------------
 
@@ -145,6 +149,7 @@ class ModelFiles:
                 PrepareStage(model, layers, num_layers),
                 reply=PreparedStage,
                 timeout=PREPARE_TIMEOUT,
+                to=node_id,
             )
 
         await asyncio.gather(*(prepare(r.node_id, r.layers) for r in instance.runners))

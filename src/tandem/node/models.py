@@ -7,21 +7,26 @@ Sources, in order: the bundled demo model, then every checkpoint directory under
 A checkpoint directory is one that holds `config.json` and at least one `.safetensors` file.
 A launch names the model by its `name` (the directory's path), which must exist at the same
 path on every node that will hold a stage, as for any launch.
+
+A request may name a directory only if it is one of these (`check_requested_model`): never an
+arbitrary path, and the refusal reads the same whether or not the path exists.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
 from tandem.cluster.placement import Infeasible, Placement
-from tandem.errors import TandemError
+from tandem.errors import InvalidRequestError, TandemError
 from tandem.model.config import load_model_config
 from tandem.model.shapes import ModelShape
 from tandem.protocol.control import LaunchRequest
 from tandem.store.catalog import ModelCard
+from tandem.store.names import parse_model_name
 from tandem.store.resolve import DEMO_MODEL_DIR, DEMO_MODEL_NAME, local_status
 
 ModelSourceKind = Literal["bundled", "directory", "catalog"]
@@ -77,6 +82,22 @@ def directory_models(models_dirs: tuple[Path, ...]) -> Iterator[LocalModel]:
 
 
 MODEL_SOURCES: list[Callable[[tuple[Path, ...]], Iterable[LocalModel]]] = [bundled_models, directory_models]
+
+
+def check_requested_model(name: str, models_dirs: tuple[Path, ...]) -> None:
+    """Refuse a request's model name unless it is 'demo', a catalog or repo id (the cache and the
+    Hub), or a checkpoint directory this node offers from its `--models-dir` folders. The error is
+    the same for every other path, existing or not, so requests cannot probe the file system."""
+    parsed = parse_model_name(name, relative_paths=False)
+    if parsed.kind != "directory":
+        return
+    offered = {model.name for model in directory_models(models_dirs)}
+    if os.path.normpath(os.path.expanduser(name.strip())) not in offered:
+        raise InvalidRequestError(
+            f"model {name.strip()[:200]!r} is not offered by this node: name 'demo', a catalog id, a Hugging "
+            "Face repo id, or a checkpoint directory under one of its --models-dir folders "
+            "(GET /v1/cluster/models lists them)"
+        )
 
 
 def describe_card(

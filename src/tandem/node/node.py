@@ -17,6 +17,8 @@ from dataclasses import replace
 from typing import Any
 
 from tandem import __version__
+from tandem.cluster.auth import ANY_NODE
+from tandem.cluster.replay import ReplayWindow
 from tandem.cluster.state import (
     ClusterState,
     CoordinatorChanged,
@@ -29,8 +31,9 @@ from tandem.cluster.state import (
 )
 from tandem.cluster.topology import DeviceInfo, NodeId, NodeInfo
 from tandem.errors import PeerUnreachable
-from tandem.node.control import ControlClient
+from tandem.node.control import ControlClient, SignatureRefused
 from tandem.node.healing import membership_notes
+from tandem.node.log_throttle import LogThrottle
 from tandem.node.membership import Membership
 from tandem.node.options import HEARTBEAT_INTERVAL, LINK_MEASURE_INTERVAL, PEER_TIMEOUT, NodeOptions
 from tandem.node.supervisor import Supervisor
@@ -82,7 +85,9 @@ class Node:
             self.membership.add_candidate(address)
         self.state = ClusterState()
         self.control = ControlClient(node_id, secret)
-        self.supervisor = Supervisor(self.on_runner_report)
+        self.replay_window = ReplayWindow()  # nonces of the signed messages received lately
+        self.refusal_log = LogThrottle()  # refused messages, logged once a minute per sender
+        self.supervisor = Supervisor(self.on_runner_report, secret)
         self.downloads = downloads  # this node's downloads, shown in its heartbeats
         self._nodes_published_at = 0.0
         self._tasks: list[asyncio.Task] = []
@@ -110,7 +115,9 @@ class Node:
         if address is None or self.is_coordinator:
             return
         with contextlib.suppress(PeerUnreachable):
-            state = await self.control.call(address, "GET", "/internal/state", reply=ClusterState)
+            state = await self.control.call(
+                address, "GET", "/internal/state", reply=ClusterState, to=self.coordinator
+            )
             if state.version >= self.state.version or state.coordinator != self.state.coordinator:
                 self.state = state
 
@@ -200,6 +207,7 @@ class Node:
 
     async def _beat(self, address: str) -> None:
         started = time.perf_counter()
+        known = (p.info.node_id for p in self.membership.peers.values() if p.info.address == address)
         try:
             reply = await self.control.call(
                 address,
@@ -208,7 +216,12 @@ class Node:
                 self.heartbeat_message(),
                 reply=HeartbeatReply,
                 timeout=PEER_TIMEOUT / 2,
+                to=next(known, ANY_NODE),
             )
+        except SignatureRefused as error:  # the other side logs it too; this side must not stay silent
+            if self.refusal_log.due(f"refused by {address}", time.monotonic()):
+                log.warning("%s", error)
+            return
         except PeerUnreachable as error:
             if address in self.membership.candidates:
                 log.debug("candidate %s: %s", address, error)
@@ -246,7 +259,11 @@ class Node:
                 started = time.perf_counter()
                 try:
                     await self.control.call(
-                        peer.info.address, "GET", f"/internal/blob?bytes={BANDWIDTH_PROBE_BYTES}", reply=Blob
+                        peer.info.address,
+                        "GET",
+                        f"/internal/blob?bytes={BANDWIDTH_PROBE_BYTES}",
+                        reply=Blob,
+                        to=peer.info.node_id,
                     )
                 except PeerUnreachable:
                     continue
@@ -271,7 +288,9 @@ class Node:
             address = self.address_of(self.coordinator)
             if address is not None:
                 with contextlib.suppress(PeerUnreachable):
-                    await self.control.call(address, "POST", "/internal/runner-report", report)
+                    await self.control.call(
+                        address, "POST", "/internal/runner-report", report, to=self.coordinator
+                    )
                     return Done()
             await asyncio.sleep(0.5)  # the coordinator may be changing; try the next one
         log.error("could not report runner %s rank %s to any coordinator", report.instance_id, report.rank)

@@ -25,6 +25,7 @@ class NodeOptions:
     runner_threads: int | None = None  # CPU threads per runner process
     remeasure: bool = False
     models_dirs: tuple[Path, ...] = ()  # folders of checkpoint directories to offer (--models-dir)
-    api_key: str | None = None  # --api-key, else TANDEM_API_KEY; None: the API is open
+    api_key: str | None = None  # --api-key, else TANDEM_API_KEY; None: no key
+    open_api: bool = False  # --open-api / TANDEM_OPEN_API=1: other machines may use the API and dashboard
     requests_per_slot: int = 4  # in-flight API requests per KV-cache slot of an instance, at this node
     extra: dict = field(default_factory=dict)

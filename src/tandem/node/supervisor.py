@@ -8,9 +8,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import sys
 from collections.abc import Awaitable, Callable
 
+from tandem.cluster.auth import rendezvous_token
 from tandem.cluster.state import RunnerReported
 from tandem.protocol import codec
 from tandem.protocol.codec import ProtocolError
@@ -29,6 +31,7 @@ from tandem.protocol.runner import (
     Shutdown,
     ends_request,
 )
+from tandem.settings import RENDEZVOUS_TOKEN_VARIABLE
 
 log = logging.getLogger("tandem.supervisor")
 
@@ -136,8 +139,9 @@ class RunnerProcess:
 
 
 class Supervisor:
-    def __init__(self, report: ReportCallback) -> None:
+    def __init__(self, report: ReportCallback, secret: bytes) -> None:
         self.report = report
+        self.secret = secret  # each runner gets its instance's rendezvous token, derived from it
         self.runners: dict[tuple[str, int], RunnerProcess] = {}
 
     async def start(self, spec: RunnerSpec) -> RunnerProcess:
@@ -152,6 +156,7 @@ class Supervisor:
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             limit=LINE_LIMIT,
+            env={**os.environ, RENDEZVOUS_TOKEN_VARIABLE: rendezvous_token(self.secret, spec.instance_id)},
         )
         runner = RunnerProcess(spec, process, self.report)
         self.runners[key] = runner

@@ -14,6 +14,7 @@ shape), warms it up, and wires the executor that the cluster serves with:
 from __future__ import annotations
 
 import os
+import secrets
 import socket
 import subprocess
 import sys
@@ -39,10 +40,12 @@ from tandem.engine.parallel.apply import apply_tensor_parallel, load_tensor_para
 from tandem.engine.parallel.group import AllReduce, TensorParallelGroup
 from tandem.engine.parallel.latency import all_reduce_seconds
 from tandem.engine.random_weights import random_stage
+from tandem.errors import TandemError
 from tandem.model.config import context_size, load_model_config
 from tandem.model.tokenizer import Tokenizer
 from tandem.protocol.runner import RunnerSpec, StageReport
 from tandem.runner.pipeline import PipelineExecutor, serve_stage
+from tandem.runner.rendezvous import Forwarder, Gate, loopback_listener
 from tandem.runner.stage_group import (
     StageChannel,
     StageGroups,
@@ -88,8 +91,13 @@ class Rank:
             shutdown()
 
 
-def start_rank(spec: RunnerSpec, on_listening: Callable[[int], None] | None = None) -> Rank:
-    """Build rank `spec.rank` of its instance (see the module doc). `on_listening` hears rank
+def start_rank(
+    spec: RunnerSpec,
+    on_listening: Callable[[int], None] | None = None,
+    rendezvous_token: str | None = None,
+) -> Rank:
+    """Build rank `spec.rank` of its instance (see the module doc). `rendezvous_token` admits the
+    ranks of several to rank 0's store (default: TANDEM_RENDEZVOUS_TOKEN). `on_listening` hears rank
     0's rendezvous port when the instance has several ranks and the spec let it pick one."""
     settings.use_engine_options(spec.options)
     if spec.threads:
@@ -104,7 +112,7 @@ def start_rank(spec: RunnerSpec, on_listening: Callable[[int], None] | None = No
     dtype = resolve_dtype(spec.dtype, device, config.checkpoint_dtype, quantized)
     groups, wire = None, None
     if spec.world_size > 1:
-        join_group(spec, on_listening)
+        join_group(spec, rendezvous_token or settings.rendezvous_token(), on_listening)
         if spec.layout.num_stages > 1:  # every rank creates the same groups in the same order
             wire = pipeline_wire(device)
         groups = create_stage_groups(spec)
@@ -144,14 +152,21 @@ def start_local_instance(specs: list[RunnerSpec], log: Path) -> tuple[Rank, list
     once rank 0's rendezvous port is known. Benchmarks and tools drive rank 0's engine; closing
     it (`Rank.close`) ends the others."""
     others: list[subprocess.Popen] = []
+    token = secrets.token_hex(32)
+    environment = {**os.environ, settings.RENDEZVOUS_TOKEN_VARIABLE: token}
 
     def launch_others(port: int) -> None:
         for spec in specs[1:]:
             command = [sys.executable, "-m", "tandem.runner", replace(spec, master_port=port).to_json()]
             with log.open("a") as output:
-                others.append(subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT))
+                others.append(
+                    subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, env=environment)
+                )
 
-    return start_rank(specs[0], on_listening=launch_others if len(specs) > 1 else None), others
+    rank = start_rank(
+        specs[0], on_listening=launch_others if len(specs) > 1 else None, rendezvous_token=token
+    )
+    return rank, others
 
 
 def _tokenizer(spec: RunnerSpec) -> Tokenizer | None:
@@ -175,26 +190,38 @@ def interface_towards(host: str) -> str | None:
     return None
 
 
-def join_group(spec: RunnerSpec, on_listening: Callable[[int], None] | None) -> None:
+def join_group(spec: RunnerSpec, token: str | None, on_listening: Callable[[int], None] | None) -> None:
+    """Join the instance's process group through rank 0's store, which listens on loopback behind
+    a gate on `spec.master_host` that admits only the holders of `token` (`rendezvous.py`)."""
+    if token is None:
+        raise TandemError(
+            f"rank {spec.rank} of {spec.world_size} needs its instance's rendezvous token "
+            f"({settings.RENDEZVOUS_TOKEN_VARIABLE}; a node sets it for its runners)"
+        )
     interface = interface_towards(spec.master_host)
     if interface:
-        # gloo and NCCL otherwise pick an interface from the host name, which may not reach peers.
+        # gloo and NCCL otherwise pick an interface from the host name, which may not reach peers;
+        # on this one they listen on its address alone.
         os.environ.setdefault("GLOO_SOCKET_IFNAME", interface)
         os.environ.setdefault("NCCL_SOCKET_IFNAME", interface)
     if spec.is_driver:
+        listener = loopback_listener()
         store = dist.TCPStore(  # pyright: ignore[reportPrivateImportUsage]
-            spec.master_host,
-            spec.master_port,
+            "127.0.0.1",
+            listener.getsockname()[1],
             spec.world_size,
             is_master=True,
             timeout=JOIN_TIMEOUT,
             wait_for_workers=False,
+            master_listen_fd=listener.detach(),  # the store owns the socket from here on
         )
+        gate = Gate(spec.master_host, store.port, token)
         if on_listening is not None:
-            on_listening(store.port)
+            on_listening(gate.port)
     else:
+        forwarder = Forwarder(spec.master_host, spec.master_port, token)
         store = dist.TCPStore(  # pyright: ignore[reportPrivateImportUsage]
-            spec.master_host, spec.master_port, spec.world_size, is_master=False, timeout=JOIN_TIMEOUT
+            "127.0.0.1", forwarder.port, spec.world_size, is_master=False, timeout=JOIN_TIMEOUT
         )
     dist.init_process_group(
         spec.backend, store=store, rank=spec.rank, world_size=spec.world_size, timeout=JOIN_TIMEOUT

@@ -1,5 +1,9 @@
 """Rank 0's request loop: commands from the node in, token events out, one JSON message a line
 (`tandem.protocol.runner`: Generate, Abort, Shutdown in; Accepted, Rejected, Token, Finished out).
+
+Prompts are turned into token ids on the reader thread, not in the step loop, and each is
+measured against the context before it is tokenized (`prompt_size_problem`): a prompt far too
+long for the context is refused at once instead of stalling every stream while it is tokenized.
 """
 
 from __future__ import annotations
@@ -61,15 +65,61 @@ def parse_command(line: str) -> RunnerCommand | Rejected | None:
         return None
 
 
-def read_commands(stream: TextIO, commands: queue.Queue) -> None:
-    """Reader thread: parse stdin lines into the queue; end of input means shut down."""
+def read_commands(
+    stream: TextIO,
+    commands: queue.Queue,
+    prepare: Callable[[RunnerCommand], RunnerCommand | Rejected] | None = None,
+) -> None:
+    """Reader thread: parse stdin lines into the queue, each `prepare`d first (prompts tokenized
+    here, off the step loop); end of input means shut down."""
     for line in stream:
         line = line.strip()
         if line:
             command = parse_command(line)
             if command is not None:
-                commands.put(command)
+                commands.put(prepare(command) if prepare and not isinstance(command, Rejected) else command)
     commands.put(Shutdown())
+
+
+def prompt_size_problem(engine: LLMEngine, request: GenerateRequest) -> str | None:
+    """Why a text prompt cannot fit the context, judged from its length alone (no tokenizing):
+    even at the longest token the vocabulary has, it would be too many tokens. None: it may fit."""
+    tokenizer = engine.tokenizer
+    if tokenizer is None or request.prompt_ids is not None:
+        return None  # token ids are counted as they are (add_request)
+    if request.messages is not None:
+        characters = sum(len(message.content) for message in request.messages)
+    else:
+        characters = len(request.prompt or "")
+    fewest = tokenizer.fewest_tokens(characters)
+    if fewest < engine.max_context:
+        return None
+    return (
+        f"the prompt has {characters} characters, at least {fewest} tokens, but the context holds "
+        f"{engine.max_context} (prompt and reply together); shorten the prompt or raise the context size"
+    )
+
+
+def prompt_preparer(
+    engine: LLMEngine, vocab_size: int | None = None
+) -> Callable[[RunnerCommand], RunnerCommand | Rejected]:
+    """What the reader thread applies to each command: a text prompt is measured, then
+    tokenized, and goes on as token ids; one that cannot fit is rejected before tokenizing."""
+
+    def prepare(command: RunnerCommand) -> RunnerCommand | Rejected:
+        if not isinstance(command, Generate) or command.request.prompt_ids is not None:
+            return command
+        problem = prompt_size_problem(engine, command.request)
+        if problem is not None:
+            return Rejected(command.request_id, problem)
+        try:
+            ids = prompt_ids_of(engine, command.request, vocab_size)
+        except TandemError as error:
+            return Rejected(command.request_id, str(error))
+        request = replace(command.request, prompt=None, messages=None, prompt_ids=tuple(ids))
+        return Generate(command.request_id, request)
+
+    return prepare
 
 
 def prompt_ids_of(engine: LLMEngine, request: GenerateRequest, vocab_size: int | None = None) -> list[int]:

@@ -17,7 +17,7 @@ import torch.distributed as dist
 from tandem.errors import TandemError
 from tandem.protocol.runner import Failed, Listening, Ready, RunnerSpec
 from tandem.runner.assemble import start_rank
-from tandem.runner.driver import Driver, Emit, line_emitter, read_commands
+from tandem.runner.driver import Driver, Emit, line_emitter, prompt_preparer, read_commands
 
 
 def run(spec: RunnerSpec, emit: Emit) -> None:
@@ -27,7 +27,8 @@ def run(spec: RunnerSpec, emit: Emit) -> None:
         rank.serve()
         return
     commands: queue.Queue = queue.Queue()
-    threading.Thread(target=read_commands, args=(sys.stdin, commands), daemon=True).start()
+    prepare = prompt_preparer(rank.engine, vocab_size=rank.stage.config.vocab_size)
+    threading.Thread(target=read_commands, args=(sys.stdin, commands, prepare), daemon=True).start()
     try:
         Driver(
             rank.engine,

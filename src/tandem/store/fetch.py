@@ -71,8 +71,10 @@ class ModelFetcher:
         peers: PeerDirectory | None = None,
         board: DownloadBoard | None = None,
         cache_root: Path | None = None,
+        relative_paths: bool = True,
     ) -> None:
         self.hub = hub or Hub()
+        self.relative_paths = relative_paths  # see `parse_model_name`; a node's requests: False
         self.peers = peers
         self.board = board or DownloadBoard()
         self.cache_root = cache_root
@@ -83,11 +85,11 @@ class ModelFetcher:
         """The directory holding `text`'s config and tokenizer files plus the weight files of
         `stage` (all weights when None; none when `metadata_only`), fetching what is missing.
         A bare LayerRange is a stage of the model's own layer count (read from its config)."""
-        name = parse_model_name(text)
+        name = parse_model_name(text, self.relative_paths)
         if name.kind != "repo":
             from tandem.store.resolve import resolve_model_dir
 
-            return resolve_model_dir(text)
+            return resolve_model_dir(text, self.relative_paths)
         assert name.repo_id is not None
         cache = RepoCache(name.repo_id, self.cache_root)
         commit = cache.commit_for(name.revision)
@@ -118,7 +120,7 @@ class ModelFetcher:
 
     def pinned_name(self, text: str) -> str:
         """`text` at the commit this cache holds for it (unchanged for directories and demo)."""
-        name = parse_model_name(text)
+        name = parse_model_name(text, self.relative_paths)
         if name.kind != "repo" or name.is_pinned:
             return text
         assert name.repo_id is not None

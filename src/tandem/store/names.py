@@ -6,7 +6,10 @@
     Qwen/Qwen2.5-0.5B-Instruct        a Hugging Face repo id
     Qwen/Qwen2.5-0.5B-Instruct@v1.0   ... at a branch, tag or commit (default: main)
 
-An existing directory wins over a repo id of the same spelling. Pure Python, no network.
+On the command line an existing directory wins over a repo id of the same spelling. A node
+reading names from requests passes `relative_paths=False`: only the forms above that look like
+paths are directories, so the answer never depends on what exists under the node's working
+directory. Pure Python, no network.
 """
 
 from __future__ import annotations
@@ -79,13 +82,16 @@ def local_path(text: str) -> tuple[Path, bool]:
         return Path(text), False
 
 
-def parse_model_name(text: str) -> ModelName:
-    """Classify `text`; raises UnknownModelName with the forms a name may take."""
+def parse_model_name(text: str, relative_paths: bool = True) -> ModelName:
+    """Classify `text`; raises UnknownModelName with the forms a name may take. `relative_paths`:
+    an existing relative directory (`models/llama`) counts as a directory, not a repo id."""
     text = text.strip()
     if text == DEMO_MODEL_NAME:
         return ModelName(text, "demo", path=DEMO_MODEL_DIR)
-    path, exists = local_path(text)
-    if _looks_like_path(text) or exists:
+    if _looks_like_path(text):
+        return ModelName(text, "directory", path=local_path(text)[0])
+    path, exists = local_path(text) if relative_paths else (Path(text), False)
+    if exists:
         return ModelName(text, "directory", path=path)
     base, _, revision = text.partition("@")
     if "@" in text and not is_revision(revision):

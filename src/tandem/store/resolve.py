@@ -15,9 +15,10 @@ from tandem.store.selection import stage_weight_files
 __all__ = ["DEMO_MODEL_DIR", "DEMO_MODEL_NAME", "local_status", "resolve_model_dir"]
 
 
-def resolve_model_dir(name: str) -> Path:
-    """`demo`, a checkpoint directory, or a catalog/repo id whose files are in the local cache."""
-    parsed = parse_model_name(name)
+def resolve_model_dir(name: str, relative_paths: bool = True) -> Path:
+    """`demo`, a checkpoint directory, or a catalog/repo id whose files are in the local cache
+    (`relative_paths`: see `parse_model_name`)."""
+    parsed = parse_model_name(name, relative_paths)
     if parsed.kind == "demo":
         return DEMO_MODEL_DIR
     if parsed.kind == "directory":
