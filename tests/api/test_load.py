@@ -9,7 +9,7 @@ import asyncio
 from .api_expected import PROMPTS, greedy, user
 from .api_load import run_load
 
-CLIENTS = 32  # the demo instance's 8 slots × the default 4 requests per slot: the node's limit
+CLIENTS = 32  # the demo instance has 8 slots: 24 requests wait, within the default queue limit
 ROUNDS = 2
 MAX_TOKENS = 48
 

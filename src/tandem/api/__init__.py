@@ -30,9 +30,9 @@ STREAMED_SCHEMAS = [
 ]
 
 
-def mount_api(app: FastAPI, cluster: ClusterAccess, api_key: str | None, requests_per_slot: int) -> None:
+def mount_api(app: FastAPI, cluster: ClusterAccess, api_key: str | None) -> None:
     """Add the API routes, the error formats, the API key check and the OpenAPI additions."""
-    app.state.serving = Serving(cluster, requests_per_slot)
+    app.state.serving = Serving(cluster)
     for module in (openai, anthropic, models, ollama, ollama_models):
         app.include_router(module.router)
     install_error_handlers(app)

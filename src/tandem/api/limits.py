@@ -1,8 +1,9 @@
-"""How many API requests an instance has in flight at this node, and the cap on them.
+"""How many API requests each instance has in flight at this node: the least loaded instance of
+a model takes the next request.
 
-Each node admits up to `requests_per_slot` × the instance's KV-cache slots at once; the runner
-queues what exceeds its slots, and the node refuses what exceeds the cap with 429 and
-Retry-After, so a flood of clients meets a clear answer instead of an ever-longer queue.
+The cap on requests is the instance's own (`--queue-limit` of the node running its rank 0): its
+runner refuses a request that finds the queue full with `Busy`, which the API answers with 429
+and Retry-After (`generation.py`), so the limit holds however many nodes take requests.
 """
 
 from __future__ import annotations
@@ -10,35 +11,21 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable
 
-from tandem.api.errors import APIError
 from tandem.cluster.state import Instance
 
-RETRY_AFTER_SECONDS = 1
 
-
-class InFlightLimits:
-    def __init__(self, requests_per_slot: int) -> None:
-        self.requests_per_slot = requests_per_slot
+class InFlightCounts:
+    def __init__(self) -> None:
         self.in_flight: Counter[str] = Counter()
-
-    def limit(self, instance: Instance) -> int:
-        return self.requests_per_slot * max(instance.num_slots, 1)
 
     def load(self, instance: Instance) -> float:
         """In-flight requests per slot: the least loaded instance of a model takes the next one."""
         return self.in_flight[instance.instance_id] / max(instance.num_slots, 1)
 
-    def admit(self, instance: Instance) -> Callable[[], None]:
-        """Count one request in; returns the function that counts it out (call it exactly once)."""
+    def count_in(self, instance: Instance) -> Callable[[], None]:
+        """Count one request in; returns the function that counts it out (calling it again does
+        nothing)."""
         instance_id = instance.instance_id
-        if self.in_flight[instance_id] >= self.limit(instance):
-            raise APIError(
-                429,
-                f"instance {instance_id} ({instance.model}) has {self.in_flight[instance_id]} requests "
-                f"in flight, its limit at this node; retry shortly",
-                code="rate_limit_exceeded",
-                retry_after=RETRY_AFTER_SECONDS,
-            )
         self.in_flight[instance_id] += 1
         released = False
 

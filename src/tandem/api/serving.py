@@ -19,7 +19,7 @@ from tandem.api.catalog import servable_model_names
 from tandem.api.cluster import ClusterAccess
 from tandem.api.errors import APIError
 from tandem.api.generation import Generation
-from tandem.api.limits import InFlightLimits
+from tandem.api.limits import InFlightCounts
 from tandem.cluster.placement import Infeasible
 from tandem.cluster.state import Instance
 from tandem.errors import TandemError
@@ -34,9 +34,9 @@ OLLAMA_DEFAULT_TAG = ":latest"
 class Serving:
     """The API's view of the cluster's instances; one per node."""
 
-    def __init__(self, cluster: ClusterAccess, requests_per_slot: int) -> None:
+    def __init__(self, cluster: ClusterAccess) -> None:
         self.cluster = cluster
-        self.limits = InFlightLimits(requests_per_slot)
+        self.in_flight = InFlightCounts()
         self._launch_locks: dict[str, asyncio.Lock] = {}
 
     def instances(self) -> tuple[Instance, ...]:
@@ -61,7 +61,7 @@ class Serving:
         matches = self.matching(name)
         ready = [i for i in matches if i.status == "ready"]
         if ready:
-            return min(ready, key=self.limits.load)
+            return min(ready, key=self.in_flight.load)
         return next((i for i in matches if i.status == "launching"), None)
 
     async def instance_for(self, name: str) -> Instance:
@@ -124,10 +124,10 @@ class Serving:
             return launched
 
     async def start(self, name: str, command: GenerateRequest) -> Generation:
-        """Find (or launch) the instance, admit the request under its limit, and wait until the
-        runner has accepted it. The caller owns the returned generation and must close it."""
+        """Find (or launch) the instance and wait until its runner has accepted the request (a
+        full queue is a 429). The caller owns the returned generation and must close it."""
         instance = await self.instance_for(name)
-        release = self.limits.admit(instance)
+        release = self.in_flight.count_in(instance)
         generation = Generation(self.cluster.generate(instance.instance_id, command), release, instance)
         await generation.start()
         return generation

@@ -8,6 +8,7 @@ from pathlib import Path
 from tandem import settings
 from tandem.errors import TandemError
 from tandem.node.options import DEFAULT_PORT
+from tandem.protocol.runner import DEFAULT_QUEUE_LIMIT
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -48,10 +49,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--api-key", help="require this key on every API route (default: TANDEM_API_KEY; unset: open)"
     )
     parser.add_argument(
-        "--requests-per-slot",
+        "--queue-limit",
         type=int,
-        default=4,
-        help="in-flight API requests this node admits per KV-cache slot of an instance (default 4)",
+        default=DEFAULT_QUEUE_LIMIT,
+        metavar="N",
+        help="requests an instance whose rank 0 runs here lets wait beyond those running; the next "
+        f"is answered 429 with Retry-After (default {DEFAULT_QUEUE_LIMIT})",
     )
 
 
@@ -82,13 +85,13 @@ def options_from_args(args: argparse.Namespace):
         remeasure=args.remeasure,
         models_dirs=tuple(args.models_dir),
         api_key=args.api_key or settings.api_key(),
-        requests_per_slot=args.requests_per_slot,
+        queue_limit=args.queue_limit,
     )
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.requests_per_slot < 1:
-        raise TandemError("--requests-per-slot must be at least 1")
+    if args.queue_limit < 0:
+        raise TandemError("--queue-limit must be 0 or more")
     from tandem.node.app import run_node
 
     run_node(options_from_args(args))

@@ -20,6 +20,7 @@ from tandem.protocol.runner import (
     Generate,
     GenerateRequest,
     Listening,
+    Load,
     Ready,
     RequestError,
     RequestEvent,
@@ -51,6 +52,7 @@ class RunnerProcess:
         self.listening: asyncio.Future[int] = loop.create_future()
         self.ready: asyncio.Future[Ready] = loop.create_future()
         self.requests: dict[str, asyncio.Queue[RequestEvent]] = {}
+        self.load = Load(0, 0)  # rank 0's latest count of its requests
         self.stopping = False
         self.reader = asyncio.create_task(self._read_events())
 
@@ -93,6 +95,8 @@ class RunnerProcess:
             if not self.ready.done():
                 self.ready.set_result(event)
             await self._report("ready", event.report.parameter_bytes, None)
+        elif isinstance(event, Load):
+            self.load = event
         elif isinstance(event, Failed):
             self.stopping = True  # the exit that follows is this failure, reported here once
             await self._report("failed", None, event.message)
