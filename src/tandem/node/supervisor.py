@@ -76,6 +76,7 @@ class RunnerProcess:
         for future in (self.listening, self.ready):
             if not future.done():
                 future.set_exception(RunnerExited(message))
+                future.exception()  # a waiter still gets it; nobody waiting (rank 0 alone never listens) is no error
         for request_id, queue in self.requests.items():
             queue.put_nowait(RequestError(message, request_id))
         self.requests.clear()
