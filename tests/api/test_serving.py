@@ -9,6 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import openai
+import psutil
 import pytest
 
 from nodes import launch, running_nodes, start_node, wait_for
@@ -215,3 +216,29 @@ def test_every_node_serves_every_instance_and_aborts_across_nodes(tmp_path, demo
             assert time.monotonic() - started < 1.5 * full_seconds
         # The taker asks the driver's node for the counts: nothing is left running there.
         wait_for(lambda: idle(taker, single["instance_id"]), what="the runner to hold no request")
+
+
+def test_an_instance_whose_runner_died_is_a_503_in_each_api_shape(tmp_path):
+    with running_nodes(tmp_path, 1) as (node,):
+        instance_id = launch(node, model="demo", context=256)["instance_id"]
+        runners = [
+            child
+            for child in psutil.Process(node.process.pid).children(recursive=True)
+            if "tandem.runner" in child.cmdline() and instance_id in " ".join(child.cmdline())
+        ]
+        assert len(runners) == 1
+        runners[0].kill()  # the runner this test's node started
+        wait_for(lambda: node.http.get(f"/v1/instances/{instance_id}").json()["status"] == "failed")
+        with openai_client(node) as client, pytest.raises(openai.InternalServerError) as failed:
+            client.chat.completions.create(model=instance_id, messages=user("hi"), max_tokens=3)
+        assert failed.value.status_code == 503 and "runner exited" in failed.value.message
+        assert failed.value.body["type"] == "service_unavailable_error"  # type: ignore[index]
+        anthropic_style = node.http.post(
+            "/v1/messages", json={"model": instance_id, "max_tokens": 3, "messages": user("hi")}
+        )
+        assert anthropic_style.status_code == 503
+        assert anthropic_style.json()["error"]["type"] == "api_error"
+        ollama_style = node.http.post("/api/chat", json={"model": instance_id, "messages": user("hi")})
+        assert ollama_style.status_code == 503 and "runner exited" in ollama_style.json()["error"]
+        load = node.http.get(f"/v1/instances/{instance_id}/load")
+        assert load.status_code == 400 and "failed" in load.json()["error"]
