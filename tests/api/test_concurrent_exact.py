@@ -49,7 +49,7 @@ def settings_of(index: int) -> dict[str, Any]:
     return {**kinds[index % 4], "max_tokens": 12 + (index % 5) * 7}
 
 
-def messages_of(index: int) -> list[dict[str, str]]:
+def messages_of(index: int) -> Any:  # the SDK types messages as TypedDicts
     return user(f"{PROMPTS[index % len(PROMPTS)]} {WORDS[index // len(PROMPTS)]}")
 
 

@@ -75,7 +75,7 @@ def test_requests_beyond_the_queue_limit_get_429_with_retry_after(one_slot_node)
         ]
         try:
             wait_for(lambda: load_of(node, instance_id)["waiting"] == 1, what="the second request to wait")
-            assert load_of(node, instance_id) == {"requests": 2, "waiting": 1, "queue_limit": 1}
+            assert load_of(node, instance_id) == {"requests": 2, "waiting": 1, "slots": 1, "queue_limit": 1}
             with pytest.raises(openai.RateLimitError) as refused:
                 client.chat.completions.create(model="demo", messages=user("hi"), max_tokens=3)
             assert refused.value.response.headers["retry-after"] == "1"

@@ -1,8 +1,8 @@
 """How many API requests each instance has in flight at this node: the least loaded instance of
 a model takes the next request.
 
-The cap on requests is the instance's own (`--queue-limit` of the node running its rank 0): its
-runner refuses a request that finds the queue full with `Busy`, which the API answers with 429
+The cap on requests is the instance's own (its slots plus `--queue-limit` of the node running its
+rank 0): its runner refuses a request that finds it full with `Busy`, which the API answers with 429
 and Retry-After (`generation.py`), so the limit holds however many nodes take requests.
 """
 

@@ -53,8 +53,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=DEFAULT_QUEUE_LIMIT,
         metavar="N",
-        help="requests an instance whose rank 0 runs here lets wait beyond those running; the next "
-        f"is answered 429 with Retry-After (default {DEFAULT_QUEUE_LIMIT})",
+        help="requests an instance whose rank 0 runs here holds beyond its KV-cache slots, waiting; "
+        f"one more is answered 429 with Retry-After (default {DEFAULT_QUEUE_LIMIT})",
     )
 
 

@@ -302,7 +302,8 @@ class InstanceManager:
         runner = self.node.supervisor.driver(instance_id)
         if runner is None:
             raise TandemError(f"instance {instance_id} has no runner on this node")
-        return InstanceLoad(runner.load.requests, runner.load.waiting, runner.spec.queue_limit)
+        spec = runner.spec
+        return InstanceLoad(runner.load.requests, runner.load.waiting, spec.num_slots, spec.queue_limit)
 
     async def generate(self, instance_id: str, request: GenerateRequest) -> AsyncIterator[RequestEvent]:
         """Events of one request, wherever the instance's rank 0 runs. Closing the iterator early

@@ -28,6 +28,6 @@ class NodeOptions:
     remeasure: bool = False
     models_dirs: tuple[Path, ...] = ()  # folders of checkpoint directories to offer (--models-dir)
     api_key: str | None = None  # --api-key, else TANDEM_API_KEY; None: the API is open
-    # Requests an instance whose rank 0 runs here lets wait beyond those running (more: 429).
+    # Requests an instance whose rank 0 runs here holds beyond its slots (one more: 429).
     queue_limit: int = DEFAULT_QUEUE_LIMIT
     extra: dict = field(default_factory=dict)

@@ -103,7 +103,8 @@ class InstanceLoad:
 
     requests: int  # held by the runner: running or waiting
     waiting: int  # waiting for a place in the engine
-    queue_limit: int  # waiting requests beyond which the next one is refused (429)
+    slots: int  # the instance's KV-cache slots (`sequences`)
+    queue_limit: int  # requests held beyond the slots; the next one is refused (429)
 
 
 @dataclass(frozen=True)

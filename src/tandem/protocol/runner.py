@@ -17,7 +17,7 @@ from tandem.protocol import codec
 from tandem.settings import EngineOptions
 
 Backend = Literal["gloo", "nccl"]
-DEFAULT_QUEUE_LIMIT = 64  # requests an instance holds waiting for the engine, beyond those running
+DEFAULT_QUEUE_LIMIT = 64  # requests an instance holds beyond its slots, waiting for room
 
 
 @dataclass(frozen=True)
@@ -87,7 +87,7 @@ class RunnerSpec:
     # Weights drawn at random with this seed instead of read from `model_dir` (which then needs
     # only its config.json): the benchmark's shapes; None: the checkpoint's weights.
     random_weights_seed: int | None = None
-    # Requests rank 0 lets wait for a place in the engine; one more is refused with `Busy`.
+    # Requests rank 0 holds beyond `num_slots`; one more is refused with `Busy`.
     queue_limit: int = DEFAULT_QUEUE_LIMIT
 
     def __post_init__(self) -> None:

@@ -2,9 +2,10 @@
 (`tandem.protocol.runner`: Generate, Abort, Shutdown in; Accepted, Rejected, Busy, Token,
 Finished and Load out).
 
-Admission: a request finding `queue_limit` requests already waiting for a place in the engine is
-refused with `Busy` (the API answers 429), so a flood meets a clear answer instead of an
-ever-longer queue. The counts go to the node as `Load` whenever they change, which is how the
+Admission: the runner holds at most its slots plus `queue_limit` requests; one more is refused
+with `Busy` (the API answers 429), so a flood meets a clear answer instead of an ever-longer
+queue. Counted from the requests held, not from those the engine has yet to start, so a burst
+that arrives before a step is judged by the room it will find. The counts go to the node as `Load` whenever they change, which is how the
 node (and its tests) see that an aborted request left the engine.
 """
 
@@ -109,9 +110,11 @@ class Driver:
         vocab_size: int | None = None,
         keep_alive: Callable[[], None] | None = None,
         keep_alive_seconds: float = 60.0,
+        num_slots: int = 1,
         queue_limit: int = DEFAULT_QUEUE_LIMIT,
     ) -> None:
         self.engine = engine
+        self.num_slots = num_slots
         self.queue_limit = queue_limit
         self.emit = emit
         self.vocab_size = vocab_size  # token ids at or above it would index past the embedding
@@ -152,12 +155,13 @@ class Driver:
             self.emit(load)
 
     def _generate(self, request_id: str, request: GenerateRequest) -> None:
-        waiting = self.waiting()
-        if waiting >= self.queue_limit:
+        held = len(self.seq_of)
+        if held >= self.num_slots + self.queue_limit:
             self.emit(
                 Busy(
                     request_id,
-                    f"the instance's queue is full ({waiting} requests waiting, its limit); retry shortly",
+                    f"the instance's queue is full ({held} requests: {self.num_slots} slots and "
+                    f"a queue limit of {self.queue_limit}); retry shortly",
                 )
             )
             return
