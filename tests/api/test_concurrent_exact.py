@@ -3,27 +3,18 @@ stop strings, seeded sampling; streamed and not), return exactly what each retur
 one node serving a one-stage instance, and through a 2-stage pipeline over 2 node processes on
 loopback. The greedy ones also equal the engine's greedy output in the test process.
 
-The instances run the demo model's weights in float32 (a copy of the checkpoint stored so): in
-bfloat16 a batch of another shape rounds the logits differently, and where the two best tokens lie
-closer than bfloat16 resolves (one of these prompts: 11.331 against 11.288), greedy picks differ
-between alone and together. Batch invariance is a property of the float32 computation."""
+The instances run the demo model's weights in float32 (`demo_float32` in conftest.py says why)."""
 
 from __future__ import annotations
 
 import asyncio
-import json
-import shutil
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import openai
 import pytest
-import torch
-from safetensors.torch import load_file, save_file
 
 from nodes import launch, running_nodes, wait_for
-from tandem.store.resolve import DEMO_MODEL_DIR
 
 from .api_expected import CONTEXT, PROMPTS, greedy, user
 
@@ -96,22 +87,9 @@ def check(alone: list[Answer], together: list[Answer], demo_engine) -> None:
         assert alone[index].completion_tokens == len(expected.token_ids)
 
 
-@pytest.fixture(scope="module")
-def demo_float32(tmp_path_factory) -> Path:
-    """The demo checkpoint with its weights stored in float32 (the CPU runs a checkpoint's dtype)."""
-    directory = tmp_path_factory.mktemp("demo-float32") / "demo"
-    shutil.copytree(DEMO_MODEL_DIR, directory)
-    weights = directory / "model.safetensors"
-    save_file({name: t.to(torch.float32) for name, t in load_file(weights).items()}, weights)
-    config = json.loads((directory / "config.json").read_text())
-    (directory / "config.json").write_text(json.dumps({**config, "dtype": "float32"}))
-    return directory
-
-
-def test_32_concurrent_requests_equal_each_alone(tmp_path, demo_float32, demo_engine):
-    with running_nodes(tmp_path, 1) as (node,):
-        instance = launch(node, model=str(demo_float32), context=CONTEXT)
-        alone, together = asyncio.run(alone_then_together(node.url, instance["instance_id"]))
+def test_32_concurrent_requests_equal_each_alone(float32_node, demo_engine):
+    model = float32_node.instance["instance_id"]
+    alone, together = asyncio.run(alone_then_together(float32_node.url, model))
     check(alone, together, demo_engine)
 
 

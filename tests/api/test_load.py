@@ -14,9 +14,11 @@ ROUNDS = 2
 MAX_TOKENS = 48
 
 
-def test_32_concurrent_streams_are_exact(demo_node, demo_engine):
+def test_32_concurrent_streams_are_exact(float32_node, demo_engine):
+    """On float32 weights: in bfloat16 a near-tie may flip with the batch (`demo_float32`)."""
     expected = {p: greedy(demo_engine, messages=user(p), max_tokens=MAX_TOKENS) for p in PROMPTS}
-    report = asyncio.run(run_load(demo_node.url, "demo", PROMPTS, CLIENTS, ROUNDS, MAX_TOKENS))
+    model = float32_node.instance["instance_id"]
+    report = asyncio.run(run_load(float32_node.url, model, PROMPTS, CLIENTS, ROUNDS, MAX_TOKENS))
     print(f"\n{report.summary(CLIENTS)}")
     assert len(report.results) == CLIENTS * ROUNDS
     for result in report.results:
