@@ -9,7 +9,7 @@ import pytest
 
 from tandem.api.auth import needs_key, presented_key
 from tandem.api.errors import Family, family_of
-from tandem.api.limits import InFlightCounts
+from tandem.api.in_flight import InFlightCounts
 from tandem.api.serving import without_default_tag
 from tandem.cli import node as node_cli
 from tandem.cluster.state import Instance

@@ -19,7 +19,7 @@ from tandem.api.catalog import servable_model_names
 from tandem.api.cluster import ClusterAccess
 from tandem.api.errors import APIError
 from tandem.api.generation import Generation
-from tandem.api.limits import InFlightCounts
+from tandem.api.in_flight import InFlightCounts
 from tandem.cluster.placement import Infeasible
 from tandem.cluster.state import Instance
 from tandem.errors import TandemError
