@@ -19,6 +19,7 @@ from tandem.protocol.runner import (
     Generate,
     GenerateRequest,
     Listening,
+    Load,
     RunnerCommand,
     RunnerEvent,
     RunnerSpec,
@@ -34,6 +35,7 @@ class RunnerProcess:
     def __init__(self, spec: RunnerSpec, env: dict[str, str] | None = None, host=None) -> None:
         """`host`: a test network namespace (tests/netns.py) to run in; None: this one."""
         self.spec = spec
+        self.load = Load(0, 0)
         command = [sys.executable, "-m", "tandem.runner", spec.to_json()]
         self.process = subprocess.Popen(
             host.command(command) if host is not None else command,
@@ -44,11 +46,26 @@ class RunnerProcess:
         )
 
     def next_event(self, timeout: float = 60) -> RunnerEvent:
+        """The next event other than a `Load` report (the latest of those is kept in `load`)."""
         deadline = time.monotonic() + timeout
-        line = self.process.stdout.readline()  # type: ignore[union-attr]
-        assert line, f"runner exited with {self.process.wait()}"
-        assert time.monotonic() < deadline
-        return codec.decode(RunnerEvent, line)
+        while True:
+            line = self.process.stdout.readline()  # type: ignore[union-attr]
+            assert line, f"runner exited with {self.process.wait()}"
+            assert time.monotonic() < deadline
+            event = codec.decode(RunnerEvent, line)
+            if not isinstance(event, Load):
+                return event
+            self.load = event
+
+    def wait_for_load(self, expected: Load, timeout: float = 30) -> None:
+        """Read events until a `Load` report equals `expected` (other events are dropped)."""
+        deadline = time.monotonic() + timeout
+        while self.load != expected:
+            line = self.process.stdout.readline()  # type: ignore[union-attr]
+            assert line and time.monotonic() < deadline, f"load stayed {self.load}, not {expected}"
+            event = codec.decode(RunnerEvent, line)
+            if isinstance(event, Load):
+                self.load = event
 
     def send(self, command: RunnerCommand) -> None:
         self.send_line(codec.encode(command).decode())
@@ -69,6 +86,8 @@ def start_instance(
     devices: list[str] | None = None,
     quantize: str | None = None,
     hosts: list | None = None,
+    num_slots: int = 4,
+    queue_limit: int | None = None,
 ) -> list[RunnerProcess]:
     """One runner per rank: stage s holds an even share of the layers over `stage_sizes[s]` ranks;
     `env` is added to every runner's environment. `devices` (one per rank, e.g. cuda:0, cuda:1)
@@ -88,7 +107,7 @@ def start_instance(
         dtype="float32",
         backend="nccl" if devices else "gloo",
         max_context=128,
-        num_slots=4,
+        num_slots=num_slots,
         max_prefill_tokens=max_prefill_tokens,
         threads=1,
         stage_sizes=stage_sizes,
@@ -97,6 +116,8 @@ def start_instance(
         quantize=quantize,
         master_host=hosts[0].address if hosts else "127.0.0.1",
     )
+    if queue_limit is not None:
+        base = replace(base, queue_limit=queue_limit)
     env = {RENDEZVOUS_TOKEN_VARIABLE: TEST_RENDEZVOUS_TOKEN, **(env or {})}  # as a node hands it over
     driver = RunnerProcess(base, env, hosts[0] if hosts else None)
     runners = [driver]

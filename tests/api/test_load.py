@@ -9,14 +9,16 @@ import asyncio
 from .api_expected import PROMPTS, greedy, user
 from .api_load import run_load
 
-CLIENTS = 32  # the demo instance's 8 slots × the default 4 requests per slot: the node's limit
+CLIENTS = 32  # the demo instance has 8 slots: 24 requests wait, within the default queue limit
 ROUNDS = 2
 MAX_TOKENS = 48
 
 
 def test_32_concurrent_streams_are_exact(demo_node, demo_engine):
+    """In float32: in bfloat16 a near-tie may flip with the batch (tests/api/conftest.py)."""
     expected = {p: greedy(demo_engine, messages=user(p), max_tokens=MAX_TOKENS) for p in PROMPTS}
-    report = asyncio.run(run_load(demo_node.url, "demo", PROMPTS, CLIENTS, ROUNDS, MAX_TOKENS))
+    model = demo_node.instance["instance_id"]
+    report = asyncio.run(run_load(demo_node.url, model, PROMPTS, CLIENTS, ROUNDS, MAX_TOKENS))
     print(f"\n{report.summary(CLIENTS)}")
     assert len(report.results) == CLIENTS * ROUNDS
     for result in report.results:

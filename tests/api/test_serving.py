@@ -1,5 +1,6 @@
-"""How the node serves API requests: launching a model a request names, the in-flight limit,
-and a client that goes away mid-request (its request is aborted and its slot comes back)."""
+"""How the node serves API requests: launching a model a request names, the queue limit (429 in
+each API's error shape), and a client that goes away mid-request (its request is aborted and its
+slot comes back, as the runner's own counts show)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import openai
+import psutil
 import pytest
 
 from nodes import launch, running_nodes, start_node, wait_for
@@ -45,33 +47,48 @@ def test_a_request_for_a_model_not_running_launches_it_once(tmp_path, demo_engin
 
 @pytest.fixture(scope="module")
 def one_slot_node(tmp_path_factory):
-    """A node admitting 2 requests per slot, serving the demo with one slot: two requests in flight."""
-    with running_nodes(tmp_path_factory.mktemp("one-slot"), 1, extra_args=("--requests-per-slot", "2")) as (
-        node,
-    ):
-        launch(node, model="demo", sequences=1, context=1024)
+    """A node whose instances queue one request, serving the demo with one slot: one request
+    running and one waiting."""
+    with running_nodes(tmp_path_factory.mktemp("one-slot"), 1, extra_args=("--queue-limit", "1")) as (node,):
+        node.instance = launch(node, model="demo", sequences=1, context=1024)
         yield node
 
 
-def test_requests_beyond_the_limit_get_429_with_retry_after(one_slot_node):
+def load_of(node, instance_id: str) -> dict:
+    response = node.http.get(f"/v1/instances/{instance_id}/load")
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def idle(node, instance_id: str) -> bool:
+    load = load_of(node, instance_id)
+    return load["requests"] == 0 and load["waiting"] == 0
+
+
+def test_requests_beyond_the_queue_limit_get_429_with_retry_after(one_slot_node):
     node = one_slot_node
+    instance_id = node.instance["instance_id"]
     with openai_client(node) as client:
         streams = [
             client.chat.completions.create(model="demo", messages=user(p), stream=True, **LONG)
             for p in PROMPTS[:2]
         ]
         try:
+            wait_for(lambda: load_of(node, instance_id)["waiting"] == 1, what="the second request to wait")
+            assert load_of(node, instance_id) == {"requests": 2, "waiting": 1, "slots": 1, "queue_limit": 1}
             with pytest.raises(openai.RateLimitError) as refused:
                 client.chat.completions.create(model="demo", messages=user("hi"), max_tokens=3)
             assert refused.value.response.headers["retry-after"] == "1"
             assert refused.value.code == "rate_limit_exceeded"
+            assert "queue is full" in refused.value.message
             anthropic_style = node.http.post(
                 "/v1/messages", json={"model": "demo", "max_tokens": 3, "messages": user("hi")}
             )
             assert anthropic_style.status_code == 429
             assert anthropic_style.json()["error"]["type"] == "rate_limit_error"
+            assert anthropic_style.headers["retry-after"] == "1"
             ollama_style = node.http.post("/api/chat", json={"model": "demo", "messages": user("hi")})
-            assert ollama_style.status_code == 429 and "limit" in ollama_style.json()["error"]
+            assert ollama_style.status_code == 429 and "queue is full" in ollama_style.json()["error"]
         finally:
             for stream in streams:
                 stream.close()
@@ -84,13 +101,15 @@ def test_requests_beyond_the_limit_get_429_with_retry_after(one_slot_node):
             return True
 
         wait_for(served, timeout=20, what="the limit to admit requests again")
+    wait_for(lambda: idle(node, instance_id), what="the runner to hold no request")
 
 
 def test_a_client_leaving_mid_request_aborts_it_and_frees_its_slot(one_slot_node):
     """With one slot, a request that kept running after its client left would hold up the next
     one for its whole length (900 tokens); so leaving five of them in turn must take less than
-    running two requests of 300 tokens."""
+    running two requests of 300 tokens. The runner's counts come back to zero."""
     node = one_slot_node
+    instance_id = node.instance["instance_id"]
     with openai_client(node) as client:
         started = time.monotonic()
         whole = client.chat.completions.create(model="demo", messages=user(PROMPTS[0]), **WHOLE)
@@ -102,7 +121,9 @@ def test_a_client_leaving_mid_request_aborts_it_and_frees_its_slot(one_slot_node
             stream = client.chat.completions.create(model="demo", messages=user(prompt), stream=True, **LONG)
             received = [chunk for chunk, _ in zip(stream, range(4), strict=False)]
             assert len(received) == 4
+            assert load_of(node, instance_id)["requests"] == 1
             stream.close()  # the client leaves after three tokens
+            wait_for(lambda: idle(node, instance_id), timeout=5, what="the abort to reach the runner")
         with pytest.raises(httpx.ReadTimeout):  # and one that is not streamed leaves too
             node.http.post(
                 "/v1/chat/completions",
@@ -117,6 +138,7 @@ def test_a_client_leaving_mid_request_aborts_it_and_frees_its_slot(one_slot_node
     assert left_seconds < 2 * full_seconds, (left_seconds, full_seconds)
     wait_for(lambda: node.log_text().count("the client left") >= 6, what="six aborts in the node's log")
     assert node.http.get("/v1/instances").json()[0]["status"] == "ready"
+    wait_for(lambda: idle(node, instance_id), what="the runner to hold no request")
 
 
 def test_an_api_key_guards_every_api_route_but_not_the_cluster(tmp_path):
@@ -192,3 +214,31 @@ def test_every_node_serves_every_instance_and_aborts_across_nodes(tmp_path, demo
                 stream.close()
             client.chat.completions.create(model=single["instance_id"], messages=user("hi"), max_tokens=5)
             assert time.monotonic() - started < 1.5 * full_seconds
+        # The taker asks the driver's node for the counts: nothing is left running there.
+        wait_for(lambda: idle(taker, single["instance_id"]), what="the runner to hold no request")
+
+
+def test_an_instance_whose_runner_died_is_a_503_in_each_api_shape(tmp_path):
+    with running_nodes(tmp_path, 1) as (node,):
+        instance_id = launch(node, model="demo", context=256)["instance_id"]
+        runners = [
+            child
+            for child in psutil.Process(node.process.pid).children(recursive=True)
+            if "tandem.runner" in child.cmdline() and instance_id in " ".join(child.cmdline())
+        ]
+        assert len(runners) == 1
+        runners[0].kill()  # the runner this test's node started
+        wait_for(lambda: node.http.get(f"/v1/instances/{instance_id}").json()["status"] == "failed")
+        with openai_client(node) as client, pytest.raises(openai.InternalServerError) as failed:
+            client.chat.completions.create(model=instance_id, messages=user("hi"), max_tokens=3)
+        assert failed.value.status_code == 503 and "runner exited" in failed.value.message
+        assert failed.value.body["type"] == "service_unavailable_error"  # type: ignore[index]
+        anthropic_style = node.http.post(
+            "/v1/messages", json={"model": instance_id, "max_tokens": 3, "messages": user("hi")}
+        )
+        assert anthropic_style.status_code == 503
+        assert anthropic_style.json()["error"]["type"] == "api_error"
+        ollama_style = node.http.post("/api/chat", json={"model": instance_id, "messages": user("hi")})
+        assert ollama_style.status_code == 503 and "runner exited" in ollama_style.json()["error"]
+        load = node.http.get(f"/v1/instances/{instance_id}/load")
+        assert load.status_code == 400 and "failed" in load.json()["error"]

@@ -30,12 +30,10 @@ STREAMED_SCHEMAS = [
 ]
 
 
-def mount_api(
-    app: FastAPI, cluster: ClusterAccess, api_key: str | None, requests_per_slot: int, open_api: bool = False
-) -> None:
+def mount_api(app: FastAPI, cluster: ClusterAccess, api_key: str | None, open_api: bool = False) -> None:
     """Add the API routes, the error formats, the caller and API key checks (`open_api`: other
     machines may call without a key) and the OpenAPI additions."""
-    app.state.serving = Serving(cluster, requests_per_slot)
+    app.state.serving = Serving(cluster)
     for module in (openai, anthropic, models, ollama, ollama_models):
         app.include_router(module.router)
     install_error_handlers(app)

@@ -44,7 +44,7 @@ class GenerateEvent(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    event: Literal["accepted", "token", "rejected", "error", "finished"]
+    event: Literal["accepted", "token", "rejected", "busy", "error", "finished"]
     request_id: str | None = None
     prompt_tokens: int | None = None
     token_id: int | None = None

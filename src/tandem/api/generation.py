@@ -1,8 +1,8 @@
 """One request's generation as the API routes see it.
 
 A generation is started before the HTTP answer begins: the runner's first event says whether it
-took the request, so a rejection (a prompt longer than the context, bad settings) gets a proper
-status code instead of a broken stream. Tokens follow; closing the generation, however the
+took the request, so a rejection (a prompt longer than the context, bad settings: 400; a full
+queue: 429 with Retry-After) gets a proper status code instead of a broken stream. Tokens follow; closing the generation, however the
 answer ends, aborts the request if it is still running and frees its KV-cache slot.
 
 When the instance is lost mid-answer (a node left, a runner died), the generation resumes on
@@ -21,9 +21,11 @@ from dataclasses import dataclass, field
 from tandem.api.errors import APIError, context_code
 from tandem.cluster.state import Instance
 from tandem.errors import TandemError, UnknownInstance
-from tandem.protocol.runner import Accepted, Rejected, RequestEvent, Token
+from tandem.protocol.runner import Accepted, Busy, Rejected, RequestEvent, Token
 
 log = logging.getLogger("tandem.api")
+
+RETRY_AFTER_SECONDS = 1  # what a 429 for a full queue tells the client to wait
 
 
 class GenerationFailed(TandemError):
@@ -103,6 +105,13 @@ class Generation:
         message = getattr(first, "message", None) or type(first).TAG
         if isinstance(first, Rejected):
             raise APIError(400, message, code=context_code(message))
+        if isinstance(first, Busy):
+            raise APIError(
+                429,
+                f"instance {self.instance.instance_id} ({self.instance.model}): {message}",
+                code="rate_limit_exceeded",
+                retry_after=RETRY_AFTER_SECONDS,
+            )
         raise APIError(503, f"instance {self.instance.instance_id} failed the request: {message}")
 
     async def tokens(self) -> AsyncIterator[Token]:

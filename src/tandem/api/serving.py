@@ -21,7 +21,7 @@ from tandem.api.catalog import servable_model_names
 from tandem.api.cluster import ClusterAccess
 from tandem.api.errors import APIError
 from tandem.api.generation import Generation, GenerationFailed, Resumed
-from tandem.api.limits import InFlightLimits
+from tandem.api.in_flight import InFlightCounts
 from tandem.cluster.placement import Infeasible
 from tandem.cluster.state import ClusterState, Instance
 from tandem.errors import TandemError
@@ -41,9 +41,9 @@ LOSS_NOTICE_SECONDS = 15.0  # an instance still ready this long after a failure 
 class Serving:
     """The API's view of the cluster's instances; one per node."""
 
-    def __init__(self, cluster: ClusterAccess, requests_per_slot: int) -> None:
+    def __init__(self, cluster: ClusterAccess) -> None:
         self.cluster = cluster
-        self.limits = InFlightLimits(requests_per_slot)
+        self.in_flight = InFlightCounts()
         self._launch_locks: dict[str, asyncio.Lock] = {}
 
     def instances(self) -> tuple[Instance, ...]:
@@ -68,7 +68,7 @@ class Serving:
         matches = self.matching(name)
         ready = [i for i in matches if i.status == "ready"]
         if ready:
-            return min(ready, key=self.limits.load)
+            return min(ready, key=self.in_flight.load)
         return next((i for i in matches if i.status == "launching"), None)
 
     async def instance_for(self, name: str) -> Instance:
@@ -131,10 +131,10 @@ class Serving:
             return launched
 
     async def start(self, name: str, command: GenerateRequest) -> Generation:
-        """Find (or launch) the instance, admit the request under its limit, and wait until the
-        runner has accepted it. The caller owns the returned generation and must close it."""
+        """Find (or launch) the instance and wait until its runner has accepted the request (a
+        full queue is a 429). The caller owns the returned generation and must close it."""
         instance = await self.instance_for(name)
-        release = self.limits.admit(instance)
+        release = self.in_flight.count_in(instance)
 
         async def resume(lost: Instance, sent: tuple[int, ...]) -> Resumed:
             return await self._resume(command, lost, sent)
@@ -148,10 +148,7 @@ class Serving:
     async def _resume(self, command: GenerateRequest, lost: Instance, sent: tuple[int, ...]) -> Resumed:
         """Start `command` again, after the tokens `sent`, on the instance that replaces `lost`."""
         replacement = await self._replacement_of(lost)
-        try:
-            release = self.limits.admit(replacement)
-        except APIError as error:
-            raise GenerationFailed(error.message) from None
+        release = self.in_flight.count_in(replacement)
         events = self.cluster.generate(replacement.instance_id, replace(command, resume_ids=sent))
         try:
             first = await anext(events)  # type: ignore[call-overload]

@@ -1,6 +1,7 @@
 """`tandem bench`: time to first token, prefill and decode speed of a model shape on this machine,
 beside the measured floors (copy bandwidth, matrix throughput) and, with --baseline, the speed of
-`transformers` on the same weights in the same run."""
+`transformers` on the same weights in the same run. With --serve URL: load against a live cluster
+over its OpenAI API (`tandem.bench.serve`)."""
 
 from __future__ import annotations
 
@@ -47,10 +48,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", type=Path, help="write the full report as JSON here")
     parser.add_argument(
         "--concurrency",
-        type=int,
-        default=0,
-        help="with --plans: also measure this many requests in flight together",
+        help="with --serve: requests in flight, one run each (default 1,8,32,64); "
+        "with --plans: also measure this many requests in flight together",
     )
+    parser.add_argument(
+        "--serve",
+        metavar="URL",
+        help="load a live cluster over its OpenAI API instead (a node's URL, e.g. http://127.0.0.1:52525): "
+        "random prompts, aggregate output tokens/s, time to first token and inter-token latency",
+    )
+    parser.add_argument(
+        "--input-len", type=int, default=128, help="with --serve: prompt tokens (default 128)"
+    )
+    parser.add_argument(
+        "--output-len", type=int, default=128, help="with --serve: output tokens (default 128)"
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=2,
+        help="with --serve: requests per client at each concurrency (default 2)",
+    )
+    parser.add_argument("--model", help="with --serve: the model to ask (default: the first the node lists)")
     parser.add_argument(
         "--profile",
         action="store_true",
@@ -64,7 +83,45 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def concurrency_levels(text: str | None, default: str) -> tuple[int, ...]:
+    from tandem.errors import InvalidRequestError
+
+    try:
+        levels = tuple(int(n) for n in (text or default).split(",") if n.strip())
+    except ValueError:
+        raise InvalidRequestError(f"--concurrency takes comma-separated integers, not {text!r}") from None
+    if not levels or min(levels) < 0:
+        raise InvalidRequestError(f"--concurrency takes integers of 0 or more, not {text!r}")
+    return levels
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    import asyncio
+    import sys
+
+    from tandem.bench.serve import ServeLoad, format_results, results_json, run_serve_bench, terminal_progress
+
+    load = ServeLoad(
+        url=args.serve,
+        concurrency=concurrency_levels(args.concurrency, "1,8,32,64"),
+        input_len=args.input_len,
+        output_len=args.output_len,
+        rounds=args.rounds,
+        model=args.model,
+    )
+    model, results = asyncio.run(run_serve_bench(load, terminal_progress))
+    print("\n".join(format_results(load, model, results)))
+    if args.json:
+        args.json.write_text(results_json(load, model, results))
+    if all(r.failed == r.requests for r in results):
+        print(f"tandem: error: every request failed: {results[0].first_error}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.serve:
+        return run_serve(args)
     from tandem.bench.image_shapes import IMAGE_SHAPES
 
     if args.shape in IMAGE_SHAPES:
@@ -86,6 +143,10 @@ def run(args: argparse.Namespace) -> int:
     if args.plans:
         from tandem.bench.plans import compare_plans, parse_plans
 
+        concurrency = concurrency_levels(args.concurrency, "0")
+        if len(concurrency) != 1:
+            raise InvalidRequestError("with --plans, --concurrency takes one number")
+
         # each plan's report is kept beside the JSON as soon as the plan ends
         results = args.json.parent / f"{args.json.stem}-plans" if args.json else None
         lines = compare_plans(
@@ -93,7 +154,7 @@ def run(args: argparse.Namespace) -> int:
             parse_plans(args.plans),
             lengths,
             args.decode_tokens,
-            args.concurrency,
+            concurrency[0],
             results,
             profile=args.profile,
         )

@@ -8,6 +8,7 @@ from pathlib import Path
 from tandem import settings
 from tandem.errors import TandemError
 from tandem.node.options import DEFAULT_PORT
+from tandem.protocol.runner import DEFAULT_QUEUE_LIMIT
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -56,10 +57,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "default, or TANDEM_OPEN_API=1: only this machine, or other machines with the API key",
     )
     parser.add_argument(
-        "--requests-per-slot",
+        "--queue-limit",
         type=int,
-        default=4,
-        help="in-flight API requests this node admits per KV-cache slot of an instance (default 4)",
+        default=DEFAULT_QUEUE_LIMIT,
+        metavar="N",
+        help="requests an instance whose rank 0 runs here holds beyond its KV-cache slots, waiting; "
+        f"one more is answered 429 with Retry-After (default {DEFAULT_QUEUE_LIMIT})",
     )
 
 
@@ -91,13 +94,13 @@ def options_from_args(args: argparse.Namespace):
         models_dirs=tuple(args.models_dir),
         api_key=args.api_key or settings.api_key(),
         open_api=args.open_api or settings.open_api(),
-        requests_per_slot=args.requests_per_slot,
+        queue_limit=args.queue_limit,
     )
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.requests_per_slot < 1:
-        raise TandemError("--requests-per-slot must be at least 1")
+    if args.queue_limit < 0:
+        raise TandemError("--queue-limit must be 0 or more")
     from tandem.node.app import run_node
 
     run_node(options_from_args(args))

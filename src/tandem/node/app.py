@@ -57,13 +57,7 @@ def create_app(service: NodeService) -> FastAPI:
     app.include_router(cluster_routes.router)
     mount_dashboard(app)
     options = service.node.options
-    mount_api(
-        app,
-        service,
-        api_key=options.api_key,
-        requests_per_slot=options.requests_per_slot,
-        open_api=options.open_api,
-    )
+    mount_api(app, service, api_key=options.api_key, open_api=options.open_api)
     return app
 
 

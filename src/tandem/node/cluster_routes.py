@@ -31,7 +31,7 @@ from tandem.node.models import describe_card, describe_model, find_models
 from tandem.node.service import NodeService
 from tandem.protocol import codec
 from tandem.protocol.codec import ProtocolError
-from tandem.protocol.control import LaunchRequest
+from tandem.protocol.control import InstanceLoad, LaunchRequest
 from tandem.protocol.runner import GenerateRequest
 from tandem.store.catalog import catalog
 
@@ -141,6 +141,15 @@ async def instance(instance_id: str, request: Request) -> dict[str, Any]:
     if found is None:
         raise UnknownInstance(f"no instance {instance_id}")
     return codec.to_json(found)
+
+
+@router.get(
+    "/v1/instances/{instance_id}/load",
+    summary="The instance's requests now: held by its runner, waiting, and the queue limit",
+    response_model=InstanceLoad,
+)
+async def load(instance_id: str, request: Request) -> dict[str, Any]:
+    return codec.to_json(await service_of(request).instances.load(instance_id))
 
 
 @router.delete("/v1/instances/{instance_id}", summary="Stop a model instance", response_model=StoppedInstance)

@@ -156,6 +156,11 @@ async def internal_stop(request: Request, instance_id: str) -> Response:
     return await answer(request, None, lambda service, _: service.instances.stop(instance_id))
 
 
+@router.get("/internal/instances/{instance_id}/load")
+async def internal_load(request: Request, instance_id: str) -> Response:
+    return await answer(request, None, lambda service, _: service.instances.load(instance_id))
+
+
 @router.post("/internal/instances/{instance_id}/generate")
 async def internal_generate(request: Request, instance_id: str) -> Response:
     body = await verified_body(request)

@@ -43,7 +43,14 @@ from tandem.node.model_files import ModelFiles
 from tandem.node.models import check_requested_model
 from tandem.node.node import Node
 from tandem.node.options import HEARTBEAT_INTERVAL
-from tandem.protocol.control import Done, LaunchRequest, RunnerStarted, StartRunner, StopRunners
+from tandem.protocol.control import (
+    Done,
+    InstanceLoad,
+    LaunchRequest,
+    RunnerStarted,
+    StartRunner,
+    StopRunners,
+)
 from tandem.protocol.runner import GenerateRequest, RequestEvent, RunnerSpec, ends_request
 
 log = logging.getLogger("tandem.instances")
@@ -227,6 +234,7 @@ class InstanceManager:
             request.spec,
             model_dir=str(await self.files.ensure_stage(request.spec.model_dir, request.spec.stage)),
             threads=self.node.options.runner_threads,
+            queue_limit=self.node.options.queue_limit,  # the node running rank 0 sets it
         )
         runner = await self.node.supervisor.start(spec)
         self._runner_started[spec.instance_id] = time.monotonic()
@@ -366,6 +374,26 @@ class InstanceManager:
             detail = f": {instance.error}" if instance.error else ""
             raise InvalidRequestError(f"instance {instance_id} is {instance.status}{detail}")
         return instance
+
+    async def load(self, instance_id: str) -> InstanceLoad:
+        """The instance's request counts, from the node of its rank-0 runner."""
+        instance = await self.ready_instance(instance_id)
+        if instance.driver_node != self.node.node_id:
+            address = self.node.address_of(instance.driver_node)
+            if address is None:
+                raise PeerUnreachable(f"node {instance.driver_node} is not reachable")
+            return await self.node.control.call(
+                address,
+                "GET",
+                f"/internal/instances/{instance_id}/load",
+                reply=InstanceLoad,
+                to=instance.driver_node,
+            )
+        runner = self.node.supervisor.driver(instance_id)
+        if runner is None:
+            raise TandemError(f"instance {instance_id} has no runner on this node")
+        spec = runner.spec
+        return InstanceLoad(runner.load.requests, runner.load.waiting, spec.num_slots, spec.queue_limit)
 
     async def generate(self, instance_id: str, request: GenerateRequest) -> AsyncIterator[RequestEvent]:
         """Events of one request, wherever the instance's rank 0 runs. Closing the iterator early

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tandem.protocol.runner import DEFAULT_QUEUE_LIMIT
+
 DEFAULT_PORT = 52525
 HEARTBEAT_INTERVAL = 1.0  # seconds between heartbeats to each peer
 PEER_TIMEOUT = 5.0  # a peer not heard from for this long has left
@@ -27,5 +29,6 @@ class NodeOptions:
     models_dirs: tuple[Path, ...] = ()  # folders of checkpoint directories to offer (--models-dir)
     api_key: str | None = None  # --api-key, else TANDEM_API_KEY; None: no key
     open_api: bool = False  # --open-api / TANDEM_OPEN_API=1: other machines may use the API and dashboard
-    requests_per_slot: int = 4  # in-flight API requests per KV-cache slot of an instance, at this node
+    # Requests an instance whose rank 0 runs here holds beyond its slots (one more: 429).
+    queue_limit: int = DEFAULT_QUEUE_LIMIT
     extra: dict = field(default_factory=dict)

@@ -22,6 +22,7 @@ from tandem.protocol.runner import (
     Generate,
     GenerateRequest,
     Listening,
+    Load,
     Ready,
     RequestError,
     RequestEvent,
@@ -54,6 +55,7 @@ class RunnerProcess:
         self.listening: asyncio.Future[int] = loop.create_future()
         self.ready: asyncio.Future[Ready] = loop.create_future()
         self.requests: dict[str, asyncio.Queue[RequestEvent]] = {}
+        self.load = Load(0, 0)  # rank 0's latest count of its requests
         self.stopping = False
         self.reader = asyncio.create_task(self._read_events())
 
@@ -77,6 +79,7 @@ class RunnerProcess:
         for future in (self.listening, self.ready):
             if not future.done():
                 future.set_exception(RunnerExited(message))
+                future.exception()  # a waiter still gets it; nobody waiting (rank 0 alone never listens) is no error
         for request_id, queue in self.requests.items():
             queue.put_nowait(RequestError(message, request_id))
         self.requests.clear()
@@ -96,6 +99,8 @@ class RunnerProcess:
             if not self.ready.done():
                 self.ready.set_result(event)
             await self._report("ready", event.report.parameter_bytes, None)
+        elif isinstance(event, Load):
+            self.load = event
         elif isinstance(event, Failed):
             self.stopping = True  # the exit that follows is this failure, reported here once
             await self._report("failed", None, event.message)

@@ -10,6 +10,7 @@ signs and sends them, `node/control_routes.py` verifies and answers them).
     POST /internal/instances                  LaunchRequest -> Instance
     DELETE /internal/instances/{id}           -> Done
     POST /internal/instances/{id}/generate    GenerateRequest -> JSON lines of RequestEvent
+    GET  /internal/instances/{id}/load        -> InstanceLoad
     POST /internal/files/prepare              PrepareStage -> PreparedStage
     GET  /internal/files/manifest?repo&revision  -> RepoManifest
 An error reply is `Refusal` with a status of 400 or more.
@@ -95,6 +96,16 @@ class LaunchRequest:
             raise ValueError(
                 "model: name a model (a catalog id, a Hugging Face repo id, a directory or 'demo')"
             )
+
+
+@dataclass(frozen=True)
+class InstanceLoad:
+    """An instance's requests now, as its rank 0 counts them (`GET /v1/instances/{id}/load`)."""
+
+    requests: int  # held by the runner: running or waiting
+    waiting: int  # waiting for a place in the engine
+    slots: int  # the instance's KV-cache slots (`sequences`)
+    queue_limit: int  # requests held beyond the slots; the next one is refused (429)
 
 
 @dataclass(frozen=True)

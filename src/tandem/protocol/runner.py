@@ -2,8 +2,8 @@
 commands it reads on stdin and the events it writes on stdout, one JSON message a line.
 
     node -> runner:  Generate | Abort | Shutdown
-    runner -> node:  Listening | Ready | Failed            (about the runner)
-                     Accepted | Rejected | Token | Finished | RequestError   (about one request)
+    runner -> node:  Listening | Ready | Failed | Load     (about the runner)
+                     Accepted | Rejected | Busy | Token | Finished | RequestError   (about one request)
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from tandem.protocol import codec
 from tandem.settings import EngineOptions
 
 Backend = Literal["gloo", "nccl"]
+DEFAULT_QUEUE_LIMIT = 64  # requests an instance holds beyond its slots, waiting for room
 
 
 @dataclass(frozen=True)
@@ -86,8 +87,12 @@ class RunnerSpec:
     # Weights drawn at random with this seed instead of read from `model_dir` (which then needs
     # only its config.json): the benchmark's shapes; None: the checkpoint's weights.
     random_weights_seed: int | None = None
+    # Requests rank 0 holds beyond `num_slots`; one more is refused with `Busy`.
+    queue_limit: int = DEFAULT_QUEUE_LIMIT
 
     def __post_init__(self) -> None:
+        if self.queue_limit < 0:
+            raise ValueError(f"queue_limit must be 0 or more, got {self.queue_limit}")
         if not 0 <= self.rank < self.world_size:
             raise ValueError(f"rank {self.rank} is outside a world of {self.world_size}")
         if self.layout.world_size != self.world_size:
@@ -243,6 +248,25 @@ class Rejected:
 
 
 @dataclass(frozen=True)
+class Busy:
+    """The request was refused because the instance's queue is full; nothing ran. Retry later."""
+
+    TAG: ClassVar[str] = "busy"
+    request_id: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Load:
+    """Rank 0's requests now: those it holds (`requests`), of which `waiting` wait for a place in
+    the engine. Sent whenever either changes."""
+
+    TAG: ClassVar[str] = "load"
+    requests: int
+    waiting: int
+
+
+@dataclass(frozen=True)
 class TopLogprob:
     token_id: int
     token: str
@@ -285,8 +309,8 @@ class RequestError:
     request_id: str | None = None
 
 
-RequestEvent = Accepted | Rejected | Token | Finished | RequestError
-RunnerEvent = Listening | Ready | Failed | RequestEvent
+RequestEvent = Accepted | Rejected | Busy | Token | Finished | RequestError
+RunnerEvent = Listening | Ready | Failed | Load | RequestEvent
 
 
 def ends_request(event: RequestEvent) -> bool:

@@ -1,9 +1,16 @@
 """Rank 0's request loop: commands from the node in, token events out, one JSON message a line
-(`tandem.protocol.runner`: Generate, Abort, Shutdown in; Accepted, Rejected, Token, Finished out).
+(`tandem.protocol.runner`: Generate, Abort, Shutdown in; Accepted, Rejected, Busy, Token,
+Finished and Load out).
 
 Prompts are turned into token ids on the reader thread, not in the step loop, and each is
 measured against the context before it is tokenized (`prompt_size_problem`): a prompt far too
 long for the context is refused at once instead of stalling every stream while it is tokenized.
+
+Admission: the runner holds at most its slots plus `queue_limit` requests; one more is refused
+with `Busy` (the API answers 429), so a flood meets a clear answer instead of an ever-longer
+queue. Counted from the requests held, not from those the engine has yet to start, so a burst
+that arrives before a step is judged by the room it will find. The counts go to the node as `Load` whenever they change, which is how the
+node (and its tests) see that an aborted request left the engine.
 """
 
 from __future__ import annotations
@@ -21,11 +28,14 @@ from tandem.errors import TandemError
 from tandem.protocol import codec
 from tandem.protocol.codec import ProtocolError
 from tandem.protocol.runner import (
+    DEFAULT_QUEUE_LIMIT,
     Abort,
     Accepted,
+    Busy,
     Finished,
     Generate,
     GenerateRequest,
+    Load,
     Rejected,
     RunnerCommand,
     RunnerEvent,
@@ -151,14 +161,19 @@ class Driver:
         vocab_size: int | None = None,
         keep_alive: Callable[[], None] | None = None,
         keep_alive_seconds: float = 60.0,
+        num_slots: int = 1,
+        queue_limit: int = DEFAULT_QUEUE_LIMIT,
     ) -> None:
         self.engine = engine
+        self.num_slots = num_slots
+        self.queue_limit = queue_limit
         self.emit = emit
         self.vocab_size = vocab_size  # token ids at or above it would index past the embedding
         self.keep_alive = keep_alive
         self.keep_alive_seconds = keep_alive_seconds
         self.request_of: dict[int, str] = {}  # seq_id -> request_id
         self.seq_of: dict[str, int] = {}
+        self._reported = Load(0, 0)
 
     def handle(self, command: RunnerCommand | Rejected) -> bool:
         """Apply one command; False when it asks the loop to stop."""
@@ -176,8 +191,32 @@ class Driver:
                 self.emit(Finished(request_id, "abort"))
         return True
 
+    def waiting(self) -> int:
+        """Requests queued in the engine that have not started (no KV cache held yet)."""
+        return len(self.engine.scheduler.waiting)
+
+    def load(self) -> Load:
+        return Load(requests=len(self.seq_of), waiting=self.waiting())
+
+    def report_load(self) -> None:
+        """Send the counts when they changed since the last report."""
+        load = self.load()
+        if load != self._reported:
+            self._reported = load
+            self.emit(load)
+
     def _generate(self, request_id: str, request: GenerateRequest) -> None:
         resumed = list(request.resume_ids)
+        held = len(self.seq_of)
+        if held >= self.num_slots + self.queue_limit:
+            self.emit(
+                Busy(
+                    request_id,
+                    f"the instance's queue is full ({held} requests: {self.num_slots} slots and "
+                    f"a queue limit of {self.queue_limit}); retry shortly",
+                )
+            )
+            return
         try:
             prompt_ids = prompt_ids_of(self.engine, request, self.vocab_size)
             params = request.params
@@ -241,5 +280,7 @@ class Driver:
                     command = commands.get_nowait()
                 except queue.Empty:
                     command = None
+            self.report_load()
             for event in self.engine.step():
                 self.publish(event)
+            self.report_load()

@@ -36,6 +36,8 @@ def run(spec: RunnerSpec, emit: Emit) -> None:
             vocab_size=rank.stage.config.vocab_size,
             keep_alive=rank.keep_alive(),
             keep_alive_seconds=spec.keep_alive_seconds,
+            num_slots=spec.num_slots,
+            queue_limit=spec.queue_limit,
         ).run(commands)
     finally:
         rank.close()
