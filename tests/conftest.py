@@ -20,6 +20,7 @@ from netns import lan
 # tier. `pytest -m "not slow"` runs the rest in under two minutes on two cores; CI runs all.
 SLOW_MODULES = {
     "api/test_anthropic.py",
+    "api/test_content_type.py",
     "api/test_fuzz.py",
     "api/test_load.py",
     "api/test_ollama.py",

@@ -15,6 +15,7 @@ from tandem.api.auth import ApiGate
 from tandem.api.cluster import ClusterAccess
 from tandem.api.cluster_schemas import GenerateEvent
 from tandem.api.errors import install_error_handlers
+from tandem.api.json_bodies import JsonBodies
 from tandem.api.ollama_schemas import OllamaChatResponse, OllamaGenerateResponse
 from tandem.api.openai_schemas import ChatCompletionChunk, TextCompletion
 from tandem.api.openapi import install_openapi
@@ -31,10 +32,12 @@ STREAMED_SCHEMAS = [
 
 
 def mount_api(app: FastAPI, cluster: ClusterAccess, api_key: str | None, requests_per_slot: int) -> None:
-    """Add the API routes, the error formats, the API key check and the OpenAPI additions."""
+    """Add the API routes, the error formats, the API key check, JSON bodies whatever their
+    content type, and the OpenAPI additions."""
     app.state.serving = Serving(cluster, requests_per_slot)
     for module in (openai, anthropic, models, ollama, ollama_models):
         app.include_router(module.router)
     install_error_handlers(app)
     app.add_middleware(ApiGate, api_key=api_key)
+    app.add_middleware(JsonBodies)
     install_openapi(app, STREAMED_SCHEMAS, api_key_required=api_key is not None)
