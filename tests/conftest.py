@@ -23,6 +23,7 @@ SLOW_MODULES = {
     "api/test_content_type.py",
     "api/test_fuzz.py",
     "api/test_load.py",
+    "api/test_metrics.py",
     "api/test_ollama.py",
     "api/test_openai.py",
     "api/test_serving.py",

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 from tandem.api.errors import APIError, context_code
+from tandem.api.metrics import RequestTimer
 from tandem.cluster.state import Instance
 from tandem.errors import TandemError, UnknownInstance
 from tandem.protocol.runner import Accepted, Rejected, RequestEvent, Token
@@ -38,11 +39,16 @@ class Completion:
 
 class Generation:
     def __init__(
-        self, events: AsyncIterator[RequestEvent], release: Callable[[], None], instance: Instance
+        self,
+        events: AsyncIterator[RequestEvent],
+        release: Callable[[], None],
+        instance: Instance,
+        timer: RequestTimer,
     ) -> None:
         self.events = events
         self.release = release
         self.instance = instance
+        self.timer = timer
         self.prompt_tokens = 0
         self.completion_tokens = 0
         self.finished = False
@@ -57,9 +63,11 @@ class Generation:
         try:
             first = await anext(self.events)  # type: ignore[call-overload]
         except UnknownInstance as error:
+            self.timer.finished("failed")
             await self.aclose()
             raise APIError(404, str(error), code="model_not_found") from None
         except (TandemError, StopAsyncIteration) as error:
+            self.timer.finished("failed")
             await self.aclose()
             detail = str(error) or "the instance ended the request before taking it"
             raise APIError(503, f"instance {self.instance.instance_id} is not available: {detail}") from None
@@ -69,8 +77,10 @@ class Generation:
         if isinstance(first, Accepted):
             self.prompt_tokens = first.prompt_tokens
             self.accepted_at = time.monotonic()
+            self.timer.accepted(first.prompt_tokens)
             return
         self.finished = True
+        self.timer.finished("rejected" if isinstance(first, Rejected) else "failed")
         await self.aclose()
         message = getattr(first, "message", None) or type(first).TAG
         if isinstance(first, Rejected):
@@ -84,22 +94,27 @@ class Generation:
                 if isinstance(event, Token):
                     self.completion_tokens += 1
                     self.first_token_at = self.first_token_at or time.monotonic()
+                    self.timer.token()
                     self.finished = event.finish_reason is not None
                     if self.finished:
                         self.ended_at = time.monotonic()
+                        self.timer.finished("ok")
                         self.release()  # the instance is done with it, before the client hears so
                     yield event
                     if self.finished:
                         return
                 elif not isinstance(event, Accepted):
                     self.finished = True
+                    self.timer.finished("failed")
                     raise GenerationFailed(getattr(event, "message", None) or "the request was aborted")
         except GenerationFailed:
             raise
         except TandemError as error:  # the stream from another node broke
             self.finished = True
+            self.timer.finished("failed")
             raise GenerationFailed(str(error)) from None
         self.finished = True
+        self.timer.finished("failed")
         raise GenerationFailed("the instance's event stream ended before the request finished")
 
     async def collect(self) -> Completion:
@@ -132,6 +147,7 @@ class Generation:
         self._closed = True
         try:
             if not self.finished:
+                self.timer.finished("aborted")
                 log.info(
                     "instance %s: the client left after %d tokens; aborting its request",
                     self.instance.instance_id,

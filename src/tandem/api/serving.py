@@ -20,6 +20,7 @@ from tandem.api.cluster import ClusterAccess
 from tandem.api.errors import APIError
 from tandem.api.generation import Generation
 from tandem.api.limits import InFlightLimits
+from tandem.api.metrics import ServingMetrics
 from tandem.cluster.placement import Infeasible
 from tandem.cluster.state import Instance
 from tandem.errors import TandemError
@@ -37,6 +38,7 @@ class Serving:
     def __init__(self, cluster: ClusterAccess, requests_per_slot: int) -> None:
         self.cluster = cluster
         self.limits = InFlightLimits(requests_per_slot)
+        self.metrics = ServingMetrics(cluster.node_id, lambda: cluster.state, self.limits.in_flight)
         self._launch_locks: dict[str, asyncio.Lock] = {}
 
     def instances(self) -> tuple[Instance, ...]:
@@ -128,7 +130,8 @@ class Serving:
         runner has accepted it. The caller owns the returned generation and must close it."""
         instance = await self.instance_for(name)
         release = self.limits.admit(instance)
-        generation = Generation(self.cluster.generate(instance.instance_id, command), release, instance)
+        events = self.cluster.generate(instance.instance_id, command)
+        generation = Generation(events, release, instance, self.metrics.timer(instance))
         await generation.start()
         return generation
 
