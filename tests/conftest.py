@@ -49,6 +49,7 @@ SLOW_MODULES = {
     "runner/test_wire.py",
     "store/test_download.py",
     "store/test_download_errors.py",
+    "store/test_ollama_pull.py",
     "store/test_peer_files.py",
 }
 

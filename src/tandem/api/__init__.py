@@ -9,13 +9,14 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from tandem.api import anthropic, metrics, models, ollama, ollama_models, openai
+from tandem.api import anthropic, metrics, models, ollama, ollama_models, ollama_pull, openai
 from tandem.api.anthropic_schemas import Message
 from tandem.api.auth import ApiGate
 from tandem.api.cluster import ClusterAccess
 from tandem.api.cluster_schemas import GenerateEvent
 from tandem.api.errors import install_error_handlers
 from tandem.api.json_bodies import JsonBodies
+from tandem.api.ollama_pull import OllamaPullStatus
 from tandem.api.ollama_schemas import OllamaChatResponse, OllamaGenerateResponse
 from tandem.api.openai_schemas import ChatCompletionChunk, TextCompletion
 from tandem.api.openapi import install_openapi
@@ -27,6 +28,7 @@ STREAMED_SCHEMAS = [
     Message,
     OllamaChatResponse,
     OllamaGenerateResponse,
+    OllamaPullStatus,
     GenerateEvent,
 ]
 
@@ -35,7 +37,7 @@ def mount_api(app: FastAPI, cluster: ClusterAccess, api_key: str | None, request
     """Add the API routes, the error formats, the API key check, JSON bodies whatever their
     content type, and the OpenAPI additions."""
     app.state.serving = Serving(cluster, requests_per_slot)
-    for module in (openai, anthropic, models, ollama, ollama_models, metrics):
+    for module in (openai, anthropic, models, ollama, ollama_models, ollama_pull, metrics):
         app.include_router(module.router)
     install_error_handlers(app)
     app.add_middleware(ApiGate, api_key=api_key)

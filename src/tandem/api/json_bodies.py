@@ -29,7 +29,7 @@ def with_json_type(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, byte
 
 
 class JsonBodies:
-    """ASGI middleware: a POST/PUT/PATCH to a public API route is read as JSON."""
+    """ASGI middleware: a body sent to a public API route (POST, PUT, PATCH, DELETE) is read as JSON."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -37,7 +37,7 @@ class JsonBodies:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if (
             scope["type"] == "http"
-            and scope["method"] in ("POST", "PUT", "PATCH")
+            and scope["method"] in ("POST", "PUT", "PATCH", "DELETE")
             and is_public_api(scope["path"])
         ):
             content_types = [value for key, value in scope["headers"] if key.lower() == b"content-type"]

@@ -2,8 +2,8 @@
 
 `model` names a running instance by the model it was launched with (a catalog name, a directory)
 or by its instance id. When several instances serve the model, the one with the fewest requests
-in flight here (per slot) takes it. When none runs and the name is one the cluster can serve
-(`catalog.servable_model_names`), this node asks the coordinator to launch one and waits for it
+in flight here (per slot) takes it. When none runs and the name is one a request may launch
+(`catalog.launchable_by_name`: the demo, a catalog id, a repo id), this node asks the coordinator to launch one and waits for it
 (one ask per name at a time at this node; the coordinator answers asks from several nodes with
 the one instance it launched first); if the model does not fit, the answer says why.
 """
@@ -15,7 +15,7 @@ import logging
 
 from fastapi import Request
 
-from tandem.api.catalog import servable_model_names
+from tandem.api.catalog import launchable_by_name, servable_model_names
 from tandem.api.cluster import ClusterAccess
 from tandem.api.errors import APIError
 from tandem.api.generation import Generation
@@ -26,6 +26,8 @@ from tandem.cluster.state import Instance
 from tandem.errors import TandemError
 from tandem.protocol.control import LaunchRequest
 from tandem.protocol.runner import GenerateRequest
+from tandem.store.fetch import FilesUnavailable
+from tandem.store.hub import HubRefused, HubUnreachable
 
 log = logging.getLogger("tandem.api")
 
@@ -77,7 +79,7 @@ class Serving:
             instance = self._pick(name)
         if instance is not None:
             return await self._settled(instance)
-        if name not in servable_model_names():
+        if not launchable_by_name(name):
             failed = self.matching(name)
             if failed:
                 raise APIError(503, f"instance {failed[0].instance_id} of {name} failed: {failed[0].error}")
@@ -108,7 +110,10 @@ class Serving:
             instance = self._pick(name)  # a request that held the lock before us may have launched it
             if instance is not None:
                 return await self._settled(instance)
-            placement = await asyncio.to_thread(self.cluster.plan, LaunchRequest(name))
+            try:
+                placement = await asyncio.to_thread(self.cluster.plan, LaunchRequest(name))
+            except TandemError as error:
+                raise planning_error(name, error) from None
             if isinstance(placement, Infeasible):
                 raise APIError(
                     400,
@@ -134,6 +139,16 @@ class Serving:
         generation = Generation(events, release, instance, self.metrics.timer(instance))
         await generation.start()
         return generation
+
+
+def planning_error(name: str, error: TandemError) -> APIError:
+    """The answer when a named model cannot even be planned: the Hub has no such repo (404), its
+    files cannot be fetched now (503), or the model is one Tandem cannot run (400)."""
+    if isinstance(error, HubRefused):
+        return APIError(404, f"model {name!r}: {error}", code="model_not_found", param="model")
+    if isinstance(error, (HubUnreachable, FilesUnavailable)):
+        return APIError(503, f"model {name!r}: {error}")
+    return APIError(400, f"model {name!r}: {error}", param="model")
 
 
 def serving_of(request: Request) -> Serving:
