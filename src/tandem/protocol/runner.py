@@ -152,6 +152,7 @@ class GenerateRequest:
     messages: tuple[ChatMessage, ...] | None = None
     prompt_ids: tuple[int, ...] | None = None
     params: SamplingParams = field(default_factory=SamplingParams)
+    embed: bool = False  # the input's embedding (an `Embedding` event) instead of generated tokens
 
     def __post_init__(self) -> None:
         given = [name for name in ("prompt", "messages", "prompt_ids") if getattr(self, name) is not None]
@@ -272,6 +273,15 @@ class Finished:
 
 
 @dataclass(frozen=True)
+class Embedding:
+    """The embedding of an `embed` request's input: its one answer after `Accepted`."""
+
+    TAG: ClassVar[str] = "embedding"
+    request_id: str
+    vector: tuple[float, ...]
+
+
+@dataclass(frozen=True)
 class RequestError:
     """The request failed while running (its runner exited, a peer went away)."""
 
@@ -280,7 +290,7 @@ class RequestError:
     request_id: str | None = None
 
 
-RequestEvent = Accepted | Rejected | Token | Finished | RequestError
+RequestEvent = Accepted | Rejected | Token | Embedding | Finished | RequestError
 RunnerEvent = Listening | Ready | Failed | RequestEvent
 
 

@@ -11,6 +11,7 @@ import threading
 from collections.abc import Callable
 from typing import TextIO
 
+from tandem.engine.embedding import Embedder
 from tandem.engine.engine import LLMEngine, TokenEvent
 from tandem.errors import TandemError
 from tandem.protocol import codec
@@ -18,6 +19,7 @@ from tandem.protocol.codec import ProtocolError
 from tandem.protocol.runner import (
     Abort,
     Accepted,
+    Embedding,
     Finished,
     Generate,
     GenerateRequest,
@@ -100,8 +102,10 @@ class Driver:
         vocab_size: int | None = None,
         keep_alive: Callable[[], None] | None = None,
         keep_alive_seconds: float = 60.0,
+        embedder: Embedder | str = "this model does not embed",
     ) -> None:
         self.engine = engine
+        self.embedder = embedder  # or why this instance cannot embed
         self.emit = emit
         self.vocab_size = vocab_size  # token ids at or above it would index past the embedding
         self.keep_alive = keep_alive
@@ -126,6 +130,9 @@ class Driver:
         return True
 
     def _generate(self, request_id: str, request: GenerateRequest) -> None:
+        if request.embed:
+            self._embed(request_id, request)
+            return
         try:
             prompt_ids = prompt_ids_of(self.engine, request, self.vocab_size)
             seq_id = self.engine.add_request(prompt_ids, request.params)
@@ -135,6 +142,20 @@ class Driver:
         self.request_of[seq_id] = request_id
         self.seq_of[request_id] = seq_id
         self.emit(Accepted(request_id, len(prompt_ids)))
+
+    def _embed(self, request_id: str, request: GenerateRequest) -> None:
+        """Embeddings run at once, between engine steps: one forward pass over the input."""
+        if isinstance(self.embedder, str):
+            self.emit(Rejected(request_id, self.embedder))
+            return
+        try:
+            ids = prompt_ids_of(self.engine, request, self.vocab_size)
+            vector = self.embedder.embed(ids)
+        except TandemError as error:
+            self.emit(Rejected(request_id, str(error)))
+            return
+        self.emit(Accepted(request_id, len(ids)))
+        self.emit(Embedding(request_id, tuple(vector)))
 
     def publish(self, event: TokenEvent) -> None:
         request_id = self.request_of.get(event.seq_id)

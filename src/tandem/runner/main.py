@@ -35,6 +35,7 @@ def run(spec: RunnerSpec, emit: Emit) -> None:
             vocab_size=rank.stage.config.vocab_size,
             keep_alive=rank.keep_alive(),
             keep_alive_seconds=spec.keep_alive_seconds,
+            embedder=rank.embedder(),
         ).run(commands)
     finally:
         rank.close()
