@@ -21,6 +21,7 @@ from netns import lan
 SLOW_MODULES = {
     "api/test_anthropic.py",
     "api/test_content_type.py",
+    "api/test_embeddings.py",
     "api/test_fuzz.py",
     "api/test_load.py",
     "api/test_metrics.py",

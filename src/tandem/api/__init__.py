@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from tandem.api import anthropic, metrics, models, ollama, ollama_models, ollama_pull, openai
+from tandem.api import anthropic, embeddings, metrics, models, ollama, ollama_models, ollama_pull, openai
 from tandem.api.anthropic_schemas import Message
 from tandem.api.auth import ApiGate
 from tandem.api.cluster import ClusterAccess
@@ -37,7 +37,7 @@ def mount_api(app: FastAPI, cluster: ClusterAccess, api_key: str | None, request
     """Add the API routes, the error formats, the API key check, JSON bodies whatever their
     content type, and the OpenAPI additions."""
     app.state.serving = Serving(cluster, requests_per_slot)
-    for module in (openai, anthropic, models, ollama, ollama_models, ollama_pull, metrics):
+    for module in (openai, anthropic, models, ollama, ollama_models, ollama_pull, embeddings, metrics):
         app.include_router(module.router)
     install_error_handlers(app)
     app.add_middleware(ApiGate, api_key=api_key)

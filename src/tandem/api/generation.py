@@ -17,7 +17,7 @@ from tandem.api.errors import APIError, context_code
 from tandem.api.metrics import RequestTimer
 from tandem.cluster.state import Instance
 from tandem.errors import TandemError, UnknownInstance
-from tandem.protocol.runner import Accepted, Rejected, RequestEvent, Token
+from tandem.protocol.runner import Accepted, Embedding, Rejected, RequestError, RequestEvent, Token
 
 log = logging.getLogger("tandem.api")
 
@@ -139,6 +139,24 @@ class Generation:
             stop_sequence=last.stop_sequence,
             tokens=tokens,
         )
+
+    async def embedding(self) -> tuple[float, ...]:
+        """The embedding of an `embed` request, its one event after `Accepted`; closes the
+        generation. A failure is a 503."""
+        try:
+            event: RequestEvent = await anext(self.events)  # type: ignore[call-overload]
+        except (TandemError, StopAsyncIteration) as error:
+            event = RequestError(str(error) or "the event stream ended before the embedding")
+        except BaseException:
+            await self.aclose()  # the client left: counted as aborted
+            raise
+        self.finished = True
+        self.timer.finished("ok" if isinstance(event, Embedding) else "failed")
+        await self.aclose()
+        if isinstance(event, Embedding):
+            return event.vector
+        message = getattr(event, "message", None) or type(event).TAG
+        raise APIError(503, f"the request failed on instance {self.instance.instance_id}: {message}")
 
     async def aclose(self) -> None:
         """End the request: abort it if it is still running (its slot comes back); idempotent."""
