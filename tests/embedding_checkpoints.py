@@ -18,8 +18,17 @@ MODE_KEYS = {
 }
 
 
-def build_embedding_checkpoint(directory: Path, family: str, mode: str, normalize: bool) -> TinyCheckpoint:
-    checkpoint = build_checkpoint(directory, family)
+def build_embedding_checkpoint(
+    directory: Path, family: str, mode: str, normalize: bool, bare: bool = False
+) -> TinyCheckpoint:
+    """`bare`: the weights saved from the decoder alone (no `model.` prefix, no head), the way
+    sentence-transformers saves embedding models; the config then ties the head."""
+    checkpoint = build_checkpoint(directory, family, **({"tie_word_embeddings": True} if bare else {}))
+    if bare:
+        for weights in directory.glob("*.safetensors"):
+            weights.unlink()
+        checkpoint.model.model.save_pretrained(directory)  # writes the bare decoder's config too
+        checkpoint.model.config.save_pretrained(directory)  # the causal LM's config, as those repos ship
     modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"}]
     modules.append(
         {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from safetensors import safe_open
 
 from embedding_checkpoints import build_embedding_checkpoint, reference_embedding
 from tandem.engine.embedding import Embedder
@@ -13,14 +14,31 @@ from tandem.model.pooling import Pooling, read_pooling
 from tandem.model.tokenizer import Tokenizer
 from tandem.runner.assemble import local_spec, start_rank
 
+
+def safetensors_names(directory) -> set[str]:
+    names = set()
+    for path in directory.glob("*.safetensors"):
+        with safe_open(path, "pt") as weights:
+            names |= set(weights.keys())
+    return names
+
+
 TEXTS = ["The quick brown fox", "jumps over the lazy dog again and again", "a"]
 
 
 @pytest.mark.parametrize(
-    ("family", "mode", "normalize"), [("qwen3-qknorm", "last", True), ("llama-gqa", "mean", False)]
+    ("family", "mode", "normalize", "bare"),
+    [
+        ("qwen3-qknorm", "last", True, False),
+        ("qwen3-qknorm", "last", True, True),
+        ("llama-gqa", "mean", False, False),
+    ],
 )
-def test_embeddings_equal_transformers(tmp_path, family, mode, normalize):
-    checkpoint = build_embedding_checkpoint(tmp_path / "model", family, mode, normalize)
+def test_embeddings_equal_transformers(tmp_path, family, mode, normalize, bare):
+    checkpoint = build_embedding_checkpoint(tmp_path / "model", family, mode, normalize, bare)
+    if bare:  # the layout sentence-transformers saves: no `model.` prefix, no head
+        names = safetensors_names(checkpoint.path)
+        assert "embed_tokens.weight" in names and not any(n.startswith(("model.", "lm_head")) for n in names)
     assert read_pooling(checkpoint.path) == Pooling(mode, normalize)  # type: ignore[arg-type]
     rank = start_rank(local_spec(checkpoint.path, device="cpu", dtype="float32", max_context=64))
     embedder = rank.embedder()
