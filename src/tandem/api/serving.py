@@ -142,12 +142,11 @@ class Serving:
 
 
 def planning_error(name: str, error: TandemError) -> APIError:
-    """The answer when a named model cannot even be planned: the Hub has no such repo (404), its
-    files cannot be fetched now (503), or the model is one Tandem cannot run (400)."""
-    if isinstance(error, HubRefused):
+    """The answer when a named model cannot even be planned: the Hub has no such repo, or its
+    files are neither here nor reachable now (404, with what to do), or the model is one Tandem
+    cannot run (400)."""
+    if isinstance(error, (HubRefused, HubUnreachable, FilesUnavailable)):
         return APIError(404, f"model {name!r}: {error}", code="model_not_found", param="model")
-    if isinstance(error, (HubUnreachable, FilesUnavailable)):
-        return APIError(503, f"model {name!r}: {error}")
     return APIError(400, f"model {name!r}: {error}", param="model")
 
 
