@@ -4,15 +4,19 @@ listed and a request naming it launches it, `delete` removes it."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import ollama
+import openai
 import pytest
 
 from api.api_expected import greedy, user
+from hub_standin import HubStandIn
 from nodes import start_node, wait_for
 from store_support import REPO
 from tandem.runner.assemble import create_local_engine
+from tandem.store.catalog import find_card
 
 PROMPT = "The quick brown fox"
 
@@ -84,3 +88,27 @@ def test_unknown_models_are_clear_errors(node):
 
 def hub_cache(env: dict[str, str]) -> Path:
     return Path(env["HF_HOME"]) / "hub"
+
+
+def test_a_catalog_id_in_a_request_launches_its_repo(tmp_path, sharded):
+    """`qwen2.5-0.5b` stands for its repo: the stand-in serves the tiny model under that repo id."""
+    card = find_card("qwen2.5-0.5b")
+    assert card is not None
+    with HubStandIn({card.repo: sharded.path}) as stand_in:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
+        env = {**env, "HF_HOME": str(tmp_path / "hf"), "HF_ENDPOINT": stand_in.url}
+        node = start_node(tmp_path, "node", [], env=env)
+        try:
+            wait_for(node.cluster, timeout=60, what="the node to answer")
+            engine = create_local_engine(sharded.path, device="cpu", dtype="float32", max_context=256)
+            expected = greedy(engine, messages=user(PROMPT), max_tokens=6)
+            with openai.OpenAI(base_url=f"{node.url}/v1", api_key="unused", max_retries=0) as client:
+                reply = client.chat.completions.create(
+                    model=card.id, messages=user(PROMPT), temperature=0, max_tokens=6
+                )
+            assert reply.choices[0].message.content == expected.text
+            (instance,) = node.http.get("/v1/instances").json()
+            assert instance["model"] == card.id
+            assert (tmp_path / "hf" / "hub" / ("models--" + card.repo.replace("/", "--"))).is_dir()
+        finally:
+            node.stop()
