@@ -1,6 +1,7 @@
 """Models by name through the official `ollama` client against a live node whose Hub is the
 stand-in: `pull` streams progress whose total is known from its first line, the pulled model is
-listed and a request naming it launches it, `delete` removes it."""
+listed and a request naming it launches it, `delete` removes it; a catalog id in an OpenAI
+request launches the repo it stands for."""
 
 from __future__ import annotations
 
