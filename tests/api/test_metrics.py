@@ -5,33 +5,13 @@ from __future__ import annotations
 
 import openai
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from nodes import running_nodes
 
 from .api_expected import PROMPTS, greedy, user
+from .metrics_support import scrape, total
 
 MAX_TOKENS = 6
-
-
-def scrape(node) -> dict[tuple[str, frozenset], float]:
-    response = node.http.get("/metrics")
-    assert response.status_code == 200
-    assert response.headers["content-type"].startswith("text/plain")
-    samples = {}
-    for family in text_string_to_metric_families(response.text):
-        for sample in family.samples:
-            samples[sample.name, frozenset(sample.labels.items())] = sample.value
-    return samples
-
-
-def total(samples: dict, name: str, **labels: str) -> float:
-    wanted = set(labels.items())
-    return sum(
-        value
-        for (sample, sample_labels), value in samples.items()
-        if sample == name and wanted <= sample_labels
-    )
 
 
 @pytest.fixture(scope="module")

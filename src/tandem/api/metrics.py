@@ -4,7 +4,8 @@ Each node counts the requests it took (whichever node runs their instance), labe
 model and this node; gauges are read from the live state at each scrape:
 
     tandem_requests_total{outcome}           finished requests: ok, failed, aborted (client left),
-                                             rejected (the runner refused it: too long, bad settings)
+                                             rejected (the runner refused it: too long, bad settings),
+                                             refused (429: the instance's limit at this node)
     tandem_prompt_tokens_total               tokens in (as the runner counted the prompt)
     tandem_completion_tokens_total           tokens out
     tandem_time_to_first_token_seconds       from the request's admission to its first token
@@ -122,6 +123,10 @@ class ServingMetrics:
 
     def timer(self, instance: Instance) -> RequestTimer:
         return RequestTimer(self, instance)
+
+    def refused(self, instance: Instance) -> None:
+        """A request turned away at the instance's limit here (429)."""
+        self.requests.labels(instance.instance_id, instance.model, self.node_id, "refused").inc()
 
 
 class LiveGauges(Collector):

@@ -134,7 +134,11 @@ class Serving:
         """Find (or launch) the instance, admit the request under its limit, and wait until the
         runner has accepted it. The caller owns the returned generation and must close it."""
         instance = await self.instance_for(name)
-        release = self.limits.admit(instance)
+        try:
+            release = self.limits.admit(instance)
+        except APIError:
+            self.metrics.refused(instance)
+            raise
         events = self.cluster.generate(instance.instance_id, command)
         generation = Generation(events, release, instance, self.metrics.timer(instance))
         await generation.start()
