@@ -54,6 +54,20 @@ def test_openai_embeddings_equal_transformers(demo_node, embedding_model):
     assert "not an embedding model" in refused.value.message and refused.value.param == "model"
 
 
+def test_dimensions_keep_a_renormalised_prefix(demo_node, embedding_model):
+    model = str(embedding_model.path)
+    full = expected(embedding_model, TEXTS[0])
+    with openai.OpenAI(base_url=f"{demo_node.url}/v1", api_key="unused", max_retries=0) as client:
+        short = client.embeddings.create(model=model, input=TEXTS[0], dimensions=8, encoding_format="float")
+        with pytest.raises(openai.BadRequestError) as too_many:
+            client.embeddings.create(model=model, input=TEXTS[0], dimensions=len(full) + 1)
+    vector = torch.tensor(short.data[0].embedding)
+    torch.testing.assert_close(vector, torch.nn.functional.normalize(full[:8], dim=0), rtol=1e-5, atol=1e-5)
+    assert too_many.value.param == "dimensions"
+    ollama_short = ollama.Client(host=demo_node.url).embed(model=model, input=TEXTS[0], dimensions=8)
+    torch.testing.assert_close(torch.tensor(ollama_short.embeddings[0]), vector, rtol=1e-6, atol=1e-7)
+
+
 def test_ollama_embed_equals_transformers(demo_node, embedding_model):
     client = ollama.Client(host=demo_node.url)
     model = str(embedding_model.path)

@@ -8,6 +8,7 @@ that is not an embedding model is a 400 that says so.
 from __future__ import annotations
 
 import base64
+import math
 import struct
 import time
 from typing import Any, Literal
@@ -17,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from tandem.api.errors import APIError
 from tandem.api.serving import Serving, serving_of, without_default_tag
-from tandem.protocol.runner import GenerateRequest
+from tandem.protocol.runner import Embedding, GenerateRequest
 
 router = APIRouter()
 
@@ -34,7 +35,9 @@ class EmbeddingsRequest(BaseModel):
     encoding_format: Literal["float", "base64"] | None = Field(
         None, description="float (default) or base64: little-endian float32"
     )
-    dimensions: int | None = Field(None, ge=1, description="only the model's own size")
+    dimensions: int | None = Field(
+        None, ge=1, description="the first N components, renormalised when the model normalises"
+    )
     user: str | None = None
 
 
@@ -46,6 +49,7 @@ class OllamaEmbedRequest(BaseModel):
     truncate: bool | None = Field(None, description="accepted; an input longer than the context is a 400")
     options: dict[str, Any] | None = Field(None, description="accepted and ignored")
     keep_alive: int | float | str | None = Field(None, description="accepted and ignored")
+    dimensions: int | None = Field(None, ge=1, description="the first N components, renormalised")
 
 
 class OllamaEmbeddingsRequest(BaseModel):
@@ -78,9 +82,9 @@ def embed_commands(inputs: str | list[str] | list[int] | list[list[int]]) -> lis
 
 
 async def embed_all(
-    serving: Serving, model: str, commands: list[GenerateRequest]
+    serving: Serving, model: str, commands: list[GenerateRequest], dimensions: int | None = None
 ) -> tuple[list[tuple[float, ...]], int]:
-    """Every input's embedding, in order, and the tokens they held."""
+    """Every input's embedding, in order (shortened to `dimensions`), and the tokens they held."""
     vectors, tokens = [], 0
     for command in commands:
         try:
@@ -90,8 +94,27 @@ async def embed_all(
                 raise APIError(400, f"model {model!r}: {error.message}", param="model") from None
             raise
         tokens += generation.prompt_tokens
-        vectors.append(await generation.embedding())
+        vectors.append(shortened(await generation.embedding(), dimensions))
     return vectors, tokens
+
+
+def shortened(embedding: Embedding, dimensions: int | None) -> tuple[float, ...]:
+    """The first `dimensions` components (Matryoshka-trained models such as Qwen3-Embedding keep
+    their meaning in a prefix), renormalised when the model normalises."""
+    vector = embedding.vector
+    if dimensions is None or dimensions == len(vector):
+        return vector
+    if dimensions > len(vector):
+        raise APIError(
+            400,
+            f"dimensions: the model embeds in {len(vector)} dimensions, not {dimensions}",
+            param="dimensions",
+        )
+    prefix = vector[:dimensions]
+    if not embedding.normalized:
+        return prefix
+    norm = math.sqrt(sum(x * x for x in prefix)) or 1.0
+    return tuple(x / norm for x in prefix)
 
 
 def encoded(vector: tuple[float, ...], encoding: str | None) -> list[float] | str:
@@ -102,10 +125,8 @@ def encoded(vector: tuple[float, ...], encoding: str | None) -> list[float] | st
 
 @router.post("/v1/embeddings", tags=["OpenAI"], summary="Embeddings (OpenAI-compatible)")
 async def embeddings(body: EmbeddingsRequest, request: Request) -> Any:
-    vectors, tokens = await embed_all(serving_of(request), body.model, embed_commands(body.input))
-    size = len(vectors[0])
-    if body.dimensions is not None and body.dimensions != size:
-        raise APIError(400, f"dimensions: {body.model} embeds in {size} dimensions only", param="dimensions")
+    commands = embed_commands(body.input)
+    vectors, tokens = await embed_all(serving_of(request), body.model, commands, body.dimensions)
     return {
         "object": "list",
         "data": [
@@ -121,7 +142,8 @@ async def embeddings(body: EmbeddingsRequest, request: Request) -> Any:
 async def ollama_embed(body: OllamaEmbedRequest, request: Request) -> Any:
     arrived = time.monotonic()
     commands = embed_commands(body.input if isinstance(body.input, str) else list(body.input))
-    vectors, tokens = await embed_all(serving_of(request), without_default_tag(body.model), commands)
+    model = without_default_tag(body.model)
+    vectors, tokens = await embed_all(serving_of(request), model, commands, body.dimensions)
     return {
         "model": body.model,
         "embeddings": [list(vector) for vector in vectors],

@@ -140,7 +140,7 @@ class Generation:
             tokens=tokens,
         )
 
-    async def embedding(self) -> tuple[float, ...]:
+    async def embedding(self) -> Embedding:
         """The embedding of an `embed` request, its one event after `Accepted`; closes the
         generation. A failure is a 503."""
         try:
@@ -154,7 +154,7 @@ class Generation:
         self.timer.finished("ok" if isinstance(event, Embedding) else "failed")
         await self.aclose()
         if isinstance(event, Embedding):
-            return event.vector
+            return event
         message = getattr(event, "message", None) or type(event).TAG
         raise APIError(503, f"the request failed on instance {self.instance.instance_id}: {message}")
 

@@ -279,6 +279,7 @@ class Embedding:
     TAG: ClassVar[str] = "embedding"
     request_id: str
     vector: tuple[float, ...]
+    normalized: bool = False  # scaled to unit length (so a prefix is renormalised when shortened)
 
 
 @dataclass(frozen=True)

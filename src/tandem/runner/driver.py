@@ -155,7 +155,7 @@ class Driver:
             self.emit(Rejected(request_id, str(error)))
             return
         self.emit(Accepted(request_id, len(ids)))
-        self.emit(Embedding(request_id, tuple(vector)))
+        self.emit(Embedding(request_id, tuple(vector), self.embedder.pooling.normalize))
 
     def publish(self, event: TokenEvent) -> None:
         request_id = self.request_of.get(event.seq_id)
