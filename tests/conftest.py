@@ -20,8 +20,11 @@ from netns import lan
 # tier. `pytest -m "not slow"` runs the rest in under two minutes on two cores; CI runs all.
 SLOW_MODULES = {
     "api/test_anthropic.py",
+    "api/test_content_type.py",
+    "api/test_embeddings.py",
     "api/test_fuzz.py",
     "api/test_load.py",
+    "api/test_metrics.py",
     "api/test_ollama.py",
     "api/test_openai.py",
     "api/test_prompt_size.py",
@@ -52,6 +55,7 @@ SLOW_MODULES = {
     "runner/test_wire.py",
     "store/test_download.py",
     "store/test_download_errors.py",
+    "store/test_ollama_pull.py",
     "store/test_peer_files.py",
 }
 

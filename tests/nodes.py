@@ -48,6 +48,12 @@ def wait_for(
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what or condition}: {last_error}")
 
 
+def offline(env: dict[str, str] | None) -> dict[str, str]:
+    """No test reaches the internet: a node is offline unless its test gives it a Hub (the
+    stand-in's HF_ENDPOINT), since a request may name any repo id."""
+    return {} if env is not None and "HF_ENDPOINT" in env else {"HF_HUB_OFFLINE": "1"}
+
+
 class NodeProcess:
     def __init__(
         self,
@@ -96,7 +102,7 @@ class NodeProcess:
             stdout=self.log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            env={**os.environ, "TANDEM_SECRET": secret, **(env or {})},
+            env={**os.environ, "TANDEM_SECRET": secret, **offline(env), **(env or {})},
         )
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else None
         self.http = httpx.Client(base_url=self.url, timeout=30.0, headers=headers)

@@ -23,9 +23,16 @@ def demo_engine():
 
 
 @pytest.fixture(scope="session")
-def demo_node(tmp_path_factory):
+def api_models_dir(tmp_path_factory):
+    """The demo node's --models-dir: tests put the checkpoints they launch on it by path here."""
+    return tmp_path_factory.mktemp("api-models")
+
+
+@pytest.fixture(scope="session")
+def demo_node(tmp_path_factory, api_models_dir):
     """A node serving the demo model (context 512, 8 sequences, float32: exact under batching);
-    `demo_node.instance` is its instance."""
-    with running_nodes(tmp_path_factory.mktemp("api"), 1) as (node,):
+    `demo_node.instance` is its instance. Checkpoints under `api_models_dir` launch on it by path."""
+    extra_args = ("--models-dir", str(api_models_dir))
+    with running_nodes(tmp_path_factory.mktemp("api"), 1, extra_args=extra_args) as (node,):
         node.instance = launch(node, model="demo", context=CONTEXT, dtype="float32")
         yield node

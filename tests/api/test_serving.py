@@ -15,6 +15,7 @@ import pytest
 from nodes import launch, running_nodes, start_node, wait_for
 
 from .api_expected import PROMPTS, greedy, user
+from .metrics_support import scrape, total
 
 LONG = {"max_tokens": 900, "extra_body": {"ignore_eos": True}}  # ~900 tokens: seconds of work
 WHOLE = {"max_tokens": 300, "extra_body": {"ignore_eos": True}}  # a third of that, run to the end
@@ -68,6 +69,7 @@ def idle(node, instance_id: str) -> bool:
 def test_requests_beyond_the_queue_limit_get_429_with_retry_after(one_slot_node):
     node = one_slot_node
     instance_id = node.instance["instance_id"]
+    before = scrape(node)
     with openai_client(node) as client:
         streams = [
             client.chat.completions.create(model="demo", messages=user(p), stream=True, **LONG)
@@ -89,9 +91,22 @@ def test_requests_beyond_the_queue_limit_get_429_with_retry_after(one_slot_node)
             assert anthropic_style.headers["retry-after"] == "1"
             ollama_style = node.http.post("/api/chat", json={"model": "demo", "messages": user("hi")})
             assert ollama_style.status_code == 429 and "queue is full" in ollama_style.json()["error"]
+            busy = scrape(node)  # /metrics sees the two in flight, and the three turned away
+            assert total(busy, "tandem_requests_in_flight", model="demo") == 2
+            assert 1 <= total(busy, "tandem_requests_waiting", model="demo") <= 2  # one slot
+            refused = total(busy, "tandem_requests_total", outcome="refused")
+            assert refused - total(before, "tandem_requests_total", outcome="refused") == 3
         finally:
             for stream in streams:
                 stream.close()
+        wait_for(
+            lambda: (
+                total(scrape(node), "tandem_requests_total", outcome="aborted")
+                - total(before, "tandem_requests_total", outcome="aborted")
+                == 2
+            ),
+            what="the two streams closed mid-answer to count as aborted",
+        )
 
         def served() -> bool:
             try:

@@ -107,3 +107,5 @@ def test_tandem_models_lists_the_catalog():
         row = next(line for line in lines if line.startswith(card.id + " "))
         assert card.repo in row and card.engine in row
     assert "671.0B (37.6B active)" in result.stdout
+    demo = lines[1].split()
+    assert demo[0] == "demo" and demo[1].endswith("M") and "(bundled" in lines[1] and "yes" in demo

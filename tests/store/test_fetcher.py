@@ -106,3 +106,22 @@ def test_a_server_that_ignores_ranges_still_completes_a_resumed_file(tmp_path, h
     assert [e.range for e in hub.log if e.path == f"/cdn/{sha}"] == ["bytes=30000-"]
     (record,) = board.snapshot()
     assert record.done_bytes == record.total_bytes  # the part it held was neither counted twice nor lost
+
+
+def test_a_download_knows_its_total_from_its_first_figures(tmp_path, hub, sharded):
+    board = DownloadBoard()
+    fetcher = ModelFetcher(
+        hub=Hub(endpoint=hub.url, token="", offline=False), board=board, cache_root=tmp_path
+    )
+    firsts = []
+    snapshot = fetcher.ensure(REPO, on_tracker=lambda tracker: firsts.append(tracker.snapshot()))
+    everything = sum(p.stat().st_size for p in snapshot.iterdir())
+    assert len(firsts) == 1 and firsts[0].total_bytes == everything  # config, tokenizer, every shard
+    assert firsts[0].files_total == len(METADATA) + 6
+    assert 0 < firsts[0].done_bytes < everything  # the metadata, fetched first to read the index
+    (done,) = board.snapshot()
+    assert done.status == "done" and done.done_bytes == done.total_bytes == everything
+    assert done.files_done == done.files_total == len(METADATA) + 6
+    again = []
+    fetcher.ensure(REPO, on_tracker=again.append)
+    assert again == []  # nothing missing: no download

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from tandem.api import anthropic, models, ollama, ollama_models, openai
+from tandem.api import anthropic, embeddings, metrics, models, ollama, ollama_models, ollama_pull, openai
 from tandem.api.anthropic_schemas import Message
 from tandem.api.auth import ApiGate
 from tandem.api.cluster import ClusterAccess
 from tandem.api.cluster_schemas import GenerateEvent
 from tandem.api.errors import install_error_handlers
+from tandem.api.json_bodies import JsonBodies
+from tandem.api.ollama_pull import OllamaPullStatus
 from tandem.api.ollama_schemas import OllamaChatResponse, OllamaGenerateResponse
 from tandem.api.openai_schemas import ChatCompletionChunk, TextCompletion
 from tandem.api.openapi import install_openapi
@@ -26,16 +28,19 @@ STREAMED_SCHEMAS = [
     Message,
     OllamaChatResponse,
     OllamaGenerateResponse,
+    OllamaPullStatus,
     GenerateEvent,
 ]
 
 
 def mount_api(app: FastAPI, cluster: ClusterAccess, api_key: str | None, open_api: bool = False) -> None:
     """Add the API routes, the error formats, the caller and API key checks (`open_api`: other
-    machines may call without a key) and the OpenAPI additions."""
+    machines may call without a key), JSON bodies whatever their content type, and the OpenAPI
+    additions."""
     app.state.serving = Serving(cluster)
-    for module in (openai, anthropic, models, ollama, ollama_models):
+    for module in (openai, anthropic, models, ollama, ollama_models, ollama_pull, embeddings, metrics):
         app.include_router(module.router)
     install_error_handlers(app)
     app.add_middleware(ApiGate, api_key=api_key, open_api=open_api)
+    app.add_middleware(JsonBodies)
     install_openapi(app, STREAMED_SCHEMAS, api_key_required=api_key is not None)

@@ -2,7 +2,7 @@
 checked before any route runs.
 
 With a key set (`tandem node --api-key KEY` or TANDEM_API_KEY), every public API route (`/v1/*`,
-`/api/*`) needs it, as `Authorization: Bearer KEY` (OpenAI and Ollama clients) or `x-api-key: KEY`
+`/api/*`, `/metrics`) needs it, as `Authorization: Bearer KEY` (OpenAI and Ollama clients) or `x-api-key: KEY`
 (Anthropic clients); either header works on every route. `/internal/*` routes carry the cluster
 secret's signatures instead, and the OpenAPI document and its pages stay open.
 """
@@ -22,7 +22,7 @@ MAX_BODY_BYTES = 32 * 2**20  # far above any context window's worth of text
 
 
 def needs_key(path: str) -> bool:
-    return path.startswith(("/v1/", "/api/")) or path in ("/v1", "/api")
+    return path.startswith(("/v1/", "/api/")) or path in ("/v1", "/api", "/metrics")
 
 
 def presented_key(headers: dict[str, str]) -> str | None:

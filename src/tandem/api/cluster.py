@@ -8,6 +8,7 @@ from typing import Protocol
 
 from tandem.cluster.placement import Infeasible, Placement
 from tandem.cluster.state import ClusterState, Instance
+from tandem.cluster.topology import DownloadProgress
 from tandem.protocol.control import LaunchRequest
 from tandem.protocol.runner import GenerateRequest, RequestEvent
 
@@ -45,4 +46,9 @@ class ClusterAccess(Protocol):
 
     def generate(self, instance_id: str, request: GenerateRequest) -> AsyncIterator[RequestEvent]:
         """The events of one request; closing the iterator early aborts the request."""
+        ...
+
+    def pull(self, model: str) -> AsyncIterator[DownloadProgress]:
+        """Fetch every file of `model` to this node, yielding its download's figures as they move
+        (nothing when every file is here already). Raises TandemError."""
         ...

@@ -19,9 +19,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
 from tandem.api.errors import APIError, context_code
+from tandem.api.metrics import RequestTimer
 from tandem.cluster.state import Instance
 from tandem.errors import TandemError, UnknownInstance
-from tandem.protocol.runner import Accepted, Busy, Rejected, RequestEvent, Token
+from tandem.protocol.runner import Accepted, Busy, Embedding, Rejected, RequestError, RequestEvent, Token
 
 log = logging.getLogger("tandem.api")
 
@@ -65,11 +66,13 @@ class Generation:
         events: AsyncIterator[RequestEvent],
         release: Callable[[], None],
         instance: Instance,
+        timer: RequestTimer,
         resume: Resume | None = None,
     ) -> None:
         self.events = events
         self.release = release
         self.instance = instance
+        self.timer = timer
         self.resume = resume
         self.sent_ids: list[int] = []
         self.resumes = 0
@@ -87,9 +90,11 @@ class Generation:
         try:
             first = await anext(self.events)  # type: ignore[call-overload]
         except UnknownInstance as error:
+            self.timer.finished("failed")
             await self.aclose()
             raise APIError(404, str(error), code="model_not_found") from None
         except (TandemError, StopAsyncIteration) as error:
+            self.timer.finished("failed")
             await self.aclose()
             detail = str(error) or "the instance ended the request before taking it"
             raise APIError(503, f"instance {self.instance.instance_id} is not available: {detail}") from None
@@ -99,8 +104,13 @@ class Generation:
         if isinstance(first, Accepted):
             self.prompt_tokens = first.prompt_tokens
             self.accepted_at = time.monotonic()
+            self.timer.accepted(first.prompt_tokens)
             return
         self.finished = True
+        outcome = (
+            "rejected" if isinstance(first, Rejected) else "refused" if isinstance(first, Busy) else "failed"
+        )
+        self.timer.finished(outcome)
         await self.aclose()
         message = getattr(first, "message", None) or type(first).TAG
         if isinstance(first, Rejected):
@@ -124,6 +134,7 @@ class Generation:
             except GenerationFailed as error:
                 if self.resume is None or self.resumes >= MAX_RESUMES:
                     self.finished = True
+                    self.timer.finished("failed")
                     raise
                 await self._resume_elsewhere(error)
 
@@ -134,9 +145,11 @@ class Generation:
                     self.completion_tokens += 1
                     self.sent_ids.append(event.token_id)
                     self.first_token_at = self.first_token_at or time.monotonic()
+                    self.timer.token()
                     self.finished = event.finish_reason is not None
                     if self.finished:
                         self.ended_at = time.monotonic()
+                        self.timer.finished("ok")
                         self.release()  # the instance is done with it, before the client hears so
                     yield event
                     if self.finished:
@@ -167,6 +180,7 @@ class Generation:
             resumed = await self.resume(lost, tuple(self.sent_ids))
         except GenerationFailed:
             self.finished = True
+            self.timer.finished("failed")
             self.release = lambda: None
             raise
         self.events, self.instance, self.release = resumed.events, resumed.instance, resumed.release
@@ -195,6 +209,24 @@ class Generation:
             tokens=tokens,
         )
 
+    async def embedding(self) -> Embedding:
+        """The embedding of an `embed` request, its one event after `Accepted`; closes the
+        generation. A failure is a 503."""
+        try:
+            event: RequestEvent = await anext(self.events)  # type: ignore[call-overload]
+        except (TandemError, StopAsyncIteration) as error:
+            event = RequestError(str(error) or "the event stream ended before the embedding")
+        except BaseException:
+            await self.aclose()  # the client left: counted as aborted
+            raise
+        self.finished = True
+        self.timer.finished("ok" if isinstance(event, Embedding) else "failed")
+        await self.aclose()
+        if isinstance(event, Embedding):
+            return event
+        message = getattr(event, "message", None) or type(event).TAG
+        raise APIError(503, f"the request failed on instance {self.instance.instance_id}: {message}")
+
     async def aclose(self) -> None:
         """End the request: abort it if it is still running (its slot comes back); idempotent."""
         if self._closed:
@@ -202,6 +234,7 @@ class Generation:
         self._closed = True
         try:
             if not self.finished:
+                self.timer.finished("aborted")
                 log.info(
                     "instance %s: the client left after %d tokens; aborting its request",
                     self.instance.instance_id,

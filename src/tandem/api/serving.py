@@ -2,8 +2,8 @@
 
 `model` names a running instance by the model it was launched with (a catalog name, a directory)
 or by its instance id. When several instances serve the model, the one with the fewest requests
-in flight here (per slot) takes it. When none runs and the name is one the cluster can serve
-(`catalog.servable_model_names`), this node asks the coordinator to launch one and waits for it
+in flight here (per slot) takes it. When none runs and the name is one a request may launch
+(`catalog.launchable_by_name`: the demo, a catalog id, a repo id), this node asks the coordinator to launch one and waits for it
 (one ask per name at a time at this node; the coordinator answers asks from several nodes with
 the one instance it launched first); if the model does not fit, the answer says why.
 """
@@ -17,16 +17,19 @@ from dataclasses import replace
 
 from fastapi import Request
 
-from tandem.api.catalog import servable_model_names
+from tandem.api.catalog import launchable_by_name, servable_model_names
 from tandem.api.cluster import ClusterAccess
 from tandem.api.errors import APIError
 from tandem.api.generation import Generation, GenerationFailed, Resumed
 from tandem.api.in_flight import InFlightCounts
+from tandem.api.metrics import ServingMetrics
 from tandem.cluster.placement import Infeasible
 from tandem.cluster.state import ClusterState, Instance
 from tandem.errors import TandemError
 from tandem.protocol.control import LaunchRequest
 from tandem.protocol.runner import Accepted, GenerateRequest
+from tandem.store.fetch import FilesUnavailable
+from tandem.store.hub import HubRefused, HubUnreachable
 
 log = logging.getLogger("tandem.api")
 
@@ -44,6 +47,7 @@ class Serving:
     def __init__(self, cluster: ClusterAccess) -> None:
         self.cluster = cluster
         self.in_flight = InFlightCounts()
+        self.metrics = ServingMetrics(cluster.node_id, lambda: cluster.state, self.in_flight.in_flight)
         self._launch_locks: dict[str, asyncio.Lock] = {}
 
     def instances(self) -> tuple[Instance, ...]:
@@ -82,7 +86,7 @@ class Serving:
             instance = self._pick(name)
         if instance is not None:
             return await self._settled(instance)
-        if name not in servable_model_names():
+        if not launchable_by_name(name):
             failed = self.matching(name)
             if failed:
                 raise APIError(503, f"instance {failed[0].instance_id} of {name} failed: {failed[0].error}")
@@ -113,7 +117,10 @@ class Serving:
             instance = self._pick(name)  # a request that held the lock before us may have launched it
             if instance is not None:
                 return await self._settled(instance)
-            placement = await asyncio.to_thread(self.cluster.plan, LaunchRequest(name))
+            try:
+                placement = await asyncio.to_thread(self.cluster.plan, LaunchRequest(name))
+            except TandemError as error:
+                raise planning_error(name, error) from None
             if isinstance(placement, Infeasible):
                 raise APIError(
                     400,
@@ -139,9 +146,8 @@ class Serving:
         async def resume(lost: Instance, sent: tuple[int, ...]) -> Resumed:
             return await self._resume(command, lost, sent)
 
-        generation = Generation(
-            self.cluster.generate(instance.instance_id, command), release, instance, resume
-        )
+        events = self.cluster.generate(instance.instance_id, command)
+        generation = Generation(events, release, instance, self.metrics.timer(instance), resume)
         await generation.start()
         return generation
 
@@ -196,6 +202,15 @@ def successor_of(state: ClusterState, instance_id: str) -> Instance | str | None
         return successor
     refused = [e for e in state.history if e.kind == "not_replaced" and e.instance_id == instance_id]
     return refused[-1].message if refused else None
+
+
+def planning_error(name: str, error: TandemError) -> APIError:
+    """The answer when a named model cannot even be planned: the Hub has no such repo, or its
+    files are neither here nor reachable now (404, with what to do), or the model is one Tandem
+    cannot run (400)."""
+    if isinstance(error, (HubRefused, HubUnreachable, FilesUnavailable)):
+        return APIError(404, f"model {name!r}: {error}", code="model_not_found", param="model")
+    return APIError(400, f"model {name!r}: {error}", param="model")
 
 
 def serving_of(request: Request) -> Serving:

@@ -15,8 +15,33 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def format_parameters(total: int, active: int) -> str:
-    text = f"{total / 1e9:.1f}B" if total < 1e12 else f"{total / 1e12:.2f}T"
+    if total < 1e9:
+        text = f"{total / 1e6:.1f}M"
+    else:
+        text = f"{total / 1e9:.1f}B" if total < 1e12 else f"{total / 1e12:.2f}T"
     return text if active == total else f"{text} ({active / 1e9:.1f}B active)"
+
+
+def demo_row() -> tuple[str, ...]:
+    """The bundled demo model, first: it is always here and runs offline."""
+    from tandem.model.config import load_model_config
+    from tandem.store.resolve import DEMO_MODEL_DIR, DEMO_MODEL_NAME
+
+    config = load_model_config(DEMO_MODEL_DIR)
+    weights = sum(path.stat().st_size for path in DEMO_MODEL_DIR.glob("*.safetensors"))
+    dtype = SHORT_DTYPES.get(config.checkpoint_dtype, config.checkpoint_dtype)
+    return (
+        DEMO_MODEL_NAME,
+        format_parameters(config.total_parameter_count(), config.total_parameter_count()),
+        str(config.num_layers),
+        f"{config.max_position_embeddings // 1024}K"
+        if config.max_position_embeddings >= 1024
+        else str(config.max_position_embeddings),
+        f"{format_bytes(weights)} {dtype}",
+        "runs",
+        "yes",
+        "(bundled with Tandem)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -24,6 +49,8 @@ def run(args: argparse.Namespace) -> int:
     from tandem.store.resolve import local_status
 
     rows: list[tuple[str, ...]] = [COLUMNS]
+    if args.family in (None, "llama"):
+        rows.append(demo_row())
     for card in catalog():
         if args.family and card.family != args.family:
             continue

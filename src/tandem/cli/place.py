@@ -42,7 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--devices",
-        help="live cluster: force these stages in order, NODE_ID/cpu,NODE_ID/cuda:0; "
+        help="live cluster: force these stages in order, NODE/cpu,NODE/cuda:0 (NODE: a node id, its host name or an id prefix); "
         "'+' joins a stage's tensor-parallel group: A/cuda:0+A/cuda:1,B/cpu",
     )
     parser.add_argument(

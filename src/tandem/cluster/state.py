@@ -35,6 +35,7 @@ class RunnerState:
     parameter_bytes: int | None = None  # what the runner reports it loaded
     message: str | None = None
     stage: int = 0  # index of the pipeline stage in the placement
+    kv_cache_bytes: int | None = None  # the KV cache the runner reports it allocated
 
 
 @dataclass(frozen=True)
@@ -130,6 +131,7 @@ class RunnerReported:
     status: RunnerStatus
     parameter_bytes: int | None = None
     message: str | None = None
+    kv_cache_bytes: int | None = None
 
 
 @dataclass(frozen=True)
@@ -193,7 +195,13 @@ def _update_instance(state: ClusterState, instance_id: str, change) -> ClusterSt
 
 def _with_runner_report(instance: Instance, report: RunnerReported) -> Instance:
     runners = tuple(
-        replace(r, status=report.status, parameter_bytes=report.parameter_bytes, message=report.message)
+        replace(
+            r,
+            status=report.status,
+            parameter_bytes=report.parameter_bytes,
+            message=report.message,
+            kv_cache_bytes=report.kv_cache_bytes,
+        )
         if r.rank == report.rank
         else r
         for r in instance.runners

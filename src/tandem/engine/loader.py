@@ -47,10 +47,15 @@ StackedSources = dict[str, StackedSource]
 
 
 def checkpoint_name(name: str, config: ModelConfig, checkpoint: Checkpoint) -> str:
-    """The checkpoint tensor that fills parameter `name` (a tied head reads the embedding)."""
-    if name == TIED_HEAD[0] and name not in checkpoint and config.tie_word_embeddings:
-        return TIED_HEAD[1]
-    return name
+    """The checkpoint tensor that fills parameter `name`: a tied head reads the embedding, and a
+    checkpoint saved from the bare decoder (sentence-transformers saves embedding models such as
+    Qwen3-Embedding that way) names its tensors without the `model.` prefix."""
+    if name in checkpoint:
+        return name
+    if name == TIED_HEAD[0] and config.tie_word_embeddings:
+        return checkpoint_name(TIED_HEAD[1], config, checkpoint)
+    bare = name.removeprefix("model.")
+    return bare if bare != name and bare in checkpoint else name
 
 
 def _sources(model: torch.nn.Module) -> StackedSources:

@@ -51,7 +51,8 @@ class LaunchBody(BaseModel):
     context: int | None = Field(None, description="tokens per sequence (default: the model's, at most 4096)")
     sequences: int | None = Field(None, description="sequences served at once (KV-cache slots), default 8")
     devices: list[str] | None = Field(
-        None, description="force these devices in pipeline order: NODE_ID/cpu, ..."
+        None,
+        description="force these devices in pipeline order: NODE/cpu, ... (NODE: a node id, host name or id prefix)",
     )
     min_stages: int | None = Field(None, description="split over at least this many devices")
     quantize: Literal["int8", "int4"] | None = Field(

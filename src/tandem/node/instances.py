@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator
 from dataclasses import replace
 
 from tandem import settings
+from tandem.cluster.node_names import with_node_ids
 from tandem.cluster.placement import DeviceAddress, Infeasible, Placement, PlacementRequest, place
 from tandem.cluster.state import (
     HistoryNoted,
@@ -61,8 +62,8 @@ ORPHAN_GRACE_SECONDS = 15.0  # a runner whose instance this node has not yet hea
 
 
 def parse_devices(values: tuple[str, ...] | None) -> tuple[tuple[DeviceAddress, ...], ...] | None:
-    """Forced stages as "node_id/device" strings (several joined by "+" form a tensor-parallel
-    group: "a/cuda:0+a/cuda:1")."""
+    """Forced stages as "NODE/device" strings, NODE an id, a host name or an id prefix (several
+    joined by "+" form a tensor-parallel group: "a/cuda:0+a/cuda:1")."""
     if not values:
         return None
     stages = []
@@ -72,7 +73,7 @@ def parse_devices(values: tuple[str, ...] | None) -> tuple[tuple[DeviceAddress, 
             node_id, _, device = part.partition("/")
             if not node_id or not device:
                 raise InvalidRequestError(
-                    f"devices entries look like NODE_ID/cpu, NODE_ID/cuda:0 or A/cuda:0+B/cuda:0, not {value!r}"
+                    f"devices entries look like NODE/cpu, NODE/cuda:0 or A/cuda:0+B/cuda:0 (NODE: an id or a host name), not {value!r}"
                 )
             stage.append(DeviceAddress(node_id, device))
         stages.append(tuple(stage))
@@ -130,7 +131,7 @@ class InstanceManager:
         placement_request = PlacementRequest(
             context_length=context,
             num_sequences=request.sequences or DEFAULT_SEQUENCES,
-            devices=parse_devices(request.devices),
+            devices=with_node_ids(parse_devices(request.devices), self.node.state.nodes),
             min_stages=request.min_stages or 1,
             quantize=request.quantize,
             dtype=request.dtype,

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -21,6 +21,7 @@ from urllib.parse import urlencode
 import httpx
 
 from tandem.cluster.auth import NONCE_HEADER, AuthError, sign_request, verify_request
+from tandem.cluster.topology import DownloadProgress
 from tandem.errors import PeerUnreachable, TandemError
 from tandem.model.stage import LayerRange, StageSpec
 from tandem.node.control import REPLY_METHOD
@@ -30,7 +31,7 @@ from tandem.store.cache import RepoCache
 from tandem.store.fetch import ModelFetcher
 from tandem.store.manifest import RepoFile, RepoManifest
 from tandem.store.names import COMMIT_HASH, is_repo_id, is_revision
-from tandem.store.progress import DownloadBoard
+from tandem.store.progress import DownloadBoard, DownloadTracker
 from tandem.store.transfer import ByteStream, FileSource, open_http_stream
 
 if TYPE_CHECKING:
@@ -42,6 +43,7 @@ log = logging.getLogger("tandem.model_files")
 MANIFEST_TIMEOUT = httpx.Timeout(5.0, connect=2.0)
 FILE_TIMEOUT = httpx.Timeout(60.0, connect=3.0)
 PREPARE_TIMEOUT = 24 * 3600.0  # a node may download hundreds of GB before its runner can start
+PULL_REPORT_SECONDS = 0.25
 
 
 class PeerFiles:
@@ -128,6 +130,22 @@ class ModelFiles:
     async def ensure_stage(self, model: str, stage: StageSpec) -> Path:
         """A directory holding the files of `stage`, fetched first if need be."""
         return await asyncio.to_thread(self.fetcher.ensure, model, stage)
+
+    async def pull(self, model: str) -> AsyncIterator[DownloadProgress]:
+        """Fetch every file of `model` to this node (`ollama pull`): its download's figures every
+        PULL_REPORT_SECONDS while it runs, then its last; nothing when every file was here.
+        A client that stops listening does not stop the download. Raises TandemError."""
+        trackers: list[DownloadTracker] = []
+        fetching = asyncio.ensure_future(
+            asyncio.to_thread(self.fetcher.ensure, model, None, False, trackers.append)
+        )
+        while not fetching.done():
+            await asyncio.wait({fetching}, timeout=PULL_REPORT_SECONDS)
+            if trackers and not fetching.done():
+                yield trackers[0].snapshot()
+        fetching.result()
+        if trackers:
+            yield trackers[0].snapshot()
 
     async def prepare_instance(self, instance: Instance) -> None:
         """Every runner's node fetches its files at once, before any runner starts: a runner that

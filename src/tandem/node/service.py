@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from tandem.cluster.placement import Infeasible, Placement
 from tandem.cluster.secret import resolve_secret
 from tandem.cluster.state import ClusterState, Instance
+from tandem.cluster.topology import DownloadProgress
 from tandem.node.identity import load_or_create_node_id
 from tandem.node.instances import InstanceManager
 from tandem.node.model_files import ModelFiles
@@ -96,3 +97,6 @@ class NodeService:
 
     def generate(self, instance_id: str, request: GenerateRequest) -> AsyncIterator[RequestEvent]:
         return self.instances.generate(instance_id, request)
+
+    def pull(self, model: str) -> AsyncIterator[DownloadProgress]:
+        return self.files.pull(model)

@@ -30,6 +30,7 @@ from tandem.protocol.runner import (
     RunnerEvent,
     RunnerSpec,
     Shutdown,
+    StageReport,
     ends_request,
 )
 from tandem.settings import RENDEZVOUS_TOKEN_VARIABLE
@@ -86,9 +87,16 @@ class RunnerProcess:
         if not self.stopping:
             await self._report("failed", None, message)
 
-    async def _report(self, status, parameter_bytes: int | None, message: str | None) -> None:
+    async def _report(self, status, stage: StageReport | None, message: str | None) -> None:
         await self.report(
-            RunnerReported(self.spec.instance_id, self.spec.rank, status, parameter_bytes, message)
+            RunnerReported(
+                self.spec.instance_id,
+                self.spec.rank,
+                status,
+                stage.parameter_bytes if stage else None,
+                message,
+                stage.kv_cache_bytes if stage else None,
+            )
         )
 
     async def _dispatch(self, event: RunnerEvent) -> None:
@@ -98,7 +106,7 @@ class RunnerProcess:
         elif isinstance(event, Ready):
             if not self.ready.done():
                 self.ready.set_result(event)
-            await self._report("ready", event.report.parameter_bytes, None)
+            await self._report("ready", event.report, None)
         elif isinstance(event, Load):
             self.load = event
         elif isinstance(event, Failed):
@@ -184,13 +192,15 @@ class Supervisor:
             ready = runner.ready.done() and runner.ready.exception() is None
             exited = runner.process.returncode is not None and not runner.stopping
             status = "ready" if ready and not exited else ("failed" if exited else "starting")
+            stage = runner.ready.result().report if ready else None
             reports.append(
                 RunnerReported(
                     instance_id,
                     rank,
                     status,
-                    runner.ready.result().report.parameter_bytes if ready else None,
+                    stage.parameter_bytes if stage else None,
                     f"runner exited with code {runner.process.returncode}" if exited else None,
+                    stage.kv_cache_bytes if stage else None,
                 )
             )
         return tuple(reports)

@@ -160,6 +160,7 @@ class GenerateRequest:
     # A request resumed on a new instance after its old one was lost: the tokens it had already
     # sent. They are computed after the prompt, not sent again, and count against max_tokens.
     resume_ids: tuple[int, ...] = ()
+    embed: bool = False  # the input's embedding (an `Embedding` event) instead of generated tokens
 
     def __post_init__(self) -> None:
         given = [name for name in ("prompt", "messages", "prompt_ids") if getattr(self, name) is not None]
@@ -301,6 +302,16 @@ class Finished:
 
 
 @dataclass(frozen=True)
+class Embedding:
+    """The embedding of an `embed` request's input: its one answer after `Accepted`."""
+
+    TAG: ClassVar[str] = "embedding"
+    request_id: str
+    vector: tuple[float, ...]
+    normalized: bool = False  # scaled to unit length (so a prefix is renormalised when shortened)
+
+
+@dataclass(frozen=True)
 class RequestError:
     """The request failed while running (its runner exited, a peer went away)."""
 
@@ -309,7 +320,7 @@ class RequestError:
     request_id: str | None = None
 
 
-RequestEvent = Accepted | Rejected | Busy | Token | Finished | RequestError
+RequestEvent = Accepted | Rejected | Busy | Token | Embedding | Finished | RequestError
 RunnerEvent = Listening | Ready | Failed | Load | RequestEvent
 
 

@@ -30,6 +30,7 @@ import torch.distributed as dist
 from tandem import settings
 from tandem.engine.cuda.symmetric import group_all_reduce
 from tandem.engine.device import resolve_device, resolve_dtype
+from tandem.engine.embedding import Embedder
 from tandem.engine.engine import DEFAULT_MAX_PREFILL_TOKENS, LLMEngine
 from tandem.engine.executor import Executor, LocalExecutor
 from tandem.engine.loader import load_stage
@@ -42,6 +43,7 @@ from tandem.engine.parallel.latency import all_reduce_seconds
 from tandem.engine.random_weights import random_stage
 from tandem.errors import TandemError
 from tandem.model.config import context_size, load_model_config
+from tandem.model.pooling import read_pooling
 from tandem.model.tokenizer import Tokenizer
 from tandem.protocol.runner import RunnerSpec, StageReport
 from tandem.runner.pipeline import PipelineExecutor, serve_stage
@@ -82,6 +84,19 @@ class Rank:
         """What rank 0 calls while idle so the other ranks' waits do not time out."""
         executor = self.engine.executor if self.engine is not None else None
         return getattr(executor, "keep_alive", None)
+
+    def embedder(self) -> Embedder | str:
+        """What embeds this instance's inputs, or why nothing can: the checkpoint declares no
+        pooling (not an embedding model), or the model is split over several ranks."""
+        pooling = None if self.spec.random_weights_seed is not None else read_pooling(self.spec.model_dir)
+        if pooling is None:
+            return (
+                "this model is not an embedding model: its checkpoint declares no sentence-transformers "
+                "pooling (modules.json)"
+            )
+        if self.spec.world_size > 1:
+            return "embeddings need the model on one device; launch it with min_stages 1 on one device"
+        return Embedder(self.stage.model, pooling, self.spec.max_context)
 
     def close(self) -> None:
         """Rank 0: stop the other ranks (their serve loops return)."""

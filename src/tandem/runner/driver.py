@@ -23,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import TextIO
 
+from tandem.engine.embedding import Embedder
 from tandem.engine.engine import LLMEngine, TokenEvent
 from tandem.errors import TandemError
 from tandem.protocol import codec
@@ -32,6 +33,7 @@ from tandem.protocol.runner import (
     Abort,
     Accepted,
     Busy,
+    Embedding,
     Finished,
     Generate,
     GenerateRequest,
@@ -163,10 +165,12 @@ class Driver:
         keep_alive_seconds: float = 60.0,
         num_slots: int = 1,
         queue_limit: int = DEFAULT_QUEUE_LIMIT,
+        embedder: Embedder | str = "this model does not embed",
     ) -> None:
         self.engine = engine
         self.num_slots = num_slots
         self.queue_limit = queue_limit
+        self.embedder = embedder  # or why this instance cannot embed
         self.emit = emit
         self.vocab_size = vocab_size  # token ids at or above it would index past the embedding
         self.keep_alive = keep_alive
@@ -206,6 +210,9 @@ class Driver:
             self.emit(load)
 
     def _generate(self, request_id: str, request: GenerateRequest) -> None:
+        if request.embed:
+            self._embed(request_id, request)
+            return
         resumed = list(request.resume_ids)
         held = len(self.seq_of)
         if held >= self.num_slots + self.queue_limit:
@@ -229,6 +236,20 @@ class Driver:
         self.request_of[seq_id] = request_id
         self.seq_of[request_id] = seq_id
         self.emit(Accepted(request_id, len(prompt_ids)))
+
+    def _embed(self, request_id: str, request: GenerateRequest) -> None:
+        """Embeddings run at once, between engine steps: one forward pass over the input."""
+        if isinstance(self.embedder, str):
+            self.emit(Rejected(request_id, self.embedder))
+            return
+        try:
+            ids = prompt_ids_of(self.engine, request, self.vocab_size)
+            vector = self.embedder.embed(ids)
+        except TandemError as error:
+            self.emit(Rejected(request_id, str(error)))
+            return
+        self.emit(Accepted(request_id, len(ids)))
+        self.emit(Embedding(request_id, tuple(vector), self.embedder.pooling.normalize))
 
     def publish(self, event: TokenEvent) -> None:
         request_id = self.request_of.get(event.seq_id)

@@ -38,6 +38,7 @@ def run(spec: RunnerSpec, emit: Emit) -> None:
             keep_alive_seconds=spec.keep_alive_seconds,
             num_slots=spec.num_slots,
             queue_limit=spec.queue_limit,
+            embedder=rank.embedder(),
         ).run(commands)
     finally:
         rank.close()

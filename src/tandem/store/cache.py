@@ -113,6 +113,29 @@ class RepoCache:
             return 0
 
 
+def cached_repo_ids(root: Path | None = None) -> list[str]:
+    """Every repo the cache has a folder for (complete or not), as `ORG/NAME`."""
+    root = root or hub_cache_dir()
+    if not root.is_dir():
+        return []
+    return sorted(
+        folder.name.removeprefix("models--").replace("--", "/", 1)
+        for folder in root.iterdir()
+        if folder.is_dir() and folder.name.startswith("models--") and folder.name.count("--") == 2
+    )
+
+
+def remove_repo(repo_id: str, root: Path | None = None) -> int:
+    """Delete a repo's folder (every snapshot and blob) and its locks; returns the bytes freed."""
+    cache = RepoCache(repo_id, root)
+    if not cache.folder.is_dir():
+        return 0
+    freed = sum(path.stat().st_size for path in (cache.folder / "blobs").glob("*") if path.is_file())
+    shutil.rmtree(cache.folder)
+    shutil.rmtree(cache.root / ".locks" / cache.folder_name, ignore_errors=True)
+    return freed
+
+
 def check_disk_space(needed: int, directory: Path, what: str) -> None:
     """Refuse to start a download that cannot fit, before a byte is written."""
     existing = directory

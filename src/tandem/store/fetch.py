@@ -16,7 +16,7 @@ is at now, falling back to the cache when the Hub can't be reached.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -58,10 +58,24 @@ class _Download:
     hub_problem: TandemError | None = None
     layers: str | None = None
     tracker: DownloadTracker | None = None
+    on_tracker: Callable[[DownloadTracker], None] | None = None  # told of the tracker once it starts
 
     def sources_for(self, file: RepoFile) -> list[FileSource]:
         held = [source for source, manifest in self.peers if manifest.file(file.name) == file]
         return held + ([self.hub] if self.hub is not None else [])
+
+
+class _Untracked:
+    """The progress of files fetched before their download's tracker starts: not recorded."""
+
+    def advance(self, count: int) -> None:
+        pass
+
+    def fetching(self, file_name: str, source: str) -> None:
+        pass
+
+
+UNTRACKED = _Untracked()
 
 
 class ModelFetcher:
@@ -80,11 +94,18 @@ class ModelFetcher:
         self.cache_root = cache_root
 
     def ensure(
-        self, text: str, stage: StageSpec | LayerRange | None = None, metadata_only: bool = False
+        self,
+        text: str,
+        stage: StageSpec | LayerRange | None = None,
+        metadata_only: bool = False,
+        on_tracker: Callable[[DownloadTracker], None] | None = None,
     ) -> Path:
         """The directory holding `text`'s config and tokenizer files plus the weight files of
         `stage` (all weights when None; none when `metadata_only`), fetching what is missing.
-        A bare LayerRange is a stage of the model's own layer count (read from its config)."""
+        A bare LayerRange is a stage of the model's own layer count (read from its config).
+
+        The download's tracker starts once every file to fetch is known, so its first figures
+        already carry the whole total; `on_tracker` is told of it (never, if nothing was missing)."""
         name = parse_model_name(text, self.relative_paths)
         if name.kind != "repo":
             from tandem.store.resolve import resolve_model_dir
@@ -96,11 +117,15 @@ class ModelFetcher:
         if commit is not None and name.is_pinned and self._complete(cache, commit, stage, metadata_only):
             return cache.snapshot(commit)
         download = self._find_sources(name, cache)
+        download.on_tracker = on_tracker
         layers = stage.layers if isinstance(stage, StageSpec) else stage
         download.layers = f"{layers.start}:{layers.end}" if layers is not None else None
         snapshot = cache.snapshot(download.commit)
         try:
-            self._fetch(download, [f for f in download.files.values() if is_metadata_file(f.name)])
+            metadata = [f for f in download.files.values() if is_metadata_file(f.name)]
+            # Fetched untracked before the weights (the index says which weights), then counted
+            # with them, so the tracker's total is known from its first figures.
+            fetched = self._fetch(download, metadata, track=metadata_only)
             cache.set_ref(name.revision, download.commit)  # as the Hub client does: a resumed run finds it
             if not metadata_only:
                 if not (snapshot / "config.json").is_file():
@@ -109,7 +134,7 @@ class ModelFetcher:
                 unknown = sorted(wanted - set(download.files))
                 if unknown:
                     raise FilesUnavailable(self._unavailable(download, unknown))
-                self._fetch(download, [download.files[n] for n in sorted(wanted)])
+                self._fetch(download, [download.files[n] for n in sorted(wanted)], already=fetched)
         except TandemError as error:
             if download.tracker is not None:
                 download.tracker.fail(str(error))
@@ -195,26 +220,52 @@ class ModelFetcher:
 
     # --- fetching ---------------------------------------------------------------------------------
 
-    def _fetch(self, download: _Download, files: list[RepoFile]) -> None:
+    def _fetch(
+        self,
+        download: _Download,
+        files: list[RepoFile],
+        track: bool = True,
+        already: list[RepoFile] | None = None,
+    ) -> list[RepoFile]:
+        """Fetch the files of `files` the cache lacks; returns those fetched. A tracked fetch
+        also counts `already` (files this download fetched untracked) as done from its start."""
         cache, commit = download.cache, download.commit
         missing = [f for f in files if not cache.has(commit, f)]
         if not missing:
-            return
+            return []
         unfetchable = [f.name for f in missing if f.etag is None or not download.sources_for(f)]
         if unfetchable:
             raise FilesUnavailable(self._unavailable(download, unfetchable))
         needed = sum(f.size - cache.partial_bytes(f) for f in missing)
         count = f"{len(missing)} file{'s' if len(missing) != 1 else ''}"
         check_disk_space(needed, cache.folder, f"{download.name.text} ({count})")
-        if download.tracker is None:
-            download.tracker = self.board.start(download.name.text, cache.repo_id, commit, download.layers)
-        tracker = download.tracker
-        tracker.extend(len(missing), needed)
+        tracker = self._tracker(download, missing, needed, already or []) if track else None
         log.info("%s: fetching %d files, %s", download.name.text, len(missing), format_bytes(needed))
         for file in missing:
-            used = fetch_file(cache, commit, file, download.sources_for(file), tracker)
-            tracker.file_done()
+            used = fetch_file(cache, commit, file, download.sources_for(file), tracker or UNTRACKED)
+            if tracker is not None:
+                tracker.file_done()
             log.info("%s: %s (%s) from %s", download.name.text, file.name, format_bytes(file.size), used)
+        return missing
+
+    def _tracker(
+        self, download: _Download, missing: list[RepoFile], needed: int, already: list[RepoFile]
+    ) -> DownloadTracker:
+        if download.tracker is not None:
+            download.tracker.extend(len(missing), needed)
+            return download.tracker
+        done = sum(f.size for f in already)
+        download.tracker = self.board.start(
+            download.name.text,
+            download.cache.repo_id,
+            download.commit,
+            download.layers,
+            files=(len(already), len(already) + len(missing)),
+            size=(done, done + needed),
+        )
+        if download.on_tracker is not None:
+            download.on_tracker(download.tracker)
+        return download.tracker
 
 
 def _stage(snapshot: Path, stage: StageSpec | LayerRange | None) -> StageSpec | None:

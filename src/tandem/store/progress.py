@@ -86,17 +86,28 @@ class DownloadBoard:
         self._lock = threading.Lock()
         self._trackers: list[DownloadTracker] = []
 
-    def start(self, model: str, repo_id: str, commit: str, layers: str | None) -> DownloadTracker:
-        """A new download with nothing to fetch yet (`DownloadTracker.extend` adds files)."""
+    def start(
+        self,
+        model: str,
+        repo_id: str,
+        commit: str,
+        layers: str | None,
+        files: tuple[int, int] = (0, 0),
+        size: tuple[int, int] = (0, 0),
+    ) -> DownloadTracker:
+        """A new download of `files` (done, total) holding `size` bytes (done, total);
+        `DownloadTracker.extend` adds files later."""
         tracker = DownloadTracker(
             DownloadProgress(
                 model=model,
-                done_bytes=0,
-                total_bytes=0,
+                done_bytes=size[0],
+                total_bytes=size[1],
                 bytes_per_second=0.0,
                 repo_id=repo_id,
                 commit=commit,
                 layers=layers,
+                files_done=files[0],
+                files_total=files[1],
                 started_at=time.time(),
             )
         )

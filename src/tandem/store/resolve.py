@@ -8,11 +8,11 @@ from pathlib import Path
 from typing import Literal
 
 from tandem.errors import TandemError
-from tandem.store.cache import RepoCache
+from tandem.store.cache import RepoCache, cached_repo_ids
 from tandem.store.names import DEFAULT_REVISION, DEMO_MODEL_DIR, DEMO_MODEL_NAME, local_path, parse_model_name
 from tandem.store.selection import stage_weight_files
 
-__all__ = ["DEMO_MODEL_DIR", "DEMO_MODEL_NAME", "local_status", "resolve_model_dir"]
+__all__ = ["DEMO_MODEL_DIR", "DEMO_MODEL_NAME", "downloaded_repo_ids", "local_status", "resolve_model_dir"]
 
 
 def resolve_model_dir(name: str, relative_paths: bool = True) -> Path:
@@ -53,3 +53,8 @@ def local_status(repo_id: str, revision: str = DEFAULT_REVISION) -> Literal["com
     except TandemError:
         return "partial"
     return "complete" if wanted and wanted <= present else "partial"
+
+
+def downloaded_repo_ids() -> list[str]:
+    """The repos whose every weight file (at their default revision) is in the local cache."""
+    return [repo_id for repo_id in cached_repo_ids() if local_status(repo_id) == "complete"]

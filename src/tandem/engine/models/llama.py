@@ -285,11 +285,14 @@ class CausalLM(nn.Module):
         batch: AttentionBatch,
         kv_cache: KVCache,
         logit_rows: torch.Tensor | None = None,
+        with_head: bool = True,
     ) -> torch.Tensor:
         """inputs: token ids [B, T] (first stage) or hidden states [B, T, hidden].
 
         Returns hidden states [B, T, hidden], or on the last stage logits [R, vocab] for the
-        flattened token rows `logit_rows` (all rows when None).
+        flattened token rows `logit_rows` (all rows when None); without the head, the last
+        stage returns those rows' final hidden states [R, hidden] (after the final norm), which
+        embedding models pool.
         """
         if self.model.embed_tokens is not None:
             x = self.model.embed_tokens(inputs)  # [B, T, hidden]
@@ -308,4 +311,6 @@ class CausalLM(nn.Module):
             x = x[logit_rows]  # [R, hidden]
             residual = residual[logit_rows] if residual is not None else None
         normed, _ = _add_norm(self.model.norm, x, residual, owed)  # [R, hidden]
+        if not with_head:
+            return normed
         return ops.linear(self.lm_head, normed).float()  # [R, vocab]
