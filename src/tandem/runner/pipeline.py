@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 
 from tandem.engine.executor import SamplerStates
+from tandem.engine.grammar import Grammars
 from tandem.engine.interface import StageEngine
 from tandem.model.sampling_params import SamplingParams
 from tandem.model.step import StepPlan, TokenChoice
@@ -72,6 +73,7 @@ def serve_stage(
     layout: InstanceLayout,
     stage: int,
     channel: StageChannel | None = None,
+    grammars: Grammars | None = None,
 ) -> None:
     """The loop of the leader of every stage but the first: receive from the previous stage,
     share with its group (`channel`; None for a stage of one rank), compute, pass on (or, on the
@@ -80,7 +82,7 @@ def serve_stage(
     is_last = stage == layout.num_stages - 1
     previous = layout.leader(stage - 1)
     following = None if is_last else layout.leader(stage + 1)
-    samplers = SamplerStates(runner.config.vocab_size, runner.wire_device) if is_last else None
+    samplers = SamplerStates(runner.config.vocab_size, runner.wire_device, grammars) if is_last else None
     while True:
         header, hidden = wire.recv(src=previous)
         if not isinstance(header, Step | KeepAlive | Stop):
