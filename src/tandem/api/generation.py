@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from tandem.api.errors import APIError, context_code
 from tandem.cluster.state import Instance
 from tandem.errors import TandemError, UnknownInstance
+from tandem.model.tool_calls import FormatName
 from tandem.protocol.runner import Accepted, Rejected, RequestEvent, Token
 
 log = logging.getLogger("tandem.api")
@@ -44,6 +45,7 @@ class Generation:
         self.release = release
         self.instance = instance
         self.prompt_tokens = 0
+        self.tool_format: FormatName | None = None  # how the model writes calls, once accepted
         self.completion_tokens = 0
         self.finished = False
         self.started_at = time.monotonic()
@@ -68,6 +70,7 @@ class Generation:
             raise
         if isinstance(first, Accepted):
             self.prompt_tokens = first.prompt_tokens
+            self.tool_format = first.tool_format
             self.accepted_at = time.monotonic()
             return
         self.finished = True

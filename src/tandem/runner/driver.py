@@ -28,6 +28,7 @@ from tandem.protocol.runner import (
     Token,
     TopLogprob,
 )
+from tandem.runner.chat_request import ChatPrompt, chat_prompt
 
 Emit = Callable[[RunnerEvent], None]
 
@@ -71,19 +72,21 @@ def read_commands(stream: TextIO, commands: queue.Queue) -> None:
     commands.put(Shutdown())
 
 
-def prompt_ids_of(engine: LLMEngine, request: GenerateRequest, vocab_size: int | None = None) -> list[int]:
+def prompt_of(engine: LLMEngine, request: GenerateRequest, vocab_size: int | None = None) -> ChatPrompt:
+    """The prompt's token ids and the sampling settings to run it with (a chat's tools rendered,
+    a required call forced)."""
     tokenizer = engine.tokenizer
     if request.prompt_ids is not None:
         ids = list(request.prompt_ids)
         limit = vocab_size or (tokenizer.vocab_size if tokenizer else None)
         if limit is not None and any(not 0 <= t < limit for t in ids):
             raise TandemError(f"prompt_ids must be token ids between 0 and {limit - 1}")
-        return ids
+        return ChatPrompt(ids, request.params, None)
     if tokenizer is None:
         raise TandemError("this model has no tokenizer; send prompt_ids")
     if request.messages is not None:
-        return tokenizer.encode_chat([{"role": m.role, "content": m.content} for m in request.messages])
-    return tokenizer.encode(request.prompt or "")
+        return chat_prompt(tokenizer, request)
+    return ChatPrompt(tokenizer.encode(request.prompt or ""), request.params, None)
 
 
 class Driver:
@@ -127,14 +130,14 @@ class Driver:
 
     def _generate(self, request_id: str, request: GenerateRequest) -> None:
         try:
-            prompt_ids = prompt_ids_of(self.engine, request, self.vocab_size)
-            seq_id = self.engine.add_request(prompt_ids, request.params)
+            prompt = prompt_of(self.engine, request, self.vocab_size)
+            seq_id = self.engine.add_request(prompt.prompt_ids, prompt.params)
         except TandemError as error:
             self.emit(Rejected(request_id, str(error)))
             return
         self.request_of[seq_id] = request_id
         self.seq_of[request_id] = seq_id
-        self.emit(Accepted(request_id, len(prompt_ids)))
+        self.emit(Accepted(request_id, len(prompt.prompt_ids), prompt.tool_format))
 
     def publish(self, event: TokenEvent) -> None:
         request_id = self.request_of.get(event.seq_id)
