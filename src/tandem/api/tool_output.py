@@ -35,7 +35,7 @@ class CallStream:
     of the text and the calls."""
 
     def __init__(self, format_name: FormatName | None, prefix: str = "call_") -> None:
-        self.format_name = format_name
+        self.format_name: FormatName | None = format_name
         self.prefix = prefix
         self.marker = start_marker(format_name) if format_name else None
         self.text = ""

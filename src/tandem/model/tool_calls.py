@@ -120,12 +120,15 @@ def _json_object(text: str) -> str | None:
 
 
 def _call_from_object(value: Any, arguments_key: str) -> tuple[str, str] | None:
+    """(name, arguments as JSON object text) of a call written as a JSON object; None if it is not one."""
     if not isinstance(value, dict) or not isinstance(value.get("name"), str):
         return None
     arguments = value.get(arguments_key, value.get("arguments", {}))
     if isinstance(arguments, str):  # some models write the arguments as a JSON string
-        arguments = _json_object(arguments) or arguments
-        return value["name"], arguments
+        text = _json_object(arguments)
+        return None if text is None else (value["name"], text)
+    if not isinstance(arguments, dict):
+        return None
     return value["name"], json.dumps(arguments, ensure_ascii=False)
 
 
