@@ -25,6 +25,7 @@ SLOW_MODULES = {
     "api/test_ollama.py",
     "api/test_openai.py",
     "api/test_serving.py",
+    "api/test_tools.py",
     "bench/test_bench_cli.py",
     "cli/test_cluster_cli.py",
     "cli/test_generate_cli.py",
