@@ -102,8 +102,24 @@ def test_a_schema_that_does_not_compile_is_refused(engine):
     broken = OutputConstraint("json_schema", json.dumps({"type": "no-such-type"}))
     with pytest.raises(InvalidRequestError, match="json_schema"):
         engine.add_request(prompt, SamplingParams(constraint=broken))
+    assert not engine.has_work() and not engine.sequences
 
 
-def test_a_constraint_that_is_not_json_is_refused():
+def test_a_constraint_that_is_not_json_or_too_large_to_compile_is_refused():
     with pytest.raises(InvalidRequestError, match="not valid JSON"):
         OutputConstraint("json_schema", "{")
+    huge = {
+        "type": "object",
+        "properties": {"a": {"type": "array", "items": {"type": "string", "minLength": 10**9}}},
+    }
+    with pytest.raises(InvalidRequestError, match="above 4096"):
+        OutputConstraint.json_schema(huge)
+
+
+def test_a_schema_that_allows_nothing_ends_the_answer(engine):
+    prompt = engine.tokenizer.encode("Hark")
+    empty = OutputConstraint.json_schema({"oneOf": []})
+    events = list(engine.generate(prompt, SamplingParams(max_tokens=5, seed=1, constraint=empty)))
+    assert (
+        len(events) == 1 and events[0].token_id in engine.eos_token_ids and events[0].finish_reason == "stop"
+    )

@@ -88,10 +88,10 @@ class LLMEngine:
             )
         seq_id = next(self._ids)
         sequence = Sequence(seq_id, list(prompt_ids), params)
+        self.executor.start_sequence(seq_id, sequence.prompt_ids, params)  # may refuse (a bad grammar)
         self.sequences[seq_id] = sequence
         if self.tokenizer is not None:
             self._streams[seq_id] = TextStream(self.tokenizer, sequence.prompt_ids, params.stop)
-        self.executor.start_sequence(seq_id, sequence.prompt_ids, params)
         self.scheduler.add(sequence)
         return seq_id
 

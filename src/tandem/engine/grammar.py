@@ -10,6 +10,7 @@ xgrammar is imported only once a constraint arrives: the engine runs without it 
 from __future__ import annotations
 
 import functools
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -57,8 +58,16 @@ class Grammars:
             else:
                 compiled = self.compiler.compile_structural_tag(constraint.definition)
         except (RuntimeError, ValueError, TypeError) as error:
-            raise InvalidRequestError(f"cannot use the {constraint.kind} as a grammar: {error}") from None
+            raise InvalidRequestError(
+                f"cannot use the {constraint.kind} as a grammar: {reason(error)}"
+            ) from None
         return xgrammar.GrammarMatcher(compiled)
+
+
+def reason(error: Exception) -> str:
+    """xgrammar's message without its source location ("[time] file.cc:line: ")."""
+    first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    return re.sub(r"^\[[\d:]+\] \S+:\d+: ", "", first)
 
 
 def mask_logits(logits: torch.Tensor, matchers: list[xgrammar.GrammarMatcher | None]) -> torch.Tensor:
@@ -76,7 +85,13 @@ def mask_logits(logits: torch.Tensor, matchers: list[xgrammar.GrammarMatcher | N
         matcher = matchers[row]
         assert matcher is not None
         matcher.fill_next_token_bitmask(bitmask, row)
-    logits = logits.float().clone()  # the model's own tensor may be reused by a graph replay
-    backend = "cuda" if logits.is_cuda else "cpu"
-    xgrammar.apply_token_bitmask_inplace(logits, bitmask.to(logits.device), indices=rows, backend=backend)
-    return logits
+    masked = logits.float().clone()  # the model's own tensor may be reused by a graph replay
+    backend = "cuda" if masked.is_cuda else "cpu"
+    xgrammar.apply_token_bitmask_inplace(masked, bitmask.to(masked.device), indices=rows, backend=backend)
+    for row in rows:
+        if bool(torch.isinf(masked[row]).all()):  # a grammar that allows nothing (`oneOf: []`): end
+            matcher = matchers[row]
+            assert matcher is not None
+            masked[row] = float("-inf")
+            masked[row, list(matcher.stop_token_ids) or [0]] = 0.0
+    return masked

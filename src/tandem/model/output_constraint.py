@@ -11,6 +11,20 @@ from typing import Any, Literal
 from tandem.errors import InvalidRequestError
 
 ConstraintKind = Literal["json", "json_schema", "structural_tag"]
+# Counts a grammar unrolls (a string of at least n characters compiles to n states): above this,
+# a schema could keep the sampler compiling for minutes, so it is refused at the door.
+MAX_REPEAT = 4096
+REPEAT_KEYS = ("minLength", "maxLength", "minItems", "maxItems", "minProperties", "maxProperties")
+
+
+def largest_repeat(value: Any) -> int:
+    """The largest length or count bound anywhere in a JSON Schema (0 when there is none)."""
+    if isinstance(value, list):
+        return max((largest_repeat(item) for item in value), default=0)
+    if not isinstance(value, dict):
+        return 0
+    own = [v for k, v in value.items() if k in REPEAT_KEYS and isinstance(v, int | float)]
+    return max([0, *own, *(largest_repeat(item) for item in value.values())])
 
 
 @dataclass(frozen=True)
@@ -31,6 +45,8 @@ class OutputConstraint:
             raise InvalidRequestError(f"the {self.kind} is not valid JSON: {error}") from None
         if not isinstance(value, dict | bool):
             raise InvalidRequestError(f"the {self.kind} must be a JSON object")
+        if largest_repeat(value) > MAX_REPEAT:
+            raise InvalidRequestError(f"the {self.kind} asks for lengths or counts above {MAX_REPEAT}")
 
     @classmethod
     def any_json(cls) -> OutputConstraint:

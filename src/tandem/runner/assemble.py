@@ -118,8 +118,9 @@ def start_rank(spec: RunnerSpec, on_listening: Callable[[int], None] | None = No
     samples = spec.tp_rank == 0 and spec.stage_index == spec.layout.num_stages - 1
     tokenizer = _tokenizer(spec) if spec.is_driver or samples else None
     eos = tokenizer.eos_token_ids if tokenizer else frozenset(stage.config.eos_token_ids)
-    # The rank that samples compiles output constraints against the vocabulary.
-    grammars = Grammars(spec.model_dir, stage.config.vocab_size, eos) if tokenizer and samples else None
+    # The rank that samples compiles output constraints against the vocabulary (and rank 0 of a
+    # pipeline too, to refuse one that does not compile before it reaches the last stage).
+    grammars = Grammars(spec.model_dir, stage.config.vocab_size, eos) if tokenizer else None
     if spec.tp_rank > 0:
         rank.serve_loop = lambda: follow_leader(stage, channel)
     elif not spec.is_driver:
@@ -129,7 +130,7 @@ def start_rank(spec: RunnerSpec, on_listening: Callable[[int], None] | None = No
         executor: Executor
         if spec.layout.num_stages > 1:
             assert wire is not None
-            executor = PipelineExecutor(stage, wire, spec.layout, channel)
+            executor = PipelineExecutor(stage, wire, spec.layout, channel, grammars)
         elif spec.tp_size > 1:
             executor = TensorParallelExecutor(stage, channel, grammars)
         else:
