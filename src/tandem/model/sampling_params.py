@@ -31,6 +31,7 @@ class SamplingParams:
     stop_token_ids: tuple[int, ...] = ()
     ignore_eos: bool = False
     logprobs: int | None = None  # None: off; n >= 0: the chosen token's log-probability and the top n
+    skip_special_tokens: bool = True  # False: special tokens' text stays (a model's tool-call markers)
     constraint: OutputConstraint | None = None  # a grammar the output must follow (JSON, tool calls)
 
     def __post_init__(self) -> None:

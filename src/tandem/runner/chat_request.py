@@ -44,7 +44,8 @@ def chat_prompt(tokenizer: Tokenizer, request: GenerateRequest) -> ChatPrompt:
     if tool_format is None:
         raise InvalidRequestError("this model's chat template does not render tools")
     prompt_ids = tokenizer.encode_chat(messages, tools=[tool.template_value() for tool in tools])
-    params = request.params
+    # Some tokenizers hold a family's call markers as special tokens: keep their text to read calls.
+    params = replace(request.params, skip_special_tokens=False)
     if request.tool_choice == "required" or request.forced_tool is not None:
         if params.constraint is not None:
             raise InvalidRequestError("a required tool call and a response format cannot be asked together")
