@@ -196,6 +196,7 @@ def chat_request(body: OllamaChatRequest) -> GenerateRequest | None:
     "/api/chat",
     summary="Chat (Ollama-compatible); JSON lines unless stream is false",
     response_model=OllamaChatResponse,
+    response_model_exclude_unset=True,  # a message without calls has no `tool_calls`, as in Ollama
     responses=stream_response(OllamaChatResponse, NDJSON, "the reply, or JSON lines unless stream is false"),
 )
 async def chat(body: OllamaChatRequest, request: Request) -> Any:

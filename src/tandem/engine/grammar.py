@@ -86,10 +86,11 @@ def mask_logits(logits: torch.Tensor, matchers: list[xgrammar.GrammarMatcher | N
         assert matcher is not None
         matcher.fill_next_token_bitmask(bitmask, row)
     masked = logits.float().clone()  # the model's own tensor may be reused by a graph replay
-    backend = "cuda" if masked.is_cuda else "cpu"
-    xgrammar.apply_token_bitmask_inplace(masked, bitmask.to(masked.device), indices=rows, backend=backend)
-    for row in rows:
-        if bool(torch.isinf(masked[row]).all()):  # a grammar that allows nothing (`oneOf: []`): end
+    # xgrammar picks the kernel by device: its C++ loop on CPUs, a Triton kernel on GPUs.
+    xgrammar.apply_token_bitmask_inplace(masked, bitmask.to(masked.device), indices=rows)
+    allows_nothing = torch.isinf(masked[rows]).all(-1).tolist()  # one host sync for the batch
+    for row, dead in zip(rows, allows_nothing, strict=True):
+        if dead:  # a grammar that allows nothing (`oneOf: []`): end the answer
             matcher = matchers[row]
             assert matcher is not None
             masked[row] = float("-inf")
