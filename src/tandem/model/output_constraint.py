@@ -17,7 +17,7 @@ MAX_REPEAT = 4096
 REPEAT_KEYS = ("minLength", "maxLength", "minItems", "maxItems", "minProperties", "maxProperties")
 
 
-def largest_repeat(value: Any) -> int:
+def largest_repeat(value: Any) -> float:
     """The largest length or count bound anywhere in a JSON Schema (0 when there is none)."""
     if isinstance(value, list):
         return max((largest_repeat(item) for item in value), default=0)
