@@ -29,6 +29,7 @@ SLOW_MODULES = {
     "api/test_openai.py",
     "api/test_prompt_size.py",
     "api/test_serving.py",
+    "api/test_tools.py",
     "bench/test_bench_cli.py",
     "cli/test_cluster_cli.py",
     "cli/test_generate_cli.py",

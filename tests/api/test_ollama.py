@@ -124,8 +124,17 @@ def test_errors_are_plain_ollama_errors(demo_node):
     assert bad.status_code == 400 and "temperature" in bad.json()["error"]
     long = demo_node.http.post("/api/chat", json={"model": "demo", "messages": user("word " * 600)})
     assert long.status_code == 400 and "context" in long.json()["error"]
-    json_format = demo_node.http.post(
-        "/api/chat", json={"model": "demo", "messages": user("hi"), "format": "json"}
+    unknown_format = demo_node.http.post(
+        "/api/chat", json={"model": "demo", "messages": user("hi"), "format": "yaml"}
     )
-    assert json_format.status_code == 400
+    assert unknown_format.status_code == 400 and "format" in unknown_format.json()["error"]
+    no_tools = demo_node.http.post(
+        "/api/chat",
+        json={
+            "model": "demo",
+            "messages": user("hi"),
+            "tools": [{"type": "function", "function": {"name": "f"}}],
+        },
+    )
+    assert no_tools.status_code == 400 and "does not render tools" in no_tools.json()["error"]
     assert demo_node.http.post("/api/show", json={"model": "no-such-model"}).status_code == 404

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import json
+
+import jsonschema
 import pytest
 
 from runner_processes import generate_all, start_instance, stop
+from tandem.model.output_constraint import OutputConstraint
 from tandem.model.sampling_params import SamplingParams
+from tandem.model.tokenizer import Tokenizer
 from tandem.protocol.runner import (
     Abort,
     Accepted,
@@ -17,6 +22,7 @@ from tandem.protocol.runner import (
     Token,
 )
 from tandem.runner.assemble import create_local_engine
+from tandem.store.resolve import DEMO_MODEL_DIR
 
 
 @pytest.mark.parametrize(
@@ -72,5 +78,40 @@ def test_rejected_request_and_abort(checkpoint_factory):
         while isinstance(event := runners[0].next_event(), Token):
             pass
         assert event == Finished("x", "abort")
+    finally:
+        stop(runners)
+
+
+def test_constrained_output_through_a_pipeline(tmp_path):
+    """The last stage compiles and applies the grammar; rank 0 refuses one that does not compile
+    before it reaches the ring, and the instance goes on."""
+    schema = {
+        "type": "object",
+        "properties": {
+            "verse": {"type": "string", "maxLength": 8},
+            "act": {"type": "integer", "minimum": 1, "maximum": 5},
+        },
+        "required": ["verse", "act"],
+        "additionalProperties": False,
+    }
+    runners = start_instance(DEMO_MODEL_DIR, 6, (1, 1))
+    try:
+        assert all(isinstance(runner.next_event(), Ready) for runner in runners)
+        broken = SamplingParams(
+            constraint=OutputConstraint.json_schema({"type": "integer", "minimum": 5, "maximum": 1})
+        )
+        runners[0].send(Generate("broken", GenerateRequest(prompt_ids=(1, 2), params=broken)))
+        event = runners[0].next_event()
+        assert isinstance(event, Rejected) and "minimum greater than maximum" in event.message
+        tokenizer = Tokenizer(DEMO_MODEL_DIR)
+        prompt = tokenizer.encode("Speak, herald:")
+        shaped = SamplingParams(max_tokens=100, seed=2, constraint=OutputConstraint.json_schema(schema))
+        plain = SamplingParams(max_tokens=10, temperature=0.0)
+        prompts = {"first": prompt, "second": tokenizer.encode("Hark, who goes there?")}
+        for ids in generate_all(runners[0], prompts, shaped).values():  # both in one batch
+            jsonschema.validate(json.loads(tokenizer.decode(ids)), schema)
+        engine = create_local_engine(DEMO_MODEL_DIR, device="cpu", dtype="float32", max_context=128)
+        expected = [e.token_id for e in engine.generate(prompt, plain)]
+        assert generate_all(runners[0], {"plain": prompt}, plain)["plain"] == expected
     finally:
         stop(runners)

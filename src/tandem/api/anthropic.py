@@ -10,41 +10,21 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
-from tandem.api.anthropic_schemas import MAX_STOP_SEQUENCES, ContentBlock, Message, MessagesRequest
+from tandem.api.anthropic_schemas import MAX_STOP_SEQUENCES, Message, MessagesRequest
+from tandem.api.anthropic_tools import conversation, tool_choice_of, tool_functions, tool_use_block
 from tandem.api.errors import APIError
 from tandem.api.generation import Generation, GenerationFailed
 from tandem.api.openapi import stream_response
 from tandem.api.serving import serving_of
 from tandem.api.streaming import GenerationResponse, collect, sse
+from tandem.api.tool_output import CallStream, read_calls
 from tandem.model.sampling_params import SamplingParams
-from tandem.protocol.runner import ChatMessage, GenerateRequest
+from tandem.protocol.runner import GenerateRequest
 
 router = APIRouter(tags=["Anthropic"])
 
 
-def block_text(content: str | list[ContentBlock], where: str) -> str:
-    if isinstance(content, str):
-        return content
-    texts = []
-    for block in content:
-        if block.type != "text" or block.text is None:
-            raise APIError(400, f"{where}: only text content blocks are supported, not {block.type!r}")
-        texts.append(block.text)
-    return "\n".join(texts)
-
-
-def conversation(body: MessagesRequest) -> tuple[ChatMessage, ...]:
-    messages = []
-    if body.system:
-        messages.append(ChatMessage("system", block_text(body.system, "system")))
-    for index, message in enumerate(body.messages):
-        messages.append(ChatMessage(message.role, block_text(message.content, f"messages.{index}.content")))
-    return tuple(messages)
-
-
 def sampling_params(body: MessagesRequest) -> SamplingParams:
-    if body.tools:
-        raise APIError(400, "tools: this server does not support tool use")
     if body.thinking and body.thinking.get("type", "disabled") != "disabled":
         raise APIError(400, "thinking: extended thinking is not supported")
     stops = [stop for stop in body.stop_sequences or [] if stop]
@@ -59,7 +39,21 @@ def sampling_params(body: MessagesRequest) -> SamplingParams:
     )
 
 
-def stop_reason(finish_reason: str, stop_sequence: str | None) -> str:
+def generate_request(body: MessagesRequest) -> GenerateRequest:
+    tools = tool_functions(body)
+    choice, forced = tool_choice_of(body, tools)
+    return GenerateRequest(
+        messages=conversation(body),
+        params=sampling_params(body),
+        tools=tools,
+        tool_choice=choice,
+        forced_tool=forced,
+    )
+
+
+def stop_reason(finish_reason: str, stop_sequence: str | None, calls: bool = False) -> str:
+    if calls:
+        return "tool_use"
     if finish_reason == "length":
         return "max_tokens"
     return "stop_sequence" if stop_sequence is not None else "end_turn"
@@ -74,7 +68,7 @@ def stop_reason(finish_reason: str, stop_sequence: str | None) -> str:
     ),
 )
 async def messages(body: MessagesRequest, request: Request) -> Any:
-    command = GenerateRequest(messages=conversation(body), params=sampling_params(body))
+    command = generate_request(body)
     generation = await serving_of(request).start(body.model, command)
     message_id = f"msg_{secrets.token_hex(12)}"
     if body.stream:
@@ -82,13 +76,15 @@ async def messages(body: MessagesRequest, request: Request) -> Any:
             message_events(generation, message_id, body.model), generation, "text/event-stream"
         )
     done = await collect(request, generation)
+    text, calls = read_calls(generation.tool_format, done.text, prefix="toolu_")
+    content = [{"type": "text", "text": text}] if text or not calls else []
     return {
         "id": message_id,
         "type": "message",
         "role": "assistant",
         "model": body.model,
-        "content": [{"type": "text", "text": done.text}],
-        "stop_reason": stop_reason(done.finish_reason, done.stop_sequence),
+        "content": content + [tool_use_block(call) for call in calls],
+        "stop_reason": stop_reason(done.finish_reason, done.stop_sequence, bool(calls)),
         "stop_sequence": done.stop_sequence,
         "usage": {"input_tokens": generation.prompt_tokens, "output_tokens": done.completion_tokens},
     }
@@ -113,18 +109,27 @@ async def message_events(generation: Generation, message_id: str, model: str) ->
     )
     yield event("content_block_start", index=0, content_block={"type": "text", "text": ""})
     yield event("ping")
-    reason, stop_sequence = "end_turn", None
+    reason, stop_sequence, calls = "end_turn", None, []
+    held = CallStream(generation.tool_format, prefix="toolu_")
     try:
         async for token in generation.tokens():
-            if token.text:
-                yield event("content_block_delta", index=0, delta={"type": "text_delta", "text": token.text})
+            text = held.push(token.text)
             if token.finish_reason is not None:
+                rest, calls = held.finish()
+                text += rest
                 stop_sequence = token.stop_sequence
-                reason = stop_reason(token.finish_reason, stop_sequence)
+                reason = stop_reason(token.finish_reason, stop_sequence, bool(calls))
+            if text:
+                yield event("content_block_delta", index=0, delta={"type": "text_delta", "text": text})
     except GenerationFailed as error:
         yield event("error", error={"type": "api_error", "message": str(error)})
         return
     yield event("content_block_stop", index=0)
+    for index, call in enumerate(calls, start=1):
+        yield event("content_block_start", index=index, content_block={**tool_use_block(call), "input": {}})
+        delta = {"type": "input_json_delta", "partial_json": call.arguments}
+        yield event("content_block_delta", index=index, delta=delta)
+        yield event("content_block_stop", index=index)
     yield event(
         "message_delta",
         delta={"stop_reason": reason, "stop_sequence": stop_sequence},

@@ -14,8 +14,14 @@ class Lenient(BaseModel):
 
 
 class ContentBlock(Lenient):
-    type: str = Field(description="only 'text' blocks are supported")
+    type: str = Field(description="'text', 'tool_use' (an assistant's call) or 'tool_result'")
     text: str | None = None
+    id: str | None = Field(None, description="tool_use: the call's id")
+    name: str | None = Field(None, description="tool_use: the tool called")
+    input: dict[str, Any] | None = Field(None, description="tool_use: the arguments")
+    tool_use_id: str | None = Field(None, description="tool_result: the call it answers")
+    content: str | list[ContentBlock] | None = Field(None, description="tool_result: what the tool said")
+    is_error: bool | None = None
 
 
 class InputMessage(Lenient):
@@ -34,8 +40,8 @@ class MessagesRequest(Lenient):
     top_k: int | None = Field(None, ge=0)
     stream: bool | None = False
     metadata: dict[str, Any] | None = None
-    tools: list[dict[str, Any]] | None = Field(None, description="not supported: must be empty")
-    tool_choice: Any = None
+    tools: list[dict[str, Any]] | None = Field(None, description="tools: name, description, input_schema")
+    tool_choice: dict[str, Any] | None = Field(None, description="{'type': 'auto' | 'any' | 'tool' | 'none'}")
     thinking: dict[str, Any] | None = Field(None, description="not supported: must be disabled")
 
 
@@ -44,12 +50,19 @@ class TextContent(BaseModel):
     text: str
 
 
+class ToolUseContent(BaseModel):
+    type: Literal["tool_use"] = "tool_use"
+    id: str
+    name: str
+    input: dict[str, Any]
+
+
 class MessageUsage(BaseModel):
     input_tokens: int
     output_tokens: int
 
 
-StopReason = Literal["end_turn", "max_tokens", "stop_sequence"]
+StopReason = Literal["end_turn", "max_tokens", "stop_sequence", "tool_use"]
 
 
 class Message(BaseModel):
@@ -60,7 +73,7 @@ class Message(BaseModel):
     type: Literal["message"] = "message"
     role: Literal["assistant"] = "assistant"
     model: str
-    content: list[TextContent]
+    content: list[TextContent | ToolUseContent]
     stop_reason: StopReason | None
     stop_sequence: str | None
     usage: MessageUsage

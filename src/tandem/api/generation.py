@@ -22,6 +22,7 @@ from tandem.api.errors import APIError, context_code
 from tandem.api.metrics import RequestTimer
 from tandem.cluster.state import Instance
 from tandem.errors import TandemError, UnknownInstance
+from tandem.model.tool_calls import FormatName
 from tandem.protocol.runner import Accepted, Busy, Embedding, Rejected, RequestError, RequestEvent, Token
 
 log = logging.getLogger("tandem.api")
@@ -77,6 +78,7 @@ class Generation:
         self.sent_ids: list[int] = []
         self.resumes = 0
         self.prompt_tokens = 0
+        self.tool_format: FormatName | None = None  # how the model writes calls, once accepted
         self.completion_tokens = 0
         self.finished = False
         self.started_at = time.monotonic()
@@ -103,6 +105,7 @@ class Generation:
             raise
         if isinstance(first, Accepted):
             self.prompt_tokens = first.prompt_tokens
+            self.tool_format = first.tool_format
             self.accepted_at = time.monotonic()
             self.timer.accepted(first.prompt_tokens)
             return

@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -13,15 +15,20 @@ from fastapi import APIRouter, Request
 from tandem.api.errors import APIError
 from tandem.api.generation import Generation, GenerationFailed
 from tandem.api.ollama_schemas import (
+    OllamaChatMessage,
     OllamaChatRequest,
     OllamaChatResponse,
     OllamaGenerateRequest,
     OllamaGenerateResponse,
     OllamaOptions,
 )
+from tandem.api.openai_tools import message_calls, tool_choice_of, tool_functions
 from tandem.api.openapi import stream_response
 from tandem.api.serving import serving_of, without_default_tag
 from tandem.api.streaming import GenerationResponse, collect, json_line
+from tandem.api.tool_output import Call, CallStream, read_calls
+from tandem.errors import InvalidRequestError
+from tandem.model.output_constraint import OutputConstraint
 from tandem.model.sampling_params import SamplingParams
 from tandem.protocol.runner import ChatMessage, GenerateRequest
 
@@ -60,11 +67,21 @@ def sampling_params(options: OllamaOptions | None) -> SamplingParams:
     )
 
 
+def format_constraint(format_value: str | dict[str, Any] | None) -> OutputConstraint | None:
+    """Ollama's `format`: "json" for any JSON object, or a JSON Schema."""
+    if not format_value:
+        return None
+    if format_value == "json":
+        return OutputConstraint.any_json()
+    if isinstance(format_value, dict):
+        try:
+            return OutputConstraint.json_schema(format_value)
+        except InvalidRequestError as error:
+            raise APIError(400, f"format: {error}") from None
+    raise APIError(400, "format: 'json' or a JSON Schema")
+
+
 def refuse_unsupported(body: OllamaChatRequest | OllamaGenerateRequest) -> None:
-    if body.format:
-        raise APIError(400, "format: structured (JSON) output is not supported")
-    if getattr(body, "tools", None):
-        raise APIError(400, "tools: this server does not support tool calls")
     images = getattr(body, "images", None) or [
         image for message in getattr(body, "messages", []) for image in message.images or []
     ]
@@ -111,12 +128,17 @@ def loaded(model: str, piece: dict[str, Any], arrived: float) -> dict[str, Any]:
 
 async def reply_lines(generation: Generation, model: str, arrived: float, piece: Any) -> AsyncIterator[bytes]:
     reason = "stop"
+    held = CallStream(generation.tool_format)
     try:
         async for token in generation.tokens():
-            if token.text:
-                yield json_line({"model": model, "created_at": now_iso(), **piece(token.text), "done": False})
+            text, calls = held.push(token.text), []
             if token.finish_reason is not None:
+                rest, calls = held.finish()
+                text += rest
                 reason = token.finish_reason
+            if text or calls:
+                line = {"model": model, "created_at": now_iso(), **piece(text, calls), "done": False}
+                yield json_line(line)
     except GenerationFailed as error:
         yield json_line({"error": str(error)})
         return
@@ -136,29 +158,50 @@ async def answer(
     if stream is not False:
         return GenerationResponse(reply_lines(generation, model, arrived, piece), generation, NDJSON)
     done = await collect(request, generation)
-    return {**final_stats(generation, model, arrived, done.finish_reason), **piece(done.text)}
+    text, calls = read_calls(generation.tool_format, done.text)
+    return {**final_stats(generation, model, arrived, done.finish_reason), **piece(text, calls)}
 
 
-def chat_piece(text: str) -> dict[str, Any]:
-    return {"message": {"role": "assistant", "content": text}}
+def chat_piece(text: str, calls: list[Call] | None = None) -> dict[str, Any]:
+    message: dict[str, Any] = {"role": "assistant", "content": text}
+    if calls:
+        message["tool_calls"] = [
+            {"function": {"name": call.name, "arguments": json.loads(call.arguments)}} for call in calls
+        ]
+    return {"message": message}
 
 
-def generate_piece(text: str) -> dict[str, Any]:
+def generate_piece(text: str, calls: list[Call] | None = None) -> dict[str, Any]:
     return {"response": text}
+
+
+def chat_message(message: OllamaChatMessage, index: int) -> ChatMessage:
+    calls = message_calls(message.tool_calls, f"messages.{index}")
+    return ChatMessage(message.role, message.content, tool_calls=calls, name=message.tool_name)
+
+
+def chat_request(body: OllamaChatRequest) -> GenerateRequest | None:
+    if not body.messages:
+        return None  # only load the model
+    params = replace(sampling_params(body.options), constraint=format_constraint(body.format))
+    tools = tool_functions(body.tools)
+    choice, forced = tool_choice_of(body.tool_choice, tools)
+    messages = tuple(chat_message(m, i) for i, m in enumerate(body.messages))
+    return GenerateRequest(
+        messages=messages, params=params, tools=tools, tool_choice=choice, forced_tool=forced
+    )
 
 
 @router.post(
     "/api/chat",
     summary="Chat (Ollama-compatible); JSON lines unless stream is false",
     response_model=OllamaChatResponse,
+    response_model_exclude_unset=True,  # a message without calls has no `tool_calls`, as in Ollama
     responses=stream_response(OllamaChatResponse, NDJSON, "the reply, or JSON lines unless stream is false"),
 )
 async def chat(body: OllamaChatRequest, request: Request) -> Any:
     refuse_unsupported(body)
-    params = sampling_params(body.options)
-    messages = tuple(ChatMessage(m.role, m.content) for m in body.messages)
-    command = GenerateRequest(messages=messages, params=params) if messages else None
-    return await answer(request, body.model, command, body.stream, chat_piece)
+    return await answer(request, body.model, chat_request(body), body.stream, chat_piece)
 
 
 @router.post(
@@ -171,7 +214,7 @@ async def chat(body: OllamaChatRequest, request: Request) -> Any:
 )
 async def generate(body: OllamaGenerateRequest, request: Request) -> Any:
     refuse_unsupported(body)
-    params = sampling_params(body.options)
+    params = replace(sampling_params(body.options), constraint=format_constraint(body.format))
     command: GenerateRequest | None = None
     if body.prompt and body.raw:
         command = GenerateRequest(prompt=body.prompt, params=params)

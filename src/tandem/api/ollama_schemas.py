@@ -30,6 +30,8 @@ class OllamaChatMessage(Lenient):
     role: Literal["system", "user", "assistant", "tool"]
     content: str = ""
     images: list[str] | None = Field(None, description="not supported: must be empty")
+    tool_calls: list[dict[str, Any]] | None = Field(None, description="an assistant's earlier calls")
+    tool_name: str | None = Field(None, description="a tool message: the tool that answered")
 
 
 class OllamaChatRequest(Lenient):
@@ -37,8 +39,9 @@ class OllamaChatRequest(Lenient):
     messages: list[OllamaChatMessage] = Field(default_factory=list, description="empty: only load the model")
     stream: bool | None = Field(True, description="JSON lines unless false")
     options: OllamaOptions | None = None
-    format: str | dict[str, Any] | None = Field(None, description="not supported: must be empty")
-    tools: list[dict[str, Any]] | None = Field(None, description="not supported: must be empty")
+    format: str | dict[str, Any] | None = Field(None, description="'json' or a JSON Schema")
+    tools: list[dict[str, Any]] | None = Field(None, description="functions the model may call")
+    tool_choice: Any = Field(None, description="extension: OpenAI's tool_choice (default 'auto')")
     keep_alive: int | float | str | None = Field(None, description="accepted and ignored")
 
 
@@ -49,7 +52,7 @@ class OllamaGenerateRequest(Lenient):
     raw: bool | None = Field(False, description="true: the prompt as is, without the chat template")
     stream: bool | None = Field(True, description="JSON lines unless false")
     options: OllamaOptions | None = None
-    format: str | dict[str, Any] | None = Field(None, description="not supported: must be empty")
+    format: str | dict[str, Any] | None = Field(None, description="'json' or a JSON Schema")
     images: list[str] | None = Field(None, description="not supported: must be empty")
     suffix: str | None = Field(None, description="not supported")
     template: str | None = Field(None, description="not supported")
@@ -62,9 +65,19 @@ class OllamaShowRequest(Lenient):
     name: str | None = None
 
 
+class OllamaFunctionCall(BaseModel):
+    name: str
+    arguments: dict[str, Any]
+
+
+class OllamaToolCall(BaseModel):
+    function: OllamaFunctionCall
+
+
 class OllamaReplyMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
     content: str
+    tool_calls: list[OllamaToolCall] | None = None
 
 
 class OllamaStats(BaseModel):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import secrets
 import time
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -22,9 +23,18 @@ from tandem.api.openai_schemas import (
     SamplingFields,
     TextCompletion,
 )
+from tandem.api.openai_tools import (
+    call_deltas,
+    calls_value,
+    message_calls,
+    response_constraint,
+    tool_choice_of,
+    tool_functions,
+)
 from tandem.api.openapi import stream_response
 from tandem.api.serving import serving_of
 from tandem.api.streaming import GenerationResponse, collect, sse
+from tandem.api.tool_output import CallStream, read_calls
 from tandem.model.sampling_params import SamplingParams
 from tandem.protocol.runner import ChatMessage as PromptMessage
 from tandem.protocol.runner import GenerateRequest, Token
@@ -80,19 +90,29 @@ def message_text(message: ChatMessage, index: int) -> str:
 def chat_messages(messages: list[ChatMessage]) -> tuple[PromptMessage, ...]:
     # Chat templates know "system"; OpenAI's newer "developer" role means the same.
     return tuple(
-        PromptMessage("system" if m.role == "developer" else m.role, message_text(m, i))
+        PromptMessage(
+            "system" if m.role == "developer" else m.role,
+            message_text(m, i),
+            tool_calls=message_calls(m.tool_calls, f"messages.{i}"),
+            tool_call_id=m.tool_call_id,
+            name=m.name,
+        )
         for i, m in enumerate(messages)
     )
 
 
-def refuse_unsupported_chat(body: ChatCompletionRequest) -> None:
-    if body.tools:
-        raise APIError(400, "tools: this server does not support tool calls", param="tools")
-    format_type = (body.response_format or {}).get("type", "text")
-    if format_type != "text":
-        raise APIError(
-            400, f"response_format: only 'text' is supported, not {format_type!r}", param="response_format"
-        )
+def chat_request(body: ChatCompletionRequest, params: SamplingParams) -> GenerateRequest:
+    """The runner's request: messages, tools and tool choice, JSON output as a constraint."""
+    tools = tool_functions(body.tools)
+    choice, forced = tool_choice_of(body.tool_choice, tools)
+    params = replace(params, constraint=response_constraint(body.response_format))
+    return GenerateRequest(
+        messages=chat_messages(body.messages),
+        params=params,
+        tools=tools,
+        tool_choice=choice,
+        forced_tool=forced,
+    )
 
 
 def logprob_value(value: Any) -> float:
@@ -144,16 +164,19 @@ def include_usage(body: SamplingFields) -> bool:
     responses=stream_response(ChatCompletionChunk, SSE, "the completion, or with stream: chunks"),
 )
 async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
-    refuse_unsupported_chat(body)
     top = (body.top_logprobs or 0) if body.logprobs else None
     params = sampling_params(body, body.max_completion_tokens or body.max_tokens, top)
-    command = GenerateRequest(messages=chat_messages(body.messages), params=params)
+    command = chat_request(body, params)
     generation = await serving_of(request).start(body.model, command)
     reply_id, created = f"chatcmpl-{secrets.token_hex(12)}", int(time.time())
     if body.stream:
         events = chat_chunks(generation, reply_id, created, body.model, include_usage(body), top is not None)
         return GenerationResponse(events, generation, SSE)
     done = await collect(request, generation)
+    content, calls = read_calls(generation.tool_format, done.text)
+    message: dict[str, Any] = {"role": "assistant", "content": content or (None if calls else "")}
+    if calls:
+        message["tool_calls"] = calls_value(calls)
     return {
         "id": reply_id,
         "object": "chat.completion",
@@ -162,9 +185,9 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any
         "choices": [
             {
                 "index": 0,
-                "message": {"role": "assistant", "content": done.text},
+                "message": message,
                 "logprobs": {"content": [chat_logprob(e) for e in done.tokens]} if top is not None else None,
-                "finish_reason": done.finish_reason,
+                "finish_reason": "tool_calls" if calls else done.finish_reason,
             }
         ],
         "usage": usage(generation),
@@ -182,13 +205,20 @@ async def chat_chunks(
         return sse({**head, "choices": [choice], **tail})
 
     yield chunk({"role": "assistant", "content": ""})
+    calls_held = CallStream(generation.tool_format)
     try:
         async for event in generation.tokens():
             logprobs = {"content": [chat_logprob(event)]} if with_logprobs else None
-            if event.text or logprobs:
-                yield chunk({"content": event.text}, logprobs=logprobs)
+            text = calls_held.push(event.text)
+            if text or logprobs:
+                yield chunk({"content": text}, logprobs=logprobs)
             if event.finish_reason is not None:
-                yield chunk({}, finish=event.finish_reason)
+                rest, calls = calls_held.finish()
+                if rest:
+                    yield chunk({"content": rest})
+                if calls:
+                    yield chunk({"tool_calls": call_deltas(calls)})
+                yield chunk({}, finish="tool_calls" if calls else event.finish_reason)
     except GenerationFailed as error:
         yield stream_error(error)
         return

@@ -2,7 +2,7 @@
 
 Requests accept fields this server does not know (OpenAI clients send `user`, `metadata`,
 `store`, `service_tier` and more), so new client versions keep working. Fields that would change
-the answer in ways this server cannot honour (n > 1, tools, logit_bias, JSON output) are refused
+the answer in ways this server cannot honour (n > 1, logit_bias) are refused
 with a 400 by the routes, not silently ignored.
 """
 
@@ -59,6 +59,8 @@ class ChatMessage(Lenient):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[ContentPart] | None = None
     name: str | None = None
+    tool_calls: list[dict[str, Any]] | None = Field(None, description="an assistant's earlier calls")
+    tool_call_id: str | None = Field(None, description="the call a tool message answers")
 
 
 class ChatCompletionRequest(SamplingFields):
@@ -66,9 +68,12 @@ class ChatCompletionRequest(SamplingFields):
     max_completion_tokens: int | None = Field(None, ge=1, description="takes precedence over max_tokens")
     logprobs: bool | None = False
     top_logprobs: int | None = Field(None, ge=0, le=20)
-    tools: list[dict[str, Any]] | None = Field(None, description="not supported: must be empty")
-    tool_choice: Any = None
-    response_format: dict[str, Any] | None = Field(None, description="only {'type': 'text'}")
+    tools: list[dict[str, Any]] | None = Field(None, description="functions the model may call")
+    tool_choice: Any = Field(None, description="'auto', 'none', 'required' or {'type': 'function', ...}")
+    parallel_tool_calls: bool | None = None
+    response_format: dict[str, Any] | None = Field(
+        None, description="{'type': 'text'}, {'type': 'json_object'} or {'type': 'json_schema', ...}"
+    )
 
 
 class CompletionRequest(SamplingFields):
@@ -104,16 +109,31 @@ class ChoiceLogprobs(BaseModel):
     content: list[TokenLogprob] | None = None
 
 
+class FunctionCall(BaseModel):
+    name: str
+    arguments: str = Field(description="JSON text")
+
+
+class ToolCall(BaseModel):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class AssistantMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
-    content: str
+    content: str | None
+    tool_calls: list[ToolCall] | None = None
+
+
+FinishReason = Literal["stop", "length", "tool_calls"]
 
 
 class ChatChoice(BaseModel):
     index: int
     message: AssistantMessage
     logprobs: ChoiceLogprobs | None = None
-    finish_reason: Literal["stop", "length"]
+    finish_reason: FinishReason
 
 
 class ChatCompletion(BaseModel):
@@ -125,16 +145,21 @@ class ChatCompletion(BaseModel):
     usage: Usage
 
 
+class ToolCallDelta(ToolCall):
+    index: int
+
+
 class ChatDelta(BaseModel):
     role: Literal["assistant"] | None = None
     content: str | None = None
+    tool_calls: list[ToolCallDelta] | None = None
 
 
 class ChatChunkChoice(BaseModel):
     index: int
     delta: ChatDelta
     logprobs: ChoiceLogprobs | None = None
-    finish_reason: Literal["stop", "length"] | None = None
+    finish_reason: FinishReason | None = None
 
 
 class ChatCompletionChunk(BaseModel):

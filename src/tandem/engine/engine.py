@@ -13,6 +13,7 @@ the key and value it wrote sit past the sequence's end, where nothing reads them
 
 from __future__ import annotations
 
+import functools
 import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -45,9 +46,10 @@ class TokenEvent:
 class TextStream:
     """Text of one request as it is generated: whole characters, stop strings cut out."""
 
-    def __init__(self, tokenizer: Tokenizer, prompt_ids: list[int], stop: tuple[str, ...]) -> None:
-        self.detokenizer = IncrementalDetokenizer(tokenizer.decode, prompt_ids)
-        self.stop = StopMatcher(stop)
+    def __init__(self, tokenizer: Tokenizer, prompt_ids: list[int], params: SamplingParams) -> None:
+        decode = functools.partial(tokenizer.decode, skip_special_tokens=params.skip_special_tokens)
+        self.detokenizer = IncrementalDetokenizer(decode, prompt_ids)
+        self.stop = StopMatcher(params.stop)
 
     def push(self, token_id: int) -> str:
         return self.stop.feed(self.detokenizer.push(token_id))
@@ -88,10 +90,10 @@ class LLMEngine:
             )
         seq_id = next(self._ids)
         sequence = Sequence(seq_id, list(prompt_ids), params)
+        self.executor.start_sequence(seq_id, sequence.prompt_ids, params)  # may refuse (a bad grammar)
         self.sequences[seq_id] = sequence
         if self.tokenizer is not None:
-            self._streams[seq_id] = TextStream(self.tokenizer, sequence.prompt_ids, params.stop)
-        self.executor.start_sequence(seq_id, sequence.prompt_ids, params)
+            self._streams[seq_id] = TextStream(self.tokenizer, sequence.prompt_ids, params)
         self.scheduler.add(sequence)
         return seq_id
 
@@ -176,8 +178,10 @@ class LLMEngine:
     def _accept(self, sequence: Sequence, choice: TokenChoice) -> TokenEvent:
         sequence.output_ids.append(choice.token_id)
         stream = self._streams.get(sequence.seq_id)
-        text = stream.push(choice.token_id) if stream else ""
         reason = finish_reason_after(sequence, choice.token_id, self.eos_token_ids, self.max_context)
+        # An end token is not part of the answer, also where special tokens' text is kept.
+        ends_here = reason is FinishReason.STOP and not sequence.params.skip_special_tokens
+        text = stream.push(choice.token_id) if stream and not ends_here else ""
         stop_sequence = None
         if stream is not None and stream.stop.stopped:
             reason, stop_sequence = FinishReason.STOP, stream.stop.matched

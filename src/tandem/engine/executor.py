@@ -17,6 +17,7 @@ from typing import Protocol, runtime_checkable
 import torch
 
 from tandem import settings
+from tandem.engine.grammar import Grammars
 from tandem.engine.interface import StageEngine
 from tandem.engine.sampling import SamplerState, plain_greedy, sample_batch
 from tandem.model.sampling_params import SamplingParams
@@ -78,15 +79,19 @@ def tokens_for(plan: StepPlan, previous: StepPlan, tokens: torch.Tensor) -> torc
 
 
 class SamplerStates:
-    """Per-sequence sampler state, kept wherever the logits are (the last stage)."""
+    """Per-sequence sampler state, kept wherever the logits are (the last stage); `grammars`
+    compiles output constraints (None: requests with one are refused)."""
 
-    def __init__(self, vocab_size: int, device: torch.device) -> None:
+    def __init__(self, vocab_size: int, device: torch.device, grammars: Grammars | None = None) -> None:
         self.vocab_size = vocab_size
         self.device = device
+        self.grammars = grammars
         self.states: dict[int, SamplerState] = {}
 
     def start(self, seq_id: int, prompt_ids: list[int], params: SamplingParams) -> None:
-        self.states[seq_id] = SamplerState.create(params, prompt_ids, self.vocab_size, self.device)
+        self.states[seq_id] = SamplerState.create(
+            params, prompt_ids, self.vocab_size, self.device, self.grammars
+        )
 
     def end(self, seq_id: int) -> None:
         self.states.pop(seq_id, None)
@@ -98,9 +103,11 @@ class SamplerStates:
 class LocalExecutor:
     """The whole model in this process."""
 
-    def __init__(self, runner: StageEngine, run_ahead: bool | None = None) -> None:
+    def __init__(
+        self, runner: StageEngine, run_ahead: bool | None = None, grammars: Grammars | None = None
+    ) -> None:
         self.runner = runner
-        self.samplers = SamplerStates(runner.config.vocab_size, runner.wire_device)
+        self.samplers = SamplerStates(runner.config.vocab_size, runner.wire_device, grammars)
         # None: where decode graphs are; True/False: always/never (tests run it on the CPU)
         self.run_ahead = settings.engine_options().run_ahead if run_ahead is None else run_ahead
 

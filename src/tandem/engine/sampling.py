@@ -1,18 +1,25 @@
 """Choosing the next token: a chain of small pure functions over one sequence's logits.
 
-Order: penalties, temperature, top-k, top-p, min-p, then a draw from the sequence's own seeded
-generator (so a seeded request gives the same tokens whatever else shares its batch).
+Order: the grammar mask of a constrained sequence (over the whole batch at once), penalties,
+temperature, top-k, top-p, min-p, then a draw from the sequence's own seeded generator (so a
+seeded request gives the same tokens whatever else shares its batch).
 """
 
 from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 
+from tandem.engine.grammar import Grammars, mask_logits
+from tandem.errors import InvalidRequestError
 from tandem.model.sampling_params import SamplingParams
 from tandem.model.step import TokenChoice
+
+if TYPE_CHECKING:
+    import xgrammar
 
 
 def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
@@ -75,20 +82,33 @@ class SamplerState:
     seen: torch.Tensor  # [n] unique ids of prompt and output tokens (repetition penalty)
     output_counts: torch.Tensor  # [vocab] occurrences of each generated token
     output_tokens: list[int] = field(default_factory=list)
+    matcher: xgrammar.GrammarMatcher | None = None  # where the output's grammar has got to
 
     @classmethod
     def create(
-        cls, params: SamplingParams, prompt_ids: list[int], vocab_size: int, device: torch.device
+        cls,
+        params: SamplingParams,
+        prompt_ids: list[int],
+        vocab_size: int,
+        device: torch.device,
+        grammars: Grammars | None = None,
     ) -> SamplerState:
         generator = torch.Generator(device=device)
         generator.manual_seed(params.seed if params.seed is not None else secrets.randbits(63))
         needs_history = params.has_penalties
         seen = torch.tensor(sorted(set(prompt_ids)) if needs_history else [], dtype=torch.long, device=device)
         counts = torch.zeros(vocab_size if needs_history else 0, dtype=torch.long, device=device)
-        return cls(params=params, generator=generator, seen=seen, output_counts=counts)
+        matcher = None
+        if params.constraint is not None:
+            if grammars is None:
+                raise InvalidRequestError("this engine cannot constrain its output to a grammar")
+            matcher = grammars.matcher(params.constraint)
+        return cls(params=params, generator=generator, seen=seen, output_counts=counts, matcher=matcher)
 
     def record(self, token_id: int) -> None:
         self.output_tokens.append(token_id)
+        if self.matcher is not None and not self.matcher.is_terminated():
+            self.matcher.accept_token(token_id)
         if self.params.has_penalties:
             self.output_counts[token_id] += 1
             if not bool((self.seen == token_id).any()):
@@ -121,12 +141,14 @@ def choose_token(logits: torch.Tensor, state: SamplerState) -> int:
 def plain_greedy(state: SamplerState) -> bool:
     """Greedy with nothing to apply or report but the most likely token."""
     params = state.params
-    return params.greedy and not params.has_penalties and params.logprobs is None
+    return params.greedy and not params.has_penalties and params.logprobs is None and state.matcher is None
 
 
 def sample_batch(logits: torch.Tensor, states: list[SamplerState]) -> list[TokenChoice]:
     """Pick one token per row of `logits` ([B, vocab]) and record it in the row's state."""
     choices: list[TokenChoice] = []
+    if any(state.matcher is not None for state in states):
+        logits = mask_logits(logits, [state.matcher for state in states])
     plain_greedy = all(s.params.greedy and not s.params.has_penalties for s in states)
     fast_tokens = logits.argmax(-1).tolist() if plain_greedy else None  # one host sync for the batch
     for row, state in enumerate(states):

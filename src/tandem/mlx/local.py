@@ -7,6 +7,7 @@ from pathlib import Path
 
 from tandem.engine.engine import DEFAULT_MAX_PREFILL_TOKENS, LLMEngine
 from tandem.engine.executor import LocalExecutor
+from tandem.engine.grammar import Grammars
 from tandem.mlx.engine import MLXStageEngine
 from tandem.model.config import load_model_config
 from tandem.model.tokenizer import Tokenizer
@@ -30,5 +31,5 @@ def create_mlx_engine(
     )
     tokenizer = Tokenizer(model_dir) if (model_dir / "tokenizer.json").is_file() else None
     eos = tokenizer.eos_token_ids if tokenizer else frozenset(config.eos_token_ids)
-    executor = LocalExecutor(stage_engine)
+    executor = LocalExecutor(stage_engine, grammars=Grammars(model_dir, config.vocab_size, eos))
     return LLMEngine(executor, tokenizer, eos, stage_engine.max_context, num_slots, max_prefill_tokens)

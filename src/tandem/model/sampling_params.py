@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from tandem.errors import InvalidRequestError
+from tandem.model.output_constraint import OutputConstraint
 
 MAX_TOP_LOGPROBS = 20
 # Below this temperature sampling is greedy: dividing float32 logits by less would overflow to
@@ -30,6 +31,8 @@ class SamplingParams:
     stop_token_ids: tuple[int, ...] = ()
     ignore_eos: bool = False
     logprobs: int | None = None  # None: off; n >= 0: the chosen token's log-probability and the top n
+    skip_special_tokens: bool = True  # False: special tokens' text stays (a model's tool-call markers)
+    constraint: OutputConstraint | None = None  # a grammar the output must follow (JSON, tool calls)
 
     def __post_init__(self) -> None:
         checks = [

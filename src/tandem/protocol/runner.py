@@ -13,6 +13,7 @@ from typing import ClassVar, Literal
 
 from tandem.model.sampling_params import SamplingParams
 from tandem.model.stage import LayerRange, StageSpec
+from tandem.model.tool_calls import FormatName, ToolCall, ToolChoice, ToolFunction
 from tandem.protocol import codec
 from tandem.settings import EngineOptions
 
@@ -143,20 +144,30 @@ class RunnerSpec:
 
 @dataclass(frozen=True)
 class ChatMessage:
-    """One message of a conversation, as the chat template renders it."""
+    """One message of a conversation, as the chat template renders it: an assistant's may hold
+    the tool calls it made, a `tool` message answers the call `tool_call_id` (of function `name`)."""
 
     role: str
     content: str
+    tool_calls: tuple[ToolCall, ...] = ()
+    tool_call_id: str | None = None
+    name: str | None = None
 
 
 @dataclass(frozen=True)
 class GenerateRequest:
-    """What to generate from: exactly one of a prompt, chat messages or token ids."""
+    """What to generate from: exactly one of a prompt, chat messages or token ids. With chat
+    messages, `tools` are rendered by the chat template; `tool_choice` "required" makes the
+    answer one call (of `forced_tool` alone, when named), forced by a grammar; "none" renders
+    no tools."""
 
     prompt: str | None = None
     messages: tuple[ChatMessage, ...] | None = None
     prompt_ids: tuple[int, ...] | None = None
     params: SamplingParams = field(default_factory=SamplingParams)
+    tools: tuple[ToolFunction, ...] = ()
+    tool_choice: ToolChoice = "auto"
+    forced_tool: str | None = None
     # A request resumed on a new instance after its old one was lost: the tokens it had already
     # sent. They are computed after the prompt, not sent again, and count against max_tokens.
     resume_ids: tuple[int, ...] = ()
@@ -166,6 +177,8 @@ class GenerateRequest:
         given = [name for name in ("prompt", "messages", "prompt_ids") if getattr(self, name) is not None]
         if len(given) != 1:
             raise ValueError("a request needs exactly one of prompt, messages or prompt_ids")
+        if self.forced_tool is not None and self.forced_tool not in {tool.name for tool in self.tools}:
+            raise ValueError(f"tool_choice names {self.forced_tool!r}, which is not among the tools")
         if len(self.resume_ids) >= self.params.max_tokens:
             raise ValueError("a resumed request must have tokens left to generate")
 
@@ -234,9 +247,12 @@ class Failed:
 
 @dataclass(frozen=True)
 class Accepted:
+    """The request runs; `tool_format` is how its model writes tool calls (None: no tools)."""
+
     TAG: ClassVar[str] = "accepted"
     request_id: str
     prompt_tokens: int
+    tool_format: FormatName | None = None
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,7 @@ from tandem.engine.device import resolve_device, resolve_dtype
 from tandem.engine.embedding import Embedder
 from tandem.engine.engine import DEFAULT_MAX_PREFILL_TOKENS, LLMEngine
 from tandem.engine.executor import Executor, LocalExecutor
+from tandem.engine.grammar import Grammars
 from tandem.engine.loader import load_stage
 from tandem.engine.model_runner import ModelRunner
 from tandem.engine.models import build_empty_model
@@ -139,22 +140,26 @@ def start_rank(
         latency = all_reduce_seconds(summing, stage.config.hidden_size, device, dtype)
     rank = Rank(spec, stage, stage.report(summing.name if summing else None, latency))
     channel = StageChannel.for_spec(spec, groups, device)
+    samples = spec.tp_rank == 0 and spec.stage_index == spec.layout.num_stages - 1
+    tokenizer = _tokenizer(spec) if spec.is_driver or samples else None
+    eos = tokenizer.eos_token_ids if tokenizer else frozenset(stage.config.eos_token_ids)
+    # The rank that samples compiles output constraints against the vocabulary (and rank 0 of a
+    # pipeline too, to refuse one that does not compile before it reaches the last stage).
+    grammars = Grammars(spec.model_dir, stage.config.vocab_size, eos) if tokenizer else None
     if spec.tp_rank > 0:
         rank.serve_loop = lambda: follow_leader(stage, channel)
     elif not spec.is_driver:
         assert wire is not None
-        rank.serve_loop = lambda: serve_stage(stage, wire, spec.layout, spec.stage_index, channel)
+        rank.serve_loop = lambda: serve_stage(stage, wire, spec.layout, spec.stage_index, channel, grammars)
     else:
         executor: Executor
         if spec.layout.num_stages > 1:
             assert wire is not None
-            executor = PipelineExecutor(stage, wire, spec.layout, channel)
+            executor = PipelineExecutor(stage, wire, spec.layout, channel, grammars)
         elif spec.tp_size > 1:
-            executor = TensorParallelExecutor(stage, channel)
+            executor = TensorParallelExecutor(stage, channel, grammars)
         else:
-            executor = LocalExecutor(stage)
-        tokenizer = _tokenizer(spec)
-        eos = tokenizer.eos_token_ids if tokenizer else frozenset(stage.config.eos_token_ids)
+            executor = LocalExecutor(stage, grammars=grammars)
         rank.engine = LLMEngine(
             executor, tokenizer, eos, spec.max_context, spec.num_slots, spec.max_prefill_tokens
         )
@@ -185,8 +190,10 @@ def start_local_instance(specs: list[RunnerSpec], log: Path) -> tuple[Rank, list
 
 
 def _tokenizer(spec: RunnerSpec) -> Tokenizer | None:
-    """The checkpoint's tokenizer; a benchmark shape (random weights) has none."""
-    if spec.random_weights_seed is not None and not (Path(spec.model_dir) / "tokenizer.json").is_file():
+    """The checkpoint's tokenizer; a benchmark shape (random weights) has none, nor need a later
+    stage's files hold one (its sampler then refuses constrained requests)."""
+    missing = not (Path(spec.model_dir) / "tokenizer.json").is_file()
+    if missing and (spec.random_weights_seed is not None or not spec.is_driver):
         return None
     return Tokenizer(spec.model_dir)
 

@@ -20,7 +20,7 @@ import queue
 import sys
 import threading
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import TextIO
 
 from tandem.engine.embedding import Embedder
@@ -45,6 +45,7 @@ from tandem.protocol.runner import (
     Token,
     TopLogprob,
 )
+from tandem.runner.chat_request import ChatPrompt, chat_prompt
 
 Emit = Callable[[RunnerEvent], None]
 
@@ -112,41 +113,53 @@ def prompt_size_problem(engine: LLMEngine, request: GenerateRequest) -> str | No
     )
 
 
+@dataclass(frozen=True)
+class Prepared:
+    """A `Generate` the reader thread has measured and turned into its prompt (token ids, the
+    sampling settings with any tool call forced, the model's call format): the step loop only
+    queues it."""
+
+    request_id: str
+    request: GenerateRequest
+    prompt: ChatPrompt
+
+
 def prompt_preparer(
     engine: LLMEngine, vocab_size: int | None = None
-) -> Callable[[RunnerCommand], RunnerCommand | Rejected]:
-    """What the reader thread applies to each command: a text prompt is measured, then
-    tokenized, and goes on as token ids; one that cannot fit is rejected before tokenizing."""
+) -> Callable[[RunnerCommand], RunnerCommand | Prepared | Rejected]:
+    """What the reader thread applies to each command: a prompt is measured, then rendered and
+    tokenized; one that cannot fit is rejected before tokenizing."""
 
-    def prepare(command: RunnerCommand) -> RunnerCommand | Rejected:
-        if not isinstance(command, Generate) or command.request.prompt_ids is not None:
+    def prepare(command: RunnerCommand) -> RunnerCommand | Prepared | Rejected:
+        if not isinstance(command, Generate):
             return command
         problem = prompt_size_problem(engine, command.request)
         if problem is not None:
             return Rejected(command.request_id, problem)
         try:
-            ids = prompt_ids_of(engine, command.request, vocab_size)
+            prompt = prompt_of(engine, command.request, vocab_size)
         except TandemError as error:
             return Rejected(command.request_id, str(error))
-        request = replace(command.request, prompt=None, messages=None, prompt_ids=tuple(ids))
-        return Generate(command.request_id, request)
+        return Prepared(command.request_id, command.request, prompt)
 
     return prepare
 
 
-def prompt_ids_of(engine: LLMEngine, request: GenerateRequest, vocab_size: int | None = None) -> list[int]:
+def prompt_of(engine: LLMEngine, request: GenerateRequest, vocab_size: int | None = None) -> ChatPrompt:
+    """The prompt's token ids and the sampling settings to run it with (a chat's tools rendered,
+    a required call forced)."""
     tokenizer = engine.tokenizer
     if request.prompt_ids is not None:
         ids = list(request.prompt_ids)
         limit = vocab_size or (tokenizer.vocab_size if tokenizer else None)
         if limit is not None and any(not 0 <= t < limit for t in ids):
             raise TandemError(f"prompt_ids must be token ids between 0 and {limit - 1}")
-        return ids
+        return ChatPrompt(ids, request.params, None)
     if tokenizer is None:
         raise TandemError("this model has no tokenizer; send prompt_ids")
     if request.messages is not None:
-        return tokenizer.encode_chat([{"role": m.role, "content": m.content} for m in request.messages])
-    return tokenizer.encode(request.prompt or "")
+        return chat_prompt(tokenizer, request)
+    return ChatPrompt(tokenizer.encode(request.prompt or ""), request.params, None)
 
 
 class Driver:
@@ -179,15 +192,17 @@ class Driver:
         self.seq_of: dict[str, int] = {}
         self._reported = Load(0, 0)
 
-    def handle(self, command: RunnerCommand | Rejected) -> bool:
+    def handle(self, command: RunnerCommand | Prepared | Rejected) -> bool:
         """Apply one command; False when it asks the loop to stop."""
         match command:
             case Shutdown():
                 return False
             case Rejected():
                 self.emit(command)
+            case Prepared(request_id, request, prompt):
+                self._generate(request_id, request, prompt)
             case Generate(request_id, request):
-                self._generate(request_id, request)
+                self._generate(request_id, request, None)
             case Abort(request_id) if request_id in self.seq_of:
                 seq_id = self.seq_of.pop(request_id)
                 self.request_of.pop(seq_id, None)
@@ -209,9 +224,10 @@ class Driver:
             self._reported = load
             self.emit(load)
 
-    def _generate(self, request_id: str, request: GenerateRequest) -> None:
+    def _generate(self, request_id: str, request: GenerateRequest, prompt: ChatPrompt | None) -> None:
+        """Queue a request (`prompt`: as the reader thread prepared it; None: prepared here)."""
         if request.embed:
-            self._embed(request_id, request)
+            self._embed(request_id, request, prompt)
             return
         resumed = list(request.resume_ids)
         held = len(self.seq_of)
@@ -225,25 +241,25 @@ class Driver:
             )
             return
         try:
-            prompt_ids = prompt_ids_of(self.engine, request, self.vocab_size)
-            params = request.params
+            prompt = prompt or prompt_of(self.engine, request, self.vocab_size)
+            params = prompt.params
             if resumed:
                 params = replace(params, max_tokens=params.max_tokens - len(resumed))
-            seq_id = self.engine.add_request(prompt_ids + resumed, params)
+            seq_id = self.engine.add_request(prompt.prompt_ids + resumed, params)
         except TandemError as error:
             self.emit(Rejected(request_id, str(error)))
             return
         self.request_of[seq_id] = request_id
         self.seq_of[request_id] = seq_id
-        self.emit(Accepted(request_id, len(prompt_ids)))
+        self.emit(Accepted(request_id, len(prompt.prompt_ids), prompt.tool_format))
 
-    def _embed(self, request_id: str, request: GenerateRequest) -> None:
+    def _embed(self, request_id: str, request: GenerateRequest, prompt: ChatPrompt | None) -> None:
         """Embeddings run at once, between engine steps: one forward pass over the input."""
         if isinstance(self.embedder, str):
             self.emit(Rejected(request_id, self.embedder))
             return
         try:
-            ids = prompt_ids_of(self.engine, request, self.vocab_size)
+            ids = (prompt or prompt_of(self.engine, request, self.vocab_size)).prompt_ids
             vector = self.embedder.embed(ids)
         except TandemError as error:
             self.emit(Rejected(request_id, str(error)))

@@ -12,7 +12,9 @@ from __future__ import annotations
 import torch
 
 from tandem.engine.executor import SamplerStates
+from tandem.engine.grammar import Grammars
 from tandem.engine.interface import StageEngine
+from tandem.errors import InvalidRequestError
 from tandem.model.sampling_params import SamplingParams
 from tandem.model.step import StepPlan, TokenChoice
 from tandem.protocol.codec import ProtocolError
@@ -26,7 +28,12 @@ class PipelineExecutor:
     """Rank 0's executor: runs the first stage here (with its group) and the rest through the ring."""
 
     def __init__(
-        self, runner: StageEngine, wire: Wire, layout: InstanceLayout, channel: StageChannel | None = None
+        self,
+        runner: StageEngine,
+        wire: Wire,
+        layout: InstanceLayout,
+        channel: StageChannel | None = None,
+        grammars: Grammars | None = None,
     ) -> None:
         if layout.num_stages < 2:
             raise ValueError("a pipeline needs at least two stages; use a local executor for one")
@@ -37,8 +44,13 @@ class PipelineExecutor:
         self.last_leader = layout.leader(layout.num_stages - 1)
         self._starts: list[SequenceStart] = []
         self._ends: list[int] = []
+        self.grammars = grammars  # to refuse a constraint here that the last stage could not compile
 
     def start_sequence(self, seq_id: int, prompt_ids: list[int], params: SamplingParams) -> None:
+        if params.constraint is not None:
+            if self.grammars is None:
+                raise InvalidRequestError("this instance cannot constrain its output to a grammar")
+            self.grammars.matcher(params.constraint)
         self._starts.append(SequenceStart(seq_id, tuple(prompt_ids), params))
 
     def end_sequence(self, seq_id: int) -> None:
@@ -72,6 +84,7 @@ def serve_stage(
     layout: InstanceLayout,
     stage: int,
     channel: StageChannel | None = None,
+    grammars: Grammars | None = None,
 ) -> None:
     """The loop of the leader of every stage but the first: receive from the previous stage,
     share with its group (`channel`; None for a stage of one rank), compute, pass on (or, on the
@@ -80,7 +93,7 @@ def serve_stage(
     is_last = stage == layout.num_stages - 1
     previous = layout.leader(stage - 1)
     following = None if is_last else layout.leader(stage + 1)
-    samplers = SamplerStates(runner.config.vocab_size, runner.wire_device) if is_last else None
+    samplers = SamplerStates(runner.config.vocab_size, runner.wire_device, grammars) if is_last else None
     while True:
         header, hidden = wire.recv(src=previous)
         if not isinstance(header, Step | KeepAlive | Stop):

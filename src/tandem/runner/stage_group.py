@@ -15,6 +15,7 @@ import torch
 import torch.distributed as dist
 
 from tandem.engine.executor import LocalExecutor, PendingTokens, tokens_for
+from tandem.engine.grammar import Grammars
 from tandem.engine.interface import StageEngine
 from tandem.model.step import StepPlan, TokenChoice
 from tandem.protocol.codec import ProtocolError
@@ -80,8 +81,8 @@ class TensorParallelExecutor(LocalExecutor):
     """Rank 0 of an instance of one stage split over a tensor-parallel group: it runs the whole
     model with its group and samples here, like a local executor."""
 
-    def __init__(self, runner: StageEngine, channel: StageChannel) -> None:
-        super().__init__(runner)
+    def __init__(self, runner: StageEngine, channel: StageChannel, grammars: Grammars | None = None) -> None:
+        super().__init__(runner, grammars=grammars)
         self.channel = channel
 
     @torch.inference_mode()
