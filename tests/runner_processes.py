@@ -16,6 +16,7 @@ from tandem.model.stage import split_evenly
 from tandem.protocol import codec
 from tandem.protocol.runner import (
     Accepted,
+    CacheReport,
     Generate,
     GenerateRequest,
     Listening,
@@ -38,13 +39,20 @@ class RunnerProcess:
             text=True,
             env={**os.environ, **(env or {})},
         )
+        self.cache: CacheReport | None = None  # the latest cache counters rank 0 reported
 
     def next_event(self, timeout: float = 60) -> RunnerEvent:
+        """The next event; cache reports, which come whenever the counters change, are kept in
+        `cache` rather than returned."""
         deadline = time.monotonic() + timeout
-        line = self.process.stdout.readline()  # type: ignore[union-attr]
-        assert line, f"runner exited with {self.process.wait()}"
-        assert time.monotonic() < deadline
-        return codec.decode(RunnerEvent, line)
+        while True:
+            line = self.process.stdout.readline()  # type: ignore[union-attr]
+            assert line, f"runner exited with {self.process.wait()}"
+            assert time.monotonic() < deadline
+            event = codec.decode(RunnerEvent, line)
+            if not isinstance(event, CacheReport):
+                return event
+            self.cache = event
 
     def send(self, command: RunnerCommand) -> None:
         self.send_line(codec.encode(command).decode())

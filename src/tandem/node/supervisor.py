@@ -16,6 +16,7 @@ from tandem.protocol import codec
 from tandem.protocol.codec import ProtocolError
 from tandem.protocol.runner import (
     Abort,
+    CacheReport,
     Failed,
     Generate,
     GenerateRequest,
@@ -51,6 +52,7 @@ class RunnerProcess:
         self.listening: asyncio.Future[int] = loop.create_future()
         self.ready: asyncio.Future[Ready] = loop.create_future()
         self.requests: dict[str, asyncio.Queue[RequestEvent]] = {}
+        self.cache: CacheReport | None = None  # rank 0's latest KV-cache counters
         self.stopping = False
         self.reader = asyncio.create_task(self._read_events())
 
@@ -96,6 +98,8 @@ class RunnerProcess:
         elif isinstance(event, Failed):
             self.stopping = True  # the exit that follows is this failure, reported here once
             await self._report("failed", None, event.message)
+        elif isinstance(event, CacheReport):
+            self.cache = event
         elif event.request_id is not None:
             queue = self.requests.get(event.request_id)
             if queue is not None:

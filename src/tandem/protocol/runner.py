@@ -2,7 +2,7 @@
 commands it reads on stdin and the events it writes on stdout, one JSON message a line.
 
     node -> runner:  Generate | Abort | Shutdown
-    runner -> node:  Listening | Ready | Failed            (about the runner)
+    runner -> node:  Listening | Ready | Failed | CacheReport   (about the runner)
                      Accepted | Rejected | Token | Finished | RequestError   (about one request)
 """
 
@@ -222,6 +222,23 @@ class Failed:
 
 
 @dataclass(frozen=True)
+class CacheReport:
+    """Rank 0's paged KV cache now: blocks free of the pool, and the prefix cache's counters
+    (blocks of prompts found cached or not). Sent when it changed and the engine went idle, or
+    at most every `CACHE_REPORT_SECONDS` while it works."""
+
+    TAG: ClassVar[str] = "cache"
+    block_size: int
+    blocks_total: int
+    blocks_free: int
+    prefix_hits: int
+    prefix_misses: int
+
+
+CACHE_REPORT_SECONDS = 1.0
+
+
+@dataclass(frozen=True)
 class Accepted:
     TAG: ClassVar[str] = "accepted"
     request_id: str
@@ -281,7 +298,7 @@ class RequestError:
 
 
 RequestEvent = Accepted | Rejected | Token | Finished | RequestError
-RunnerEvent = Listening | Ready | Failed | RequestEvent
+RunnerEvent = Listening | Ready | Failed | CacheReport | RequestEvent
 
 
 def ends_request(event: RequestEvent) -> bool:

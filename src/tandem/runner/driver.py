@@ -1,5 +1,6 @@
 """Rank 0's request loop: commands from the node in, token events out, one JSON message a line
-(`tandem.protocol.runner`: Generate, Abort, Shutdown in; Accepted, Rejected, Token, Finished out).
+(`tandem.protocol.runner`: Generate, Abort, Shutdown in; Accepted, Rejected, Token, Finished out,
+and the KV cache's counters as CacheReport when they change).
 """
 
 from __future__ import annotations
@@ -8,7 +9,9 @@ import json
 import queue
 import sys
 import threading
+import time
 from collections.abc import Callable
+from dataclasses import asdict
 from typing import TextIO
 
 from tandem.engine.engine import LLMEngine, TokenEvent
@@ -16,7 +19,9 @@ from tandem.errors import TandemError
 from tandem.protocol import codec
 from tandem.protocol.codec import ProtocolError
 from tandem.protocol.runner import (
+    CACHE_REPORT_SECONDS,
     Abort,
+    CacheReport,
     Accepted,
     Finished,
     Generate,
@@ -108,6 +113,8 @@ class Driver:
         self.keep_alive_seconds = keep_alive_seconds
         self.request_of: dict[int, str] = {}  # seq_id -> request_id
         self.seq_of: dict[str, int] = {}
+        self.cache_reported = CacheReport(**asdict(engine.cache_stats()))  # the node knows the start
+        self.cache_reported_at = time.monotonic()
 
     def handle(self, command: RunnerCommand | Rejected) -> bool:
         """Apply one command; False when it asks the loop to stop."""
@@ -188,3 +195,16 @@ class Driver:
                     command = None
             for event in self.engine.step():
                 self.publish(event)
+            self.report_cache()
+
+    def report_cache(self) -> None:
+        """Emit the cache's counters where they changed, once the engine is idle or a report is
+        `CACHE_REPORT_SECONDS` old (not after every step: blocks change nearly every step)."""
+        report = CacheReport(**asdict(self.engine.cache_stats()))
+        if report == self.cache_reported:
+            return
+        now = time.monotonic()
+        if self.engine.has_work() and now - self.cache_reported_at < CACHE_REPORT_SECONDS:
+            return
+        self.emit(report)
+        self.cache_reported, self.cache_reported_at = report, now
