@@ -73,9 +73,7 @@ def test_rotary_and_cache_write(dtype):
     positions = torch.tensor([0, 17, 39], device=TEST_DEVICE)
     k_cache = torch.zeros(blocks, kv_heads, block_size, head_dim, dtype=dtype, device=TEST_DEVICE)
     v_cache = torch.zeros_like(k_cache)
-    q_out = kernels.rotary_and_cache_write(
-        qkv, cos, sin, table, positions, k_cache, v_cache, heads, kv_heads
-    )
+    q_out = kernels.rotary_and_cache_write(qkv, cos, sin, table, positions, k_cache, v_cache, heads, kv_heads)
 
     q, k, v = qkv.view(batch, 1, -1, head_dim).split([heads, kv_heads, kv_heads], dim=2)
     q_expected = apply_rotary(q.transpose(1, 2), cos[:, None], sin[:, None])[:, :, 0]

@@ -17,6 +17,7 @@ from mlx_support import (
 
 require_mlx()
 
+from tandem.engine.blocks import BLOCK_SIZE  # noqa: E402
 from tandem.errors import UnsupportedModelError  # noqa: E402
 from tandem.mlx.engine import MLXStageEngine  # noqa: E402
 from tandem.mlx.local import create_mlx_engine  # noqa: E402
@@ -79,9 +80,10 @@ def test_stages_hold_only_their_share_and_compose(checkpoint_factory, cuts):
         report = stage.report()
         assert (report.engine, report.device) == ("mlx", "cpu")
         assert report.parameter_bytes == 4 * expected
+        positions = 64 + BLOCK_SIZE  # one sequence of 64 tokens in blocks, and the scratch block
         assert (
             report.kv_cache_bytes
-            == 2 * len(stage.stage.layers) * config.num_kv_heads * 64 * config.head_dim * 4
+            == 2 * len(stage.stage.layers) * config.num_kv_heads * positions * config.head_dim * 4
         )
 
 

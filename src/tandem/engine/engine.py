@@ -14,7 +14,7 @@ the key and value it wrote sit past the sequence's end, where nothing reads them
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
+from collections.abc import Generator
 from dataclasses import dataclass
 
 from tandem.engine.blocks import BlockPool, CacheStats, pool_blocks
@@ -211,7 +211,7 @@ class LLMEngine:
         self.sequences.pop(sequence.seq_id, None)
         self._streams.pop(sequence.seq_id, None)
 
-    def generate(self, prompt_ids: list[int], params: SamplingParams) -> Iterator[TokenEvent]:
+    def generate(self, prompt_ids: list[int], params: SamplingParams) -> Generator[TokenEvent, None, None]:
         """Run one request to completion (other queued requests advance too)."""
         seq_id = self.add_request(prompt_ids, params)
         try:

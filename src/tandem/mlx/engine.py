@@ -15,8 +15,8 @@ import mlx.core as mx
 import numpy as np
 import torch
 
-from tandem.errors import InvalidRequestError
 from tandem.engine.blocks import blocks_for, pool_blocks
+from tandem.errors import InvalidRequestError
 from tandem.mlx.arrays import DTYPE_NAMES, mlx_dtype, to_mlx, to_torch
 from tandem.mlx.cache import PagedCache, StepBatch
 from tandem.mlx.model import StageModel
@@ -176,7 +176,9 @@ class MLXStageEngine:
             else:
                 inputs = self.token_ids(plan)  # [B, T]
             rows = self.logit_rows(plan) if self.stage.is_last else None
-            output = self.model(inputs, StepBatch.for_plan(plan, self.kv_cache.scratch_block), self.kv_cache, rows)
+            output = self.model(
+                inputs, StepBatch.for_plan(plan, self.kv_cache.scratch_block), self.kv_cache, rows
+            )
             # The cache writes are not all in the output's graph (a prompt attends its own keys).
             mx.eval(output, *self.kv_cache.arrays())
         return to_torch(output)

@@ -21,8 +21,8 @@ from tandem.protocol.codec import ProtocolError
 from tandem.protocol.runner import (
     CACHE_REPORT_SECONDS,
     Abort,
-    CacheReport,
     Accepted,
+    CacheReport,
     Finished,
     Generate,
     GenerateRequest,

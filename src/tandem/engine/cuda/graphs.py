@@ -42,7 +42,9 @@ class DecodeGraphs:
         ]
         self.replays = 0
         self.inputs = torch.zeros(2, max_batch, dtype=torch.long, device=device)
-        self.tables = torch.full((max_batch, table_width), self.scratch_block, dtype=torch.long, device=device)
+        self.tables = torch.full(
+            (max_batch, table_width), self.scratch_block, dtype=torch.long, device=device
+        )
         self.hidden = None
         if not model.stage.is_first:
             self.hidden = torch.zeros(
