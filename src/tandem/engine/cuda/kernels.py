@@ -175,10 +175,10 @@ def _rotary_cache_kernel(
     v_cache_ptr,
     num_heads,
     num_kv_heads,
-    block_size,
     table_stride,
     qkv_stride,
     HEAD_DIM: tl.constexpr,
+    BLOCK_SIZE: tl.constexpr,
     OVERLAP: tl.constexpr,
 ):
     wait_for_previous_kernel(OVERLAP)
@@ -192,8 +192,8 @@ def _rotary_cache_kernel(
     base = qkv_ptr + sequence * qkv_stride + head * HEAD_DIM
     x = tl.load(base + offsets)
     position = tl.load(positions_ptr + sequence)
-    block = tl.load(table_ptr + sequence * table_stride + position // block_size)
-    place = position % block_size
+    block = tl.load(table_ptr + sequence * table_stride + position // BLOCK_SIZE)
+    place = position % BLOCK_SIZE
     if head < num_heads + num_kv_heads:
         cos = tl.load(cos_ptr + sequence * HEAD_DIM + offsets).to(tl.float32)
         sin = tl.load(sin_ptr + sequence * HEAD_DIM + offsets).to(tl.float32)
@@ -206,11 +206,11 @@ def _rotary_cache_kernel(
             tl.store(q_out_ptr + (sequence * num_heads + head) * HEAD_DIM + offsets, rotated)
         else:
             kv_head = head - num_heads
-            row = ((block * num_kv_heads + kv_head) * block_size + place) * HEAD_DIM
+            row = ((block * num_kv_heads + kv_head) * BLOCK_SIZE + place) * HEAD_DIM
             tl.store(k_cache_ptr + row + offsets, rotated)
     else:
         kv_head = head - num_heads - num_kv_heads
-        row = ((block * num_kv_heads + kv_head) * block_size + place) * HEAD_DIM
+        row = ((block * num_kv_heads + kv_head) * BLOCK_SIZE + place) * HEAD_DIM
         tl.store(v_cache_ptr + row + offsets, x)
 
 
@@ -245,10 +245,10 @@ def rotary_and_cache_write(
         v_cache,
         num_heads,
         num_kv_heads,
-        k_cache.shape[2],
         block_table.stride(0),
         qkv.stride(0),
         HEAD_DIM=head_dim,
+        BLOCK_SIZE=k_cache.shape[2],
         **overlap(),
     )
     return q_out
@@ -271,11 +271,11 @@ def _decode_partial_kernel(
     acc_ptr,
     num_heads,
     num_kv_heads,
-    block_size,
     table_stride,
     num_partitions,
     window,
     scale,
+    CACHE_BLOCK: tl.constexpr,
     GROUP: tl.constexpr,
     GROUP_PAD: tl.constexpr,
     HEAD_DIM: tl.constexpr,
@@ -309,8 +309,8 @@ def _decode_partial_kernel(
         # Masked loads of keys past the length (or before the window) read no memory.
         keys = start + block * BLOCK_N + tl.arange(0, BLOCK_N)
         valid = (keys < length) & (keys >= first_key)
-        blocks = tl.load(table + keys // block_size, mask=valid, other=0)  # the block table's entries
-        cache_rows = (blocks * num_kv_heads + kv_head) * block_size + keys % block_size
+        blocks = tl.load(table + keys // CACHE_BLOCK, mask=valid, other=0)  # the block table's entries
+        cache_rows = (blocks * num_kv_heads + kv_head) * CACHE_BLOCK + keys % CACHE_BLOCK
         offsets = cache_rows[:, None] * HEAD_DIM + dims[None, :]
         k = tl.load(k_cache_ptr + offsets, mask=valid[:, None], other=0.0)
         v = tl.load(v_cache_ptr + offsets, mask=valid[:, None], other=0.0)
@@ -416,11 +416,11 @@ def decode_attention(
         acc,
         num_heads,
         num_kv_heads,
-        block_size,
         block_table.stride(0),
         num_partitions,
         window or 0,
         scale,
+        CACHE_BLOCK=block_size,
         GROUP=group,
         GROUP_PAD=max(16, triton.next_power_of_2(group)),
         HEAD_DIM=head_dim,
