@@ -47,6 +47,7 @@ class Scheduler:
         self.decoding: list[Sequence] = []
         self.starting: list[Sequence] = []  # whole prompts computed in the step under way
         self._last_was_prefill = False
+        self._hashes: dict[int, tuple[int, list[bytes]]] = {}  # seq_id -> (tokens, their hashes)
 
     def add(self, sequence: Sequence) -> None:
         self.waiting.append(sequence)
@@ -58,9 +59,15 @@ class Scheduler:
 
     def _reusable_hashes(self, sequence: Sequence) -> list[bytes]:
         """Hashes of the full blocks a sequence may take from the prefix cache: all but its last
-        token's block, since the last token is computed to choose the next."""
+        token's block, since the last token is computed to choose the next. Kept while the
+        sequence waits: every step asks whether the first waiting one fits."""
+        known = self._hashes.get(sequence.seq_id)
+        if known is not None and known[0] == sequence.num_tokens:
+            return known[1]
         tokens = sequence.token_ids
-        return prefix_hashes(tokens[: len(tokens) - 1], self.pool.block_size)
+        hashes = prefix_hashes(tokens[: len(tokens) - 1], self.pool.block_size)
+        self._hashes[sequence.seq_id] = (sequence.num_tokens, hashes)
+        return hashes
 
     def _free_needed(self, sequence: Sequence) -> int:
         total = blocks_for(sequence.num_tokens, self.pool.block_size)
@@ -83,6 +90,7 @@ class Scheduler:
     def _admit(self, sequence: Sequence) -> None:
         """Blocks for all of `sequence`'s tokens, its cached prefix shared."""
         hashes = self._reusable_hashes(sequence)
+        del self._hashes[sequence.seq_id]
         sequence.blocks = self.pool.take_prefix(hashes, looked_up=len(hashes))
         sequence.block_hashes = hashes[: len(sequence.blocks)]
         sequence.num_computed = len(sequence.blocks) * self.pool.block_size
@@ -218,6 +226,7 @@ class Scheduler:
             self.starting.remove(sequence)
         if sequence in self.decoding:
             self.decoding.remove(sequence)
+        self._hashes.pop(sequence.seq_id, None)
         self._free_blocks(sequence)
 
     def _free_blocks(self, sequence: Sequence) -> None:
