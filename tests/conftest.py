@@ -50,6 +50,7 @@ SLOW_MODULES = {
     "mlx_engine/test_mlx_profile_bench.py",
     "mlx_engine/test_mlx_quantized.py",
     "mlx_engine/test_mlx_stages.py",
+    "runner/test_paged_pipeline.py",
     "runner/test_pipeline.py",
     "runner/test_rendezvous.py",
     "runner/test_tensor_parallel_runners.py",

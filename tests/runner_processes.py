@@ -16,6 +16,7 @@ from tandem.model.stage import split_evenly
 from tandem.protocol import codec
 from tandem.protocol.runner import (
     Accepted,
+    CacheReport,
     Generate,
     GenerateRequest,
     Listening,
@@ -44,18 +45,23 @@ class RunnerProcess:
             text=True,
             env={**os.environ, **(env or {})},
         )
+        self.cache: CacheReport | None = None  # the latest cache counters rank 0 reported
 
     def next_event(self, timeout: float = 60) -> RunnerEvent:
-        """The next event other than a `Load` report (the latest of those is kept in `load`)."""
+        """The next event other than a `Load` or `CacheReport` (the latest of each is kept in
+        `load` and `cache`)."""
         deadline = time.monotonic() + timeout
         while True:
             line = self.process.stdout.readline()  # type: ignore[union-attr]
             assert line, f"runner exited with {self.process.wait()}"
             assert time.monotonic() < deadline
             event = codec.decode(RunnerEvent, line)
-            if not isinstance(event, Load):
+            if isinstance(event, Load):
+                self.load = event
+            elif isinstance(event, CacheReport):
+                self.cache = event
+            else:
                 return event
-            self.load = event
 
     def wait_for_load(self, expected: Load, timeout: float = 30) -> None:
         """Read events until a `Load` report equals `expected` (other events are dropped)."""
@@ -66,6 +72,8 @@ class RunnerProcess:
             event = codec.decode(RunnerEvent, line)
             if isinstance(event, Load):
                 self.load = event
+            elif isinstance(event, CacheReport):
+                self.cache = event
 
     def send(self, command: RunnerCommand) -> None:
         self.send_line(codec.encode(command).decode())

@@ -26,9 +26,9 @@ from tandem.runner.assemble import start_rank
 
 
 def last_logits(model, prompt: list[int]) -> list[float]:
-    cache = KVCache.for_model(model, num_slots=1, max_length=64)
+    cache = KVCache.for_model(model, num_blocks=4)
     positions = torch.arange(len(prompt))[None]
-    batch = model.attention_batch(positions, torch.zeros(1, dtype=torch.long), len(prompt))
+    batch = model.attention_batch(positions, torch.arange(4)[None], len(prompt))
     with torch.inference_mode():
         return model(torch.tensor([prompt]), batch, cache)[-1].tolist()
 

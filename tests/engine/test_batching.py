@@ -35,7 +35,7 @@ def test_concurrent_sequences_match_sequential_runs(checkpoint_factory):
                 finished.add(event.seq_id)
     assert finished == set(ids)
     assert [together[seq_id] for seq_id in ids] == alone
-    assert sorted(engine.scheduler.free_slots) == [0, 1, 2]
+    assert engine.cache_stats().blocks_free == engine.cache_stats().blocks_total
 
 
 def test_finish_reasons_length_and_context(checkpoint_factory):
@@ -86,8 +86,9 @@ def test_short_prompts_share_a_step_and_get_what_they_get_alone(checkpoint_facto
         for event in engine.step():
             together[event.seq_id].append(event.token_id)
     assert [together[seq_id] for seq_id in ids] == alone
-    # The first four prompts (padded to 9: 36 tokens) went in one step; the 30-token one could
-    # not join the 12-token one (60 > 40), and waited for a slot besides.
+    # The first four prompts (padded to 9: 36 tokens) went in one step. The 30-token one, computed
+    # alone before, found its first block in the prefix cache: only its last 14 tokens ran.
     assert widths[0] == [5, 9, 1, 7]
-    assert [5, 9, 1, 7] not in widths[1:] and [30] in widths and [12] in widths
-    assert sorted(engine.scheduler.free_slots) == [0, 1, 2, 3]
+    assert [5, 9, 1, 7] not in widths[1:] and [14] in widths and [12] in widths
+    assert [30] not in widths and engine.cache_stats().prefix_hits == 1
+    assert engine.cache_stats().blocks_free == engine.cache_stats().blocks_total

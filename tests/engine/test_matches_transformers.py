@@ -74,11 +74,10 @@ def test_greedy_tokens_equal_transformers(checkpoint_factory, family):
 
 
 def forward_logits(model, prompt: list[int]) -> torch.Tensor:
-    cache = KVCache.for_model(model, num_slots=1, max_length=64)
+    cache = KVCache.for_model(model, num_blocks=4)
     positions = torch.arange(len(prompt), device=TEST_DEVICE)[None]
-    batch = model.attention_batch(
-        positions, torch.zeros(1, dtype=torch.long, device=TEST_DEVICE), len(prompt)
-    )
+    blocks = torch.tensor([[2, 0, 3, 1]], device=TEST_DEVICE)  # 64 positions, out of order
+    batch = model.attention_batch(positions, blocks, len(prompt))
     with torch.inference_mode():
         return model(torch.tensor([prompt], device=TEST_DEVICE), batch, cache)  # [T, vocab]
 
@@ -115,14 +114,9 @@ def test_layer_ranges_compose_to_the_whole_model(checkpoint_factory, cuts):
     hidden = torch.tensor([prompt], device=device)
     with torch.inference_mode():
         for stage in stages:
-            cache = KVCache.for_model(stage, num_slots=1, max_length=64)
-            hidden = stage(
-                hidden,
-                stage.attention_batch(
-                    positions, torch.zeros(1, dtype=torch.long, device=device), len(prompt)
-                ),
-                cache,
-            )
+            cache = KVCache.for_model(stage, num_blocks=4)
+            blocks = torch.arange(4, device=device)[None]
+            hidden = stage(hidden, stage.attention_batch(positions, blocks, len(prompt)), cache)
     assert_logits_close(hidden, forward_logits(whole, prompt))
     # Each stage holds its own layers, plus the embedding (first) or norm and head (last); the tied
     # head is a copy of the embedding on the last stage.

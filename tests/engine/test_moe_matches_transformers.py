@@ -19,6 +19,7 @@ from engine.test_matches_transformers import (
     reference_greedy,
     reference_model,
 )
+from tandem.engine.blocks import BLOCK_SIZE
 from tandem.engine.checkpoint import Checkpoint
 from tandem.engine.device import DTYPES
 from tandem.engine.kv_cache import KVCache
@@ -59,11 +60,12 @@ def test_logits_match_at_every_position(moe_checkpoint_factory, moe_family):
 
 def decode_one_by_one(model, prompt: list[int]) -> torch.Tensor:
     """Last logits of `prompt` fed one token a step (every step a decode step)."""
-    cache = KVCache.for_model(model, num_slots=2, max_length=64)
-    slot = torch.ones(1, dtype=torch.long, device=TEST_DEVICE)
+    cache = KVCache.for_model(model, num_blocks=8)
+    blocks = torch.tensor([[5, 1, 7, 2]], device=TEST_DEVICE)  # 64 positions, out of order
     with torch.inference_mode():
         for position, token in enumerate(prompt):
-            batch = model.attention_batch(torch.tensor([[position]], device=TEST_DEVICE), slot, position + 1)
+            position_ids = torch.tensor([[position]], device=TEST_DEVICE)
+            batch = model.attention_batch(position_ids, blocks, position + 1)
             logits = model(torch.tensor([[token]], device=TEST_DEVICE), batch, cache)
     return logits[-1]
 
@@ -83,13 +85,13 @@ def test_latent_cache_holds_the_latent_and_the_rotary_key_only(moe_checkpoint_fa
     checkpoint = moe_checkpoint_factory(family)
     config = load_model_config(checkpoint.path)
     model = load_stage(checkpoint.path, None, torch.device(TEST_DEVICE), DTYPES[TEST_DTYPE])
-    cache = KVCache.for_model(model, num_slots=3, max_length=50)
+    cache = KVCache.for_model(model, num_blocks=3)
     assert isinstance(cache, LatentCache)
     raw = checkpoint.config
     width = raw["kv_lora_rank"] + raw["qk_rope_head_dim"]
-    assert {tuple(t.shape) for t in cache.latents.values()} == {(3, 50, width)}
+    assert {tuple(t.shape) for t in cache.latents.values()} == {(4, BLOCK_SIZE, width)}  # and scratch
     element = torch.finfo(DTYPES[TEST_DTYPE]).bits // 8
-    assert cache.bytes() == 3 * 50 * config.kv_bytes_per_token(element)
+    assert cache.bytes() == 4 * BLOCK_SIZE * config.kv_bytes_per_token(element)
     expanded = raw["num_attention_heads"] * (
         raw["qk_nope_head_dim"] + raw["qk_rope_head_dim"] + raw["v_head_dim"]
     )
@@ -99,7 +101,7 @@ def test_latent_cache_holds_the_latent_and_the_rotary_key_only(moe_checkpoint_fa
 def test_dense_families_keep_the_key_value_cache(checkpoint_factory):
     checkpoint = checkpoint_factory("llama-gqa")
     model = load_stage(checkpoint.path, None, torch.device(TEST_DEVICE), DTYPES[TEST_DTYPE])
-    assert type(KVCache.for_model(model, num_slots=1, max_length=8)) is KVCache
+    assert type(KVCache.for_model(model, num_blocks=1)) is KVCache
 
 
 def held_parameters(model, dtype: torch.dtype) -> int:
@@ -132,9 +134,9 @@ def test_layer_ranges_compose_and_hold_their_share(moe_checkpoint_factory, famil
     hidden = torch.tensor([prompt], device=device)
     with torch.inference_mode():
         for stage in stages:
-            cache = KVCache.for_model(stage, num_slots=1, max_length=64)
-            slots = torch.zeros(1, dtype=torch.long, device=device)
-            hidden = stage(hidden, stage.attention_batch(positions, slots, len(prompt)), cache)
+            cache = KVCache.for_model(stage, num_blocks=4)
+            blocks = torch.arange(4, device=device)[None]
+            hidden = stage(hidden, stage.attention_batch(positions, blocks, len(prompt)), cache)
     assert_logits_close(hidden, forward_logits(whole, prompt))
     config = whole.config
     element = torch.finfo(dtype).bits // 8

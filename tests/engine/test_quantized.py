@@ -66,8 +66,8 @@ def stage_logits(stages, prompt: list[int]) -> torch.Tensor:
     hidden = torch.tensor([prompt])
     with torch.inference_mode():
         for stage in stages:
-            cache = KVCache.for_model(stage, num_slots=1, max_length=64)
-            batch = stage.attention_batch(positions, torch.zeros(1, dtype=torch.long), len(prompt))
+            cache = KVCache.for_model(stage, num_blocks=4)
+            batch = stage.attention_batch(positions, torch.arange(4)[None], len(prompt))
             hidden = stage(hidden, batch, cache)
     return hidden  # [T, vocab]
 

@@ -1,20 +1,21 @@
-"""The scheduler's decisions, as pure functions of lengths, slots and budgets."""
+"""The scheduler's decisions, as pure functions of lengths, free blocks and budgets."""
 
 from __future__ import annotations
 
 import pytest
 
+from tandem.engine.blocks import BlockPool
 from tandem.engine.scheduler import Scheduler, prompts_in_one_step
 from tandem.engine.sequence import Sequence
 from tandem.model.sampling_params import SamplingParams
 
 
 @pytest.mark.parametrize(
-    ("lengths", "free_slots", "budget", "count"),
+    ("lengths", "admissible", "budget", "count"),
     [
         ([], 4, 100, 0),  # nothing waits
-        ([5, 5], 0, 100, 0),  # no slot
-        ([5, 9, 1, 7, 30], 4, 40, 4),  # four padded to 9 = 36; a fifth has no slot
+        ([5, 5], 0, 100, 0),  # no blocks for any
+        ([5, 9, 1, 7, 30], 4, 40, 4),  # four padded to 9 = 36; a fifth has no blocks
         ([5, 9, 1, 7, 30], 8, 40, 4),  # the fifth would make 5 x 30
         ([30, 5], 4, 40, 1),  # 2 x 30 > 40: the long one alone
         ([50, 5], 4, 40, 1),  # longer than the budget: alone, in chunks
@@ -22,8 +23,8 @@ from tandem.model.sampling_params import SamplingParams
         ([3, 3, 3], 2, 100, 2),
     ],
 )
-def test_how_many_prompts_one_step_computes(lengths, free_slots, budget, count):
-    assert prompts_in_one_step(lengths, free_slots, budget) == count
+def test_how_many_prompts_one_step_computes(lengths, admissible, budget, count):
+    assert prompts_in_one_step(lengths, admissible, budget) == count
 
 
 def sequence(seq_id: int, length: int) -> Sequence:
@@ -31,7 +32,7 @@ def sequence(seq_id: int, length: int) -> Sequence:
 
 
 def test_whole_prompts_then_a_long_one_in_chunks_alternating_with_decode():
-    scheduler = Scheduler(num_slots=3, max_prefill_tokens=8)
+    scheduler = Scheduler(BlockPool(6, block_size=8), max_prefill_tokens=8)
     sequences = {i: sequence(i, n) for i, n in enumerate((3, 4, 20))}
     for s in sequences.values():
         scheduler.add(s)
@@ -48,4 +49,5 @@ def test_whole_prompts_then_a_long_one_in_chunks_alternating_with_decode():
     long = scheduler.next_plan()
     assert [(c.seq_id, c.start, len(c.token_ids)) for c in long.chunks] == [(2, 0, 8)]
     scheduler.remove(sequences[2])
-    assert scheduler.free_slots == [2] and scheduler.has_work()  # its slot is free again
+    # its three blocks are free again (the first two prompts hold one each)
+    assert scheduler.pool.num_free == 4 and scheduler.has_work()

@@ -16,6 +16,7 @@ triton = pytest.importorskip("triton")
 
 from tandem.engine.attention import attention_masks  # noqa: E402
 from tandem.engine.cuda import kernels  # noqa: E402
+from tandem.engine.kv_cache import gather_blocks  # noqa: E402
 from tandem.engine.models.llama import RMSNorm  # noqa: E402
 from tandem.engine.rope import apply_rotary  # noqa: E402
 
@@ -62,18 +63,17 @@ def test_silu_mul_matches_eager(dtype):
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_rotary_and_cache_write(dtype):
     generator = torch.Generator().manual_seed(2)
-    batch, heads, kv_heads, head_dim, slots, max_length = 3, 8, 2, 32, 5, 40
+    batch, heads, kv_heads, head_dim, blocks, block_size = 3, 8, 2, 32, 9, 16
     qkv = random(batch, (heads + 2 * kv_heads) * head_dim, dtype=dtype, generator=generator)
     angles = torch.rand(batch, head_dim // 2, generator=generator) * 6
     angles = torch.cat([angles, angles], -1)
     cos, sin = angles.cos().to(TEST_DEVICE, dtype), angles.sin().to(TEST_DEVICE, dtype)
-    slot_ids = torch.tensor([4, 0, 2], device=TEST_DEVICE)
+    # block tables out of order, padded with the scratch block (8)
+    table = torch.tensor([[4, 8, 8], [0, 7, 8], [2, 5, 6]], device=TEST_DEVICE)
     positions = torch.tensor([0, 17, 39], device=TEST_DEVICE)
-    k_cache = torch.zeros(slots, kv_heads, max_length, head_dim, dtype=dtype, device=TEST_DEVICE)
+    k_cache = torch.zeros(blocks, kv_heads, block_size, head_dim, dtype=dtype, device=TEST_DEVICE)
     v_cache = torch.zeros_like(k_cache)
-    q_out = kernels.rotary_and_cache_write(
-        qkv, cos, sin, slot_ids, positions, k_cache, v_cache, heads, kv_heads
-    )
+    q_out = kernels.rotary_and_cache_write(qkv, cos, sin, table, positions, k_cache, v_cache, heads, kv_heads)
 
     q, k, v = qkv.view(batch, 1, -1, head_dim).split([heads, kv_heads, kv_heads], dim=2)
     q_expected = apply_rotary(q.transpose(1, 2), cos[:, None], sin[:, None])[:, :, 0]
@@ -85,10 +85,10 @@ def test_rotary_and_cache_write(dtype):
     rotary_tolerance = {"rtol": 0, "atol": 2 * step * float(qkv.abs().max())}
     torch.testing.assert_close(q_out, q_expected, **rotary_tolerance)
     for row in range(batch):
-        torch.testing.assert_close(
-            k_cache[slot_ids[row], :, positions[row]], k_expected[row], **rotary_tolerance
-        )
-        torch.testing.assert_close(v_cache[slot_ids[row], :, positions[row]], v[row, 0], rtol=0, atol=0)
+        position = int(positions[row])
+        block, offset = int(table[row, position // block_size]), position % block_size
+        torch.testing.assert_close(k_cache[block, :, offset], k_expected[row], **rotary_tolerance)
+        torch.testing.assert_close(v_cache[block, :, offset], v[row, 0], rtol=0, atol=0)
     assert int((k_cache != 0).any(-1).sum()) == batch * kv_heads  # nothing else was written
 
 
@@ -96,19 +96,21 @@ def test_rotary_and_cache_write(dtype):
 @pytest.mark.parametrize("window", [None, 37])
 def test_decode_attention_matches_sdpa(dtype, window):
     generator = torch.Generator().manual_seed(3)
-    heads, kv_heads, head_dim, slots, max_length = 8, 2, 64, 4, 300
-    k_cache = random(slots, kv_heads, max_length, head_dim, dtype=dtype, generator=generator)
-    v_cache = random(slots, kv_heads, max_length, head_dim, dtype=dtype, generator=generator)
-    lengths = torch.tensor([1, 129, 300], device=TEST_DEVICE)  # one, past a partition, the whole cache
-    slot_ids = torch.tensor([3, 0, 1], device=TEST_DEVICE)
+    heads, kv_heads, head_dim, blocks, block_size, width = 8, 2, 64, 64, 16, 19  # 304 positions
+    k_cache = random(blocks, kv_heads, block_size, head_dim, dtype=dtype, generator=generator)
+    v_cache = random(blocks, kv_heads, block_size, head_dim, dtype=dtype, generator=generator)
+    lengths = torch.tensor([1, 129, 300], device=TEST_DEVICE)  # one, past a partition, 19 blocks
+    # each sequence's blocks scattered through the pool
+    table = torch.randperm(blocks, generator=generator)[: 3 * width].view(3, width).to(TEST_DEVICE)
     q = random(3, heads, head_dim, dtype=dtype, generator=generator)
-    out = kernels.decode_attention(q, k_cache, v_cache, slot_ids, lengths, window, head_dim**-0.5)
+    out = kernels.decode_attention(q, k_cache, v_cache, table, lengths, window, head_dim**-0.5)
     positions = (lengths - 1)[:, None]
+    max_length = width * block_size
     mask = attention_masks(positions, max_length, {window})[window]
     expected = torch.nn.functional.scaled_dot_product_attention(
         q[:, :, None].float(),
-        k_cache[slot_ids].float(),
-        v_cache[slot_ids].float(),
+        gather_blocks(k_cache, table, max_length).float(),
+        gather_blocks(v_cache, table, max_length).float(),
         attn_mask=mask,
         enable_gqa=True,
         scale=head_dim**-0.5,

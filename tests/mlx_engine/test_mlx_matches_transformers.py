@@ -17,6 +17,7 @@ from mlx_support import (
 
 require_mlx()
 
+from tandem.engine.blocks import BLOCK_SIZE  # noqa: E402
 from tandem.errors import UnsupportedModelError  # noqa: E402
 from tandem.mlx.engine import MLXStageEngine  # noqa: E402
 from tandem.mlx.local import create_mlx_engine  # noqa: E402
@@ -30,7 +31,7 @@ PROMPT_LENGTHS = (1, 7, 19)  # 19 > the Mistral test window of 8
 
 
 def prompt_plan(prompt: list[int]) -> StepPlan:
-    return StepPlan((SequenceChunk(0, 0, 0, tuple(prompt), sample=True),))
+    return StepPlan((SequenceChunk(0, (0, 1, 2, 3), 0, tuple(prompt), sample=True),))
 
 
 def test_greedy_tokens_equal_transformers(checkpoint_factory, family):
@@ -79,9 +80,10 @@ def test_stages_hold_only_their_share_and_compose(checkpoint_factory, cuts):
         report = stage.report()
         assert (report.engine, report.device) == ("mlx", "cpu")
         assert report.parameter_bytes == 4 * expected
+        positions = 64 + BLOCK_SIZE  # one sequence of 64 tokens in blocks, and the scratch block
         assert (
             report.kv_cache_bytes
-            == 2 * len(stage.stage.layers) * config.num_kv_heads * 64 * config.head_dim * 4
+            == 2 * len(stage.stage.layers) * config.num_kv_heads * positions * config.head_dim * 4
         )
 
 
@@ -119,7 +121,7 @@ def test_concurrent_sequences_match_sequential_runs(checkpoint_factory):
     params = SamplingParams(max_tokens=10, temperature=0.0, ignore_eos=True)
     expected = [reference_greedy(checkpoint.model, prompt, 10) for prompt in prompts]
     assert run_together(engine, prompts, params) == expected
-    assert sorted(engine.scheduler.free_slots) == [0, 1, 2]
+    assert engine.cache_stats().blocks_free == engine.cache_stats().blocks_total
 
 
 def test_sampling_is_shared_with_the_torch_engine(checkpoint_factory):

@@ -129,7 +129,7 @@ def test_both_engines_decode_a_quantized_checkpoint_identically(quantized_checkp
 
     # Logits agree to float32 rounding (same weights, different matrix kernels).
     prompt = prompts[2]
-    plan = StepPlan((SequenceChunk(0, 0, 0, tuple(prompt), sample=True),))
+    plan = StepPlan((SequenceChunk(0, (0, 1, 2, 3), 0, tuple(prompt), sample=True),))
     fresh = MLXStageEngine.load(path, None, 1, 64, device="cpu", dtype="float32")
     runner = ModelRunner(torch_model, 1, 64, use_graphs=False)
     with torch.inference_mode():

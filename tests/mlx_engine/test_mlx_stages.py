@@ -71,7 +71,7 @@ def test_mixed_pipeline_logits_match(checkpoint_factory, pipeline):
     engines, cuts = PIPELINES[pipeline]
     stages = load_pipeline(checkpoint.path, engines, cuts, num_slots=1)
     prompt = random_prompts((19,), checkpoint.config["vocab_size"], seed=12)[0]
-    plan = StepPlan((SequenceChunk(0, 0, 0, tuple(prompt), sample=True),))
+    plan = StepPlan((SequenceChunk(0, (0, 1, 2, 3), 0, tuple(prompt), sample=True),))
     hidden = None
     with torch.inference_mode():
         for stage in stages:
@@ -100,7 +100,7 @@ def test_bfloat16_hidden_states_cross_as_their_bits(checkpoint_factory):
         use_graphs=False,
     )
     prompt = random_prompts((7,), checkpoint.config["vocab_size"], seed=13)[0]
-    plan = StepPlan((SequenceChunk(0, 0, 0, tuple(prompt), sample=True),))
+    plan = StepPlan((SequenceChunk(0, (0, 1, 2, 3), 0, tuple(prompt), sample=True),))
     hidden = first.forward(plan)
     assert hidden.dtype == torch.bfloat16 and tuple(hidden.shape) == (1, 7, checkpoint.config["hidden_size"])
     with torch.inference_mode():

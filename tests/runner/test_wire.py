@@ -51,7 +51,7 @@ def header_of(size: int) -> dict:
     each with the comma), the first widened to 11 when the parity is off."""
 
     def step(token_ids: list[int]) -> Step:
-        return Step(StepPlan((SequenceChunk(0, 0, 0, tuple(token_ids), True),)))
+        return Step(StepPlan((SequenceChunk(0, (0, 1, 2, 3), 0, tuple(token_ids), True),)))
 
     count = (size - len(codec.encode(step([1]))) + 2) // 2
     token_ids = [1] * count

@@ -1,13 +1,13 @@
-"""Attention over the KV cache, given positions: rotary embedding, the cache write, and the
-attention itself, by the fastest path the batch allows.
+"""Attention over the paged KV cache, given positions: rotary embedding, the cache write, and
+the attention itself, by the fastest path the batch allows.
 
 - decode on CUDA (one new token per sequence): a fused rotary + cache-write kernel and a
-  split-K decode kernel that reads each sequence's length on the device (so one CUDA graph
-  serves every length);
+  split-K decode kernel that follow the block table and read each sequence's length on the
+  device (so one CUDA graph serves every length);
 - a prompt starting at position 0 with no sliding window: causal attention over the prompt's
   own keys (flash attention on CUDA), after writing them to the cache;
-- anything else (prompt chunks after the first, windows, CPU decode): the cached keys with a
-  boolean mask built from positions.
+- anything else (prompt chunks after the first, windows, CPU decode): the cached keys, gathered
+  from the sequence's blocks, with a boolean mask built from positions.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from tandem.engine.blocks import BLOCK_SIZE
 from tandem.engine.kv_cache import KVCache
 from tandem.engine.rope import apply_rotary
 
@@ -26,12 +27,13 @@ class AttentionBatch:
     """What every attention layer needs to know about the tokens in one forward pass."""
 
     positions: torch.Tensor  # [B, T] position of each token in its sequence
-    slots: torch.Tensor  # [B] cache row of each sequence
+    block_table: torch.Tensor  # [B, W] cache blocks of each sequence, the scratch block past them
+    write_blocks: torch.Tensor  # [B, T] the block each token's keys and values go to
+    write_offsets: torch.Tensor  # [B, T] and where in that block
     kv_length: int  # cache positions [0, kv_length) are attended (masked paths)
     cos: torch.Tensor  # [B, T, head_dim]
     sin: torch.Tensor  # [B, T, head_dim]
     masks: dict[int | None, torch.Tensor]  # sliding window (None: full) -> [B, 1, T, kv_length] bool
-    contiguous_slots: tuple[int, int] | None = None  # (first, end) when slots are a plain range
     prompt_from_start: bool = False  # every sequence's chunk starts at position 0
     decode_kernels: bool = False  # one token per sequence on CUDA: the fused kernels apply
     lengths: torch.Tensor | None = None  # [B] tokens in the cache after this step (decode kernels)
@@ -51,11 +53,11 @@ def attention_masks(
     return masks
 
 
-def slot_range(slots: list[int]) -> tuple[int, int] | None:
-    """(first, end) when `slots` is an ascending run of consecutive integers, else None."""
-    if slots and slots == list(range(slots[0], slots[0] + len(slots))):
-        return slots[0], slots[0] + len(slots)
-    return None
+def cache_places(
+    positions: torch.Tensor, block_table: torch.Tensor, block_size: int = BLOCK_SIZE
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The block and the offset in it of each position ([B, T] each)."""
+    return block_table.gather(1, positions // block_size), positions % block_size
 
 
 def attend(
@@ -86,7 +88,7 @@ def attend(
             qkv,
             batch.cos.view(B, head_dim),
             batch.sin.view(B, head_dim),
-            batch.slots,
+            batch.block_table,
             batch.positions.view(B),
             keys,
             values,
@@ -94,13 +96,13 @@ def attend(
             k.shape[2],
         )
         out = decode_attention(
-            rotated, keys, values, batch.slots, batch.lengths, window, scale
+            rotated, keys, values, batch.block_table, batch.lengths, window, scale
         )  # [B, heads, hd]
         return out.view(B, 1, heads * head_dim)
     q = apply_rotary(q.transpose(1, 2), batch.cos, batch.sin)  # [B, heads, T, head_dim]
     k = apply_rotary(k.transpose(1, 2), batch.cos, batch.sin)  # [B, kv_heads, T, head_dim]
     v = v.transpose(1, 2)
-    keys, values = kv_cache.update(layer_index, batch, k, v)  # [B, kv_heads, S, head_dim]
+    kv_cache.update(layer_index, batch, k, v)
     if batch.prompt_from_start and window is None:
         # The prompt attends only to itself: causal attention over its own keys. Key/value heads
         # are repeated for grouped queries so that CUDA takes the flash kernel, not the math one.
@@ -109,6 +111,7 @@ def attend(
             k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
         out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
     else:
+        keys, values = kv_cache.read(layer_index, batch)  # [B, kv_heads, S, head_dim]
         out = F.scaled_dot_product_attention(
             q,
             keys,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from tandem.engine.attention import slot_range
+from tandem.engine.blocks import blocks_for
 from tandem.engine.kv_cache import KVCache
 from tandem.engine.models.llama import CausalLM
 from tandem.errors import InvalidRequestError
@@ -48,15 +48,11 @@ class Embedder:
             raise InvalidRequestError(
                 f"the input has {length} tokens, but the context holds {self.max_context}; shorten it"
             )
-        cache = KVCache.for_model(self.model, 1, length)
+        num_blocks = blocks_for(length)
+        cache = KVCache.for_model(self.model, num_blocks)
         positions = torch.arange(length, device=self.device)[None, :]  # [1, T]
-        batch = self.model.attention_batch(
-            positions,
-            torch.zeros(1, dtype=torch.long, device=self.device),
-            kv_length=length,
-            contiguous_slots=slot_range([0]),
-            prompt_from_start=True,
-        )
+        block_table = torch.arange(num_blocks, device=self.device)[None, :]  # [1, W]: its own blocks
+        batch = self.model.attention_batch(positions, block_table, kv_length=length, prompt_from_start=True)
         inputs = torch.tensor([token_ids], dtype=torch.long, device=self.device)  # [1, T]
         hidden = self.model(inputs, batch, cache, None, with_head=False)  # [T, hidden]
         return pool(hidden, self.pooling).tolist()

@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import functools
 import itertools
-from collections.abc import Iterator
+from collections.abc import Generator
 from dataclasses import dataclass
 
+from tandem.engine.blocks import BlockPool, CacheStats, pool_blocks
 from tandem.engine.detokenize import IncrementalDetokenizer, StopMatcher
 from tandem.engine.executor import Executor, PendingTokens, RunAheadExecutor
 from tandem.engine.scheduler import Scheduler
@@ -72,7 +73,8 @@ class LLMEngine:
         self.tokenizer = tokenizer
         self.eos_token_ids = eos_token_ids
         self.max_context = max_context
-        self.scheduler = Scheduler(num_slots, max_prefill_tokens)
+        # The cache of `num_slots` full-context sequences, shared out in blocks.
+        self.scheduler = Scheduler(BlockPool(pool_blocks(num_slots, max_context)), max_prefill_tokens)
         self.sequences: dict[int, Sequence] = {}
         self._streams: dict[int, TextStream] = {}
         self._ids = itertools.count()
@@ -105,6 +107,10 @@ class LLMEngine:
 
     def has_work(self) -> bool:
         return self.scheduler.has_work()
+
+    def cache_stats(self) -> CacheStats:
+        """Free KV-cache blocks and the prefix cache's hits and misses (in blocks)."""
+        return self.scheduler.pool.stats()
 
     def step(self) -> list[TokenEvent]:
         """Run one forward pass; returns an event per token generated in it."""
@@ -143,8 +149,9 @@ class LLMEngine:
 
     def _following(self, plan: StepPlan) -> StepPlan | None:
         """The decode step after `plan` (whose tokens are not yet known), when the scheduler's
-        next step will surely be one: no prompt waits for a slot, and the sequences that `plan`
-        does not end by length go on. Token ids are placeholders: the device feeds them."""
+        next step will surely be one: no prompt waits for blocks, the sequences that `plan` does
+        not end by length go on, and free blocks hold their next token. Token ids are
+        placeholders: the device feeds them."""
         if not self.scheduler.only_decoding():
             return None
         chunks = []
@@ -154,7 +161,9 @@ class LLMEngine:
                 continue
             if reaches_length(sequence, self.max_context, pending=1):  # `plan`'s token ends it
                 continue
-            chunks.append(SequenceChunk(chunk.seq_id, chunk.slot, chunk.end, (0,), sample=True))
+            if not self.scheduler.grow_for_run_ahead(sequence, chunk.end + 1):
+                return None
+            chunks.append(SequenceChunk(chunk.seq_id, tuple(sequence.blocks), chunk.end, (0,), sample=True))
         if not chunks:
             return None
         following = StepPlan(tuple(chunks))
@@ -206,7 +215,7 @@ class LLMEngine:
         self.sequences.pop(sequence.seq_id, None)
         self._streams.pop(sequence.seq_id, None)
 
-    def generate(self, prompt_ids: list[int], params: SamplingParams) -> Iterator[TokenEvent]:
+    def generate(self, prompt_ids: list[int], params: SamplingParams) -> Generator[TokenEvent, None, None]:
         """Run one request to completion (other queued requests advance too)."""
         seq_id = self.add_request(prompt_ids, params)
         try:
@@ -217,4 +226,4 @@ class LLMEngine:
                         if event.finish_reason is not None:
                             return
         finally:
-            self.abort(seq_id)  # a no-op once finished; frees the slot if the caller stopped early
+            self.abort(seq_id)  # a no-op once finished; frees the blocks if the caller stopped early

@@ -52,8 +52,8 @@ class StageEngine(Protocol):
         """Compile and tune before the first request (every rank of a group together)."""
         ...
 
-    def release(self, slot: int) -> None:
-        """A sequence that held cache `slot` ended: its cache may be reused."""
+    def release(self, blocks: tuple[int, ...]) -> None:
+        """A sequence that held cache `blocks` ended: they may be reused."""
         ...
 
     def report(self) -> StageReport: ...

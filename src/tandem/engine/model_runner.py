@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from tandem.engine.attention import slot_range
+from tandem.engine.blocks import blocks_for, pool_blocks
 from tandem.engine.kv_cache import KVCache
 from tandem.engine.models.llama import CausalLM
 from tandem.model.config import ModelConfig
@@ -24,28 +24,28 @@ class ModelRunner:
         self.model = model
         self.device = next(model.parameters()).device
         self.max_context = max_context
-        self.num_slots = num_slots
+        # The same pool as the engine's scheduler (`LLMEngine`), which hands out its blocks.
+        self.kv_cache = KVCache.for_model(model, pool_blocks(num_slots, max_context))
         if use_graphs is None:
             # graphs need the device-side lengths of the decode kernels
             use_graphs = self.device.type == "cuda" and model.supports_decode_graphs()
-        # Graphs pad a batch up to a bucket; the padding rows write to one extra, scratch slot.
-        self.kv_cache = KVCache.for_model(model, num_slots + (1 if use_graphs else 0), max_context)
         self.graphs = None
         if use_graphs:
             from tandem.engine.cuda.graphs import DecodeGraphs
 
-            self.graphs = DecodeGraphs(model, self.kv_cache, max_batch=num_slots, scratch_slot=num_slots)
+            self.graphs = DecodeGraphs(model, self.kv_cache, blocks_for(max_context))
 
     @torch.inference_mode()
     def warm_up(self) -> None:
         """Run a short prompt and one decode step before the first request, so that kernels are
         compiled and tuned and the batch-1 decode graph captured now: on GPUs that takes up to a
         minute, and the stages of a pipeline would otherwise each take it in turn on the first
-        request. Writes only into slot 0, which a sequence overwrites before reading. Every rank
-        of a tensor-parallel group calls it together: it runs the group's collectives."""
+        request. Writes only into the scratch block, which no sequence reads. Every rank of a
+        tensor-parallel group calls it together: it runs the group's collectives."""
         length = min(WARM_UP_PROMPT_TOKENS, self.max_context - 1)
-        prompt = StepPlan((SequenceChunk(-1, 0, 0, (0,) * length, sample=True),))
-        decode = StepPlan((SequenceChunk(-1, 0, length, (0,), sample=True),))
+        scratch = (self.kv_cache.scratch_block,) * blocks_for(length + 1)
+        prompt = StepPlan((SequenceChunk(-1, scratch, 0, (0,) * length, sample=True),))
+        decode = StepPlan((SequenceChunk(-1, scratch, length, (0,), sample=True),))
         for plan in (prompt, decode):
             hidden = None
             if not self.is_first_stage:
@@ -72,8 +72,8 @@ class ModelRunner:
         """Whether decode steps replay captured CUDA graphs (the engine then runs ahead)."""
         return self.graphs is not None
 
-    def release(self, slot: int) -> None:
-        """Nothing to do: a slot's next sequence overwrites it before reading."""
+    def release(self, blocks: tuple[int, ...]) -> None:
+        """Nothing to do: a block's next sequence overwrites it before reading."""
 
     def report(self, all_reduce: str | None = None, all_reduce_seconds: float | None = None) -> StageReport:
         from tandem.engine.loader import parameter_bytes
@@ -100,9 +100,18 @@ class ModelRunner:
         offsets = torch.arange(plan.tokens_per_sequence, dtype=torch.long)
         return (starts[:, None] + offsets[None, :]).to(self.device)  # [B, T]
 
+    def block_table(self, plan: StepPlan) -> torch.Tensor:
+        """[B, W]: each chunk's blocks, then the scratch block, wide enough for every position
+        the step writes (padding tokens past a chunk's blocks write to the scratch block)."""
+        width = max(blocks_for(plan.tokens_per_sequence + max(c.start for c in plan.chunks)), 1)
+        width = max(width, *(len(c.blocks) for c in plan.chunks))
+        scratch = self.kv_cache.scratch_block
+        rows = [list(c.blocks) + [scratch] * (width - len(c.blocks)) for c in plan.chunks]
+        return torch.tensor(rows, dtype=torch.long, device=self.device)
+
     def token_ids(self, plan: StepPlan) -> torch.Tensor:
         """[B, T]; a shorter chunk is padded on the right (its padding's keys and values land past
-        the prompt, where decode overwrites them before anything reads them)."""
+        the prompt, in the scratch block or where decode overwrites them before reading)."""
         T = plan.tokens_per_sequence
         rows = [list(c.token_ids) + [0] * (T - len(c.token_ids)) for c in plan.chunks]
         return torch.tensor(rows, dtype=torch.long, device=self.device)
@@ -130,12 +139,10 @@ class ModelRunner:
             raise ValueError("a stage after the first needs the previous stage's hidden states")
         if self.graphs is not None and self.graphs.handles(plan) and all(c.sample for c in plan.chunks):
             return self.graphs.run(plan, hidden, feed)
-        slots = [c.slot for c in plan.chunks]
         batch = self.model.attention_batch(
             self.positions(plan),
-            torch.tensor(slots, dtype=torch.long, device=self.device),
+            self.block_table(plan),
             kv_length=end,
-            contiguous_slots=slot_range(slots),
             prompt_from_start=all(c.start == 0 for c in plan.chunks),
         )
         if not self.is_first_stage:

@@ -1,44 +1,53 @@
-"""Which sequences run in the next step. Pure Python.
+"""Which sequences run in the next step, and which KV-cache blocks they hold. Pure Python.
 
 Prompts are computed in chunks of at most `max_prefill_tokens`: a long prompt one chunk a step,
 short waiting prompts several in one step (padded to the longest, so within the same budget of
 computed tokens). Every sequence past its prompt advances by one token per decode step. When both
 kinds of work wait, steps alternate, so a long prompt neither stalls running streams nor waits
 behind them.
+
+A waiting sequence is admitted when the free blocks hold its prompt (less the blocks of a cached
+prefix, which it shares); a decoding sequence takes a new block each time it fills one. When
+none is free, the sequence admitted last is preempted: its blocks go back, and it waits at the
+front of the queue to be computed again (prompt and generated tokens, mostly from the prefix
+cache), so the oldest always progress and nothing deadlocks.
 """
 
 from __future__ import annotations
 
 from collections import deque
 
+from tandem.engine.blocks import BlockPool, block_hash, blocks_for, prefix_hashes
 from tandem.engine.sequence import Sequence
 from tandem.model.step import SequenceChunk, StepPlan
 
 
-def prompts_in_one_step(lengths: list[int], free_slots: int, budget: int) -> int:
-    """How many of the waiting prompts (in order) one step computes whole: as many as have a
-    slot while all of them, padded to the longest, fit in `budget` tokens. At least one when
-    any waits and a slot is free (a prompt longer than the budget then goes in chunks)."""
+def prompts_in_one_step(lengths: list[int], admissible: int, budget: int) -> int:
+    """How many of the waiting prompts (in order) one step computes whole: as many as can be
+    admitted (the first `admissible`) while all of them, padded to the longest, fit in `budget`
+    tokens. At least one when any can be admitted (a prompt longer than the budget then goes in
+    chunks)."""
     count, width = 0, 0
-    for length in lengths[:free_slots]:
+    for length in lengths[:admissible]:
         width = max(width, length)
         if (count + 1) * width > budget:
             break
         count += 1
-    return max(count, 1) if lengths and free_slots else 0
+    return max(count, 1) if lengths and admissible else 0
 
 
 class Scheduler:
-    def __init__(self, num_slots: int, max_prefill_tokens: int) -> None:
-        if num_slots < 1 or max_prefill_tokens < 1:
-            raise ValueError("the scheduler needs at least one slot and one prefill token per step")
-        self.free_slots: list[int] = list(range(num_slots - 1, -1, -1))  # pop() gives slot 0 first
+    def __init__(self, pool: BlockPool, max_prefill_tokens: int) -> None:
+        if max_prefill_tokens < 1:
+            raise ValueError("the scheduler needs at least one prefill token per step")
+        self.pool = pool
         self.max_prefill_tokens = max_prefill_tokens
         self.waiting: deque[Sequence] = deque()
         self.prefilling: Sequence | None = None
         self.decoding: list[Sequence] = []
         self.starting: list[Sequence] = []  # whole prompts computed in the step under way
         self._last_was_prefill = False
+        self._hashes: dict[int, tuple[int, list[bytes]]] = {}  # seq_id -> (tokens, their hashes)
 
     def add(self, sequence: Sequence) -> None:
         self.waiting.append(sequence)
@@ -46,20 +55,82 @@ class Scheduler:
     def has_work(self) -> bool:
         return bool(self.waiting or self.prefilling or self.starting or self.decoding)
 
+    # --- admission ------------------------------------------------------------------------------
+
+    def _reusable_hashes(self, sequence: Sequence) -> list[bytes]:
+        """Hashes of the full blocks a sequence may take from the prefix cache: all but its last
+        token's block, since the last token is computed to choose the next. Kept while the
+        sequence waits: every step asks whether the first waiting one fits."""
+        known = self._hashes.get(sequence.seq_id)
+        if known is not None and known[0] == sequence.num_tokens:
+            return known[1]
+        tokens = sequence.token_ids
+        hashes = prefix_hashes(tokens[: len(tokens) - 1], self.pool.block_size)
+        self._hashes[sequence.seq_id] = (sequence.num_tokens, hashes)
+        return hashes
+
+    def _free_needed(self, sequence: Sequence) -> int:
+        total = blocks_for(sequence.num_tokens, self.pool.block_size)
+        return self.pool.free_needed(self._reusable_hashes(sequence), total)
+
+    def _admissible(self) -> int:
+        """How many waiting sequences, in order, the free blocks hold together, counting only
+        those that reuse no cached prefix (such a one is admitted alone, by `_admit`)."""
+        count, free = 0, self.pool.num_free
+        for sequence in self.waiting:
+            hashes = self._reusable_hashes(sequence)
+            if self.pool.cached_prefix(hashes):
+                break
+            free -= blocks_for(sequence.num_tokens, self.pool.block_size)
+            if free < 0:
+                break
+            count += 1
+        return count
+
+    def _admit(self, sequence: Sequence) -> None:
+        """Blocks for all of `sequence`'s tokens, its cached prefix shared."""
+        hashes = self._reusable_hashes(sequence)
+        del self._hashes[sequence.seq_id]
+        sequence.blocks = self.pool.take_prefix(hashes, looked_up=len(hashes))
+        sequence.block_hashes = hashes[: len(sequence.blocks)]
+        sequence.num_computed = len(sequence.blocks) * self.pool.block_size
+        sequence.prefill_length = sequence.num_tokens
+        self._grow(sequence, sequence.num_tokens)
+
+    def _grow(self, sequence: Sequence, num_tokens: int) -> bool:
+        """Give `sequence` the blocks to hold `num_tokens` tokens; False where none is free."""
+        while len(sequence.blocks) < blocks_for(num_tokens, self.pool.block_size):
+            if not self.pool.num_free:
+                return False
+            sequence.blocks.append(self.pool.allocate())
+        return True
+
+    def grow_for_run_ahead(self, sequence: Sequence, num_tokens: int) -> bool:
+        """Blocks for a step queued before its inputs are known; False (and no preemption: a
+        step is in flight) where none is free."""
+        return self._grow(sequence, num_tokens)
+
     def _can_prefill(self) -> bool:
-        return self.prefilling is not None or bool(self.waiting and self.free_slots)
+        if self.prefilling is not None:
+            return True
+        return bool(self.waiting) and self._free_needed(self.waiting[0]) <= self.pool.num_free
 
     def only_decoding(self) -> bool:
         """Whether the next plan will be a decode step of the sequences decoding now: nothing to
-        prefill, or no free slot for it."""
+        prefill, or no free blocks for it."""
         return bool(self.decoding) and not self._can_prefill()
+
+    # --- plans ----------------------------------------------------------------------------------
 
     def next_plan(self) -> StepPlan | None:
         can_prefill = self._can_prefill()
         prefer_decode = self.decoding and (self._last_was_prefill or not can_prefill)
         if prefer_decode:
             self._last_was_prefill = False
-            return self._decode_plan()
+            plan = self._decode_plan()
+            if plan is not None:
+                return plan
+            can_prefill = self._can_prefill()  # every decoding sequence was preempted
         if can_prefill:
             self._last_was_prefill = True
             return self._prefill_plan()
@@ -67,23 +138,22 @@ class Scheduler:
 
     def _prefill_plan(self) -> StepPlan:
         if self.prefilling is None:
-            lengths = [len(sequence.prompt_ids) for sequence in self.waiting]
-            count = prompts_in_one_step(lengths, len(self.free_slots), self.max_prefill_tokens)
+            lengths = [sequence.num_tokens for sequence in self.waiting]
+            count = prompts_in_one_step(lengths, self._admissible(), self.max_prefill_tokens)
             if count > 1:
                 return self._whole_prompts_plan(count)
             sequence = self.waiting.popleft()
-            sequence.slot = self.free_slots.pop()
+            self._admit(sequence)
             self.prefilling = sequence
         sequence = self.prefilling
         start = sequence.num_computed
-        end = min(len(sequence.prompt_ids), start + self.max_prefill_tokens)
-        assert sequence.slot is not None
+        end = min(sequence.prefill_length, start + self.max_prefill_tokens)
         chunk = SequenceChunk(
             seq_id=sequence.seq_id,
-            slot=sequence.slot,
+            blocks=tuple(sequence.blocks),
             start=start,
-            token_ids=tuple(sequence.prompt_ids[start:end]),
-            sample=end == len(sequence.prompt_ids),
+            token_ids=tuple(sequence.token_ids[start:end]),
+            sample=end == sequence.prefill_length,
         )
         return StepPlan((chunk,))
 
@@ -91,31 +161,45 @@ class Scheduler:
         chunks = []
         for _ in range(count):
             sequence = self.waiting.popleft()
-            sequence.slot = self.free_slots.pop()
+            self._admit(sequence)
             self.starting.append(sequence)
-            chunks.append(SequenceChunk(sequence.seq_id, sequence.slot, 0, tuple(sequence.prompt_ids), True))
+            tokens = tuple(sequence.token_ids)
+            chunks.append(SequenceChunk(sequence.seq_id, tuple(sequence.blocks), 0, tokens, True))
         return StepPlan(tuple(chunks))
 
-    def _decode_plan(self) -> StepPlan:
-        chunks = []
-        for sequence in self.decoding:
-            assert sequence.slot is not None
-            chunks.append(
-                SequenceChunk(
-                    seq_id=sequence.seq_id,
-                    slot=sequence.slot,
-                    start=sequence.num_tokens - 1,
-                    token_ids=(sequence.output_ids[-1],),
-                    sample=True,
-                )
+    def _decode_plan(self) -> StepPlan | None:
+        """One token for each decoding sequence, each given a new block where it filled its last;
+        None where all of them had to be preempted."""
+        for sequence in list(self.decoding):
+            while sequence in self.decoding and not self._grow(sequence, sequence.num_tokens):
+                self._preempt(self.decoding[-1])
+        chunks = [
+            SequenceChunk(
+                seq_id=sequence.seq_id,
+                blocks=tuple(sequence.blocks),
+                start=sequence.num_tokens - 1,
+                token_ids=(sequence.output_ids[-1],),
+                sample=True,
             )
-        return StepPlan(tuple(chunks))
+            for sequence in self.decoding
+        ]
+        return StepPlan(tuple(chunks)) if chunks else None
+
+    def _preempt(self, sequence: Sequence) -> None:
+        """Free a decoding sequence's blocks; it waits first in line to be computed again."""
+        self.decoding.remove(sequence)
+        self._free_blocks(sequence)
+        self.waiting.appendleft(sequence)
+
+    # --- results --------------------------------------------------------------------------------
 
     def step_done(self, plan: StepPlan, sequences: dict[int, Sequence]) -> None:
-        """Record that `plan` ran: its tokens are now in the cache."""
+        """Record that `plan` ran: its tokens are now in the cache, and the blocks it filled may
+        be found by their prefix."""
         for chunk in plan.chunks:
             sequence = sequences[chunk.seq_id]
             sequence.num_computed = chunk.end
+            self._name_full_blocks(sequence)
             if sequence is self.prefilling and sequence.is_prefilled:
                 self.prefilling = None
                 self.decoding.append(sequence)
@@ -123,8 +207,17 @@ class Scheduler:
                 self.starting.remove(sequence)
                 self.decoding.append(sequence)
 
+    def _name_full_blocks(self, sequence: Sequence) -> None:
+        size = self.pool.block_size
+        tokens = sequence.token_ids
+        for index in range(len(sequence.block_hashes), sequence.num_computed // size):
+            parent = sequence.block_hashes[-1] if sequence.block_hashes else b""
+            value = block_hash(parent, tokens[index * size : (index + 1) * size])
+            sequence.block_hashes.append(value)
+            self.pool.register(sequence.blocks[index], value)
+
     def remove(self, sequence: Sequence) -> None:
-        """Take a finished or aborted sequence out and free its slot."""
+        """Take a finished or aborted sequence out and free its blocks."""
         if sequence in self.waiting:
             self.waiting.remove(sequence)
         if sequence is self.prefilling:
@@ -133,6 +226,10 @@ class Scheduler:
             self.starting.remove(sequence)
         if sequence in self.decoding:
             self.decoding.remove(sequence)
-        if sequence.slot is not None:
-            self.free_slots.append(sequence.slot)
-            sequence.slot = None
+        self._hashes.pop(sequence.seq_id, None)
+        self._free_blocks(sequence)
+
+    def _free_blocks(self, sequence: Sequence) -> None:
+        self.pool.release(sequence.blocks)
+        sequence.blocks, sequence.block_hashes = [], []
+        sequence.num_computed = 0

@@ -14,8 +14,10 @@ class Sequence:
     prompt_ids: list[int]
     params: SamplingParams
     output_ids: list[int] = field(default_factory=list)
-    slot: int | None = None
+    blocks: list[int] = field(default_factory=list)  # KV-cache blocks, in position order
+    block_hashes: list[bytes] = field(default_factory=list)  # of the full blocks computed so far
     num_computed: int = 0  # tokens whose keys and values are in the cache
+    prefill_length: int = 0  # tokens to compute before decoding: the prompt, more after preemption
     finish_reason: FinishReason | None = None
 
     @property
@@ -28,7 +30,7 @@ class Sequence:
 
     @property
     def is_prefilled(self) -> bool:
-        return self.num_computed >= len(self.prompt_ids)
+        return self.num_computed >= self.prefill_length
 
     @property
     def finished(self) -> bool:

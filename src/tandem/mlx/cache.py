@@ -1,10 +1,11 @@
-"""The MLX engine's key/value cache: one row ("slot") per running sequence, like the PyTorch
-engine's (`engine/kv_cache.py`), so the shared scheduler's plans apply unchanged.
+"""The MLX engine's paged key/value cache: fixed-size blocks from one pool, numbered like the
+PyTorch engine's (`engine/kv_cache.py`), so the shared scheduler's plans and block tables apply
+unchanged.
 
-A sequence keeps its slot from prefill to its last token; position p lives at index p of its
-slot. Masks come from positions alone, so one step may mix sequences of different lengths
-(decode), continue a prompt in chunks, or hold several whole prompts padded on the right (their
-padding writes keys past each prompt's end, where decode overwrites them before anything reads).
+Position p of a sequence lives at offset p % block_size of block `blocks[p // block_size]`; one
+block past the pool is scratch, where the padding of a step writes. Masks come from positions
+alone, so one step may mix sequences of different lengths (decode), continue a prompt in chunks,
+or hold several whole prompts padded on the right.
 
 mlx-lm's attention layers take a `cache` argument with an `offset` (the rotary position of the
 step's first token, one per sequence) and `update_and_fetch(keys, values)`; `LayerCache` is that
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 
 import mlx.core as mx
 
+from tandem.engine.blocks import BLOCK_SIZE, blocks_for
 from tandem.model.step import StepPlan
 
 # Passed as the attention mask where queries see only their own step's keys, causally.
@@ -27,28 +29,33 @@ CAUSAL = "causal"
 class StepBatch:
     """Where one step's tokens sit: what every attention layer needs, built once per step."""
 
-    slots: mx.array  # [B] int32 cache row of each sequence
     offsets: mx.array  # [B] int32 position of each sequence's first token in this step
     positions: mx.array  # [B, T] int32 position of every token
+    write_blocks: mx.array  # [B, T] int32 the block each token's keys and values go to
+    write_offsets: mx.array  # [B, T] int32 and where in that block
+    read_table: mx.array  # [B, blocks of kv_length] int32 the blocks attention reads
     kv_length: int  # cache positions [0, kv_length) are attended
-    contiguous_slots: tuple[int, int] | None  # (first, end) when the slots are a plain range
     prompt_from_start: bool  # every chunk starts at position 0 and is more than one token
 
     @classmethod
-    def for_plan(cls, plan: StepPlan) -> StepBatch:
+    def for_plan(cls, plan: StepPlan, scratch_block: int, block_size: int = BLOCK_SIZE) -> StepBatch:
         T = plan.tokens_per_sequence
         starts = [chunk.start for chunk in plan.chunks]
-        slots = [chunk.slot for chunk in plan.chunks]
+        kv_length = max(chunk.end for chunk in plan.chunks)
+        width = max(blocks_for(max(starts) + T, block_size), *(len(c.blocks) for c in plan.chunks))
+        table = [list(c.blocks) + [scratch_block] * (width - len(c.blocks)) for c in plan.chunks]
+        places = [[start + t for t in range(T)] for start in starts]
         offsets = mx.array(starts, dtype=mx.int32)
-        contiguous = None
-        if slots == list(range(slots[0], slots[0] + len(slots))):
-            contiguous = (slots[0], slots[0] + len(slots))
         return cls(
-            slots=mx.array(slots, dtype=mx.int32),
             offsets=offsets,
-            positions=offsets[:, None] + mx.arange(T, dtype=mx.int32)[None, :],
-            kv_length=max(chunk.end for chunk in plan.chunks),
-            contiguous_slots=contiguous,
+            positions=mx.array(places, dtype=mx.int32),
+            write_blocks=mx.array(
+                [[row[p // block_size] for p in ps] for row, ps in zip(table, places, strict=True)],
+                dtype=mx.int32,
+            ),
+            write_offsets=mx.array([[p % block_size for p in ps] for ps in places], dtype=mx.int32),
+            read_table=mx.array([row[: blocks_for(kv_length, block_size)] for row in table], dtype=mx.int32),
+            kv_length=kv_length,
             prompt_from_start=T > 1 and not any(starts),
         )
 
@@ -70,24 +77,25 @@ class StepBatch:
         return visible
 
 
-class SlotCache:
-    """Keys and values of the layers one stage owns, for `num_slots` sequences of `max_length`."""
+class PagedCache:
+    """Keys and values of the layers one stage owns, in `num_blocks` blocks (and the scratch)."""
 
     def __init__(
         self,
         layer_indices: list[int],
-        num_slots: int,
-        max_length: int,
+        num_blocks: int,
         num_kv_heads: int,
         head_dim: int,
         dtype: mx.Dtype,
+        block_size: int = BLOCK_SIZE,
     ) -> None:
-        shape = (num_slots, num_kv_heads, max_length, head_dim)
+        shape = (num_blocks + 1, num_kv_heads, block_size, head_dim)
         # Zeros, not empty: masked positions still enter the attention product (with weight 0).
         self.keys = {i: mx.zeros(shape, dtype=dtype) for i in layer_indices}
         self.values = {i: mx.zeros(shape, dtype=dtype) for i in layer_indices}
-        self.num_slots = num_slots
-        self.max_length = max_length
+        self.num_blocks = num_blocks
+        self.block_size = block_size
+        self.scratch_block = num_blocks
         mx.eval(self.arrays())  # allocate now: memory is taken at load, not at the first request
 
     def arrays(self) -> list[mx.array]:
@@ -102,23 +110,26 @@ class SlotCache:
         """Store this step's keys and values ([B, kv_heads, T, head_dim], after rotary) at their
         positions; return what the layer attends over: the cache's [B, kv_heads, kv_length,
         head_dim], or this step's own keys and values where `batch.attends_own_keys(window)`."""
-        rows = batch.slots[:, None]  # [B, 1]
-        # Indexed by [B, 1] rows and [B, T] positions around a slice: the update is [B, T, heads, hd].
-        self.keys[layer_index][rows, :, batch.positions] = keys.transpose(0, 2, 1, 3)
-        self.values[layer_index][rows, :, batch.positions] = values.transpose(0, 2, 1, 3)
+        blocks, offsets = batch.write_blocks, batch.write_offsets  # [B, T]
+        # Indexed by [B, T] blocks and offsets around a slice: the update is [B, T, heads, hd].
+        self.keys[layer_index][blocks, :, offsets] = keys.transpose(0, 2, 1, 3)
+        self.values[layer_index][blocks, :, offsets] = values.transpose(0, 2, 1, 3)
         if batch.attends_own_keys(window):
             return keys, values
-        cache_k, cache_v = self.keys[layer_index], self.values[layer_index]
-        if batch.contiguous_slots is not None:
-            first, end = batch.contiguous_slots
-            return cache_k[first:end, :, : batch.kv_length], cache_v[first:end, :, : batch.kv_length]
-        return cache_k[batch.slots, :, : batch.kv_length], cache_v[batch.slots, :, : batch.kv_length]
+        return self._gather(self.keys[layer_index], batch), self._gather(self.values[layer_index], batch)
+
+    def _gather(self, cache: mx.array, batch: StepBatch) -> mx.array:
+        """[B, kv_heads, kv_length, head_dim] from the blocks of the batch's read table."""
+        table = batch.read_table  # [B, n]
+        gathered = cache[table].transpose(0, 2, 1, 3, 4)  # [B, heads, n, block_size, hd]
+        B, heads, n, size, head_dim = gathered.shape
+        return gathered.reshape(B, heads, n * size, head_dim)[:, :, : batch.kv_length]
 
 
 class LayerCache:
     """One layer of the cache for one step, in the shape mlx-lm's attention calls it."""
 
-    def __init__(self, cache: SlotCache, layer_index: int, batch: StepBatch, window: int | None) -> None:
+    def __init__(self, cache: PagedCache, layer_index: int, batch: StepBatch, window: int | None) -> None:
         self.cache = cache
         self.layer_index = layer_index
         self.batch = batch

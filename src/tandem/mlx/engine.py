@@ -15,9 +15,10 @@ import mlx.core as mx
 import numpy as np
 import torch
 
+from tandem.engine.blocks import blocks_for, pool_blocks
 from tandem.errors import InvalidRequestError
 from tandem.mlx.arrays import DTYPE_NAMES, mlx_dtype, to_mlx, to_torch
-from tandem.mlx.cache import SlotCache, StepBatch
+from tandem.mlx.cache import PagedCache, StepBatch
 from tandem.mlx.model import StageModel
 from tandem.mlx.weights import load_mlx_stage, parameter_bytes
 from tandem.model.config import ModelConfig, context_size, load_model_config
@@ -55,7 +56,7 @@ def resolve_mlx_dtype(name: str | None, device: str, config: ModelConfig) -> mx.
 
 
 class MLXStageEngine:
-    """One stage of a model on MLX, with its own slot-per-sequence KV cache."""
+    """One stage of a model on MLX, with its own paged KV cache."""
 
     def __init__(self, model: StageModel, num_slots: int, max_context: int, device: str = "cpu") -> None:
         self.model = model
@@ -65,8 +66,13 @@ class MLXStageEngine:
         self.device = mx.gpu if device == "metal" else mx.cpu
         config = model.config
         self.dtype = model.layers[0].input_layernorm.weight.dtype
-        self.kv_cache = SlotCache(
-            list(model.stage.layers), num_slots, max_context, config.num_kv_heads, config.head_dim, self.dtype
+        # The same pool as the engine's scheduler (`LLMEngine`), which hands out its blocks.
+        self.kv_cache = PagedCache(
+            list(model.stage.layers),
+            pool_blocks(num_slots, max_context),
+            config.num_kv_heads,
+            config.head_dim,
+            self.dtype,
         )
 
     @classmethod
@@ -113,10 +119,11 @@ class MLXStageEngine:
 
     def warm_up(self) -> None:
         """Run a short prompt and one decode step (MLX builds its kernels on first use; on Metal
-        that takes a while). Writes only into slot 0, which a sequence overwrites before reading."""
+        that takes a while). Writes only into the scratch block, which no sequence reads."""
         length = min(WARM_UP_PROMPT_TOKENS, self.max_context - 1)
-        prompt = StepPlan((SequenceChunk(-1, 0, 0, (0,) * length, sample=True),))
-        decode = StepPlan((SequenceChunk(-1, 0, length, (0,), sample=True),))
+        scratch = (self.kv_cache.scratch_block,) * blocks_for(length + 1)
+        prompt = StepPlan((SequenceChunk(-1, scratch, 0, (0,) * length, sample=True),))
+        decode = StepPlan((SequenceChunk(-1, scratch, length, (0,), sample=True),))
         for plan in (prompt, decode):
             hidden = None
             if not self.stage.is_first:
@@ -124,8 +131,8 @@ class MLXStageEngine:
                 hidden = hidden.to(getattr(torch, self.activation_dtype))
             self.forward(plan, hidden)
 
-    def release(self, slot: int) -> None:
-        """Nothing to do: a slot's next sequence overwrites it before reading."""
+    def release(self, blocks: tuple[int, ...]) -> None:
+        """Nothing to do: a block's next sequence overwrites it before reading."""
 
     def report(self) -> StageReport:
         return StageReport(
@@ -169,7 +176,9 @@ class MLXStageEngine:
             else:
                 inputs = self.token_ids(plan)  # [B, T]
             rows = self.logit_rows(plan) if self.stage.is_last else None
-            output = self.model(inputs, StepBatch.for_plan(plan), self.kv_cache, rows)
+            output = self.model(
+                inputs, StepBatch.for_plan(plan, self.kv_cache.scratch_block), self.kv_cache, rows
+            )
             # The cache writes are not all in the output's graph (a prompt attends its own keys).
             mx.eval(output, *self.kv_cache.arrays())
         return to_torch(output)

@@ -20,7 +20,7 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from tandem.errors import UnsupportedModelError
-from tandem.mlx.cache import LayerCache, SlotCache, StepBatch
+from tandem.mlx.cache import LayerCache, PagedCache, StepBatch
 from tandem.model.config import ModelConfig
 from tandem.model.stage import StageSpec
 
@@ -124,7 +124,7 @@ class StageModel(nn.Module):
         return path  # lm_head (the loader reads a tied one from the embedding)
 
     def __call__(
-        self, inputs: mx.array, batch: StepBatch, cache: SlotCache, logit_rows: mx.array | None = None
+        self, inputs: mx.array, batch: StepBatch, cache: PagedCache, logit_rows: mx.array | None = None
     ) -> mx.array:
         """inputs: token ids [B, T] (first stage) or hidden states [B, T, hidden].
 

@@ -18,10 +18,11 @@ class FinishReason(enum.StrEnum):
 
 @dataclass(frozen=True)
 class SequenceChunk:
-    """Some consecutive tokens of one sequence, computed in one step."""
+    """Some consecutive tokens of one sequence, computed in one step, with the sequence's
+    KV-cache blocks (position p lives in `blocks[p // block size]`)."""
 
     seq_id: int
-    slot: int
+    blocks: tuple[int, ...]
     start: int  # position of the first token
     token_ids: tuple[int, ...]
     sample: bool  # the chunk reaches the newest token, so the next one is chosen

@@ -49,7 +49,11 @@ class LaunchBody(BaseModel):
         description="a catalog id, a Hugging Face repo id (ORG/NAME[@REVISION]), a checkpoint directory, or 'demo'"
     )
     context: int | None = Field(None, description="tokens per sequence (default: the model's, at most 4096)")
-    sequences: int | None = Field(None, description="sequences served at once (KV-cache slots), default 8")
+    sequences: int | None = Field(
+        None,
+        description="KV-cache memory, in sequences of the full context (default 8); shorter ones "
+        "share it in blocks, so more of them run at once",
+    )
     devices: list[str] | None = Field(
         None,
         description="force these devices in pipeline order: NODE/cpu, ... (NODE: a node id, host name or id prefix)",

@@ -18,6 +18,7 @@ from tandem.protocol import codec
 from tandem.protocol.codec import ProtocolError
 from tandem.protocol.runner import (
     Abort,
+    CacheReport,
     Failed,
     Generate,
     GenerateRequest,
@@ -57,6 +58,7 @@ class RunnerProcess:
         self.ready: asyncio.Future[Ready] = loop.create_future()
         self.requests: dict[str, asyncio.Queue[RequestEvent]] = {}
         self.load = Load(0, 0)  # rank 0's latest count of its requests
+        self.cache: CacheReport | None = None  # rank 0's latest KV-cache counters
         self.stopping = False
         self.reader = asyncio.create_task(self._read_events())
 
@@ -112,6 +114,8 @@ class RunnerProcess:
         elif isinstance(event, Failed):
             self.stopping = True  # the exit that follows is this failure, reported here once
             await self._report("failed", None, event.message)
+        elif isinstance(event, CacheReport):
+            self.cache = event
         elif event.request_id is not None:
             queue = self.requests.get(event.request_id)
             if queue is not None:

@@ -2,8 +2,8 @@
 commands it reads on stdin and the events it writes on stdout, one JSON message a line.
 
     node -> runner:  Generate | Abort | Shutdown
-    runner -> node:  Listening | Ready | Failed | Load     (about the runner)
-                     Accepted | Rejected | Busy | Token | Finished | RequestError   (about one request)
+    runner -> node:  Listening | Ready | Failed | Load | CacheReport   (about the runner)
+                     Accepted | Rejected | Busy | Token | Embedding | Finished | RequestError   (about one request)
 """
 
 from __future__ import annotations
@@ -246,6 +246,23 @@ class Failed:
 
 
 @dataclass(frozen=True)
+class CacheReport:
+    """Rank 0's paged KV cache now: blocks free of the pool, and the prefix cache's counters
+    (blocks of prompts found cached or not). Sent when it changed and the engine went idle, or
+    at most every `CACHE_REPORT_SECONDS` while it works."""
+
+    TAG: ClassVar[str] = "cache"
+    block_size: int
+    blocks_total: int
+    blocks_free: int
+    prefix_hits: int
+    prefix_misses: int
+
+
+CACHE_REPORT_SECONDS = 1.0
+
+
+@dataclass(frozen=True)
 class Accepted:
     """The request runs; `tool_format` is how its model writes tool calls (None: no tools)."""
 
@@ -337,7 +354,7 @@ class RequestError:
 
 
 RequestEvent = Accepted | Rejected | Busy | Token | Embedding | Finished | RequestError
-RunnerEvent = Listening | Ready | Failed | Load | RequestEvent
+RunnerEvent = Listening | Ready | Failed | Load | CacheReport | RequestEvent
 
 
 def ends_request(event: RequestEvent) -> bool:

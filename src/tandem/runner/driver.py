@@ -1,6 +1,6 @@
 """Rank 0's request loop: commands from the node in, token events out, one JSON message a line
 (`tandem.protocol.runner`: Generate, Abort, Shutdown in; Accepted, Rejected, Busy, Token,
-Finished and Load out).
+Finished and Load out, and the KV cache's counters as CacheReport when they change).
 
 Prompts are turned into token ids on the reader thread, not in the step loop, and each is
 measured against the context before it is tokenized (`prompt_size_problem`): a prompt far too
@@ -9,8 +9,9 @@ long for the context is refused at once instead of stalling every stream while i
 Admission: the runner holds at most its slots plus `queue_limit` requests; one more is refused
 with `Busy` (the API answers 429), so a flood meets a clear answer instead of an ever-longer
 queue. Counted from the requests held, not from those the engine has yet to start, so a burst
-that arrives before a step is judged by the room it will find. The counts go to the node as `Load` whenever they change, which is how the
-node (and its tests) see that an aborted request left the engine.
+that arrives before a step is judged by the room it will find. The counts go to the node as
+`Load` whenever they change, which is how the node (and its tests) see that an aborted request
+left the engine.
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ import json
 import queue
 import sys
 import threading
+import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from typing import TextIO
 
 from tandem.engine.embedding import Embedder
@@ -29,10 +31,12 @@ from tandem.errors import TandemError
 from tandem.protocol import codec
 from tandem.protocol.codec import ProtocolError
 from tandem.protocol.runner import (
+    CACHE_REPORT_SECONDS,
     DEFAULT_QUEUE_LIMIT,
     Abort,
     Accepted,
     Busy,
+    CacheReport,
     Embedding,
     Finished,
     Generate,
@@ -191,6 +195,8 @@ class Driver:
         self.request_of: dict[int, str] = {}  # seq_id -> request_id
         self.seq_of: dict[str, int] = {}
         self._reported = Load(0, 0)
+        self.cache_reported = CacheReport(**asdict(engine.cache_stats()))  # the node knows the start
+        self.cache_reported_at = time.monotonic()
 
     def handle(self, command: RunnerCommand | Prepared | Rejected) -> bool:
         """Apply one command; False when it asks the loop to stop."""
@@ -321,3 +327,16 @@ class Driver:
             for event in self.engine.step():
                 self.publish(event)
             self.report_load()
+            self.report_cache()
+
+    def report_cache(self) -> None:
+        """Emit the cache's counters where they changed, once the engine is idle or a report is
+        `CACHE_REPORT_SECONDS` old (not after every step: blocks change nearly every step)."""
+        report = CacheReport(**asdict(self.engine.cache_stats()))
+        if report == self.cache_reported:
+            return
+        now = time.monotonic()
+        if self.engine.has_work() and now - self.cache_reported_at < CACHE_REPORT_SECONDS:
+            return
+        self.emit(report)
+        self.cache_reported, self.cache_reported_at = report, now

@@ -1,9 +1,10 @@
 """CUDA graphs of the decode step: one launch per token instead of hundreds.
 
 A graph is captured per batch-size bucket (1, 2, 4, ...) the first time a decode step of that
-size runs. Inputs live in static device buffers filled by one host-to-device copy per step;
-rows beyond the real batch point at a scratch cache slot. Attention reads sequence lengths on
-the device, so one graph serves every context length.
+size runs. Inputs (token ids, positions, block tables as wide as the context) live in static
+device buffers filled by host-to-device copies per step; rows beyond the real batch point at the
+scratch cache block. Attention reads sequence lengths on the device, so one graph serves every
+context length.
 """
 
 from __future__ import annotations
@@ -25,20 +26,25 @@ def bucket_for(batch: int, max_batch: int) -> int:
 
 
 class DecodeGraphs:
-    def __init__(
-        self, model: CausalLM, kv_cache: KVCache | LatentCache, max_batch: int, scratch_slot: int
-    ) -> None:
+    def __init__(self, model: CausalLM, kv_cache: KVCache | LatentCache, table_width: int) -> None:
         self.model = model
         self.kv_cache = kv_cache
-        self.max_batch = max_batch
-        self.scratch_slot = scratch_slot
+        self.max_batch = max_batch = min(kv_cache.num_blocks, BUCKETS[-1])
+        self.scratch_block = kv_cache.scratch_block
         device = next(model.parameters()).device
-        # rows: token ids, positions, slots; a pinned host copy of it feeds each replay. Two
-        # copies, used in turn: while one step runs ahead on the device (see engine.py), the
-        # copy from the previous step's buffer may still be queued.
-        self.host_inputs = [torch.zeros(3, max_batch, dtype=torch.long).pin_memory() for _ in range(2)]
+        # rows: token ids, positions; a pinned host copy of it (and of the block tables) feeds
+        # each replay. Two copies, used in turn: while one step runs ahead on the device (see
+        # engine.py), the copy from the previous step's buffer may still be queued.
+        self.host_inputs = [torch.zeros(2, max_batch, dtype=torch.long).pin_memory() for _ in range(2)]
+        self.host_tables = [
+            torch.full((max_batch, table_width), self.scratch_block, dtype=torch.long).pin_memory()
+            for _ in range(2)
+        ]
         self.replays = 0
-        self.inputs = torch.zeros(3, max_batch, dtype=torch.long, device=device)
+        self.inputs = torch.zeros(2, max_batch, dtype=torch.long, device=device)
+        self.tables = torch.full(
+            (max_batch, table_width), self.scratch_block, dtype=torch.long, device=device
+        )
         self.hidden = None
         if not model.stage.is_first:
             self.hidden = torch.zeros(
@@ -52,12 +58,12 @@ class DecodeGraphs:
 
     def _forward(self, bucket: int) -> torch.Tensor:
         positions = self.inputs[1, :bucket].view(bucket, 1)
-        batch = self.model.attention_batch(positions, self.inputs[2, :bucket], kv_length=0)
+        batch = self.model.attention_batch(positions, self.tables[:bucket], kv_length=0)
         inputs = self.inputs[0, :bucket].view(bucket, 1) if self.hidden is None else self.hidden[:bucket]
         return self.model(inputs, batch, self.kv_cache)
 
     def _capture(self, bucket: int) -> None:
-        self.inputs[2].fill_(self.scratch_slot)  # warm-up writes go to the scratch slot
+        self.tables.fill_(self.scratch_block)  # warm-up writes go to the scratch block
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):
@@ -78,14 +84,17 @@ class DecodeGraphs:
         bucket = bucket_for(batch, self.max_batch)
         if bucket not in self.graphs:
             self._capture(bucket)
-        staged = self.host_inputs[self.replays % 2]
+        staged, tables = self.host_inputs[self.replays % 2], self.host_tables[self.replays % 2]
         self.replays += 1
         staged[0, :batch] = torch.tensor([c.token_ids[0] for c in plan.chunks])
         staged[1, :batch] = torch.tensor([c.start for c in plan.chunks])
-        staged[2, :batch] = torch.tensor([c.slot for c in plan.chunks])
         staged[1, batch:bucket] = 0
-        staged[2, batch:bucket] = self.scratch_slot
+        # Entries past a sequence's blocks may hold another step's: nothing reads past a length.
+        for row, chunk in enumerate(plan.chunks):
+            tables[row, : len(chunk.blocks)] = torch.tensor(chunk.blocks)
+        tables[batch:bucket, 0] = self.scratch_block
         self.inputs[:, :bucket].copy_(staged[:, :bucket], non_blocking=True)
+        self.tables[:bucket].copy_(tables[:bucket], non_blocking=True)
         if feed is not None:
             self.inputs[0, :batch].copy_(feed)
         if self.hidden is not None:

@@ -168,16 +168,17 @@ def _rotary_cache_kernel(
     qkv_ptr,
     cos_ptr,
     sin_ptr,
-    slots_ptr,
+    table_ptr,
     positions_ptr,
     q_out_ptr,
     k_cache_ptr,
     v_cache_ptr,
     num_heads,
     num_kv_heads,
-    max_length,
+    table_stride,
     qkv_stride,
     HEAD_DIM: tl.constexpr,
+    BLOCK_SIZE: tl.constexpr,
     OVERLAP: tl.constexpr,
 ):
     wait_for_previous_kernel(OVERLAP)
@@ -190,8 +191,9 @@ def _rotary_cache_kernel(
     sign = tl.where(offsets < half, -1.0, 1.0)
     base = qkv_ptr + sequence * qkv_stride + head * HEAD_DIM
     x = tl.load(base + offsets)
-    slot = tl.load(slots_ptr + sequence)
     position = tl.load(positions_ptr + sequence)
+    block = tl.load(table_ptr + sequence * table_stride + position // BLOCK_SIZE)
+    place = position % BLOCK_SIZE
     if head < num_heads + num_kv_heads:
         cos = tl.load(cos_ptr + sequence * HEAD_DIM + offsets).to(tl.float32)
         sin = tl.load(sin_ptr + sequence * HEAD_DIM + offsets).to(tl.float32)
@@ -204,11 +206,11 @@ def _rotary_cache_kernel(
             tl.store(q_out_ptr + (sequence * num_heads + head) * HEAD_DIM + offsets, rotated)
         else:
             kv_head = head - num_heads
-            row = ((slot * num_kv_heads + kv_head) * max_length + position) * HEAD_DIM
+            row = ((block * num_kv_heads + kv_head) * BLOCK_SIZE + place) * HEAD_DIM
             tl.store(k_cache_ptr + row + offsets, rotated)
     else:
         kv_head = head - num_heads - num_kv_heads
-        row = ((slot * num_kv_heads + kv_head) * max_length + position) * HEAD_DIM
+        row = ((block * num_kv_heads + kv_head) * BLOCK_SIZE + place) * HEAD_DIM
         tl.store(v_cache_ptr + row + offsets, x)
 
 
@@ -216,7 +218,7 @@ def rotary_and_cache_write(
     qkv: torch.Tensor,
     cos: torch.Tensor,
     sin: torch.Tensor,
-    slots: torch.Tensor,
+    block_table: torch.Tensor,
     positions: torch.Tensor,
     k_cache: torch.Tensor,
     v_cache: torch.Tensor,
@@ -224,10 +226,11 @@ def rotary_and_cache_write(
     num_kv_heads: int,
 ) -> torch.Tensor:
     """For one token per sequence: rotate q and k, store k and v at each sequence's position in
-    its cache slot, and return the rotated q ([B, heads, head_dim]).
+    the cache block its table names, and return the rotated q ([B, heads, head_dim]).
 
     qkv: [B, (heads + 2 kv_heads) * head_dim] (q heads, then k, then v); cos/sin: [B, head_dim];
-    slots, positions: [B] int64; caches: [slots, kv_heads, max_length, head_dim]."""
+    block_table: [B, W] int64; positions: [B] int64; caches: [blocks, kv_heads, block_size,
+    head_dim]."""
     batch = qkv.shape[0]
     head_dim = k_cache.shape[-1]
     q_out = torch.empty(batch, num_heads, head_dim, dtype=qkv.dtype, device=qkv.device)
@@ -235,16 +238,17 @@ def rotary_and_cache_write(
         qkv,
         cos,
         sin,
-        slots,
+        block_table,
         positions,
         q_out,
         k_cache,
         v_cache,
         num_heads,
         num_kv_heads,
-        k_cache.shape[2],
+        block_table.stride(0),
         qkv.stride(0),
         HEAD_DIM=head_dim,
+        BLOCK_SIZE=k_cache.shape[2],
         **overlap(),
     )
     return q_out
@@ -260,17 +264,18 @@ def _decode_partial_kernel(
     q_ptr,
     k_cache_ptr,
     v_cache_ptr,
-    slots_ptr,
+    table_ptr,
     lengths_ptr,
     max_ptr,
     sum_ptr,
     acc_ptr,
     num_heads,
     num_kv_heads,
-    max_length,
+    table_stride,
     num_partitions,
     window,
     scale,
+    CACHE_BLOCK: tl.constexpr,
     GROUP: tl.constexpr,
     GROUP_PAD: tl.constexpr,
     HEAD_DIM: tl.constexpr,
@@ -296,8 +301,7 @@ def _decode_partial_kernel(
         mask=row_inside[:, None],
         other=0.0,
     )
-    slot = tl.load(slots_ptr + sequence)
-    cache_base = (slot * num_kv_heads + kv_head) * max_length * HEAD_DIM
+    table = table_ptr + sequence * table_stride
     running_max = tl.full([GROUP_PAD], float("-inf"), tl.float32)
     running_sum = tl.zeros([GROUP_PAD], tl.float32)
     acc = tl.zeros([GROUP_PAD, HEAD_DIM], tl.float32)
@@ -305,7 +309,9 @@ def _decode_partial_kernel(
         # Masked loads of keys past the length (or before the window) read no memory.
         keys = start + block * BLOCK_N + tl.arange(0, BLOCK_N)
         valid = (keys < length) & (keys >= first_key)
-        offsets = cache_base + keys[:, None] * HEAD_DIM + dims[None, :]
+        blocks = tl.load(table + keys // CACHE_BLOCK, mask=valid, other=0)  # the block table's entries
+        cache_rows = (blocks * num_kv_heads + kv_head) * CACHE_BLOCK + keys % CACHE_BLOCK
+        offsets = cache_rows[:, None] * HEAD_DIM + dims[None, :]
         k = tl.load(k_cache_ptr + offsets, mask=valid[:, None], other=0.0)
         v = tl.load(v_cache_ptr + offsets, mask=valid[:, None], other=0.0)
         if IEEE:
@@ -380,17 +386,19 @@ def decode_attention(
     q: torch.Tensor,
     k_cache: torch.Tensor,
     v_cache: torch.Tensor,
-    slots: torch.Tensor,
+    block_table: torch.Tensor,
     lengths: torch.Tensor,
     window: int | None,
     scale: float,
 ) -> torch.Tensor:
     """Attention of one new query per sequence over its cached keys [0, length) (the last
-    `window` of them under a sliding window). q: [B, heads, head_dim]; returns the same shape.
+    `window` of them under a sliding window), found through its row of `block_table` ([B, W]).
+    q: [B, heads, head_dim]; caches: [blocks, kv_heads, block_size, head_dim]; returns q's shape.
 
     Lengths are read on the device, so one CUDA graph serves every context length."""
     batch, num_heads, head_dim = q.shape
-    num_kv_heads, max_length = k_cache.shape[1], k_cache.shape[2]
+    num_kv_heads, block_size = k_cache.shape[1], k_cache.shape[2]
+    max_length = block_table.shape[1] * block_size
     group = num_heads // num_kv_heads
     num_partitions = triton.cdiv(max_length, PARTITION)
     maxima = torch.empty(batch, num_heads, num_partitions, dtype=torch.float32, device=q.device)
@@ -401,17 +409,18 @@ def decode_attention(
         q,
         k_cache,
         v_cache,
-        slots,
+        block_table,
         lengths,
         maxima,
         sums,
         acc,
         num_heads,
         num_kv_heads,
-        max_length,
+        block_table.stride(0),
         num_partitions,
         window or 0,
         scale,
+        CACHE_BLOCK=block_size,
         GROUP=group,
         GROUP_PAD=max(16, triton.next_power_of_2(group)),
         HEAD_DIM=head_dim,

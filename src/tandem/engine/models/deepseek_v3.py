@@ -136,7 +136,7 @@ class LatentAttention(nn.Module):
         queries = torch.cat([q_latent, q_rope], dim=-1)  # [B, h, 1, width]
         keys = cached[:, None]  # [B, 1, S, width]: one key/value head for all query heads
         values = keys[..., : mla.kv_lora_rank]  # [B, 1, S, rank]
-        if batch.decode_kernels:  # the whole slot, masked by lengths read on the device
+        if batch.decode_kernels:  # every block of the table, masked by lengths read on the device
             assert batch.lengths is not None
             visible = torch.arange(cached.shape[1], device=cached.device) < batch.lengths[:, None]
             mask = visible[:, None, None, :]  # [B, 1, 1, max_length]

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from tandem.engine import ops
-from tandem.engine.attention import AttentionBatch, attend, attention_masks
+from tandem.engine.attention import AttentionBatch, attend, attention_masks, cache_places
 from tandem.engine.checkpoint import StackedSource
 from tandem.engine.kv_cache import KVCache
 from tandem.engine.parallel.group import AllReduce
@@ -249,12 +249,12 @@ class CausalLM(nn.Module):
     def attention_batch(
         self,
         positions: torch.Tensor,
-        slots: torch.Tensor,
+        block_table: torch.Tensor,
         kv_length: int,
-        contiguous_slots: tuple[int, int] | None = None,
         prompt_from_start: bool = False,
     ) -> AttentionBatch:
-        """Everything attention needs for `positions` ([B, T]) of sequences in cache `slots` ([B])."""
+        """Everything attention needs for `positions` ([B, T]) of sequences whose cache blocks
+        `block_table` ([B, W]) lists."""
         cos, sin = rotary_cos_sin(
             self.inv_freq, positions, self.activation_dtype(), self.config.rope.cos_sin_scale
         )
@@ -266,14 +266,16 @@ class CausalLM(nn.Module):
             needed = {w for w in self.windows if w is not None}
         else:
             needed = set(self.windows)
+        write_blocks, write_offsets = cache_places(positions, block_table)
         return AttentionBatch(
             positions=positions,
-            slots=slots,
+            block_table=block_table,
+            write_blocks=write_blocks,
+            write_offsets=write_offsets,
             kv_length=kv_length,
             cos=cos,
             sin=sin,
             masks=attention_masks(positions, kv_length, needed),
-            contiguous_slots=contiguous_slots,
             prompt_from_start=prompt_from_start,
             decode_kernels=decode_kernels,
             lengths=positions[:, -1] + 1 if decode_kernels else None,

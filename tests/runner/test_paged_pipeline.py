@@ -1,0 +1,46 @@
+"""The paged KV cache through a 2-stage pipeline of runner processes: 32 concurrent requests with
+their own settings get what they get alone, and the cache counters reach the node."""
+
+from __future__ import annotations
+
+import pytest
+
+from engine.test_paged_cache import alone, varied_requests
+from runner_processes import start_instance, stop
+from tandem.protocol.runner import Accepted, Generate, GenerateRequest, Ready, Rejected, Token
+
+
+@pytest.mark.parametrize("max_prefill_tokens", [5, 64])
+def test_32_concurrent_requests_through_a_two_stage_pipeline(checkpoint_factory, max_prefill_tokens):
+    checkpoint = checkpoint_factory("llama-gqa")
+    requests = varied_requests(32, checkpoint.config["vocab_size"], seed=6)
+    expected = alone(checkpoint.path, requests)
+    runners = start_instance(
+        checkpoint.path,
+        checkpoint.config["num_hidden_layers"],
+        (1, 1),
+        max_prefill_tokens=max_prefill_tokens,
+    )
+    try:
+        assert all(isinstance(runner.next_event(), Ready) for runner in runners)
+        driver = runners[0]
+        for index, (prompt, params) in enumerate(requests):
+            driver.send(Generate(str(index), GenerateRequest(prompt_ids=tuple(prompt), params=params)))
+        tokens: dict[str, list[int]] = {str(index): [] for index in range(len(requests))}
+        finished = set()
+        while finished != set(tokens):
+            event = driver.next_event()
+            if isinstance(event, Token):
+                tokens[event.request_id].append(event.token_id)
+                if event.finish_reason is not None:
+                    finished.add(event.request_id)
+            else:
+                assert isinstance(event, Accepted), event
+        assert [tokens[str(index)] for index in range(len(requests))] == expected
+        # The counters reach the node: every block free again once the engine is idle.
+        driver.send(Generate("empty", GenerateRequest(prompt_ids=())))
+        assert isinstance(driver.next_event(), Rejected)  # read after the last cache report
+        assert driver.cache is not None and driver.cache.blocks_free == driver.cache.blocks_total
+        assert driver.cache.prefix_hits > 0
+    finally:
+        stop(runners)
