@@ -1,0 +1,132 @@
+"""Quantized mixtures of experts against `transformers` running the dequantized weights: tiny
+DeepSeek-V3, Kimi-K2, Qwen3-MoE and Mixtral checkpoints written FP8-block and compressed-tensors
+int4 by the test, and load-time `--quantize int8|int4` of the 16-bit ones, decode with greedy
+tokens identical (float32), whole, split into 2 stages and with expert parallelism over 2 ranks;
+the routed experts stay compact in memory; activation-ordered experts are refused by name."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import shutil
+
+import pytest
+import torch
+
+from engine.test_quantized import assert_logits_close, our_greedy, prompts, reference_greedy, stage_logits
+from moe_checkpoints import MOE_FAMILIES
+from quant_moe_checkpoints import QLORA, QUANTIZABLE_SIZES, load_time_moe_twin, quantize_moe_checkpoint
+from tandem.engine.loader import load_stage, parameter_bytes
+from tandem.engine.models.moe import Experts
+from tandem.engine.quant.experts import QuantizedExperts
+from tandem.errors import UnsupportedModelError
+from tandem.model.stage import LayerRange, StageSpec
+from tandem.runner.assemble import create_local_engine
+
+CPU = torch.device("cpu")
+
+
+def sizes_of(family: str) -> dict:
+    model_type = MOE_FAMILIES[family][0]
+    sizes = dict(QUANTIZABLE_SIZES["deepseek_v3" if model_type == "kimi_k2" else model_type])
+    if MOE_FAMILIES[family][1].get("q_lora_rank"):
+        sizes |= QLORA
+    return sizes
+
+
+@pytest.fixture(scope="session")
+def moe_source(moe_checkpoint_factory):
+    return lambda family: moe_checkpoint_factory(family, **sizes_of(family))
+
+
+@pytest.fixture(scope="session")
+def quantized_moe(tmp_path_factory, moe_source):
+    cache: dict[tuple[str, str], object] = {}
+
+    def make(format_name: str, family: str):
+        if (format_name, family) not in cache:
+            directory = tmp_path_factory.mktemp(f"{family}-{format_name}")
+            cache[format_name, family] = quantize_moe_checkpoint(moe_source(family), directory, format_name)
+        return cache[format_name, family]
+
+    return make
+
+
+CHECKPOINTS = [
+    ("fp8-blocks", "deepseek-v3-qlora-groups"),
+    ("fp8-ragged-blocks", "kimi-k2"),
+    ("ct-int4-group-sym", "kimi-k2"),  # as Kimi-K2-Thinking ships
+    ("ct-int4-group-sym", "qwen3-moe-e6-top3"),
+    ("ct-int8-group-asym", "deepseek-v3-direct-q"),
+    ("fp8-blocks", "mixtral-e5-top2"),
+]
+
+
+@pytest.mark.parametrize(("format_name", "family"), CHECKPOINTS)
+def test_quantized_mixture_decodes_like_its_dequantized_twin(quantized_moe, format_name, family):
+    checkpoint = quantized_moe(format_name, family)
+    engine = create_local_engine(checkpoint.path, device="cpu", dtype="float32", max_prefill_tokens=6)
+    for prompt in prompts(checkpoint.config["vocab_size"]):
+        assert our_greedy(engine, prompt) == reference_greedy(checkpoint.model, prompt), (
+            f"{family} {format_name}: prompt of {len(prompt)} tokens diverged"
+        )
+    whole = load_stage(checkpoint.path, None, CPU, torch.float32)
+    experts = [m for m in whole.modules() if isinstance(m, (Experts, QuantizedExperts))]
+    assert experts and all(isinstance(m, QuantizedExperts) for m in experts)
+    prompt = prompts(checkpoint.config["vocab_size"], seed=2)[2]
+    with torch.inference_mode():
+        expected = checkpoint.model(torch.tensor([prompt])).logits[0]
+    assert_logits_close(stage_logits([whole], prompt), expected)
+
+
+@pytest.mark.parametrize(("format_name", "family"), [CHECKPOINTS[0], CHECKPOINTS[3]])
+def test_two_stages_compose_to_the_whole_quantized_mixture(quantized_moe, format_name, family):
+    checkpoint = quantized_moe(format_name, family)
+    num_layers = checkpoint.config["num_hidden_layers"]
+    bounds = [0, 2, num_layers]
+    stages = [
+        load_stage(checkpoint.path, StageSpec(LayerRange(a, b), num_layers), CPU, torch.float32)
+        for a, b in itertools.pairwise(bounds)
+    ]
+    prompt = prompts(checkpoint.config["vocab_size"])[2]
+    with torch.inference_mode():
+        expected = checkpoint.model(torch.tensor([prompt])).logits[0]
+    assert_logits_close(stage_logits(stages, prompt), expected)
+
+
+@pytest.mark.parametrize("mode", ["int8", "int4"])
+@pytest.mark.parametrize("family", ["deepseek-v3-qlora-groups", "qwen3-moe-step2-yarn"])
+def test_load_time_quantized_mixture_matches_the_reference(moe_source, tmp_path, mode, family):
+    source = moe_source(family)
+    reference = load_time_moe_twin(source, tmp_path / "twin", mode)
+    engine = create_local_engine(
+        source.path, device="cpu", dtype="float32", quantize=mode, max_prefill_tokens=6
+    )
+    for prompt in prompts(source.config["vocab_size"]):
+        assert our_greedy(engine, prompt) == reference_greedy(reference, prompt), f"{family} {mode} diverged"
+
+
+def test_quantized_experts_stay_compact(moe_source, quantized_moe):
+    source = moe_source("qwen3-moe-e6-top3")
+    dense = load_stage(source.path, None, CPU, torch.bfloat16)
+    dense_experts = sum(parameter_bytes(m) for m in dense.modules() if isinstance(m, Experts))
+    for mode, most in (("int8", 0.56), ("int4", 0.32)):
+        model = load_stage(source.path, None, CPU, torch.bfloat16, quantize=mode)
+        banks = [m for m in model.modules() if isinstance(m, QuantizedExperts)]
+        assert banks and not any(isinstance(m, Experts) for m in model.modules())
+        assert not any(p.dtype in (torch.float32, torch.bfloat16) and p.dim() == 3 for m in banks for p in m.parameters())
+        assert sum(m.weight_bytes() for m in banks) <= most * dense_experts, mode
+    kimi = load_stage(quantized_moe("ct-int4-group-sym", "kimi-k2").path, None, CPU, torch.bfloat16)
+    assert {m.bank("down_proj").kind for m in kimi.modules() if isinstance(m, QuantizedExperts)} == {"int4"}
+
+
+def test_experts_in_activation_order_are_refused(quantized_moe, tmp_path):
+    checkpoint = quantized_moe("ct-int4-group-sym", "qwen3-moe-e6-top3")
+    directory = tmp_path / "actorder"
+    shutil.copytree(checkpoint.path, directory)
+    config = json.loads((directory / "config.json").read_text())
+    config["quantization_config"]["config_groups"]["group_0"]["weights"]["actorder"] = "group"
+    (directory / "config.json").write_text(json.dumps(config))
+    with pytest.raises(UnsupportedModelError, match="activation order") as refused:
+        create_local_engine(directory, device="cpu", dtype="float32")
+    assert "compressed-tensors" in str(refused.value) and "\n" not in str(refused.value)
