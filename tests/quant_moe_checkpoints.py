@@ -8,7 +8,6 @@ Sizes are chosen so every projection's input divides into groups of 32 (`QUANTIZ
 
 from __future__ import annotations
 
-import copy
 import json
 import shutil
 from pathlib import Path
@@ -18,7 +17,14 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from checkpoints import TinyCheckpoint
-from quant_checkpoints import FORMATS, QuantizedCheckpoint, encode, int4_groups, int8_rows, quantization_config
+from quant_checkpoints import (
+    FORMATS,
+    QuantizedCheckpoint,
+    encode,
+    int4_groups,
+    int8_rows,
+    quantization_config,
+)
 
 # Overrides of the tiny families: every input size a multiple of 32.
 QUANTIZABLE_SIZES: dict[str, dict[str, Any]] = {
@@ -51,14 +57,14 @@ def _copy_tokenizer(source: Path, directory: Path) -> None:
             shutil.copy(source / name, directory / name)
 
 
-def _twin(directory: Path, tensors: dict[str, torch.Tensor], config: dict[str, Any], source: Path):
-    """transformers loaded (float32, eager experts) from `tensors` in the Hub's layout."""
+def _twin(directory: Path, tensors: dict[str, torch.Tensor], source: TinyCheckpoint):
+    """transformers loaded (float32, eager experts) from `tensors` in the Hub's layout, under
+    the source model's own transformers config (Kimi-K2 as the DeepSeek-V3 it is)."""
     import transformers
 
     directory.mkdir(parents=True, exist_ok=True)
     save_file({n: t.contiguous() for n, t in tensors.items()}, directory / "model.safetensors")
-    (directory / "config.json").write_text(json.dumps(config, indent=1))
-    _copy_tokenizer(source, directory)
+    source.model.config.save_pretrained(directory)
     model = transformers.AutoModelForCausalLM.from_pretrained(
         directory, dtype=torch.float32, experts_implementation="eager"
     )
@@ -89,7 +95,7 @@ def quantize_moe_checkpoint(source: TinyCheckpoint, directory: Path, format_name
     config = {**source.config, "quantization_config": quantization_config(spec)}
     (directory / "config.json").write_text(json.dumps(config, indent=1))
     _copy_tokenizer(source.path, directory)
-    twin = _twin(directory.with_name(directory.name + "-twin"), meaning, source.config, source.path)
+    twin = _twin(directory.with_name(directory.name + "-twin"), meaning, source)
     return QuantizedCheckpoint(format_name, directory, twin, config)
 
 
@@ -105,4 +111,4 @@ def load_time_moe_twin(source: TinyCheckpoint, directory: Path, mode: str):
             meaning[name] = int8_rows(tensor.float())
         else:
             meaning[name] = tensor
-    return _twin(directory, meaning, copy.deepcopy(source.config), source.path)
+    return _twin(directory, meaning, source)

@@ -75,7 +75,9 @@ class LatentAttention(nn.Module):
         mla = self.mla
         if isinstance(self.kv_b_proj, QuantizedLinear):
             # The absorbed decode multiplies per-head blocks of W_UK and W_UV: held dequantized.
-            dense = nn.Linear(self.kv_b_proj.in_features, self.kv_b_proj.out_features, bias=False, device="meta")
+            dense = nn.Linear(
+                self.kv_b_proj.in_features, self.kv_b_proj.out_features, bias=False, device="meta"
+            )
             dense.weight = nn.Parameter(
                 self.kv_b_proj.dequantize(self.kv_a_layernorm.weight.dtype), requires_grad=False
             )

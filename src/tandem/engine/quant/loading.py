@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from tandem.engine.checkpoint import Checkpoint
+from tandem.engine.models.moe import Experts
 from tandem.engine.parallel.layers import (
     QuantizedRowParallelLinear,
     QuantizedVocabParallelEmbedding,
@@ -27,7 +28,6 @@ from tandem.engine.parallel.layers import (
     VocabParallelEmbedding,
     VocabParallelHead,
 )
-from tandem.engine.models.moe import Experts
 from tandem.engine.quant.cpu import release_freed_memory
 from tandem.engine.quant.experts import QuantizedExperts
 from tandem.engine.quant.linear import QuantizedEmbedding, QuantizedLinear
@@ -90,7 +90,14 @@ def _replacement(name: str, module: nn.Module, dtype: torch.dtype) -> nn.Module:
     raise UnsupportedModelError(f"{name}: a {type(module).__name__} cannot hold a quantized weight")
 
 
-_REPLACEABLE = (nn.Linear, nn.Embedding, RowParallelLinear, VocabParallelEmbedding, VocabParallelHead, Experts)
+_REPLACEABLE = (
+    nn.Linear,
+    nn.Embedding,
+    RowParallelLinear,
+    VocabParallelEmbedding,
+    VocabParallelHead,
+    Experts,
+)
 
 
 def quantize_modules(
@@ -171,7 +178,9 @@ def load_experts(
     inner, hidden = experts.inner, experts.hidden
     for modules in experts.expert_modules(name):
         parts = [_read_weight(checkpoint, module, fmt, dtype) for module in modules]
-        for module, part, shape in zip(modules, parts, ((inner, hidden), (inner, hidden), (hidden, inner))):
+        for module, part, shape in zip(
+            modules, parts, ((inner, hidden), (inner, hidden), (hidden, inner)), strict=True
+        ):
             if part.shape != shape:
                 raise ModelFormatError(
                     f"{module} holds a {part.shape[0]}×{part.shape[1]} weight in the checkpoint, "
@@ -232,8 +241,7 @@ def prepare_quantized(model: nn.Module, device: torch.device, dtype: torch.dtype
     if device.type != "cpu":
         return
     for module in model.modules():
-        if isinstance(module, QuantizedLinear) and not module.cpu_int4:
-            module.prepare_for_cpu(dtype)
-        elif isinstance(module, QuantizedExperts):
+        held_canonically = isinstance(module, QuantizedLinear) and not module.cpu_int4
+        if held_canonically or isinstance(module, QuantizedExperts):
             module.prepare_for_cpu(dtype)
     release_freed_memory()  # the unfused and unpacked weights just freed
