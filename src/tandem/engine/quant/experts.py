@@ -140,9 +140,11 @@ def expert_sum(
     first: int,
     round_weights: bool,
     kernels: bool,
+    config: dict | None = None,
 ) -> torch.Tensor:
     """The routed sum over the banks' experts `[first, first + count)` (see `forward`); `kernels`:
-    the products run in the quantized Triton kernels (CUDA, or Triton's interpreter in tests)."""
+    the products run in the quantized Triton kernels (CUDA, or Triton's interpreter in tests,
+    with `config` their block sizes, as `quantized_linear` takes)."""
     from tandem.engine.models.moe import weigh
 
     out = torch.zeros_like(x)
@@ -150,13 +152,15 @@ def expert_sum(
     held = (local >= 0) & (local < gate_up.shape[0])
     for expert in torch.unique(local[held]).tolist():  # ascending, as transformers sums them
         slot, token = torch.where(local.T.eq(expert))
-        activations = expert_product(x[token], gate_up.expert(expert), True, kernels)  # [n, inner]
-        y = expert_product(activations, down.expert(expert), False, kernels)  # [n, hidden]
+        activations = expert_product(x[token], gate_up.expert(expert), True, kernels, config)  # [n, inner]
+        y = expert_product(activations, down.expert(expert), False, kernels, config)  # [n, hidden]
         out.index_add_(0, token, weigh(y, weights[token, slot, None], round_weights))
     return out
 
 
-def expert_product(rows: torch.Tensor, weight: QuantizedWeight, gated: bool, kernels: bool) -> torch.Tensor:
+def expert_product(
+    rows: torch.Tensor, weight: QuantizedWeight, gated: bool, kernels: bool, config: dict | None = None
+) -> torch.Tensor:
     """rows [n, in] times one expert's quantized weight [out, in]ᵀ: [n, out], or with `gated`
     silu(gate) * up of its two halves, [n, out / 2]."""
     from tandem.engine import ops
@@ -164,7 +168,7 @@ def expert_product(rows: torch.Tensor, weight: QuantizedWeight, gated: bool, ker
     if kernels:
         from tandem.engine.cuda.quant_matmul import quantized_linear
 
-        return quantized_linear(rows, weight, gated=gated)
+        return quantized_linear(rows, weight, gated=gated, config=config)
     if rows.device.type == "cpu" and cpu.int8_kernel_fits(weight) and rows.shape[0] < cpu.DEQUANTIZE_ROWS:
         y = cpu.int8_product(rows, weight.data, weight.scales.reshape(-1).to(rows.dtype))
     else:

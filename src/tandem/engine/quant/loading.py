@@ -241,7 +241,8 @@ def prepare_quantized(model: nn.Module, device: torch.device, dtype: torch.dtype
     if device.type != "cpu":
         return
     for module in model.modules():
-        held_canonically = isinstance(module, QuantizedLinear) and not module.cpu_int4
-        if held_canonically or isinstance(module, QuantizedExperts):
+        if isinstance(module, QuantizedExperts) or (
+            isinstance(module, QuantizedLinear) and not module.cpu_int4
+        ):
             module.prepare_for_cpu(dtype)
     release_freed_memory()  # the unfused and unpacked weights just freed
