@@ -78,12 +78,16 @@ def _source_tensors(source: TinyCheckpoint) -> dict[str, torch.Tensor]:
     return tensors
 
 
-def quantize_moe_checkpoint(source: TinyCheckpoint, directory: Path, format_name: str) -> QuantizedCheckpoint:
-    """`source` (a tiny mixture) stored in `format_name` (one of FORMATS), and its twin."""
+def quantize_moe_checkpoint(
+    source: TinyCheckpoint, directory: Path, format_name: str, experts_only: bool = False
+) -> QuantizedCheckpoint:
+    """`source` (a tiny mixture) stored in `format_name` (one of FORMATS), and its twin; with
+    `experts_only` only the routed experts are quantized (as Kimi-K2-Thinking ships)."""
     spec = FORMATS[format_name]
     stored, meaning = {}, {}
     for seed, (name, tensor) in enumerate(sorted(_source_tensors(source).items())):
-        if not is_projection(name, tensor):
+        routed = ".experts." in name and ".shared_experts." not in name
+        if not is_projection(name, tensor) or (experts_only and not routed):
             stored[name] = meaning[name] = tensor
             continue
         module = name.removesuffix(".weight")

@@ -16,9 +16,11 @@ import torch
 from engine.test_quantized import assert_logits_close, our_greedy, prompts, reference_greedy, stage_logits
 from moe_checkpoints import MOE_FAMILIES
 from quant_moe_checkpoints import QLORA, QUANTIZABLE_SIZES, load_time_moe_twin, quantize_moe_checkpoint
+from tandem.engine.kv_cache import KVCache
 from tandem.engine.loader import load_stage, parameter_bytes
 from tandem.engine.models.moe import Experts
 from tandem.engine.quant.experts import QuantizedExperts
+from tandem.engine.quant.linear import QuantizedLinear
 from tandem.errors import UnsupportedModelError
 from tandem.model.stage import LayerRange, StageSpec
 from tandem.runner.assemble import create_local_engine
@@ -43,11 +45,12 @@ def moe_source(moe_checkpoint_factory):
 def quantized_moe(tmp_path_factory, moe_source):
     cache: dict[tuple[str, str], object] = {}
 
-    def make(format_name: str, family: str):
-        if (format_name, family) not in cache:
+    def make(format_name: str, family: str, experts_only: bool = False):
+        key = (format_name, family, experts_only)
+        if key not in cache:
             directory = tmp_path_factory.mktemp(f"{family}-{format_name}")
-            cache[format_name, family] = quantize_moe_checkpoint(moe_source(family), directory, format_name)
-        return cache[format_name, family]
+            cache[key] = quantize_moe_checkpoint(moe_source(family), directory, format_name, experts_only)
+        return cache[key]
 
     return make
 
@@ -60,6 +63,16 @@ CHECKPOINTS = [
     ("ct-int8-group-asym", "deepseek-v3-direct-q"),
     ("fp8-blocks", "mixtral-e5-top2"),
 ]
+
+
+def test_only_the_experts_quantized_as_kimi_k2_thinking_ships(quantized_moe):
+    checkpoint = quantized_moe("ct-int4-group-sym", "kimi-k2", experts_only=True)
+    engine = create_local_engine(checkpoint.path, device="cpu", dtype="float32", max_prefill_tokens=6)
+    for prompt in prompts(checkpoint.config["vocab_size"])[1:]:
+        assert our_greedy(engine, prompt) == reference_greedy(checkpoint.model, prompt)
+    model = engine.executor.runner.model
+    assert not any(isinstance(m, QuantizedLinear) for m in model.modules())
+    assert any(isinstance(m, QuantizedExperts) for m in model.modules())
 
 
 @pytest.mark.parametrize(("format_name", "family"), CHECKPOINTS)
@@ -132,3 +145,74 @@ def test_experts_in_activation_order_are_refused(quantized_moe, tmp_path):
     with pytest.raises(UnsupportedModelError, match="activation order") as refused:
         create_local_engine(directory, device="cpu", dtype="float32")
     assert "compressed-tensors" in str(refused.value) and "\n" not in str(refused.value)
+
+
+def test_expert_parallel_ranks_decode_like_one_process(quantized_moe, tmp_path):
+    from engine.test_tensor_parallel import expected_tokens, run_group
+
+    checkpoints = {
+        "fp8-deepseek": quantized_moe("fp8-blocks", "deepseek-v3-qlora-groups"),
+        "int4-qwen3": quantized_moe("ct-int4-group-sym", "qwen3-moe-e6-top3"),
+    }
+    reports = run_group(2, {name: str(c.path) for name, c in checkpoints.items()}, tmp_path)
+    for name, checkpoint in checkpoints.items():
+        assert reports[0][name]["tokens"] == expected_tokens(checkpoint), f"{name}: the group of 2 diverged"
+
+
+def test_the_engine_holds_what_placement_counted(moe_source):
+    from tandem.cluster.placement import Placement, PlacementRequest, place
+    from tandem.model.shapes import shape_from_hf_config
+    from topologies import cluster, gpu, node
+
+    source = moe_source("deepseek-v3-qlora-groups")
+    shape = shape_from_hf_config({**source.config, "torch_dtype": "bfloat16"})
+    request = PlacementRequest(
+        context_length=64, num_sequences=1, memory_margin=0, device_overhead_bytes=0, quantize="int8"
+    )
+    placement = place(shape, cluster(node("a", gpu(1, 100))), request)
+    assert isinstance(placement, Placement), placement.reason
+    model = load_stage(source.path, None, CPU, torch.bfloat16, quantize="int8")
+    assert parameter_bytes(model) == pytest.approx(placement.stages[0].weight_bytes, rel=0.05)
+
+
+def test_random_quantized_mixture_stages_draw_one_expert_at_a_time(monkeypatch):
+    """What the benchmark's `--quantize` builds: experts quantized, and no tensor drawn larger
+    than one expert's projection or the largest dense tensor (never a layer's 16-bit bank)."""
+    from tandem.bench.shapes import named_shape
+    from tandem.engine.models import build_empty_model
+    from tandem.engine.random_weights import RandomCheckpoint, random_stage
+    from tandem.model.stage import StageSpec
+
+    config, _ = named_shape("tiny-deepseek")
+    drawn: list[tuple[str, int]] = []
+    draw = RandomCheckpoint._draw
+
+    def recording(self, name):
+        tensor = draw(self, name)
+        drawn.append((name, tensor.numel()))
+        return tensor
+
+    monkeypatch.setattr(RandomCheckpoint, "_draw", recording)
+    moe = config.moe
+    assert moe is not None
+    bank = moe.num_experts * 2 * moe.expert_intermediate_size * config.hidden_size
+    for mode in ("int4", "int8", "fp8"):
+        drawn.clear()
+        model = random_stage(
+            build_empty_model(config, StageSpec.whole(config.num_layers)),
+            config,
+            CPU,
+            torch.bfloat16,
+            0,
+            mode,
+        )
+        assert any(isinstance(m, QuantizedExperts) for m in model.modules())
+        assert not any(isinstance(m, Experts) for m in model.modules())
+        expert_draws = [size for name, size in drawn if ".experts." in name]
+        assert expert_draws and max(expert_draws) < bank / moe.num_experts
+        cache = KVCache.for_model(model, num_slots=1, max_length=16)
+        positions = torch.arange(5)[None]
+        batch = model.attention_batch(positions, torch.zeros(1, dtype=torch.long), 5)
+        with torch.inference_mode():
+            logits = model(torch.arange(5)[None], batch, cache)
+        assert bool(torch.isfinite(logits).all()), mode
