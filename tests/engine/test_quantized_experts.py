@@ -43,7 +43,7 @@ def moe_source(moe_checkpoint_factory):
 
 @pytest.fixture(scope="session")
 def quantized_moe(tmp_path_factory, moe_source):
-    cache: dict[tuple[str, str], object] = {}
+    cache: dict[tuple[str, str, bool], object] = {}
 
     def make(format_name: str, family: str, experts_only: bool = False):
         key = (format_name, family, experts_only)
