@@ -215,3 +215,30 @@ def test_random_quantized_mixture_stages_draw_one_expert_at_a_time(monkeypatch):
         with torch.inference_mode():
             logits = model(torch.arange(5)[None], batch, cache)
         assert bool(torch.isfinite(logits).all()), mode
+
+
+@pytest.mark.parametrize(("format_name", "family"), [CHECKPOINTS[0], CHECKPOINTS[2]])
+def test_a_stage_reads_only_its_own_quantized_experts(quantized_moe, format_name, family):
+    """What a stage reads is its own layer's tensors, each once, and all among the names a
+    shard-aware download fetches for it (`stage_tensor_names`)."""
+    from engine.test_moe_matches_transformers import CountingCheckpoint
+    from tandem.engine.checkpoint import Checkpoint
+    from tandem.engine.loader import load_weights, stage_tensor_names
+    from tandem.engine.models import build_empty_model
+    from tandem.model.config import load_model_config
+    from tandem.model.quantization import loaded_format
+
+    checkpoint = quantized_moe(format_name, family)
+    config = load_model_config(checkpoint.path)
+    stage = StageSpec(LayerRange(2, 3), config.num_layers)
+    wanted = stage_tensor_names(build_empty_model(config, stage), config, Checkpoint(checkpoint.path))
+    counting = CountingCheckpoint(checkpoint.path)
+    model = build_empty_model(config, stage)
+    load_weights(
+        model, config, counting, CPU, torch.float32, quantization=loaded_format(config.quantization, None)
+    )
+    assert set(counting.names_read) <= set(wanted)
+    assert all(name.startswith("model.layers.2.") for name in counting.names_read)
+    data = [name for name in counting.names_read if not name.endswith(".weight_shape")]  # 2 ints, read twice
+    assert len(data) == len(set(data))
+    assert any(".experts.7." in name for name in counting.names_read)
