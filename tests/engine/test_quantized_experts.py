@@ -242,3 +242,19 @@ def test_a_stage_reads_only_its_own_quantized_experts(quantized_moe, format_name
     data = [name for name in counting.names_read if not name.endswith(".weight_shape")]  # 2 ints, read twice
     assert len(data) == len(set(data))
     assert any(".experts.7." in name for name in counting.names_read)
+
+
+@pytest.mark.parametrize(("format_name", "family"), [CHECKPOINTS[1], CHECKPOINTS[3]])
+def test_bfloat16_on_cpu_chooses_within_rounding_of_the_twin(quantized_moe, format_name, family):
+    """The CPU default for quantized weights is bfloat16: each greedy choice is checked against
+    the twin teacher-forced with our tokens (two bfloat16 paths may part at near ties)."""
+    checkpoint = quantized_moe(format_name, family)
+    engine = create_local_engine(checkpoint.path, device="cpu", max_prefill_tokens=6)
+    assert engine.executor.runner.model.activation_dtype() == torch.bfloat16  # type: ignore[attr-defined]
+    for prompt in prompts(checkpoint.config["vocab_size"])[1:]:
+        ours = our_greedy(engine, prompt)
+        with torch.inference_mode():
+            logits = checkpoint.model(torch.tensor([prompt + ours])).logits[0, len(prompt) - 1 : -1]
+        best = logits.max(-1).values
+        chosen = logits.gather(-1, torch.tensor(ours)[:, None])[:, 0]
+        assert bool(((best - chosen) <= 0.15 * logits.abs().max()).all())
