@@ -228,9 +228,11 @@ def _check_hub_layout(directory: Path) -> None:
 
 
 def build_moe_checkpoint(
-    directory: Path, family: str, seed: int = 0, max_shard_size: str | None = None
+    directory: Path, family: str, seed: int = 0, max_shard_size: str | None = None, **sizes: Any
 ) -> TinyCheckpoint:
+    """`family` of MOE_FAMILIES, its sizes overridden by `sizes` (hidden_size=64, ...)."""
     model_type, overrides = MOE_FAMILIES[family]
+    overrides = {**overrides, **sizes}
     torch.manual_seed(seed)
     model = _reference_model(model_type, overrides)
     randomize(model, seed)

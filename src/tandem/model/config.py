@@ -308,14 +308,16 @@ def parse_model_config(raw: dict[str, Any]) -> ModelConfig:
 
 
 def unsupported_quantization(config: ModelConfig) -> str | None:
-    """Why the engine cannot load this config's quantized weights (None: it can). Quantized
-    experts of a mixture are not held compact yet: read as plain floats they would be silently
-    wrong, so they are refused. (Formats Tandem cannot read at all are refused when parsed.)"""
-    if config.quantization is None or config.moe is None:
+    """Why the engine cannot load this config's quantized weights (None: it can). Experts of a
+    mixture are held in stacked banks, which keep their inputs in order: a checkpoint grouped
+    in activation order is refused rather than read wrong. (Formats Tandem cannot read at all
+    are refused when parsed.)"""
+    if config.quantization is None or config.moe is None or not config.quantization.act_order:
         return None
     return (
-        f"quantization_config.quant_method {config.quantization.method!r} on a mixture of experts "
-        f"({config.model_type}): quantized experts are not supported yet; use the 16-bit checkpoint"
+        f"quantization_config.quant_method {config.quantization.method!r} in activation order "
+        f"(desc_act / actorder) on a mixture of experts ({config.model_type}) is not supported; "
+        "supported: experts quantized with their inputs in order"
     )
 
 

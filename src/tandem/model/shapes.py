@@ -212,7 +212,9 @@ def layer_linears(config: ModelConfig, layer_index: int) -> tuple[LinearRole, ..
             query = (hidden + heads * (nope + rope)) * mla.q_lora_rank
         else:
             query = hidden * heads * (nope + rope)
-        count = query + hidden * mla.latent_width + mla.kv_lora_rank * heads * (nope + value)
+        # kv_b_proj is not listed: the engine holds it in 16 bits (its per-head blocks are what
+        # the absorbed decode multiplies), whatever the checkpoint stores.
+        count = query + hidden * mla.latent_width
         attention = LinearRole(
             "self_attn.o_proj", count + heads * value * hidden, count + heads * value * hidden
         )

@@ -28,6 +28,7 @@ from tandem.engine.attention import AttentionBatch
 from tandem.engine.latent_cache import LatentCache
 from tandem.engine.models.llama import MLP, RMSNorm
 from tandem.engine.models.moe import SparseCausalLM, SparseDecoderLayer, SparseMoE
+from tandem.engine.quant.linear import QuantizedLinear
 from tandem.engine.rope import apply_rotary
 from tandem.model.config import ModelConfig
 
@@ -72,6 +73,15 @@ class LatentAttention(nn.Module):
     def fuse(self) -> None:
         """After loading (and any split): the per-head views of kv_b_proj the absorbed form uses."""
         mla = self.mla
+        if isinstance(self.kv_b_proj, QuantizedLinear):
+            # The absorbed decode multiplies per-head blocks of W_UK and W_UV: held dequantized.
+            dense = nn.Linear(
+                self.kv_b_proj.in_features, self.kv_b_proj.out_features, bias=False, device="meta"
+            )
+            dense.weight = nn.Parameter(
+                self.kv_b_proj.dequantize(self.kv_a_layernorm.weight.dtype), requires_grad=False
+            )
+            self.kv_b_proj = dense
         per_head = self.kv_b_proj.weight.view(-1, mla.qk_nope_head_dim + mla.v_head_dim, mla.kv_lora_rank)
         self.local_heads = per_head.shape[0]
         self.key_absorb = per_head[:, : mla.qk_nope_head_dim]  # views: no extra memory

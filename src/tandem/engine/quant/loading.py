@@ -8,6 +8,9 @@ rewrite), `load_quantized` after the dense tensors are loaded, and `prepare_quan
   checkpoint (`readers.MARKERS`), and the head where the format quantizes it; everything else
   (norms, the embedding, excluded modules) stays as stored;
 - `--quantize int8|int4`: every decoder-layer linear, and the embedding and head in int8 rows.
+The routed experts of a mixture (`models.moe.Experts`) become `QuantizedExperts` by the same
+rule, asked of their first held expert's gate projection: each held expert is read (or
+quantized) one at a time and the layer's banks stacked from the compact weights.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import torch
 from torch import nn
 
 from tandem.engine.checkpoint import Checkpoint
+from tandem.engine.models.moe import Experts
 from tandem.engine.parallel.layers import (
     QuantizedRowParallelLinear,
     QuantizedVocabParallelEmbedding,
@@ -25,10 +29,11 @@ from tandem.engine.parallel.layers import (
     VocabParallelHead,
 )
 from tandem.engine.quant.cpu import release_freed_memory
+from tandem.engine.quant.experts import QuantizedExperts
 from tandem.engine.quant.linear import QuantizedEmbedding, QuantizedLinear
 from tandem.engine.quant.quantize import quantize_weight
 from tandem.engine.quant.readers import is_quantized_in, read_quantized, stored_shape
-from tandem.engine.quant.weight import QuantizedWeight
+from tandem.engine.quant.weight import QuantizedWeight, concatenate, stack
 from tandem.errors import ModelFormatError, UnsupportedModelError
 from tandem.model.config import ModelConfig
 from tandem.model.quantization import QuantFormat, loaded_format
@@ -54,7 +59,16 @@ def _module_is_quantized(name: str, fmt: QuantFormat, checkpoint: Checkpoint) ->
     return fmt.quantizes(name) if fmt.is_load_time else is_quantized_in(checkpoint, name, fmt)
 
 
+def _first_expert_gate(name: str, experts: Experts) -> str:
+    return f"{name}.{experts.first}.{experts.names[0]}"
+
+
 def _replacement(name: str, module: nn.Module, dtype: torch.dtype) -> nn.Module:
+    if isinstance(module, Experts):
+        inner, hidden = module.gate_up_proj.shape[1] // 2, module.gate_up_proj.shape[2]
+        return QuantizedExperts(
+            module.num_experts, module.first, module.count, hidden, inner, module.names, module.round_weights
+        )
     if isinstance(module, VocabParallelEmbedding):
         return QuantizedVocabParallelEmbedding(module.vocab, module.weight.shape[1], module.all_reduce, dtype)
     if isinstance(module, VocabParallelHead):
@@ -76,7 +90,14 @@ def _replacement(name: str, module: nn.Module, dtype: torch.dtype) -> nn.Module:
     raise UnsupportedModelError(f"{name}: a {type(module).__name__} cannot hold a quantized weight")
 
 
-_REPLACEABLE = (nn.Linear, nn.Embedding, RowParallelLinear, VocabParallelEmbedding, VocabParallelHead)
+_REPLACEABLE = (
+    nn.Linear,
+    nn.Embedding,
+    RowParallelLinear,
+    VocabParallelEmbedding,
+    VocabParallelHead,
+    Experts,
+)
 
 
 def quantize_modules(
@@ -91,7 +112,8 @@ def quantize_modules(
                 name = f"{parent_name}.{child_name}" if parent_name else child_name
                 if not isinstance(child, _REPLACEABLE):
                     continue
-                if not _module_is_quantized(name, fmt, checkpoint):
+                marker = _first_expert_gate(name, child) if isinstance(child, Experts) else name
+                if not _module_is_quantized(marker, fmt, checkpoint):
                     continue
                 setattr(parent, child_name, _replacement(name, child, dtype))
                 names.append(name)
@@ -119,8 +141,59 @@ def local_shape(module: nn.Module) -> tuple[int, int]:
     """[out, in] of the weight a quantized module holds (a tensor-parallel block's, if split)."""
     if isinstance(module, QuantizedEmbedding):
         return module.num_embeddings, module.embedding_dim
+    assert not isinstance(module, QuantizedExperts)
     assert isinstance(module, QuantizedLinear)
     return module.out_features, module.in_features
+
+
+def _read_weight(
+    checkpoint: Checkpoint, name: str, fmt: QuantFormat, dtype: torch.dtype, source: str | None = None
+) -> QuantizedWeight:
+    """Module `name`'s weight as stored quantized, or quantized now from its 16/32-bit tensor
+    (`source`'s, for a tied head)."""
+    if not fmt.is_load_time:
+        out, inputs = stored_shape(checkpoint, name, fmt)
+        return read_quantized(checkpoint, name, fmt, out, inputs)
+    scheme = fmt.embedding if name == EMBEDDING else fmt.head if name == HEAD else fmt.layers
+    assert scheme is not None
+    weight = quantize_weight(checkpoint.read(f"{source or name}.weight"), scheme, dtype)
+    # Unmap the 16-bit file after each weight, so its pages do not add up in memory while
+    # the quantized copies are made (the next read maps it again).
+    getattr(checkpoint, "close", lambda: None)()
+    release_freed_memory()
+    return weight
+
+
+def load_experts(
+    experts: QuantizedExperts,
+    name: str,
+    fmt: QuantFormat,
+    checkpoint: Checkpoint,
+    device: torch.device,
+    dtype: torch.dtype,
+) -> None:
+    """Fill a layer's quantized experts one expert at a time (each moved to `device` as it is
+    read, so no 16-bit expert and no whole bank sits in host memory beside the device's)."""
+    gate_ups, downs = [], []
+    inner, hidden = experts.inner, experts.hidden
+    for modules in experts.expert_modules(name):
+        parts = [_read_weight(checkpoint, module, fmt, dtype) for module in modules]
+        for module, part, shape in zip(
+            modules, parts, ((inner, hidden), (inner, hidden), (hidden, inner)), strict=True
+        ):
+            if part.shape != shape:
+                raise ModelFormatError(
+                    f"{module} holds a {part.shape[0]}×{part.shape[1]} weight in the checkpoint, "
+                    f"but the config implies {shape[0]}×{shape[1]}"
+                )
+            if part.input_order is not None:
+                raise UnsupportedModelError(
+                    f"{module}: experts quantized in activation order (GPTQ desc_act, actorder) "
+                    "are not supported"
+                )
+        gate_ups.append(concatenate(parts[:2]).to(device))
+        downs.append(parts[2].to(device))
+    experts.set_banks(stack(gate_ups).contiguous(), stack(downs).contiguous())
 
 
 def load_quantized(
@@ -141,20 +214,13 @@ def load_quantized(
         if tied and name == HEAD:
             continue
         module = modules[name]
-        if fmt.is_load_time:
-            source = name
-            if name == HEAD and f"{HEAD}.weight" not in checkpoint and config.tie_word_embeddings:
-                source = EMBEDDING
-            scheme = fmt.embedding if name == EMBEDDING else fmt.head if name == HEAD else fmt.layers
-            assert scheme is not None
-            weight = quantize_weight(checkpoint.read(f"{source}.weight"), scheme, dtype)
-            # Unmap the 16-bit file after each weight, so its pages do not add up in memory while
-            # the quantized copies are made (the next read maps it again).
-            getattr(checkpoint, "close", lambda: None)()
-            release_freed_memory()
-        else:
-            out, inputs = stored_shape(checkpoint, name, fmt)
-            weight = read_quantized(checkpoint, name, fmt, out, inputs)
+        if isinstance(module, QuantizedExperts):
+            load_experts(module, name, fmt, checkpoint, device, dtype)
+            continue
+        source = name
+        if name == HEAD and f"{HEAD}.weight" not in checkpoint and config.tie_word_embeddings:
+            source = EMBEDDING
+        weight = _read_weight(checkpoint, name, fmt, dtype, source)
         block = _block(weight, name, slice_rule)
         if block.shape != local_shape(module):
             detail = f" (a block of {weight.shape})" if block is not weight else ""
@@ -175,6 +241,8 @@ def prepare_quantized(model: nn.Module, device: torch.device, dtype: torch.dtype
     if device.type != "cpu":
         return
     for module in model.modules():
-        if isinstance(module, QuantizedLinear) and not module.cpu_int4:
+        if isinstance(module, QuantizedExperts) or (
+            isinstance(module, QuantizedLinear) and not module.cpu_int4
+        ):
             module.prepare_for_cpu(dtype)
     release_freed_memory()  # the unfused and unpacked weights just freed
