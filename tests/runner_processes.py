@@ -16,6 +16,7 @@ from tandem.model.stage import split_evenly
 from tandem.protocol import codec
 from tandem.protocol.runner import (
     Accepted,
+    Alive,
     CacheReport,
     Generate,
     GenerateRequest,
@@ -49,7 +50,7 @@ class RunnerProcess:
 
     def next_event(self, timeout: float = 60) -> RunnerEvent:
         """The next event other than a `Load` or `CacheReport` (the latest of each is kept in
-        `load` and `cache`)."""
+        `load` and `cache`) or the runner's pulse (`Alive`)."""
         deadline = time.monotonic() + timeout
         while True:
             line = self.process.stdout.readline()  # type: ignore[union-attr]
@@ -60,7 +61,7 @@ class RunnerProcess:
                 self.load = event
             elif isinstance(event, CacheReport):
                 self.cache = event
-            else:
+            elif not isinstance(event, Alive):
                 return event
 
     def wait_for_load(self, expected: Load, timeout: float = 30) -> None:
@@ -147,11 +148,13 @@ def start_instance(
 
 
 def generate_all(
-    driver: RunnerProcess, prompts: dict[str, list[int]], params: SamplingParams
+    driver: RunnerProcess, prompts: dict[str, list[int]], params: SamplingParams | dict[str, SamplingParams]
 ) -> dict[str, list[int]]:
-    """Send every prompt at once (they share the instance) and collect each one's tokens."""
+    """Send every prompt at once (they share the instance) and collect each one's tokens;
+    `params`: the same settings for all, or each request's own."""
     for request_id, ids in prompts.items():
-        driver.send(Generate(request_id, GenerateRequest(prompt_ids=tuple(ids), params=params)))
+        own = params[request_id] if isinstance(params, dict) else params
+        driver.send(Generate(request_id, GenerateRequest(prompt_ids=tuple(ids), params=own)))
     tokens: dict[str, list[int]] = {request_id: [] for request_id in prompts}
     finished = set()
     while finished != set(prompts):

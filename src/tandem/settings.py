@@ -68,6 +68,15 @@ def triton_interpreter() -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
 
 
+def runner_silence_seconds() -> float:
+    """TANDEM_RUNNER_SILENCE_SECONDS (default 30): how long a runner may send nothing, not even
+    its pulse, before its node kills it and its instance is re-placed."""
+    try:
+        return max(float(os.environ.get("TANDEM_RUNNER_SILENCE_SECONDS", "") or 30.0), 3.0)
+    except ValueError:
+        return 30.0
+
+
 def stacks_after() -> float | None:
     """TANDEM_STACKS_AFTER: seconds after which a `tandem bench` plan worker prints every
     thread's stack to its log, and again each time as long again (to see where a stuck rank

@@ -105,7 +105,7 @@ def test_model_routes(demo_node):
     demo = next(model for model in tags["models"] if model["name"] == "demo")
     assert demo["details"]["family"] == "llama" and demo["size"] > 0
     running = demo_node.http.get("/api/ps").json()
-    assert [model["name"] for model in running["models"]] == ["demo"]
+    assert "demo" in [model["name"] for model in running["models"]]  # other tests launch beside it
     assert demo_node.http.get("/api/version").json()["version"]
     shown = demo_node.http.post("/api/show", json={"model": "demo"}).json()
     assert "<|assistant|>" in shown["template"]

@@ -1,13 +1,17 @@
 """Requests survive a machine's loss: three real node processes on loopback serve the demo
-model as a pipeline over two of them; the node of the last stage is killed mid-stream, the
-coordinator re-places the instance on what is left, and the client's stream goes on, its whole
-text the text of an undisturbed run. The cluster's history says what happened."""
+model as a pipeline over two of them; the node of the last stage is killed mid-stream (or its
+runner frozen while the node still answers), the coordinator re-places the instance on what is
+left, and the client's stream goes on, its whole text the text of an undisturbed run. The
+cluster's history says what happened."""
 
 from __future__ import annotations
 
+import os
 import signal
+from pathlib import Path
 
 import openai
+import pytest
 
 from nodes import launch, running_nodes, wait_for
 from tandem.model.sampling_params import SamplingParams
@@ -31,9 +35,27 @@ def undisturbed_text() -> str:
     return "".join(event.text for event in engine.generate(ids, params))
 
 
-def test_a_stream_goes_on_when_the_node_of_a_stage_is_killed(tmp_path):
+def runner_pids(node) -> list[int]:
+    """The runner processes a node started (its children)."""
+    pid = node.process.pid
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return [int(child) for child in children]
+
+
+def kill_the_node(node) -> None:
+    node.stop(signal.SIGKILL)  # the node and its runners
+
+
+def freeze_the_runner(node) -> None:
+    for pid in runner_pids(node):  # the node answers heartbeats on; its runner is stopped
+        os.kill(pid, signal.SIGSTOP)
+
+
+@pytest.mark.parametrize("fault", [kill_the_node, freeze_the_runner], ids=["node-killed", "runner-frozen"])
+def test_a_stream_goes_on_when_the_stage_of_a_node_is_lost(tmp_path, fault):
     expected = undisturbed_text()
-    with running_nodes(tmp_path, 3) as nodes:
+    env = {"TANDEM_RUNNER_SILENCE_SECONDS": "5"}  # the frozen runner is found within 5 s
+    with running_nodes(tmp_path, 3, env=env) as nodes:
         wait_for(lambda: all_see(nodes, 3), timeout=30, what="three nodes to meet")
         coordinator = nodes[0].cluster()["coordinator"]
         taker = next(n for n in nodes if n.node_id == coordinator)  # takes the request, survives
@@ -60,13 +82,18 @@ def test_a_stream_goes_on_when_the_node_of_a_stage_is_killed(tmp_path):
             if chunk.choices and chunk.choices[0].delta.content:
                 pieces.append(chunk.choices[0].delta.content)
             if len(pieces) == 8:
-                last.stop(signal.SIGKILL)  # the node of the last stage, mid-stream
+                fault(last)  # the last stage, mid-stream
         assert "".join(pieces) == expected
 
         view = taker.cluster()
         kinds = [entry["kind"] for entry in view["history"]]
-        assert "left" in kinds and "failed" in kinds and "replaced" in kinds, view["history"]
+        assert "failed" in kinds and "replaced" in kinds, view["history"]
         (replacement,) = view["instances"]  # the failed instance was cleaned up
         assert replacement["replaces"] == instance["instance_id"]
         assert replacement["status"] == "ready"
-        assert lost_id not in {r["node_id"] for r in replacement["runners"]}
+        if fault is kill_the_node:
+            assert "left" in kinds
+            assert lost_id not in {r["node_id"] for r in replacement["runners"]}
+        else:
+            failed = next(e for e in view["history"] if e["kind"] == "failed")
+            assert "sent nothing" in failed["message"], failed

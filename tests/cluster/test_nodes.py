@@ -67,6 +67,7 @@ def test_three_nodes_run_a_model_split_across_all_of_them(tmp_path, checkpoint_f
                 "type": "accepted",
                 "request_id": events[0]["request_id"],
                 "prompt_tokens": len(prompt),
+                "tool_format": None,  # no tools offered
             }
             assert events[-1]["finish_reason"] == "length"
 

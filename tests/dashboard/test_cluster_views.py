@@ -96,12 +96,13 @@ def test_the_model_list_skips_other_folders_and_says_why_a_model_cannot_run(tmp_
 
     # What fits depends on the cluster: one node with 1.5 GB keeps ~0.35 GB for weights.
     local_files = SimpleNamespace(config_dir=resolve_model_dir)  # local models only: no fetching
-    small = SimpleNamespace(state=ClusterState(nodes=(node("small", cpu(memory_gb=1.5)),)))
+    options = SimpleNamespace(models_dirs=(folder,))  # requests may name checkpoints under it
+    small = SimpleNamespace(state=ClusterState(nodes=(node("small", cpu(memory_gb=1.5)),)), options=options)
     plan = InstanceManager(small, local_files).plan  # type: ignore[arg-type]
     listings = {listing.label: listing for listing in (describe_model(m, plan) for m in models)}
     assert listings["demo"].fits and listings["good"].fits
     assert not listings["broken"].fits and "config.json" in listings["broken"].reason
-    tiny = SimpleNamespace(state=ClusterState(nodes=(node("tiny", cpu(memory_gb=1.0)),)))
+    tiny = SimpleNamespace(state=ClusterState(nodes=(node("tiny", cpu(memory_gb=1.0)),)), options=options)
     demo = describe_model(models[0], InstanceManager(tiny, local_files).plan)  # type: ignore[arg-type]
     assert not demo.fits and demo.predicted_tokens_per_second is None
     assert re.search(r"\d", demo.reason), demo.reason  # the reason is in numbers

@@ -205,3 +205,50 @@ def test_a_gpu_node_card_shows_memory_load_power_and_downloads(page):
     failed = card.get_by_role("progressbar", name="download of demo-big to gpu-box")
     expect(failed).to_have_attribute("aria-valuetext", "failed: disk full")
     screenshot(card, "gpu-node-card")
+
+
+HISTORY = [
+    {"at": 1764680000.0, "kind": "joined", "message": "node b joined", "node_id": "b", "instance_id": None},
+    {
+        "at": 1764680100.0,
+        "kind": "left",
+        "message": "node b left the cluster",
+        "node_id": "b",
+        "instance_id": None,
+    },
+    {
+        "at": 1764680101.0,
+        "kind": "failed",
+        "message": "instance 1a2b of demo failed: node b left the cluster",
+        "node_id": None,
+        "instance_id": "1a2b",
+    },
+    {
+        "at": 1764680103.0,
+        "kind": "replaced",
+        "message": "instance 1a2b of demo re-placed as 3c4d on a: ready",
+        "node_id": None,
+        "instance_id": "3c4d",
+    },
+]
+
+
+def test_the_cluster_history_lists_the_newest_events_first(page):
+    page.evaluate(
+        """async (history) => {
+            const { historyList } = await import('/dashboard/js/cluster.js');
+            const rendered = document.createElement('section');
+            rendered.setAttribute('aria-label', 'Rendered history');
+            rendered.append(historyList(history));
+            document.querySelector('main').prepend(rendered);
+        }""",
+        HISTORY,
+    )
+    rendered = page.get_by_role("region", name="Rendered history")
+    events = rendered.get_by_role("list", name="Cluster events").get_by_role("listitem")
+    expect(events).to_have_count(4)
+    expect(events.nth(0)).to_contain_text("re-placed")
+    expect(events.nth(0)).to_contain_text("re-placed as 3c4d on a")
+    expect(events.nth(3)).to_contain_text("node b joined")
+    expect(events.nth(2).locator(".badge-danger")).to_have_text("left")
+    screenshot(rendered, "cluster-history")

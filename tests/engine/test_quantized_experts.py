@@ -209,9 +209,9 @@ def test_random_quantized_mixture_stages_draw_one_expert_at_a_time(monkeypatch):
         assert not any(isinstance(m, Experts) for m in model.modules())
         expert_draws = [size for name, size in drawn if ".experts." in name]
         assert expert_draws and max(expert_draws) < bank / moe.num_experts
-        cache = KVCache.for_model(model, num_slots=1, max_length=16)
+        cache = KVCache.for_model(model, num_blocks=1)
         positions = torch.arange(5)[None]
-        batch = model.attention_batch(positions, torch.zeros(1, dtype=torch.long), 5)
+        batch = model.attention_batch(positions, torch.zeros(1, 1, dtype=torch.long), 5)
         with torch.inference_mode():
             logits = model(torch.arange(5)[None], batch, cache)
         assert bool(torch.isfinite(logits).all()), mode

@@ -15,6 +15,7 @@ import torch
 
 from checkpoints import FAMILIES
 from nodes import free_port
+from runner_processes import TEST_RENDEZVOUS_TOKEN
 from tandem.engine.checkpoint import Checkpoint
 from tandem.engine.loader import load_weights, parameter_bytes
 from tandem.engine.models import build_empty_model
@@ -26,6 +27,7 @@ from tandem.model.config import load_model_config
 from tandem.model.sampling_params import SamplingParams
 from tandem.model.stage import StageSpec
 from tandem.runner.assemble import create_local_engine
+from tandem.settings import RENDEZVOUS_TOKEN_VARIABLE
 
 WORKER = Path(__file__).with_name("tensor_parallel_worker.py")
 PROMPTS = [[3, 1, 4, 1, 5, 9, 2], [7], [2, 7, 1, 8, 2, 8, 1, 8, 2, 8, 4, 5, 9, 0, 4, 5, 2, 3, 5]]
@@ -164,7 +166,8 @@ def run_group(size: int, checkpoints: dict[str, str], directory: Path) -> list[d
             new_tokens=NEW_TOKENS,
             output=str(output),
         )
-        processes.append(subprocess.Popen([sys.executable, str(WORKER), json.dumps(job)], env=os.environ))
+        env = {**os.environ, RENDEZVOUS_TOKEN_VARIABLE: TEST_RENDEZVOUS_TOKEN}  # as a node hands it over
+        processes.append(subprocess.Popen([sys.executable, str(WORKER), json.dumps(job)], env=env))
         outputs.append(output)
     codes = [process.wait(timeout=300) for process in processes]
     assert codes == [0] * size

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 
 from engine.test_paged_cache import alone, varied_requests
-from runner_processes import start_instance, stop
-from tandem.protocol.runner import Accepted, Generate, GenerateRequest, Ready, Rejected, Token
+from runner_processes import generate_all, start_instance, stop
+from tandem.protocol.runner import Generate, GenerateRequest, Ready, Rejected
 
 
 @pytest.mark.parametrize("max_prefill_tokens", [5, 64])
@@ -24,18 +24,9 @@ def test_32_concurrent_requests_through_a_two_stage_pipeline(checkpoint_factory,
     try:
         assert all(isinstance(runner.next_event(), Ready) for runner in runners)
         driver = runners[0]
-        for index, (prompt, params) in enumerate(requests):
-            driver.send(Generate(str(index), GenerateRequest(prompt_ids=tuple(prompt), params=params)))
-        tokens: dict[str, list[int]] = {str(index): [] for index in range(len(requests))}
-        finished = set()
-        while finished != set(tokens):
-            event = driver.next_event()
-            if isinstance(event, Token):
-                tokens[event.request_id].append(event.token_id)
-                if event.finish_reason is not None:
-                    finished.add(event.request_id)
-            else:
-                assert isinstance(event, Accepted), event
+        prompts = {str(index): prompt for index, (prompt, _) in enumerate(requests)}
+        settings = {str(index): params for index, (_, params) in enumerate(requests)}
+        tokens = generate_all(driver, prompts, settings)
         assert [tokens[str(index)] for index in range(len(requests))] == expected
         # The counters reach the node: every block free again once the engine is idle.
         driver.send(Generate("empty", GenerateRequest(prompt_ids=())))

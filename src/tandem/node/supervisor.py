@@ -10,14 +10,17 @@ import contextlib
 import logging
 import os
 import sys
+import time
 from collections.abc import Awaitable, Callable
 
+from tandem import settings
 from tandem.cluster.auth import rendezvous_token
 from tandem.cluster.state import RunnerReported
 from tandem.protocol import codec
 from tandem.protocol.codec import ProtocolError
 from tandem.protocol.runner import (
     Abort,
+    Alive,
     CacheReport,
     Failed,
     Generate,
@@ -39,6 +42,7 @@ from tandem.settings import RENDEZVOUS_TOKEN_VARIABLE
 log = logging.getLogger("tandem.supervisor")
 
 STOP_GRACE_SECONDS = 5.0
+WATCH_SECONDS = 1.0  # how often a runner's silence is checked
 LINE_LIMIT = 16 * 2**20
 
 ReportCallback = Callable[[RunnerReported], Awaitable[None]]
@@ -60,11 +64,27 @@ class RunnerProcess:
         self.load = Load(0, 0)  # rank 0's latest count of its requests
         self.cache: CacheReport | None = None  # rank 0's latest KV-cache counters
         self.stopping = False
+        self.heard_at = time.monotonic()  # the last line it wrote (its pulse comes every ALIVE_SECONDS)
+        self.silenced: str | None = None  # why the watchdog killed it
         self.reader = asyncio.create_task(self._read_events())
+        self.watchdog = asyncio.create_task(self._watch(settings.runner_silence_seconds()))
+
+    async def _watch(self, silence: float) -> None:
+        """Kill the runner when it has been silent for `silence` seconds: its pulse thread stopped,
+        so the process is stopped (SIGSTOP, a frozen machine) or hung past Python."""
+        while self.process.returncode is None:
+            await asyncio.sleep(WATCH_SECONDS)
+            quiet = time.monotonic() - self.heard_at
+            if quiet > silence and self.process.returncode is None:
+                self.silenced = f"runner sent nothing for {quiet:.0f} s (stopped or hung): killed"
+                log.warning("runner %s/%d: %s", self.spec.instance_id, self.spec.rank, self.silenced)
+                self.process.kill()
+                return
 
     async def _read_events(self) -> None:
         assert self.process.stdout is not None
         while line := await self.process.stdout.readline():
+            self.heard_at = time.monotonic()
             try:
                 event = codec.decode(RunnerEvent, line)
             except ProtocolError as error:
@@ -78,7 +98,7 @@ class RunnerProcess:
                 continue
             await self._dispatch(event)
         code = await self.process.wait()
-        message = f"runner exited with code {code}"
+        message = self.silenced or f"runner exited with code {code}"
         for future in (self.listening, self.ready):
             if not future.done():
                 future.set_exception(RunnerExited(message))
@@ -109,6 +129,8 @@ class RunnerProcess:
             if not self.ready.done():
                 self.ready.set_result(event)
             await self._report("ready", event.report, None)
+        elif isinstance(event, Alive):
+            pass  # its arrival is what counts (`heard_at`)
         elif isinstance(event, Load):
             self.load = event
         elif isinstance(event, Failed):

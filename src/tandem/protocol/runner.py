@@ -246,6 +246,18 @@ class Failed:
 
 
 @dataclass(frozen=True)
+class Alive:
+    """The runner's pulse, every `ALIVE_SECONDS` from a thread of its own from the moment it
+    starts: a runner that stops sending it (a stopped or hung process) is killed by its node
+    (`node/supervisor.py`), which is how a stage stuck while its node still answers is found."""
+
+    TAG: ClassVar[str] = "alive"
+
+
+ALIVE_SECONDS = 2.0
+
+
+@dataclass(frozen=True)
 class CacheReport:
     """Rank 0's paged KV cache now: blocks free of the pool, and the prefix cache's counters
     (blocks of prompts found cached or not). Sent when it changed and the engine went idle, or
@@ -354,7 +366,7 @@ class RequestError:
 
 
 RequestEvent = Accepted | Rejected | Busy | Token | Embedding | Finished | RequestError
-RunnerEvent = Listening | Ready | Failed | Load | CacheReport | RequestEvent
+RunnerEvent = Listening | Ready | Failed | Load | CacheReport | Alive | RequestEvent
 
 
 def ends_request(event: RequestEvent) -> bool:

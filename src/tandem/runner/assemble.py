@@ -237,7 +237,7 @@ def join_group(spec: RunnerSpec, token: str | None, on_listening: Callable[[int]
             wait_for_workers=False,
             master_listen_fd=listener.detach(),  # the store owns the socket from here on
         )
-        gate = Gate(spec.master_host, store.port, token)
+        gate = Gate(spec.master_host, store.port, token, spec.master_port)  # 0: a free port, reported
         if on_listening is not None:
             on_listening(gate.port)
     else:

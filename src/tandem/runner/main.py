@@ -10,12 +10,13 @@ from __future__ import annotations
 import queue
 import sys
 import threading
+import time
 import traceback
 
 import torch.distributed as dist
 
 from tandem.errors import TandemError
-from tandem.protocol.runner import Failed, Listening, Ready, RunnerSpec
+from tandem.protocol.runner import ALIVE_SECONDS, Alive, Failed, Listening, Ready, RunnerSpec
 from tandem.runner.assemble import start_rank
 from tandem.runner.driver import Driver, Emit, line_emitter, prompt_preparer, read_commands
 
@@ -44,8 +45,19 @@ def run(spec: RunnerSpec, emit: Emit) -> None:
         rank.close()
 
 
+def pulse(emit: Emit) -> None:
+    """The pulse thread: `Alive` every ALIVE_SECONDS for as long as the process runs."""
+    while True:
+        try:
+            emit(Alive())
+        except (OSError, ValueError):  # the node closed our stdout: the process is ending
+            return
+        time.sleep(ALIVE_SECONDS)
+
+
 def main() -> int:
     emit = line_emitter(sys.stdout)
+    threading.Thread(target=pulse, args=(emit,), daemon=True, name="pulse").start()
     try:
         spec = RunnerSpec.from_json(sys.argv[1])
         run(spec, emit)

@@ -68,9 +68,9 @@ def _splice(first: socket.socket, second: socket.socket) -> None:
 class _Listener:
     """A listening socket whose connections are each handled on a thread of their own."""
 
-    def __init__(self, host: str, handle: Callable[[socket.socket, str], None]) -> None:
+    def __init__(self, host: str, handle: Callable[[socket.socket, str], None], port: int = 0) -> None:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET  # an IPv6 literal
-        self.socket = socket.create_server((host, 0), family=family, backlog=64)
+        self.socket = socket.create_server((host, port), family=family, backlog=64)
         self.port: int = self.socket.getsockname()[1]
         self._handle = handle
         threading.Thread(target=self._accept_forever, daemon=True).start()
@@ -89,12 +89,13 @@ class _Listener:
 
 
 class Gate(_Listener):
-    """Rank 0's door to its store: on `host` (the advertised address), for the token's holders."""
+    """Rank 0's door to its store: on `host` (the advertised address), for the token's holders;
+    on `port`, or a free one (0)."""
 
-    def __init__(self, host: str, store_port: int, token: str) -> None:
+    def __init__(self, host: str, store_port: int, token: str, port: int = 0) -> None:
         self.store_port = store_port
         self.token = token
-        super().__init__(host, self._admit)
+        super().__init__(host, self._admit, port)
 
     def _admit(self, connection: socket.socket, peer: str) -> None:
         challenge = os.urandom(CHALLENGE_BYTES)

@@ -79,11 +79,50 @@ function summary(view) {
   return `${nodes}${gpuText}, ${bytes(free)} free`;
 }
 
+const HISTORY_SHOWN = 8;
+const BAD_KINDS = new Set(["left", "failed", "not_replaced"]);
+const HISTORY_LABELS = {
+  joined: "joined",
+  left: "left",
+  failed: "failed",
+  replaced: "re-placed",
+  not_replaced: "not re-placed",
+};
+
+// The cluster's newest events first: joins, leaves, failures and re-placements, with reasons.
+export function historyList(history) {
+  const newest = [...(history || [])].reverse().slice(0, HISTORY_SHOWN);
+  if (!newest.length) return [];
+  return h(
+    "ol",
+    { class: "history", "aria-label": "Cluster events" },
+    newest.map((entry) =>
+      h(
+        "li",
+        { class: `history-entry history-${entry.kind}`, "data-kind": entry.kind },
+        h("time", {
+          class: "muted small",
+          datetime: new Date(entry.at * 1000).toISOString(),
+          text: new Date(entry.at * 1000).toLocaleTimeString(),
+        }),
+        " ",
+        h("span", {
+          class: BAD_KINDS.has(entry.kind) ? "badge badge-danger" : "badge",
+          text: HISTORY_LABELS[entry.kind] || entry.kind,
+        }),
+        " ",
+        h("span", { text: entry.message }),
+      ),
+    ),
+  );
+}
+
 export class ClusterView {
-  constructor({ nodes, links, summary: summaryElement }) {
+  constructor({ nodes, links, summary: summaryElement, history }) {
     this.nodes = nodes;
     this.links = links;
     this.summary = summaryElement;
+    this.history = history;
   }
 
   update(view) {
@@ -98,5 +137,8 @@ export class ClusterView {
     );
     renderIfChanged(this.links, JSON.stringify([view.links, names]), () => linksTable(view, names));
     this.summary.textContent = summary(view);
+    if (this.history) {
+      renderIfChanged(this.history, JSON.stringify(view.history || []), () => historyList(view.history));
+    }
   }
 }

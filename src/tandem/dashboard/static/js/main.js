@@ -12,6 +12,7 @@ const cluster = new ClusterView({
   nodes: byId("nodes"),
   links: byId("links"),
   summary: byId("cluster-summary"),
+  history: byId("history"),
 });
 const models = new ModelsPanel({
   list: byId("model-list"),
