@@ -94,6 +94,5 @@ def test_a_stream_goes_on_when_the_stage_of_a_node_is_lost(tmp_path, fault):
         if fault is kill_the_node:
             assert "left" in kinds
             assert lost_id not in {r["node_id"] for r in replacement["runners"]}
-        else:
-            failed = next(e for e in view["history"] if e["kind"] == "failed")
-            assert "sent nothing" in failed["message"], failed
+        else:  # its node's watchdog found the silence (rank 0 may report its dead peer first)
+            assert "sent nothing for" in last.log_text()

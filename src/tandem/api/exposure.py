@@ -67,25 +67,26 @@ def is_dashboard(path: str) -> bool:
 def is_local(client_host: str | None, server_host: str | None) -> bool:
     """Whether a connection comes from this machine: loopback, or from the address it reached
     (the kernel picks a local source address; nobody else's TCP handshake completes from it)."""
-    if client_host is None:
+    client = _address(client_host)
+    if client is None:
         return False
-    try:
-        client = ipaddress.ip_address(client_host)
-    except ValueError:
-        return False
-    if isinstance(client, ipaddress.IPv6Address) and client.ipv4_mapped is not None:
-        client = client.ipv4_mapped
     if client.is_loopback:
         return True
-    if server_host is None:
-        return False
+    server = _address(server_host)
+    return server is not None and client == server
+
+
+def _address(host: str | None) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """`host` as an IP address (an IPv4-mapped IPv6 one as IPv4); None for none or a name."""
+    if host is None:
+        return None
     try:
-        server = ipaddress.ip_address(server_host)
+        address = ipaddress.ip_address(host)
     except ValueError:
-        return False
-    if isinstance(server, ipaddress.IPv6Address) and server.ipv4_mapped is not None:
-        server = server.ipv4_mapped
-    return client == server
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
 
 
 def closed_page(reason: str, port: int | str = "PORT") -> str:

@@ -184,7 +184,6 @@ class Generation:
         except GenerationFailed:
             self.finished = True
             self.timer.finished("failed")
-            self.release = lambda: None
             raise
         self.events, self.instance, self.release = resumed.events, resumed.instance, resumed.release
         log.info("request resumed on instance %s", self.instance.instance_id)

@@ -100,9 +100,7 @@ class InstanceManager:
     async def launch(self, request: LaunchRequest) -> Instance:
         check_requested_model(request.model, self.node.options.models_dirs)
         if not self.node.is_coordinator:
-            address = self.node.address_of(self.node.coordinator)
-            if address is None:
-                raise PeerUnreachable(f"the coordinator {self.node.coordinator} is not reachable")
+            address = self.node.reachable_address(self.node.coordinator, "the coordinator")
             launched = await self.node.control.call(
                 address,
                 "POST",
@@ -170,9 +168,7 @@ class InstanceManager:
         log.info("launching %s as %s:\n%s", instance.model, instance_id, "\n".join(placement.explain()))
         try:
             await self.files.prepare_instance(instance)  # every node fetches its files, at once
-            driver_address = self.node.address_of(runners[0].node_id)
-            if driver_address is None:
-                raise PeerUnreachable(f"node {runners[0].node_id} is not reachable")
+            driver_address = self.node.reachable_address(runners[0].node_id)
             driver_host = driver_address.rsplit(":", 1)[0]
             started = await self._start_runner(instance, 0, master_host=driver_host, master_port=0)
             if len(runners) > 1:
@@ -216,9 +212,7 @@ class InstanceManager:
         )
         if runner.node_id == self.node.node_id:
             return await self.start_local_runner(StartRunner(spec))
-        address = self.node.address_of(runner.node_id)
-        if address is None:
-            raise PeerUnreachable(f"node {runner.node_id} is not reachable")
+        address = self.node.reachable_address(runner.node_id)
         return await self.node.control.call(
             address,
             "POST",
@@ -258,9 +252,7 @@ class InstanceManager:
 
     async def stop(self, instance_id: str) -> Done:
         if not self.node.is_coordinator:
-            address = self.node.address_of(self.node.coordinator)
-            if address is None:
-                raise PeerUnreachable(f"the coordinator {self.node.coordinator} is not reachable")
+            address = self.node.reachable_address(self.node.coordinator, "the coordinator")
             await self.node.control.call(
                 address, "DELETE", f"/internal/instances/{instance_id}", to=self.node.coordinator
             )
@@ -380,9 +372,7 @@ class InstanceManager:
         """The instance's request counts, from the node of its rank-0 runner."""
         instance = await self.ready_instance(instance_id)
         if instance.driver_node != self.node.node_id:
-            address = self.node.address_of(instance.driver_node)
-            if address is None:
-                raise PeerUnreachable(f"node {instance.driver_node} is not reachable")
+            address = self.node.reachable_address(instance.driver_node)
             return await self.node.control.call(
                 address,
                 "GET",
@@ -401,9 +391,7 @@ class InstanceManager:
         (the client went away) aborts the request and frees its slot."""
         instance = await self.ready_instance(instance_id)
         if instance.driver_node != self.node.node_id:
-            address = self.node.address_of(instance.driver_node)
-            if address is None:
-                raise PeerUnreachable(f"node {instance.driver_node} is not reachable")
+            address = self.node.reachable_address(instance.driver_node)
             async for event in self.node.control.stream(
                 address,
                 f"/internal/instances/{instance_id}/generate",

@@ -22,7 +22,7 @@ import httpx
 
 from tandem.cluster.auth import NONCE_HEADER, AuthError, sign_request, verify_request
 from tandem.cluster.topology import DownloadProgress
-from tandem.errors import PeerUnreachable, TandemError
+from tandem.errors import TandemError
 from tandem.model.stage import LayerRange, StageSpec
 from tandem.node.control import REPLY_METHOD
 from tandem.protocol import codec
@@ -157,9 +157,7 @@ class ModelFiles:
             if node_id == self.node.node_id:
                 await self.ensure_stage(model, StageSpec(layers, num_layers))
                 return
-            address = self.node.address_of(node_id)
-            if address is None:
-                raise PeerUnreachable(f"node {node_id} is not reachable")
+            address = self.node.reachable_address(node_id)
             await self.node.control.call(
                 address,
                 "POST",

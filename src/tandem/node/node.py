@@ -127,6 +127,14 @@ class Node:
         peer = self.membership.peers.get(node_id)
         return peer.info.address if peer else None
 
+    def reachable_address(self, node_id: NodeId, role: str = "node") -> str:
+        """The address of `node_id`; PeerUnreachable ("{role} {node_id} is not reachable") when
+        this node knows none."""
+        address = self.address_of(node_id)
+        if address is None:
+            raise PeerUnreachable(f"{role} {node_id} is not reachable")
+        return address
+
     def _alive_nodes(self) -> tuple[NodeInfo, ...]:
         peers = sorted(self.membership.peers.values(), key=lambda p: p.info.node_id)
         return (self.info, *(p.info for p in peers))
