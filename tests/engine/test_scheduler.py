@@ -5,26 +5,17 @@ from __future__ import annotations
 import pytest
 
 from tandem.engine.blocks import BlockPool
-from tandem.engine.scheduler import Scheduler, prompts_in_one_step
+from tandem.engine.scheduler import Scheduler, step_fits
 from tandem.engine.sequence import Sequence
 from tandem.model.sampling_params import SamplingParams
 
 
 @pytest.mark.parametrize(
-    ("lengths", "admissible", "budget", "count"),
-    [
-        ([], 4, 100, 0),  # nothing waits
-        ([5, 5], 0, 100, 0),  # no blocks for any
-        ([5, 9, 1, 7, 30], 4, 40, 4),  # four padded to 9 = 36; a fifth has no blocks
-        ([5, 9, 1, 7, 30], 8, 40, 4),  # the fifth would make 5 x 30
-        ([30, 5], 4, 40, 1),  # 2 x 30 > 40: the long one alone
-        ([50, 5], 4, 40, 1),  # longer than the budget: alone, in chunks
-        ([10] * 8, 8, 2048, 8),
-        ([3, 3, 3], 2, 100, 2),
-    ],
+    ("rows", "width", "budget", "fits"),
+    [(4, 9, 40, True), (5, 9, 40, False), (1, 40, 40, True), (6, 2, 12, True), (6, 3, 12, False)],
 )
-def test_how_many_prompts_one_step_computes(lengths, admissible, budget, count):
-    assert prompts_in_one_step(lengths, admissible, budget) == count
+def test_a_step_fits_when_its_padded_rows_stay_within_the_budget(rows, width, budget, fits):
+    assert step_fits(rows, width, budget) == fits
 
 
 def sequence(seq_id: int, length: int) -> Sequence:
@@ -51,3 +42,25 @@ def test_whole_prompts_then_a_long_one_in_chunks_alternating_with_decode():
     scheduler.remove(sequences[2])
     # its three blocks are free again (the first two prompts hold one each)
     assert scheduler.pool.num_free == 4 and scheduler.has_work()
+
+
+def test_decoding_sequences_join_a_step_of_short_prompt_tails():
+    """Prompts whose cached prefix leaves a short tail are admitted together, and the sequences
+    already decoding advance in that same step where every row padded fits the budget."""
+    scheduler = Scheduler(BlockPool(12, block_size=4), max_prefill_tokens=12)
+    first = sequence(0, 9)
+    sequences = {0: first}
+    scheduler.add(first)
+    plan = scheduler.next_plan()
+    assert [(c.seq_id, c.start, len(c.token_ids)) for c in plan.chunks] == [(0, 0, 9)]
+    scheduler.step_done(plan, sequences)
+    first.output_ids.append(5)
+    # two prompts sharing the first's 8-token prefix: 2 tokens each to compute
+    for seq_id, extra in ((1, [30, 31]), (2, [40, 41])):
+        sequences[seq_id] = Sequence(seq_id, list(range(1, 9)) + extra, SamplingParams(temperature=0.0))
+        scheduler.add(sequences[seq_id])
+    plan = scheduler.next_plan()
+    assert [(c.seq_id, c.start, len(c.token_ids)) for c in plan.chunks] == [(1, 8, 2), (2, 8, 2), (0, 9, 1)]
+    assert plan.tokens_per_sequence == 2 and scheduler.pool.prefix_hits == 4
+    scheduler.step_done(plan, sequences)
+    assert scheduler.decoding == [first, sequences[1], sequences[2]]

@@ -3,6 +3,7 @@ and the baseline's time to first token and decode speed, with energy from the GP
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -79,9 +80,19 @@ class GenerationTiming:
     joules_per_token: float | None
 
 
-def prompt_of(length: int, vocab: int) -> list[int]:
-    generator = torch.Generator().manual_seed(length)
+def prompt_of(length: int, vocab: int, variant: int = 0) -> list[int]:
+    """A random prompt of `length` tokens; each `variant` a different one."""
+    generator = torch.Generator().manual_seed(length + (variant << 20))
     return torch.randint(0, vocab, (length,), generator=generator).tolist()
+
+
+_variants = itertools.count(1)
+
+
+def fresh_prompt(length: int, vocab: int) -> list[int]:
+    """A prompt no earlier call returned: timings of prompts are of prompts computed whole, not
+    served from the prefix cache (a repeated prompt would be, all but its last block)."""
+    return prompt_of(length, vocab, next(_variants))
 
 
 def context_for(prompt_lengths: list[int], decode_tokens: int) -> int:
@@ -96,9 +107,11 @@ def time_generation(
     first_token = SamplingParams(max_tokens=1, temperature=0.0, ignore_eos=True)
     ttft = {}
     for length in prompt_lengths:
-        prompt = prompt_of(length, vocab)
         ttft[length] = timed(
-            lambda p=prompt: list(engine.generate(p, first_token)), device, repeats=3, warmup=1
+            lambda n=length: list(engine.generate(fresh_prompt(n, vocab), first_token)),
+            device,
+            repeats=3,
+            warmup=1,
         )
     meter = EnergyMeter(device)
     params = SamplingParams(max_tokens=decode_tokens, temperature=0.0, ignore_eos=True)
@@ -127,7 +140,7 @@ def aggregate_throughput(
 
     def serve_round() -> float:
         for index in range(requests):
-            engine.add_request(prompt_of(prompt_length + index % 7, vocab), params)
+            engine.add_request(fresh_prompt(prompt_length + index % 7, vocab), params)
         started = time.perf_counter()
         generated = 0
         while engine.has_work():

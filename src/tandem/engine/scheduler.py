@@ -3,11 +3,12 @@
 Prompts are computed in chunks of at most `max_prefill_tokens`: a long prompt one chunk a step,
 short waiting prompts several in one step (padded to the longest, so within the same budget of
 computed tokens). Every sequence past its prompt advances by one token per decode step. When both
-kinds of work wait, steps alternate, so a long prompt neither stalls running streams nor waits
-behind them.
+kinds of work wait, the decoding sequences join the prompts' step where all rows padded still fit
+the budget (short prompts, prefix-cached tails: one read of the weights instead of two);
+otherwise steps alternate, so a long prompt neither stalls running streams nor waits behind them.
 
 A waiting sequence is admitted when the free blocks hold its prompt (less the blocks of a cached
-prefix, which it shares); a decoding sequence takes a new block each time it fills one. When
+prefix, which it shares; only the tokens past that prefix are computed); a decoding sequence takes a new block each time it fills one. When
 none is free, the sequence admitted last is preempted: its blocks go back, and it waits at the
 front of the queue to be computed again (prompt and generated tokens, mostly from the prefix
 cache), so the oldest always progress and nothing deadlocks.
@@ -22,18 +23,10 @@ from tandem.engine.sequence import Sequence
 from tandem.model.step import SequenceChunk, StepPlan
 
 
-def prompts_in_one_step(lengths: list[int], admissible: int, budget: int) -> int:
-    """How many of the waiting prompts (in order) one step computes whole: as many as can be
-    admitted (the first `admissible`) while all of them, padded to the longest, fit in `budget`
-    tokens. At least one when any can be admitted (a prompt longer than the budget then goes in
-    chunks)."""
-    count, width = 0, 0
-    for length in lengths[:admissible]:
-        width = max(width, length)
-        if (count + 1) * width > budget:
-            break
-        count += 1
-    return max(count, 1) if lengths and admissible else 0
+def step_fits(rows: int, width: int, budget: int) -> bool:
+    """Whether a step of `rows` chunks, each padded to `width` tokens, stays within the budget of
+    computed tokens."""
+    return rows * width <= budget
 
 
 class Scheduler:
@@ -73,20 +66,6 @@ class Scheduler:
         total = blocks_for(sequence.num_tokens, self.pool.block_size)
         return self.pool.free_needed(self._reusable_hashes(sequence), total)
 
-    def _admissible(self) -> int:
-        """How many waiting sequences, in order, the free blocks hold together, counting only
-        those that reuse no cached prefix (such a one is admitted alone, by `_admit`)."""
-        count, free = 0, self.pool.num_free
-        for sequence in self.waiting:
-            hashes = self._reusable_hashes(sequence)
-            if self.pool.cached_prefix(hashes):
-                break
-            free -= blocks_for(sequence.num_tokens, self.pool.block_size)
-            if free < 0:
-                break
-            count += 1
-        return count
-
     def _admit(self, sequence: Sequence) -> None:
         """Blocks for all of `sequence`'s tokens, its cached prefix shared."""
         hashes = self._reusable_hashes(sequence)
@@ -124,6 +103,10 @@ class Scheduler:
 
     def next_plan(self) -> StepPlan | None:
         can_prefill = self._can_prefill()
+        if can_prefill and self._decodes_can_join():
+            plan = self._mixed_plan()
+            self._last_was_prefill = len(plan.chunks) == len(self.starting)  # decodes could not join
+            return plan
         prefer_decode = self.decoding and (self._last_was_prefill or not can_prefill)
         if prefer_decode:
             self._last_was_prefill = False
@@ -136,13 +119,28 @@ class Scheduler:
             return self._prefill_plan()
         return None
 
+    def _decodes_can_join(self) -> bool:
+        """Whether the first waiting prompt's uncached tokens and the decoding sequences' next
+        ones fit one step, every row padded alike."""
+        if self.prefilling is not None or not self.decoding:
+            return False
+        width = self._tokens_to_compute(self.waiting[0])
+        return step_fits(1 + len(self.decoding), width, self.max_prefill_tokens)
+
+    def _mixed_plan(self) -> StepPlan:
+        """Waiting prompts, as many as fit beside the decoding sequences, and those sequences'
+        next tokens; the prompts alone where the free blocks do not hold the decodes' tokens."""
+        chunks = self._whole_prompts(rows_beside=len(self.decoding))
+        if not all(self._grow(sequence, sequence.num_tokens) for sequence in self.decoding):
+            return StepPlan(tuple(chunks))
+        return StepPlan((*chunks, *(self._decode_chunk(sequence) for sequence in self.decoding)))
+
     def _prefill_plan(self) -> StepPlan:
         if self.prefilling is None:
-            lengths = [sequence.num_tokens for sequence in self.waiting]
-            count = prompts_in_one_step(lengths, self._admissible(), self.max_prefill_tokens)
-            if count > 1:
-                return self._whole_prompts_plan(count)
-            sequence = self.waiting.popleft()
+            chunks = self._whole_prompts(rows_beside=0)
+            if chunks:
+                return StepPlan(tuple(chunks))
+            sequence = self.waiting.popleft()  # longer than the budget: in chunks
             self._admit(sequence)
             self.prefilling = sequence
         sequence = self.prefilling
@@ -157,15 +155,48 @@ class Scheduler:
         )
         return StepPlan((chunk,))
 
-    def _whole_prompts_plan(self, count: int) -> StepPlan:
-        chunks = []
-        for _ in range(count):
-            sequence = self.waiting.popleft()
+    def _tokens_to_compute(self, sequence: Sequence) -> int:
+        """A waiting sequence's tokens past the prefix the cache holds for it now."""
+        cached = self.pool.cached_prefix(self._reusable_hashes(sequence))
+        return sequence.num_tokens - len(cached) * self.pool.block_size
+
+    def _whole_prompts(self, rows_beside: int) -> list[SequenceChunk]:
+        """Admit the waiting sequences, in order, whose uncached tokens one step computes whole
+        beside `rows_beside` one-token rows, all padded to the longest, each
+        while the free blocks hold it (checked as each is admitted: an earlier one's new blocks
+        may evict a later one's cached prefix). Empty where the first is longer than the budget."""
+        chunks: list[SequenceChunk] = []
+        lengths: list[int] = []
+        while self.waiting:
+            sequence = self.waiting[0]
+            if self._free_needed(sequence) > self.pool.num_free:
+                break
+            lengths.append(self._tokens_to_compute(sequence))
+            if len(lengths) > 1 and not step_fits(
+                len(lengths) + rows_beside, max(lengths), self.max_prefill_tokens
+            ):
+                break
+            if len(lengths) == 1 and lengths[0] > self.max_prefill_tokens:
+                return []
+            self.waiting.popleft()
             self._admit(sequence)
             self.starting.append(sequence)
-            tokens = tuple(sequence.token_ids)
-            chunks.append(SequenceChunk(sequence.seq_id, tuple(sequence.blocks), 0, tokens, True))
-        return StepPlan(tuple(chunks))
+            start = sequence.num_computed
+            chunks.append(
+                SequenceChunk(
+                    sequence.seq_id, tuple(sequence.blocks), start, tuple(sequence.token_ids[start:]), True
+                )
+            )
+        return chunks
+
+    def _decode_chunk(self, sequence: Sequence) -> SequenceChunk:
+        return SequenceChunk(
+            seq_id=sequence.seq_id,
+            blocks=tuple(sequence.blocks),
+            start=sequence.num_tokens - 1,
+            token_ids=(sequence.output_ids[-1],),
+            sample=True,
+        )
 
     def _decode_plan(self) -> StepPlan | None:
         """One token for each decoding sequence, each given a new block where it filled its last;
@@ -173,16 +204,7 @@ class Scheduler:
         for sequence in list(self.decoding):
             while sequence in self.decoding and not self._grow(sequence, sequence.num_tokens):
                 self._preempt(self.decoding[-1])
-        chunks = [
-            SequenceChunk(
-                seq_id=sequence.seq_id,
-                blocks=tuple(sequence.blocks),
-                start=sequence.num_tokens - 1,
-                token_ids=(sequence.output_ids[-1],),
-                sample=True,
-            )
-            for sequence in self.decoding
-        ]
+        chunks = [self._decode_chunk(sequence) for sequence in self.decoding]
         return StepPlan(tuple(chunks)) if chunks else None
 
     def _preempt(self, sequence: Sequence) -> None:

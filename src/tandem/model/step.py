@@ -34,16 +34,17 @@ class SequenceChunk:
 
 @dataclass(frozen=True)
 class StepPlan:
-    """One forward pass: one new token per sequence, one chunk of one prompt, or several whole
-    prompts (chunks from position 0, padded on the right to the longest)."""
+    """One forward pass: one new token per sequence, one chunk of one prompt, or several prompts
+    (whole, or their tails past a cached prefix) with, where they fit, the decoding sequences'
+    next tokens. Shorter chunks are padded on the right to the longest: a padding token's keys
+    and values land past its sequence's tokens (in its own unfilled block or the scratch block),
+    where no query of the step looks and the sequence's next real token overwrites them."""
 
     chunks: tuple[SequenceChunk, ...]
 
     def __post_init__(self) -> None:
         if not self.chunks:
             raise ValueError("a step plan needs at least one chunk")
-        if len({len(c.token_ids) for c in self.chunks}) != 1 and any(c.start for c in self.chunks):
-            raise ValueError("chunks of different lengths must be whole prompts (start at position 0)")
 
     @property
     def tokens_per_sequence(self) -> int:
