@@ -293,3 +293,22 @@ def test_gpt_oss_layer_ranges_compose_and_count_their_parameters(gpt_oss_checkpo
         expected += config.embedding_parameter_count() if stage.stage.is_first else 0
         expected += config.head_parameter_count() if stage.stage.is_last else 0
         assert sum(p.numel() for p in stage.parameters()) == expected
+
+
+def test_gpt_oss_configs_the_engine_cannot_run_are_refused_in_one_line(gpt_oss_checkpoint_factory):
+    from tandem.errors import UnsupportedModelError
+    from tandem.model.config import parse_model_config
+
+    raw = gpt_oss_checkpoint_factory("gpt-oss-e5-top2").config
+    hub_format = dict(raw, quantization_config={"quant_method": "mxfp4", "modules_to_not_convert": []})
+    with pytest.raises(
+        UnsupportedModelError, match=r"^unsupported quantization_config \(mxfp4\): quant_method"
+    ):
+        parse_model_config(hub_format)
+    layer_types = ["sliding_attention", "chunked_attention", "full_attention", "full_attention"]
+    with pytest.raises(UnsupportedModelError, match="unsupported layer_types chunked_attention; supported"):
+        parse_model_config(dict(raw, layer_types=layer_types))
+    config = parse_model_config({key: value for key, value in raw.items() if key != "layer_types"})
+    assert config.sliding_layers == (True, False, True, False)  # transformers' default: even layers slide
+    bare = {key: value for key, value in raw.items() if key != "rope_parameters"}
+    assert parse_model_config(bare).rope.rope_type == "yarn"  # and its default rope
