@@ -51,6 +51,7 @@ SLOW_MODULES = {
     "mlx_engine/test_mlx_profile_bench.py",
     "mlx_engine/test_mlx_quantized.py",
     "mlx_engine/test_mlx_stages.py",
+    "runner/test_gpt_oss_pipeline.py",
     "runner/test_paged_pipeline.py",
     "runner/test_pipeline.py",
     "runner/test_rendezvous.py",
