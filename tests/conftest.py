@@ -13,6 +13,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 from checkpoints import FAMILIES, TinyCheckpoint, build_checkpoint
+from gpt_oss_checkpoints import build_gpt_oss_checkpoint
 from moe_checkpoints import MOE_FAMILIES, build_moe_checkpoint
 from netns import lan
 
@@ -50,6 +51,7 @@ SLOW_MODULES = {
     "mlx_engine/test_mlx_profile_bench.py",
     "mlx_engine/test_mlx_quantized.py",
     "mlx_engine/test_mlx_stages.py",
+    "runner/test_gpt_oss_pipeline.py",
     "runner/test_paged_pipeline.py",
     "runner/test_pipeline.py",
     "runner/test_rendezvous.py",
@@ -139,6 +141,20 @@ def moe_checkpoint_factory(tmp_path_factory):
         if key not in cache:
             directory = tmp_path_factory.mktemp(family.replace(".", "_"))
             cache[key] = build_moe_checkpoint(directory, family, **options)
+        return cache[key]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def gpt_oss_checkpoint_factory(tmp_path_factory):
+    """Tiny gpt-oss checkpoints by `gpt_oss_checkpoints.GPT_OSS_FAMILIES` name, built once."""
+    cache: dict[tuple, TinyCheckpoint] = {}
+
+    def make(family: str, **options) -> TinyCheckpoint:
+        key = (family, tuple(sorted(options.items())))
+        if key not in cache:
+            cache[key] = build_gpt_oss_checkpoint(tmp_path_factory.mktemp(family), family, **options)
         return cache[key]
 
     return make

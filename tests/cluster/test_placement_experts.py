@@ -63,3 +63,22 @@ def test_deepseek_v3_in_fp8_on_eight_gpus_keeps_the_latent_cache_on_each():
     latent = 61 * 576 * 4096 * 4 * 2  # layers × (latent + rotary key) × tokens × bf16
     assert stage.kv_bytes == pytest.approx(8 * latent)
     assert 671e9 < stage.weight_bytes < 1.05 * 671e9  # 8 × the largest member: a little more than once
+
+
+def test_gpt_oss_stages_run_on_one_device_each_and_keep_their_experts_16_bit():
+    """gpt-oss has no tensor- or expert-parallel plan: on eight like GPUs its stages are single
+    devices (a pipeline), never a group; and `--quantize` leaves its stacked experts 16-bit."""
+    from tandem.bench.shapes import NAMED_SHAPES
+    from tandem.model.quantization import load_time_format
+
+    raw = NAMED_SHAPES["gpt-oss-120b"]
+    shape = shape_from_hf_config(raw, name="gpt-oss-120b")
+    assert not shape.splits_over_ranks and shape.for_group(2).splits_over_ranks is False
+    box = cluster(node("box", *(gpu(80, 3300, index=i) for i in range(8))))
+    request = PlacementRequest(context_length=4096, num_sequences=4, memory_margin=0.05)
+    placement = place(shape, box, request)
+    assert isinstance(placement, Placement), placement.explain()
+    assert len(placement.stages) >= 3  # 234 GB of bf16 weights over 80 GB cards
+    assert all(len(stage.members) == 1 for stage in placement.stages)
+    projections = 2 * 2880 * 64 * 64 + 2 * 2880 * 8 * 64  # q and o, k and v: all --quantize shrinks
+    assert set(shape.quantized_layer_parameters(load_time_format("int4"))) == {(projections, projections)}

@@ -232,3 +232,83 @@ def test_a_stage_download_asks_for_the_files_of_its_own_experts(moe_checkpoint_f
     files = stage_weight_files(checkpoint.path, stage, set(weight_map.values()))
     assert files == {weight_map[name] for name in names}
     assert len(files) < len(set(weight_map.values()))  # some files are left out
+
+
+GPT_OSS = ["gpt-oss-e5-top2", "gpt-oss-e7-top3-full-first"]
+
+
+@pytest.mark.parametrize("family", GPT_OSS)
+def test_gpt_oss_greedy_tokens_equal_transformers(gpt_oss_checkpoint_factory, family):
+    """Sinks, alternating windows (shorter than the prompts), the biased top-k-softmax router,
+    clamped SwiGLU experts with biases, yarn rope: the same greedy tokens, prompts prefilled in
+    chunks over the paged cache."""
+    checkpoint = gpt_oss_checkpoint_factory(family)
+    reference = reference_model(checkpoint)
+    engine = create_local_engine(checkpoint.path, device=TEST_DEVICE, dtype=TEST_DTYPE, max_prefill_tokens=6)
+    params = SamplingParams(max_tokens=NEW_TOKENS, temperature=0.0, ignore_eos=True)
+    for prompt in prompts(checkpoint.config["vocab_size"]):
+        ours = [event.token_id for event in engine.generate(prompt, params)]
+        if TEST_DTYPE == "float32":
+            assert ours == reference_greedy(reference, prompt, NEW_TOKENS), f"{len(prompt)}-token prompt"
+        else:
+            assert_choices_within_rounding(reference, prompt, ours)
+
+
+@pytest.mark.parametrize("family", GPT_OSS)
+def test_gpt_oss_logits_match_prefilled_and_decoded(gpt_oss_checkpoint_factory, family):
+    checkpoint = gpt_oss_checkpoint_factory(family)
+    reference = reference_model(checkpoint)
+    ours = load_stage(checkpoint.path, None, torch.device(TEST_DEVICE), DTYPES[TEST_DTYPE])
+    prompt = prompts(checkpoint.config["vocab_size"], seed=2)[2]
+    with torch.inference_mode():
+        expected = reference(torch.tensor([prompt], device=TEST_DEVICE)).logits[0]
+    assert_logits_close(forward_logits(ours, prompt), expected)
+    assert_logits_close(decode_one_by_one(ours, prompt), expected[-1])
+
+
+def test_gpt_oss_layer_ranges_compose_and_count_their_parameters(gpt_oss_checkpoint_factory):
+    checkpoint = gpt_oss_checkpoint_factory("gpt-oss-e5-top2", max_shard_size="30KB")
+    num_layers = checkpoint.config["num_hidden_layers"]
+    device, dtype = torch.device(TEST_DEVICE), DTYPES[TEST_DTYPE]
+    whole = load_stage(checkpoint.path, None, device, dtype)
+    stages = [
+        load_stage(checkpoint.path, StageSpec(LayerRange(a, b), num_layers), device, dtype)
+        for a, b in itertools.pairwise([0, 1, num_layers])
+    ]
+    prompt = prompts(checkpoint.config["vocab_size"])[2]
+    positions = torch.arange(len(prompt), device=device)[None]
+    hidden = torch.tensor([prompt], device=device)
+    with torch.inference_mode():
+        for stage in stages:
+            cache = KVCache.for_model(stage, num_blocks=4)
+            hidden = stage(
+                hidden, stage.attention_batch(positions, torch.arange(4)[None], len(prompt)), cache
+            )
+    assert_logits_close(hidden, forward_logits(whole, prompt))
+    config = whole.config
+    reference_count = sum(p.numel() for p in checkpoint.model.parameters())
+    assert sum(p.numel() for p in whole.parameters()) == config.total_parameter_count() == reference_count
+    for stage in stages:
+        expected = sum(config.layer_parameter_count(i) for i in stage.stage.layers)
+        expected += config.embedding_parameter_count() if stage.stage.is_first else 0
+        expected += config.head_parameter_count() if stage.stage.is_last else 0
+        assert sum(p.numel() for p in stage.parameters()) == expected
+
+
+def test_gpt_oss_configs_the_engine_cannot_run_are_refused_in_one_line(gpt_oss_checkpoint_factory):
+    from tandem.errors import UnsupportedModelError
+    from tandem.model.config import parse_model_config
+
+    raw = gpt_oss_checkpoint_factory("gpt-oss-e5-top2").config
+    hub_format = dict(raw, quantization_config={"quant_method": "mxfp4", "modules_to_not_convert": []})
+    with pytest.raises(
+        UnsupportedModelError, match=r"^unsupported quantization_config \(mxfp4\): quant_method"
+    ):
+        parse_model_config(hub_format)
+    layer_types = ["sliding_attention", "chunked_attention", "full_attention", "full_attention"]
+    with pytest.raises(UnsupportedModelError, match="unsupported layer_types chunked_attention; supported"):
+        parse_model_config(dict(raw, layer_types=layer_types))
+    config = parse_model_config({key: value for key, value in raw.items() if key != "layer_types"})
+    assert config.sliding_layers == (True, False, True, False)  # transformers' default: even layers slide
+    bare = {key: value for key, value in raw.items() if key != "rope_parameters"}
+    assert parse_model_config(bare).rope.rope_type == "yarn"  # and its default rope

@@ -240,6 +240,40 @@ NAMED_SHAPES |= {
 }
 
 
+# gpt-oss in 16 bits (the Hub ships its experts in MXFP4, which the engine refuses): 24 layers
+# of 32 experts (20b) or 36 of 128 (120b), 4 per token, sliding and full attention alternating.
+_GPT_OSS = dict(
+    model_type="gpt_oss",
+    vocab_size=201088,
+    hidden_size=2880,
+    intermediate_size=2880,
+    head_dim=64,
+    num_attention_heads=64,
+    num_key_value_heads=8,
+    num_experts_per_tok=4,
+    sliding_window=128,
+    swiglu_limit=7.0,
+    attention_bias=True,
+    rms_norm_eps=1e-5,
+    rope_theta=150000.0,
+    rope_scaling=dict(
+        rope_type="yarn",
+        factor=32.0,
+        beta_fast=32.0,
+        beta_slow=1.0,
+        truncate=False,
+        original_max_position_embeddings=4096,
+    ),
+    max_position_embeddings=131072,
+    eos_token_id=200002,
+)
+
+NAMED_SHAPES |= {
+    "gpt-oss-20b": dict(_GPT_OSS, num_hidden_layers=24, num_local_experts=32),
+    "gpt-oss-120b": dict(_GPT_OSS, num_hidden_layers=36, num_local_experts=128),
+}
+
+
 def named_shape(name: str) -> tuple[ModelConfig, dict[str, Any]]:
     """The engine config and the raw Hugging Face config dict of a named shape (`NAME:N`: its
     first N layers only)."""

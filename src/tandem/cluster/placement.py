@@ -287,10 +287,10 @@ def place(shape: ModelShape, topology: Topology, request: PlacementRequest) -> P
     costs, links = LayerCosts(shape, request), LinkTable(topology)
     if request.devices is not None:
         return _place_on_given_devices(costs, links, offered_devices(topology, request), request)
-    results = [
-        _place_among(costs, links, pool, request)
-        for pool in candidate_pools(topology, request, links, shape.hidden_size)
-    ]
+    pools = candidate_pools(topology, request, links, shape.hidden_size)
+    if not shape.splits_over_ranks:
+        pools = pools[:1]  # devices on their own: the family has no plan for a group of ranks
+    results = [_place_among(costs, links, pool, request) for pool in pools]
     plans = [result for result in results if isinstance(result, Placement)]
     if not plans:
         return results[0]  # devices on their own hold the most layouts, so their reason says most

@@ -16,6 +16,7 @@ from tandem.model.moe_config import (
     MLAConfig,
     MoEConfig,
     deepseek_moe,
+    gpt_oss_moe,
     latent_attention,
     mixtral_moe,
     qwen3_moe,
@@ -32,6 +33,7 @@ SUPPORTED_MODEL_TYPES = (
     "qwen3_moe",
     "deepseek_v3",
     "kimi_k2",
+    "gpt_oss",
 )
 SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3", "yarn")
 
@@ -83,7 +85,7 @@ class RopeConfig:
 class ModelConfig:
     """The shape and options of a decoder-only transformer: the dense families (Llama, Mistral,
     Qwen2, Qwen3), and with `moe` and `mla` the mixture-of-experts ones (Mixtral, Qwen3-MoE,
-    DeepSeek-V3 and Kimi-K2, whose attention is latent)."""
+    gpt-oss, DeepSeek-V3 and Kimi-K2, whose attention is latent)."""
 
     model_type: str
     vocab_size: int
@@ -101,6 +103,7 @@ class ModelConfig:
     o_bias: bool = False
     mlp_bias: bool = False
     qk_norm: bool = False
+    attention_sinks: bool = False  # gpt-oss: one learned logit per head that takes softmax mass
     sliding_window: int | None = None
     # One flag per layer: whether that layer attends only within `sliding_window`.
     sliding_layers: tuple[bool, ...] = field(default=())
@@ -157,6 +160,8 @@ class ModelConfig:
             attention += hidden
         if self.qk_norm:
             attention += 2 * head_dim
+        if self.attention_sinks:
+            attention += self.num_attention_heads
         return attention
 
     def dense_mlp_parameter_count(self) -> int:
@@ -207,8 +212,7 @@ class ModelConfig:
             count += hidden if self.o_bias else 0
         if self.is_sparse_layer(layer_index):
             assert self.moe is not None
-            experts = self.moe.num_experts
-            count += experts * hidden + (experts if self.moe.router.correction_bias else 0)
+            count += self.moe.router_parameter_count(hidden)
         elif self.mlp_bias:
             count += hidden  # down_proj's bias
         return count
@@ -219,7 +223,7 @@ class ModelConfig:
             return 0
         assert self.moe is not None
         experts = self.moe.top_k if read else self.moe.num_experts
-        return experts * 3 * self.hidden_size * self.moe.expert_intermediate_size
+        return experts * self.moe.expert_parameter_count(self.hidden_size)
 
     def layers_parameter_count(self, layers: range | None = None) -> int:
         """Parameters of the layers in `layers` (default: all)."""
@@ -454,6 +458,50 @@ def _deepseek_v3_traits(raw: dict[str, Any], num_layers: int) -> dict[str, Any]:
     )
 
 
+# transformers' GptOssConfig rope when a config.json names none.
+GPT_OSS_ROPE = dict(
+    rope_type="yarn",
+    factor=32.0,
+    beta_fast=32.0,
+    beta_slow=1.0,
+    truncate=False,
+    original_max_position_embeddings=4096,
+)
+
+
+def _gpt_oss_traits(raw: dict[str, Any], num_layers: int) -> dict[str, Any]:
+    """gpt-oss: biased attention with sinks, layers alternating between a sliding window and
+    the whole context as `layer_types` lists them (transformers' default: even layers slide)."""
+    window = raw.get("sliding_window")
+    layer_types = raw.get("layer_types")
+    if layer_types is None:
+        layer_types = [
+            "sliding_attention" if index % 2 == 0 else "full_attention" for index in range(num_layers)
+        ]
+    if not isinstance(layer_types, list) or len(layer_types) != num_layers:
+        raise ModelFormatError(f"invalid model config: layer_types needs one entry per layer ({num_layers})")
+    kinds = ("sliding_attention", "full_attention")
+    unknown = sorted({str(kind) for kind in layer_types if kind not in kinds})
+    if unknown:
+        raise UnsupportedModelError(
+            f"unsupported layer_types {', '.join(unknown)}; supported: {', '.join(kinds)}"
+        )
+    bias = bool(raw.get("attention_bias", True))
+    rope = {}
+    if not raw.get("rope_parameters") and not raw.get("rope_scaling"):
+        defaults = dict(raw, rope_scaling=GPT_OSS_ROPE, rope_theta=raw.get("rope_theta", 150000.0))
+        rope = dict(rope=_parse_rope(defaults))
+    return dict(
+        rope,
+        qkv_bias=bias,
+        o_bias=bias,
+        attention_sinks=True,
+        sliding_window=int(window) if window else None,
+        sliding_layers=tuple(bool(window) and kind == "sliding_attention" for kind in layer_types),
+        moe=gpt_oss_moe(raw, num_layers),
+    )
+
+
 _FAMILY_TRAITS = {
     "llama": _llama_traits,
     "mistral": _mistral_traits,
@@ -463,4 +511,5 @@ _FAMILY_TRAITS = {
     "qwen3_moe": _qwen3_moe_traits,
     "deepseek_v3": _deepseek_v3_traits,
     "kimi_k2": _deepseek_v3_traits,
+    "gpt_oss": _gpt_oss_traits,
 }

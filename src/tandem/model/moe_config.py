@@ -17,7 +17,7 @@ from tandem.errors import ModelFormatError, UnsupportedModelError
 if TYPE_CHECKING:
     from tandem.model.config import RopeConfig
 
-ROUTER_SCORING = ("softmax", "sigmoid")
+ROUTER_SCORING = ("softmax", "sigmoid", "topk_softmax")
 # DeepSeek-V3's `topk_method` and `scoring_func`: the auxiliary-loss-free router is the one its
 # checkpoints (and Kimi-K2's) ship; V2's softmax greedy routers are other architectures.
 SUPPORTED_TOPK_METHODS = ("noaux_tc",)
@@ -28,7 +28,8 @@ SUPPORTED_DEEPSEEK_SCORING = ("sigmoid",)
 class RouterConfig:
     """How a token's experts and their weights are chosen from the router's logits.
 
-    softmax (Mixtral, Qwen3-MoE): probabilities over all experts, the top k kept. sigmoid
+    softmax (Mixtral, Qwen3-MoE): probabilities over all experts, the top k kept. topk_softmax
+    (gpt-oss): the k largest logits (the router has a bias), then a softmax over those k. sigmoid
     (DeepSeek-V3): independent scores; `e_score_correction_bias` is added for choosing only,
     experts are first limited to the best `topk_group` of `n_group` groups (a group ranked by
     the sum of its two best biased scores), and the chosen weights are the unbiased scores.
@@ -45,6 +46,7 @@ class RouterConfig:
     round_weights: bool = False
     # DeepSeek keeps the router's weight (and bias) in float32 whatever the model's dtype.
     float32: bool = False
+    bias: bool = False  # gpt-oss: the router's linear map has a bias, one per expert
 
     def __post_init__(self) -> None:
         if self.scoring not in ROUTER_SCORING:
@@ -66,6 +68,12 @@ class MoEConfig:
     router: RouterConfig
     sparse_layers: tuple[bool, ...]
     shared_intermediate_size: int = 0
+    # gpt-oss: every expert's projections have biases, and its activation is the clamped SwiGLU
+    # (gate clamped above and up on both sides at `swiglu_limit`, gate · sigmoid(alpha · gate) ·
+    # (up + 1)); None: SiLU(gate) · up.
+    expert_bias: bool = False
+    swiglu_limit: float | None = None
+    swiglu_alpha: float = 1.702
 
     def __post_init__(self) -> None:
         checks = [
@@ -97,17 +105,25 @@ class MoEConfig:
             if not ok:
                 raise ModelFormatError(f"invalid model config: {message}")
 
+    def expert_parameter_count(self, hidden: int) -> int:
+        """One routed expert: gate, up and down projections (and their biases)."""
+        inner = self.expert_intermediate_size
+        return 3 * hidden * inner + ((2 * inner + hidden) if self.expert_bias else 0)
+
+    def router_parameter_count(self, hidden: int) -> int:
+        extra = int(self.router.correction_bias) + int(self.router.bias)
+        return self.num_experts * (hidden + extra)
+
     def parameter_count(self, hidden: int) -> int:
         """Router, shared experts and every routed expert of one sparse layer."""
-        return self._always(hidden) + self.num_experts * 3 * hidden * self.expert_intermediate_size
+        return self._always(hidden) + self.num_experts * self.expert_parameter_count(hidden)
 
     def parameters_read(self, hidden: int) -> int:
         """What one token reads of a sparse layer: router, shared experts, its top-k experts."""
-        return self._always(hidden) + self.top_k * 3 * hidden * self.expert_intermediate_size
+        return self._always(hidden) + self.top_k * self.expert_parameter_count(hidden)
 
     def _always(self, hidden: int) -> int:
-        router = self.num_experts * hidden + (self.num_experts if self.router.correction_bias else 0)
-        return router + 3 * hidden * self.shared_intermediate_size
+        return self.router_parameter_count(hidden) + 3 * hidden * self.shared_intermediate_size
 
 
 @dataclass(frozen=True)
@@ -195,6 +211,21 @@ def qwen3_moe(raw: dict[str, Any], num_layers: int) -> MoEConfig:
         sparse_layers=tuple(
             index not in dense_only and (index + 1) % step == 0 for index in range(num_layers)
         ),
+    )
+
+
+def gpt_oss_moe(raw: dict[str, Any], num_layers: int) -> MoEConfig:
+    """gpt-oss: every layer sparse; the router (with a bias) keeps the k largest logits and
+    softmaxes them; experts of `intermediate_size` with biases and the clamped SwiGLU."""
+    return MoEConfig(
+        num_experts=int(_get(raw, "num_local_experts", _get(raw, "num_experts", 128))),
+        top_k=int(_get(raw, "num_experts_per_tok", 4)),
+        expert_intermediate_size=int(raw["intermediate_size"]),
+        router=RouterConfig(scoring="topk_softmax", normalize=False, bias=True),
+        sparse_layers=(True,) * num_layers,
+        expert_bias=True,
+        swiglu_limit=float(_get(raw, "swiglu_limit", 7.0)),
+        swiglu_alpha=float(_get(raw, "swiglu_alpha", 1.702)),
     )
 
 

@@ -66,6 +66,9 @@ class ModelShape:
     layer_linears: tuple[tuple[LinearRole, ...], ...] = ()
     quantization: QuantFormat | None = None  # the checkpoint's own quantized format
     checkpoint_dtype: str = "float32"  # what its unquantized tensors are stored in
+    # Whether a stage may be split over a group of ranks (the family has a tensor- and
+    # expert-parallel plan); False: each stage runs on one device.
+    splits_over_ranks: bool = True
 
     def __post_init__(self) -> None:
         layers = len(self.layer_parameters)
@@ -177,6 +180,12 @@ class ModelShape:
         return tuple(counts)
 
 
+# gpt-oss: no tensor- or expert-parallel plan yet (`engine/parallel/apply.py` refuses it), and
+# its experts, held in the checkpoint's stacked layout with biases, are not quantized at load.
+SINGLE_RANK_TYPES = ("gpt_oss",)
+STACKED_EXPERT_TYPES = ("gpt_oss",)
+
+
 def shape_from_model_config(config: ModelConfig, name: str | None = None) -> ModelShape:
     """The shape of a model as the engine builds it, layer by layer."""
     layers = range(config.num_layers)
@@ -198,6 +207,7 @@ def shape_from_model_config(config: ModelConfig, name: str | None = None) -> Mod
         layer_linears=tuple(layer_linears(config, i) for i in layers),
         quantization=config.quantization,
         checkpoint_dtype=config.checkpoint_dtype,
+        splits_over_ranks=config.model_type not in SINGLE_RANK_TYPES,
     )
 
 
@@ -227,6 +237,8 @@ def layer_linears(config: ModelConfig, layer_index: int) -> tuple[LinearRole, ..
         return (attention, LinearRole("mlp.down_proj", mlp, mlp))
     assert config.moe is not None
     moe = config.moe
+    if config.model_type in STACKED_EXPERT_TYPES:
+        return (attention,)  # its experts stay 16-bit whatever `--quantize` asks
     expert = 3 * hidden * moe.expert_intermediate_size
     module = "block_sparse_moe.experts.0.w2" if config.model_type == "mixtral" else "mlp.experts.0.down_proj"
     roles = [attention, LinearRole(module, moe.num_experts * expert, moe.top_k * expert)]

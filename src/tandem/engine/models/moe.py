@@ -14,7 +14,8 @@ block's output is a partial sum whose all-reduce is `partial`, owed to the norm 
 The CPU path loops over the experts that got tokens, in expert order, as `transformers` does; on
 CUDA the experts run through fused Triton kernels (`engine/cuda/moe.py`) with no host sync, so
 decode steps can be captured in CUDA graphs. Quantized experts take the place of `Experts` at
-load (`quant/experts.py`, `QuantizedExperts`): the same loop over compact banks, no graphs.
+load (`quant/experts.py`, `QuantizedExperts`): fused gather kernels over the compact banks at
+decode (graph-safe too), the loop over the experts that got tokens for prefill and on CPUs.
 """
 
 from __future__ import annotations
@@ -228,11 +229,6 @@ class SparseCausalLM(CausalLM):
             if isinstance(layer.feed_forward, SparseMoE):
                 blocks[f"model.layers.{index}.{layer.feed_forward_name}"] = layer.feed_forward
         return blocks
-
-    def supports_decode_graphs(self) -> bool:
-        # Quantized experts loop over the experts that got tokens (a host sync): not capturable.
-        held_dense = all(isinstance(block.experts, Experts) for block in self.sparse_blocks().values())
-        return held_dense and super().supports_decode_graphs()
 
     def checkpoint_sources(self) -> dict[str, StackedSource]:
         sources: dict[str, StackedSource] = {}

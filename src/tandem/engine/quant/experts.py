@@ -7,10 +7,14 @@ stacked into one bank per projection, in the engine's `QuantizedWeight` layout:
 registered as parameters (`gate_up_proj_data`, `…_scales`, `…_zeros`, `down_proj_…`), so
 moving, counting and listing a model see them like any weight.
 
-The product loops over the held experts that got tokens, in expert order (as `transformers`
-sums them): on CUDA each expert's rows go through the quantized Triton kernels of the dense
-layers (`engine/cuda/quant_matmul.py`, on a view of the bank: no copy), on CPUs through the packed int8 kernel or products over
-dequantized chunks (`quant/cpu.py`), never a 16-bit copy of the bank.
+On CUDA, a decode step (up to `DECODE_ROWS` tokens, and always inside a graph capture) runs
+the fused gather kernels of `engine/cuda/quant_moe.py`: the chosen experts' compact weights read
+by the expert ids on the device, no host sync, so quantized mixtures decode in CUDA graphs.
+Otherwise the product loops over the held experts that got tokens, in expert order (as
+`transformers` sums them): on CUDA each expert's rows go through the quantized Triton kernels of
+the dense layers (`engine/cuda/quant_matmul.py`, on a view of the bank: no copy), on CPUs through
+the packed int8 kernel or products over dequantized chunks (`quant/cpu.py`), never a 16-bit copy
+of the bank.
 """
 
 from __future__ import annotations
@@ -22,6 +26,9 @@ from tandem.engine.quant import cpu
 from tandem.engine.quant.weight import QuantizedWeight
 
 _BANKS = ("gate_up_proj", "down_proj")
+# Tokens up to which CUDA decodes through the fused gather kernels (`cuda/quant_moe.py`), as
+# `cuda/moe.DECODE_ROWS` for 16-bit experts; during a graph capture they always run.
+DECODE_ROWS = 64
 _ROLES = ("data", "scales", "zeros")
 
 
@@ -111,16 +118,13 @@ class QuantizedExperts(nn.Module):
         outputs for each token ([N, hidden]); experts held elsewhere contribute nothing here."""
         from tandem.engine import ops
 
-        return expert_sum(
-            x,
-            self.bank("gate_up_proj"),
-            self.bank("down_proj"),
-            experts,
-            weights,
-            self.first,
-            self.round_weights,
-            kernels=x.is_cuda and ops.kernels_available(),
-        )
+        gate_up, down = self.bank("gate_up_proj"), self.bank("down_proj")
+        kernels = x.is_cuda and ops.kernels_available()
+        if kernels and (x.shape[0] <= DECODE_ROWS or torch.cuda.is_current_stream_capturing()):
+            from tandem.engine.cuda.quant_moe import fused_quantized_experts
+
+            return fused_quantized_experts(x, gate_up, down, experts, weights, self.first, self.round_weights)
+        return expert_sum(x, gate_up, down, experts, weights, self.first, self.round_weights, kernels=kernels)
 
     def extra_repr(self) -> str:
         kind = self.layouts.get("down_proj", ("empty",))[0]
