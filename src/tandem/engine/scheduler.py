@@ -11,11 +11,17 @@ prefix, which it shares); a decoding sequence takes a new block each time it fil
 none is free, the sequence admitted last is preempted: its blocks go back, and it waits at the
 front of the queue to be computed again (prompt and generated tokens, mostly from the prefix
 cache), so the oldest always progress and nothing deadlocks.
+
+Micro-batches: where several steps are in flight at once (a pipeline's stages each on its own),
+`next_plan` is told which sequences a step in flight holds (`busy`) and into how many `groups`
+to split the decoding ones: it plans only sequences that are not busy, a decode step at most a
+`groups`-th of all decoding sequences, and never preempts a busy one.
 """
 
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Set
 
 from tandem.engine.blocks import BlockPool, block_hash, blocks_for, prefix_hashes
 from tandem.engine.sequence import Sequence
@@ -34,6 +40,11 @@ def prompts_in_one_step(lengths: list[int], admissible: int, budget: int) -> int
             break
         count += 1
     return max(count, 1) if lengths and admissible else 0
+
+
+def group_size(decoding: int, groups: int) -> int:
+    """Sequences in one decode step when `decoding` sequences run in `groups` micro-batches."""
+    return -(-decoding // groups)
 
 
 class Scheduler:
@@ -110,9 +121,9 @@ class Scheduler:
         step is in flight) where none is free."""
         return self._grow(sequence, num_tokens)
 
-    def _can_prefill(self) -> bool:
+    def _can_prefill(self, busy: Set[int] = frozenset()) -> bool:
         if self.prefilling is not None:
-            return True
+            return self.prefilling.seq_id not in busy
         return bool(self.waiting) and self._free_needed(self.waiting[0]) <= self.pool.num_free
 
     def only_decoding(self) -> bool:
@@ -122,15 +133,18 @@ class Scheduler:
 
     # --- plans ----------------------------------------------------------------------------------
 
-    def next_plan(self) -> StepPlan | None:
-        can_prefill = self._can_prefill()
-        prefer_decode = self.decoding and (self._last_was_prefill or not can_prefill)
+    def next_plan(self, busy: Set[int] = frozenset(), groups: int = 1) -> StepPlan | None:
+        """The next step, of sequences not in `busy` (held by steps in flight); a decode step
+        takes at most a `groups`-th of the decoding sequences."""
+        ready = [sequence for sequence in self.decoding if sequence.seq_id not in busy]
+        can_prefill = self._can_prefill(busy)
+        prefer_decode = ready and (self._last_was_prefill or not can_prefill)
         if prefer_decode:
             self._last_was_prefill = False
-            plan = self._decode_plan()
+            plan = self._decode_plan(ready[: group_size(len(self.decoding), groups)], busy)
             if plan is not None:
                 return plan
-            can_prefill = self._can_prefill()  # every decoding sequence was preempted
+            can_prefill = self._can_prefill(busy)  # every sequence of the group was preempted
         if can_prefill:
             self._last_was_prefill = True
             return self._prefill_plan()
@@ -167,12 +181,16 @@ class Scheduler:
             chunks.append(SequenceChunk(sequence.seq_id, tuple(sequence.blocks), 0, tokens, True))
         return StepPlan(tuple(chunks))
 
-    def _decode_plan(self) -> StepPlan | None:
-        """One token for each decoding sequence, each given a new block where it filled its last;
-        None where all of them had to be preempted."""
-        for sequence in list(self.decoding):
-            while sequence in self.decoding and not self._grow(sequence, sequence.num_tokens):
-                self._preempt(self.decoding[-1])
+    def _decode_plan(self, group: list[Sequence], busy: Set[int]) -> StepPlan | None:
+        """One token for each sequence of `group`, each given a new block where it filled its
+        last (preempting the latest admitted sequence not in flight where none is free); None
+        where all of the group had to be preempted."""
+        for sequence in list(group):
+            while sequence in group and not self._grow(sequence, sequence.num_tokens):
+                victim = next(s for s in reversed(self.decoding) if s.seq_id not in busy)
+                self._preempt(victim)
+                if victim in group:
+                    group.remove(victim)
         chunks = [
             SequenceChunk(
                 seq_id=sequence.seq_id,
@@ -181,7 +199,7 @@ class Scheduler:
                 token_ids=(sequence.output_ids[-1],),
                 sample=True,
             )
-            for sequence in self.decoding
+            for sequence in group
         ]
         return StepPlan(tuple(chunks)) if chunks else None
 
