@@ -88,8 +88,9 @@ class LLMEngine:
         self._ids = itertools.count()
         self._ahead: PendingTokens | None = None  # a decode step queued before its inputs were known
         self._run_ahead = executor if isinstance(executor, RunAheadExecutor) else None
-        pipelined = isinstance(executor, PipelinedExecutor) and executor.micro_batches > 1
-        self._pipelined = executor if pipelined else None
+        self._pipelined: PipelinedExecutor | None = None
+        if isinstance(executor, PipelinedExecutor) and executor.micro_batches > 1:
+            self._pipelined = executor
         self._in_flight: deque[StepPlan] = deque()  # steps submitted to `_pipelined`, oldest first
 
     def add_request(self, prompt_ids: list[int], params: SamplingParams) -> int:
