@@ -20,21 +20,31 @@ class EngineOptions:
     run_ahead: bool | None = None  # queue greedy decode steps ahead: None where decode graphs are
     triton_gemv: bool = True  # decode products through Triton's matrix-vector kernel, not cuBLAS
     symmetric_all_reduce: bool = True  # GPU groups of one host sum through symmetric memory, not NCCL
+    micro_batches: int | None = None  # steps a pipeline keeps in flight: None one per stage, 1 one at a time
 
     @classmethod
     def from_environment(cls) -> EngineOptions:
-        """TANDEM_EAGER=1, TANDEM_PDL=0, TANDEM_RUN_AHEAD=0|1, TANDEM_GEMV=0 and TANDEM_SYMMETRIC=0
-        change the defaults."""
+        """TANDEM_EAGER=1, TANDEM_PDL=0, TANDEM_RUN_AHEAD=0|1, TANDEM_GEMV=0, TANDEM_SYMMETRIC=0
+        and TANDEM_MICRO_BATCHES=N change the defaults."""
         return cls(
             eager=os.environ.get("TANDEM_EAGER", "") not in ("", "0"),
             overlap_launches=os.environ.get("TANDEM_PDL", "") != "0",
             run_ahead={"1": True, "0": False}.get(os.environ.get("TANDEM_RUN_AHEAD", "")),
             triton_gemv=os.environ.get("TANDEM_GEMV", "") != "0",
             symmetric_all_reduce=os.environ.get("TANDEM_SYMMETRIC", "") != "0",
+            micro_batches=_micro_batches(os.environ.get("TANDEM_MICRO_BATCHES", "")),
         )
 
-    def but(self, **changes: bool | None) -> EngineOptions:
+    def but(self, **changes: bool | int | None) -> EngineOptions:
         return replace(self, **changes)
+
+
+def _micro_batches(value: str) -> int | None:
+    if not value:
+        return None
+    if not value.isdigit() or int(value) < 1:
+        raise ValueError(f"TANDEM_MICRO_BATCHES must be a whole number of 1 or more, got {value!r}")
+    return int(value)
 
 
 _engine_options: EngineOptions | None = None

@@ -64,3 +64,72 @@ def test_decoding_sequences_join_a_step_of_short_prompt_tails():
     assert plan.tokens_per_sequence == 2 and scheduler.pool.prefix_hits == 4
     scheduler.step_done(plan, sequences)
     assert scheduler.decoding == [first, sequences[1], sequences[2]]
+
+
+def started(scheduler: Scheduler, lengths: tuple[int, ...]) -> dict[int, Sequence]:
+    """Sequences of these prompt lengths, computed in one step, each with one token chosen."""
+    sequences = {i: sequence(i, n) for i, n in enumerate(lengths)}
+    for s in sequences.values():
+        scheduler.add(s)
+    plan = scheduler.next_plan()
+    assert plan is not None and len(plan.chunks) == len(lengths)
+    scheduler.step_done(plan, sequences)
+    for s in sequences.values():
+        s.output_ids.append(7)
+    return sequences
+
+
+def seq_ids(plan) -> list[int]:
+    return [chunk.seq_id for chunk in plan.chunks]
+
+
+@pytest.mark.parametrize(
+    ("decoding", "groups", "sizes"),
+    [(4, 2, [2, 2]), (5, 2, [3, 2]), (1, 2, [1]), (7, 3, [3, 3, 1]), (4, 1, [4])],
+)
+def test_micro_batches_split_the_decoding_sequences_and_skip_those_in_flight(decoding, groups, sizes):
+    scheduler = Scheduler(BlockPool(64, block_size=8), max_prefill_tokens=64)
+    sequences = started(scheduler, (3,) * decoding)
+    busy: set[int] = set()
+    plans = []
+    while (plan := scheduler.next_plan(busy, groups)) is not None:
+        plans.append(plan)
+        busy |= set(seq_ids(plan))
+    assert [len(plan.chunks) for plan in plans] == sizes
+    assert sorted(i for plan in plans for i in seq_ids(plan)) == list(range(decoding))  # each once
+    # The oldest step's tokens come back: its group runs again, one position on, while the
+    # others are still in flight.
+    first = plans[0]
+    scheduler.step_done(first, sequences)
+    for i in seq_ids(first):
+        sequences[i].output_ids.append(8)
+    busy -= set(seq_ids(first))
+    again = scheduler.next_plan(busy, groups)
+    assert again is not None and seq_ids(again) == seq_ids(first)
+    assert [c.start for c in again.chunks] == [c.start + 1 for c in first.chunks]
+
+
+def test_preemption_spares_the_sequences_in_flight():
+    scheduler = Scheduler(BlockPool(3, block_size=4), max_prefill_tokens=64)
+    sequences = started(scheduler, (3, 3, 3))  # a block each, none free
+    for s in sequences.values():  # position 3 computed: the next token needs a second block
+        s.num_computed = 4
+        s.output_ids.append(7)
+    plan = scheduler.next_plan({2}, groups=1)
+    # Sequence 0 takes the block of sequence 1, the latest admitted that is not in flight.
+    assert plan is not None and seq_ids(plan) == [0]
+    assert list(scheduler.waiting) == [sequences[1]] and not sequences[1].blocks
+    assert sequences[2] in scheduler.decoding and len(sequences[2].blocks) == 1
+    assert scheduler.next_plan({0, 2}, groups=1) is None  # sequence 1 waits for blocks
+
+
+def test_a_prompt_in_chunks_gets_its_next_chunk_once_the_last_is_back():
+    scheduler = Scheduler(BlockPool(8, block_size=4), max_prefill_tokens=4)
+    long = sequence(0, 10)
+    scheduler.add(long)
+    plan = scheduler.next_plan(set(), groups=2)
+    assert plan is not None and seq_ids(plan) == [0]
+    assert scheduler.next_plan({0}, groups=2) is None
+    scheduler.step_done(plan, {0: long})
+    following = scheduler.next_plan(set(), groups=2)
+    assert following is not None and following.chunks[0].start == 4

@@ -9,18 +9,26 @@ choosing there, before the host waits for the current step's tokens. The device 
 the host between tokens. A sequence that turns out to end on the current step (an end token, a
 stop string) had one more token computed for it in the queued step; that token is dropped, and
 the key and value it wrote sit past the sequence's end, where nothing reads them.
+
+Micro-batches: with an executor that keeps several steps in flight (`PipelinedExecutor`, a
+pipeline of N stages), the engine submits up to N steps before it waits for the oldest, each of
+sequences that no other step in flight holds; the scheduler splits the running sequences into
+N groups (`Scheduler.next_plan`), so each stage works on a different group. A sequence's next
+step is planned only once its token is known, so every sequence computes exactly what it would
+one step at a time.
 """
 
 from __future__ import annotations
 
 import functools
 import itertools
+from collections import deque
 from collections.abc import Generator
 from dataclasses import dataclass
 
 from tandem.engine.blocks import BlockPool, CacheStats, pool_blocks
 from tandem.engine.detokenize import IncrementalDetokenizer, StopMatcher
-from tandem.engine.executor import Executor, PendingTokens, RunAheadExecutor
+from tandem.engine.executor import Executor, PendingTokens, PipelinedExecutor, RunAheadExecutor
 from tandem.engine.scheduler import Scheduler
 from tandem.engine.sequence import Sequence, finish_reason_after, reaches_length
 from tandem.errors import InvalidRequestError
@@ -80,6 +88,10 @@ class LLMEngine:
         self._ids = itertools.count()
         self._ahead: PendingTokens | None = None  # a decode step queued before its inputs were known
         self._run_ahead = executor if isinstance(executor, RunAheadExecutor) else None
+        self._pipelined: PipelinedExecutor | None = None
+        if isinstance(executor, PipelinedExecutor) and executor.micro_batches > 1:
+            self._pipelined = executor
+        self._in_flight: deque[StepPlan] = deque()  # steps submitted to `_pipelined`, oldest first
 
     def add_request(self, prompt_ids: list[int], params: SamplingParams) -> int:
         """Queue a request; returns its sequence id. Raises InvalidRequestError for bad prompts."""
@@ -106,7 +118,7 @@ class LLMEngine:
             self._release(sequence)
 
     def has_work(self) -> bool:
-        return self.scheduler.has_work()
+        return self.scheduler.has_work() or bool(self._in_flight)
 
     def cache_stats(self) -> CacheStats:
         """Free KV-cache blocks and the prefix cache's hits and misses (in blocks)."""
@@ -114,6 +126,8 @@ class LLMEngine:
 
     def step(self) -> list[TokenEvent]:
         """Run one forward pass; returns an event per token generated in it."""
+        if self._pipelined is not None:
+            return self._pipelined_step(self._pipelined)
         pending, self._ahead = self._ahead, None
         if pending is None:
             plan = self.scheduler.next_plan()
@@ -137,6 +151,31 @@ class LLMEngine:
         for chunk, choice in zip(plan.sampled, choices, strict=True):
             events.append(self._accept(self.sequences[chunk.seq_id], choice))
         return events
+
+    def _pipelined_step(self, executor: PipelinedExecutor) -> list[TokenEvent]:
+        """Fill the pipeline with steps of sequences not in flight, then take the oldest step's
+        tokens (of its sequences that have not ended since: an abort)."""
+        while len(self._in_flight) < executor.micro_batches:
+            busy = {chunk.seq_id for plan in self._in_flight for chunk in plan.chunks}
+            plan = self.scheduler.next_plan(busy, groups=executor.micro_batches)
+            if plan is None:
+                break
+            executor.submit(plan)
+            self._in_flight.append(plan)
+        if not self._in_flight:
+            return []
+        plan = self._in_flight.popleft()
+        sampled = zip(plan.sampled, executor.collect(), strict=True)
+        choices = [choice for chunk, choice in sampled if chunk.seq_id in self.sequences]
+        chunks = tuple(chunk for chunk in plan.chunks if chunk.seq_id in self.sequences)
+        if not chunks:
+            return []
+        plan = plan if len(chunks) == len(plan.chunks) else StepPlan(chunks)
+        self.scheduler.step_done(plan, self.sequences)
+        return [
+            self._accept(self.sequences[chunk.seq_id], choice)
+            for chunk, choice in zip(plan.sampled, choices, strict=True)
+        ]
 
     def _runs_ahead(self, plan: StepPlan) -> bool:
         """A decode step of sequences all decoding, on an executor that can run ahead."""

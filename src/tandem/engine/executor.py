@@ -7,6 +7,10 @@ of an instance and receives the tokens that its last stage chose.
 An executor that can also `launch` a step and `collect` its tokens later lets the engine run one
 decode step ahead (see `engine.py`): the next step is queued on the device, fed with the tokens
 the current one is still choosing there, before the host waits for them.
+
+An executor that can `submit` steps and `collect` their tokens later, oldest first, keeps
+several micro-batches in flight (`PipelinedExecutor`: a pipeline, whose stages then each work
+on a different group of sequences; see `engine.py`).
 """
 
 from __future__ import annotations
@@ -47,6 +51,19 @@ class RunAheadExecutor(Executor, Protocol):
 
     def collect(self, pending: PendingTokens) -> list[TokenChoice]:
         """Wait for a launched step's tokens; one choice per chunk, in plan order."""
+        ...
+
+
+@runtime_checkable
+class PipelinedExecutor(Executor, Protocol):
+    micro_batches: int  # steps kept in flight at most; 1: one at a time
+
+    def submit(self, plan: StepPlan) -> None:
+        """Start `plan`; its tokens come from a later `collect`."""
+        ...
+
+    def collect(self) -> list[TokenChoice]:
+        """Wait for the oldest submitted step's tokens; one choice per sampled chunk, in plan order."""
         ...
 
 

@@ -12,11 +12,18 @@ prefix, which it shares; only the tokens past that prefix are computed); a decod
 none is free, the sequence admitted last is preempted: its blocks go back, and it waits at the
 front of the queue to be computed again (prompt and generated tokens, mostly from the prefix
 cache), so the oldest always progress and nothing deadlocks.
+
+Micro-batches: where several steps are in flight at once (a pipeline's stages each on its own),
+`next_plan` is told which sequences a step in flight holds (`busy`) and into how many `groups`
+to split the decoding ones: it plans only sequences that are not busy, a decode step at most a
+`groups`-th of all decoding sequences, and never preempts a busy one. Decodes join a prompts'
+step only with one step at a time.
 """
 
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Set
 
 from tandem.engine.blocks import BlockPool, block_hash, blocks_for, prefix_hashes
 from tandem.engine.sequence import Sequence
@@ -27,6 +34,11 @@ def step_fits(rows: int, width: int, budget: int) -> bool:
     """Whether a step of `rows` chunks, each padded to `width` tokens, stays within the budget of
     computed tokens."""
     return rows * width <= budget
+
+
+def group_size(decoding: int, groups: int) -> int:
+    """Sequences in one decode step when `decoding` sequences run in `groups` micro-batches."""
+    return -(-decoding // groups)
 
 
 class Scheduler:
@@ -89,9 +101,9 @@ class Scheduler:
         step is in flight) where none is free."""
         return self._grow(sequence, num_tokens)
 
-    def _can_prefill(self) -> bool:
+    def _can_prefill(self, busy: Set[int] = frozenset()) -> bool:
         if self.prefilling is not None:
-            return True
+            return self.prefilling.seq_id not in busy
         return bool(self.waiting) and self._free_needed(self.waiting[0]) <= self.pool.num_free
 
     def only_decoding(self) -> bool:
@@ -101,19 +113,22 @@ class Scheduler:
 
     # --- plans ----------------------------------------------------------------------------------
 
-    def next_plan(self) -> StepPlan | None:
-        can_prefill = self._can_prefill()
-        if can_prefill and self._decodes_can_join():
+    def next_plan(self, busy: Set[int] = frozenset(), groups: int = 1) -> StepPlan | None:
+        """The next step, of sequences not in `busy` (held by steps in flight); a decode step
+        takes at most a `groups`-th of the decoding sequences."""
+        ready = [sequence for sequence in self.decoding if sequence.seq_id not in busy]
+        can_prefill = self._can_prefill(busy)
+        if can_prefill and not busy and groups == 1 and self._decodes_can_join():
             plan = self._mixed_plan()
             self._last_was_prefill = len(plan.chunks) == len(self.starting)  # decodes could not join
             return plan
-        prefer_decode = self.decoding and (self._last_was_prefill or not can_prefill)
+        prefer_decode = ready and (self._last_was_prefill or not can_prefill)
         if prefer_decode:
             self._last_was_prefill = False
-            plan = self._decode_plan()
+            plan = self._decode_plan(ready[: group_size(len(self.decoding), groups)], busy)
             if plan is not None:
                 return plan
-            can_prefill = self._can_prefill()  # every decoding sequence was preempted
+            can_prefill = self._can_prefill(busy)  # every sequence of the group was preempted
         if can_prefill:
             self._last_was_prefill = True
             return self._prefill_plan()
@@ -198,13 +213,17 @@ class Scheduler:
             sample=True,
         )
 
-    def _decode_plan(self) -> StepPlan | None:
-        """One token for each decoding sequence, each given a new block where it filled its last;
-        None where all of them had to be preempted."""
-        for sequence in list(self.decoding):
-            while sequence in self.decoding and not self._grow(sequence, sequence.num_tokens):
-                self._preempt(self.decoding[-1])
-        chunks = [self._decode_chunk(sequence) for sequence in self.decoding]
+    def _decode_plan(self, group: list[Sequence], busy: Set[int]) -> StepPlan | None:
+        """One token for each sequence of `group`, each given a new block where it filled its
+        last (preempting the latest admitted sequence not in flight where none is free); None
+        where all of the group had to be preempted."""
+        for sequence in list(group):
+            while sequence in group and not self._grow(sequence, sequence.num_tokens):
+                victim = next(s for s in reversed(self.decoding) if s.seq_id not in busy)
+                self._preempt(victim)
+                if victim in group:
+                    group.remove(victim)
+        chunks = [self._decode_chunk(sequence) for sequence in group]
         return StepPlan(tuple(chunks)) if chunks else None
 
     def _preempt(self, sequence: Sequence) -> None:

@@ -155,7 +155,9 @@ def start_rank(
         executor: Executor
         if spec.layout.num_stages > 1:
             assert wire is not None
-            executor = PipelineExecutor(stage, wire, spec.layout, channel, grammars)
+            executor = PipelineExecutor(
+                stage, wire, spec.layout, channel, grammars, spec.options.micro_batches
+            )
         elif spec.tp_size > 1:
             executor = TensorParallelExecutor(stage, channel, grammars)
         else:

@@ -11,6 +11,10 @@ tensor rank, dtype code, dims...] and then the header itself (UTF-8 JSON) when i
 envelope's remaining INLINE_HEADER_BYTES — then the header on its own if it did not fit, then
 the tensor if the preamble announces one. A decode step's header fits: a hop is one message,
 or two with hidden states.
+
+`start_send` sends without waiting for the receiver: the last stage answers rank 0 that way, so
+that with several micro-batches in flight it can take the next step from rank 0 while rank 0 is
+still sending it (a blocking send each way would wait on the other forever).
 """
 
 from __future__ import annotations
@@ -58,6 +62,11 @@ class Wire:
     def send(self, header: StageMessage, tensor: torch.Tensor | None, dst: int) -> None:
         for part, group in self._encode(header, tensor):
             dist.send(part, dst, group=group)
+
+    def start_send(self, header: StageMessage, tensor: torch.Tensor | None, dst: int) -> Sending:
+        """Send without waiting for the receiver to take the message; `Sending.wait` waits."""
+        parts = self._encode(header, tensor)
+        return Sending(parts, [dist.isend(part, dst, group=group) for part, group in parts])
 
     def recv(self, src: int) -> tuple[StageMessage, torch.Tensor | None]:
         return self._decode(lambda buffer, group: dist.recv(buffer, src, group=group))
@@ -114,6 +123,21 @@ class Wire:
             tensor = torch.empty(shape, dtype=WIRE_DTYPES[preamble[2]], device=self.tensor_device)
             receive(tensor, self.tensor_group)
         return codec.decode(StageMessage, payload), tensor  # after every part: the stream stays aligned
+
+
+class Sending:
+    """A message on its way: its parts are held until the receiver has taken them."""
+
+    def __init__(self, parts: list[tuple[torch.Tensor, Any]], works: list[Any]) -> None:
+        self._parts = parts
+        self._works = works
+
+    def done(self) -> bool:
+        return all(work.is_completed() for work in self._works)
+
+    def wait(self) -> None:
+        for work in self._works:
+            work.wait()
 
 
 def pipeline_wire(device: torch.device) -> Wire:
