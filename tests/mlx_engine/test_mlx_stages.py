@@ -106,3 +106,32 @@ def test_bfloat16_hidden_states_cross_as_their_bits(checkpoint_factory):
     with torch.inference_mode():
         logits = second.forward(plan, hidden)
     assert_logits_close(logits[0], reference_logits(checkpoint.model, prompt)[-1], tolerance=0.15)
+
+
+def test_a_pytorch_stage_takes_an_mlx_stage_of_another_dtype(checkpoint_factory):
+    """Each engine casts the hidden states it receives to its own dtype: MLX's CPU default is
+    float32, a PyTorch CPU stage of a 16-bit checkpoint computes in bfloat16."""
+    checkpoint = checkpoint_factory("llama-gqa")
+    num_layers = checkpoint.config["num_hidden_layers"]
+    from tandem.engine.loader import load_stage
+    from tandem.engine.model_runner import ModelRunner
+    from tandem.mlx.engine import MLXStageEngine
+
+    first = MLXStageEngine.load(
+        checkpoint.path, StageSpec(LayerRange(0, 2), num_layers), 1, MAX_CONTEXT, "cpu"
+    )
+    second = ModelRunner(
+        load_stage(
+            checkpoint.path, StageSpec(LayerRange(2, 4), num_layers), torch.device("cpu"), torch.bfloat16
+        ),
+        1,
+        MAX_CONTEXT,
+        use_graphs=False,
+    )
+    prompt = random_prompts((7,), checkpoint.config["vocab_size"], seed=17)[0]
+    plan = StepPlan((SequenceChunk(0, (0, 1, 2, 3), 0, tuple(prompt), sample=True),))
+    hidden = first.forward(plan)
+    assert hidden.dtype == torch.float32
+    with torch.inference_mode():
+        logits = second.forward(plan, hidden)
+    assert_logits_close(logits[0], reference_logits(checkpoint.model, prompt)[-1], tolerance=0.15)
