@@ -9,6 +9,7 @@ import itertools
 import pytest
 import torch
 from mlx_support import (
+    ChainedStages,
     assert_logits_close,
     chained_engine,
     load_stage_engine,
@@ -59,7 +60,9 @@ def test_mixed_pipeline_decodes_like_transformers(checkpoint_factory, family, pi
     expected = [reference_greedy(checkpoint.model, prompt, 12) for prompt in prompts]
     assert run_together(engine, prompts, params) == expected
     # What crossed between stages: plain float32 CPU tensors [B, T, hidden].
-    crossed = engine.executor.hidden_seen
+    executor = engine.executor
+    assert isinstance(executor, ChainedStages)
+    crossed = executor.hidden_seen
     assert crossed and all(t.device.type == "cpu" and t.dtype == torch.float32 for t in crossed)
     assert {t.shape[-1] for t in crossed} == {checkpoint.config["hidden_size"]}
     assert any(t.shape[0] > 1 and t.shape[1] > 1 for t in crossed), "no step held several prompts"
@@ -76,6 +79,7 @@ def test_mixed_pipeline_logits_match(checkpoint_factory, pipeline):
     with torch.inference_mode():
         for stage in stages:
             hidden = stage.forward(plan, hidden)
+    assert hidden is not None
     assert_logits_close(hidden[0], reference_logits(checkpoint.model, prompt)[-1])
 
 
