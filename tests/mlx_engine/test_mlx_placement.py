@@ -40,6 +40,16 @@ def test_a_pipeline_runs_through_a_metal_device_at_16_bits_over_gloo():
     assert placement.backend == "gloo"
 
 
+def test_an_mlx_cpu_is_sized_at_32_bits_unless_a_dtype_is_asked():
+    # Ten 16-bit layers of 2 GB fit on two 12 GB CPUs, not when one runs MLX (float32: 4 GB each).
+    mlx_cpu = replace(cpu(12), engine="mlx")
+    shape = replace(SHAPE, checkpoint_dtype="bfloat16")
+    assert isinstance(place(shape, cluster(node("a", cpu(12)), node("b", cpu(12))), request()), Placement)
+    assert isinstance(place(shape, cluster(node("a", cpu(12)), node("b", mlx_cpu)), request()), Infeasible)
+    asked = request(dtype="bfloat16")
+    assert isinstance(place(shape, cluster(node("a", cpu(12)), node("b", mlx_cpu)), asked), Placement)
+
+
 def test_no_mlx_device_is_offered_to_quantize_as_it_loads():
     topology = cluster(node("gpu", gpu(24)), node("mac", metal(64)))
     placement = place(SHAPE, topology, request(quantize="int8"))

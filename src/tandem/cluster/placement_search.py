@@ -78,6 +78,8 @@ def offered_devices(topology: Topology, request: PlacementRequest) -> list[Candi
             if device.engine == "mlx" and request.quantize is not None:
                 continue
             value_bytes = request.dtype_bytes(device.kind)
+            if device.engine == "mlx" and device.kind == "cpu" and request.dtype is None:
+                value_bytes = 4  # MLX's CPU backend computes in float32 unless asked otherwise
             usable = device.memory_free * (1 - request.memory_margin) - request.device_overhead_bytes
             candidates.append(
                 Candidate(
