@@ -13,6 +13,8 @@ from mlx_support import require_mlx
 
 from tandem.cluster.placement import Infeasible, Placement, PlacementRequest, place
 from tandem.cluster.topology import DeviceInfo
+from tandem.cluster.topology_file import parse_topology, topology_to_dict
+from tandem.errors import TandemError
 from tandem.node.profile import node_engine, with_engine
 from tandem.protocol.runner import RunnerSpec
 from topologies import GB, cluster, cpu, gpu, node, uniform_shape
@@ -113,3 +115,27 @@ def test_a_node_given_to_mlx_offers_its_cpu_as_an_mlx_device_measured_through_ml
     assert kept == devices[0]
     assert (mlx_cpu.kind, mlx_cpu.engine, mlx_cpu.torch_device) == ("cpu", "mlx", "cpu")
     assert mlx_cpu.matmul_flops > 0 and mlx_cpu.memory_bandwidth > 0 and mlx_cpu.memory_total > GB
+
+
+def test_a_topology_file_describes_mlx_devices():
+    nodes = [
+        {
+            "id": "mac",
+            "devices": [{"kind": "metal", "memory_total_gb": 64, "memory_bandwidth_gb_per_s": 400}],
+        },
+        {
+            "id": "box",
+            "devices": [
+                {"kind": "cpu", "engine": "mlx", "memory_total_gb": 32, "memory_bandwidth_gb_per_s": 50}
+            ],
+        },
+    ]
+    topology = parse_topology({"nodes": nodes})
+    assert [(d.kind, d.engine, d.torch_device) for n in topology.nodes for d in n.devices] == [
+        ("metal", "mlx", "metal"),
+        ("cpu", "mlx", "cpu"),
+    ]
+    assert parse_topology(topology_to_dict(topology)) == topology
+    nodes[0]["devices"][0]["engine"] = "torch"
+    with pytest.raises(TandemError, match="a metal device runs engine 'mlx', not 'torch'"):
+        parse_topology({"nodes": nodes})
