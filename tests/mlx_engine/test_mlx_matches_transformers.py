@@ -20,11 +20,11 @@ require_mlx()
 from tandem.engine.blocks import BLOCK_SIZE  # noqa: E402
 from tandem.errors import UnsupportedModelError  # noqa: E402
 from tandem.mlx.engine import MLXStageEngine  # noqa: E402
-from tandem.mlx.local import create_mlx_engine  # noqa: E402
 from tandem.model.config import load_model_config  # noqa: E402
 from tandem.model.sampling_params import SamplingParams  # noqa: E402
 from tandem.model.stage import LayerRange, StageSpec  # noqa: E402
 from tandem.model.step import SequenceChunk, StepPlan  # noqa: E402
+from tandem.runner.assemble import create_local_engine  # noqa: E402
 
 NEW_TOKENS = 40
 PROMPT_LENGTHS = (1, 7, 19)  # 19 > the Mistral test window of 8
@@ -37,7 +37,9 @@ def prompt_plan(prompt: list[int]) -> StepPlan:
 def test_greedy_tokens_equal_transformers(checkpoint_factory, family):
     checkpoint = checkpoint_factory(family)
     # max_prefill_tokens=6: the 7- and 19-token prompts go in chunks, the later ones from the cache
-    engine = create_mlx_engine(checkpoint.path, device="cpu", dtype="float32", max_prefill_tokens=6)
+    engine = create_local_engine(
+        checkpoint.path, engine="mlx", device="cpu", dtype="float32", max_prefill_tokens=6
+    )
     params = SamplingParams(max_tokens=NEW_TOKENS, temperature=0.0, ignore_eos=True)
     for prompt in random_prompts(PROMPT_LENGTHS, checkpoint.config["vocab_size"], seed=1):
         ours = [event.token_id for event in engine.generate(prompt, params)]
@@ -116,7 +118,9 @@ def test_concurrent_sequences_match_sequential_runs(checkpoint_factory):
     checkpoint = checkpoint_factory("qwen3-qknorm")
     # Three slots for five requests: later ones wait for a slot, prefill chunks interleave with
     # decode; a budget of 12 puts short prompts in one padded step and chunks the long ones.
-    engine = create_mlx_engine(checkpoint.path, device="cpu", num_slots=3, max_prefill_tokens=12)
+    engine = create_local_engine(
+        checkpoint.path, engine="mlx", device="cpu", num_slots=3, max_prefill_tokens=12
+    )
     prompts = random_prompts((3, 11, 6, 9, 2, 25), checkpoint.config["vocab_size"], seed=4)
     params = SamplingParams(max_tokens=10, temperature=0.0, ignore_eos=True)
     expected = [reference_greedy(checkpoint.model, prompt, 10) for prompt in prompts]
@@ -127,7 +131,6 @@ def test_concurrent_sequences_match_sequential_runs(checkpoint_factory):
 def test_sampling_is_shared_with_the_torch_engine(checkpoint_factory):
     """Seeded sampling with penalties and log-probabilities: the same tokens as the PyTorch
     engine, since both sample (in torch) from the same logits."""
-    from tandem.runner.assemble import create_local_engine
 
     checkpoint = checkpoint_factory("llama-gqa")
     params = SamplingParams(
@@ -135,8 +138,8 @@ def test_sampling_is_shared_with_the_torch_engine(checkpoint_factory):
     )
     prompt = random_prompts((5,), checkpoint.config["vocab_size"], seed=5)[0]
     events = {}
-    for name, create in (("mlx", create_mlx_engine), ("torch", create_local_engine)):
-        engine = create(checkpoint.path, device="cpu", dtype="float32")
+    for name in ("mlx", "torch"):
+        engine = create_local_engine(checkpoint.path, device="cpu", dtype="float32", engine=name)
         events[name] = list(engine.generate(prompt, params))
     assert [e.token_id for e in events["mlx"]] == [e.token_id for e in events["torch"]]
     for ours, theirs in zip(events["mlx"], events["torch"], strict=True):
@@ -163,7 +166,7 @@ def test_warm_up_then_serve(checkpoint_factory):
     config = load_model_config(checkpoint.path)
     for stage in (StageSpec(LayerRange(0, 2), 4), StageSpec(LayerRange(2, 4), 4)):
         MLXStageEngine.load(checkpoint.path, stage, 2, 32, device="cpu", config=config).warm_up()
-    engine = create_mlx_engine(checkpoint.path, device="cpu", num_slots=2, max_context=32)
+    engine = create_local_engine(checkpoint.path, engine="mlx", device="cpu", num_slots=2, max_context=32)
     engine.executor.runner.warm_up()
     prompt = random_prompts((7,), config.vocab_size, seed=8)[0]
     params = SamplingParams(max_tokens=8, temperature=0.0, ignore_eos=True)

@@ -34,11 +34,11 @@ from tandem.engine.model_runner import ModelRunner  # noqa: E402
 from tandem.errors import ModelFormatError, UnsupportedModelError  # noqa: E402
 from tandem.mlx.arrays import to_mlx, to_torch  # noqa: E402
 from tandem.mlx.engine import MLXStageEngine  # noqa: E402
-from tandem.mlx.local import create_mlx_engine  # noqa: E402
 from tandem.model.config import load_model_config  # noqa: E402
 from tandem.model.sampling_params import SamplingParams  # noqa: E402
 from tandem.model.stage import LayerRange, StageSpec  # noqa: E402
 from tandem.model.step import SequenceChunk, StepPlan  # noqa: E402
+from tandem.runner.assemble import create_local_engine  # noqa: E402
 
 CPU = torch.device("cpu")
 # name -> (family, bits, mlx-lm mixed recipe). The tiny models' intermediate size (112) is not a
@@ -99,7 +99,9 @@ def test_both_engines_decode_a_quantized_checkpoint_identically(quantized_checkp
     scheme = read_affine_scheme(raw)
     assert scheme is not None
 
-    mlx_engine = create_mlx_engine(path, device="cpu", dtype="float32", num_slots=3, max_prefill_tokens=12)
+    mlx_engine = create_local_engine(
+        path, engine="mlx", device="cpu", dtype="float32", num_slots=3, max_prefill_tokens=12
+    )
     torch_model = load_stage(path, None, CPU, torch.float32)
     torch_engine = LLMEngine(
         LocalExecutor(ModelRunner(torch_model, 3, 64, use_graphs=False)), None, frozenset(), 64, 3, 12
@@ -145,7 +147,9 @@ def test_quantized_stages_mix_engines(quantized_checkpoint):
     second_model = load_stage(path, StageSpec(LayerRange(2, 4), config.num_layers), CPU, torch.float32)
     assert second_model.lm_head is not None and second_model.model.embed_tokens is None
     pipeline = chained_engine([first, ModelRunner(second_model, 2, 64, use_graphs=False)], 2, 64, 12)
-    whole = create_mlx_engine(path, device="cpu", dtype="float32", num_slots=2, max_prefill_tokens=12)
+    whole = create_local_engine(
+        path, engine="mlx", device="cpu", dtype="float32", num_slots=2, max_prefill_tokens=12
+    )
     prompts = random_prompts((9, 3, 14), config.vocab_size, seed=22)
     params = SamplingParams(max_tokens=15, temperature=0.0, ignore_eos=True)
     assert run_together(pipeline, prompts, params) == run_together(whole, prompts, params)

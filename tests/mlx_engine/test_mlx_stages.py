@@ -9,6 +9,7 @@ import itertools
 import pytest
 import torch
 from mlx_support import (
+    ChainedStages,
     assert_logits_close,
     chained_engine,
     load_stage_engine,
@@ -59,7 +60,9 @@ def test_mixed_pipeline_decodes_like_transformers(checkpoint_factory, family, pi
     expected = [reference_greedy(checkpoint.model, prompt, 12) for prompt in prompts]
     assert run_together(engine, prompts, params) == expected
     # What crossed between stages: plain float32 CPU tensors [B, T, hidden].
-    crossed = engine.executor.hidden_seen
+    executor = engine.executor
+    assert isinstance(executor, ChainedStages)
+    crossed = executor.hidden_seen
     assert crossed and all(t.device.type == "cpu" and t.dtype == torch.float32 for t in crossed)
     assert {t.shape[-1] for t in crossed} == {checkpoint.config["hidden_size"]}
     assert any(t.shape[0] > 1 and t.shape[1] > 1 for t in crossed), "no step held several prompts"
@@ -76,6 +79,7 @@ def test_mixed_pipeline_logits_match(checkpoint_factory, pipeline):
     with torch.inference_mode():
         for stage in stages:
             hidden = stage.forward(plan, hidden)
+    assert hidden is not None
     assert_logits_close(hidden[0], reference_logits(checkpoint.model, prompt)[-1])
 
 
@@ -103,6 +107,35 @@ def test_bfloat16_hidden_states_cross_as_their_bits(checkpoint_factory):
     plan = StepPlan((SequenceChunk(0, (0, 1, 2, 3), 0, tuple(prompt), sample=True),))
     hidden = first.forward(plan)
     assert hidden.dtype == torch.bfloat16 and tuple(hidden.shape) == (1, 7, checkpoint.config["hidden_size"])
+    with torch.inference_mode():
+        logits = second.forward(plan, hidden)
+    assert_logits_close(logits[0], reference_logits(checkpoint.model, prompt)[-1], tolerance=0.15)
+
+
+def test_a_pytorch_stage_takes_an_mlx_stage_of_another_dtype(checkpoint_factory):
+    """Each engine casts the hidden states it receives to its own dtype: MLX's CPU default is
+    float32, a PyTorch CPU stage of a 16-bit checkpoint computes in bfloat16."""
+    checkpoint = checkpoint_factory("llama-gqa")
+    num_layers = checkpoint.config["num_hidden_layers"]
+    from tandem.engine.loader import load_stage
+    from tandem.engine.model_runner import ModelRunner
+    from tandem.mlx.engine import MLXStageEngine
+
+    first = MLXStageEngine.load(
+        checkpoint.path, StageSpec(LayerRange(0, 2), num_layers), 1, MAX_CONTEXT, "cpu"
+    )
+    second = ModelRunner(
+        load_stage(
+            checkpoint.path, StageSpec(LayerRange(2, 4), num_layers), torch.device("cpu"), torch.bfloat16
+        ),
+        1,
+        MAX_CONTEXT,
+        use_graphs=False,
+    )
+    prompt = random_prompts((7,), checkpoint.config["vocab_size"], seed=17)[0]
+    plan = StepPlan((SequenceChunk(0, (0, 1, 2, 3), 0, tuple(prompt), sample=True),))
+    hidden = first.forward(plan)
+    assert hidden.dtype == torch.float32
     with torch.inference_mode():
         logits = second.forward(plan, hidden)
     assert_logits_close(logits[0], reference_logits(checkpoint.model, prompt)[-1], tolerance=0.15)

@@ -9,9 +9,9 @@ from mlx_support import require_mlx
 
 require_mlx()
 
-from tandem.mlx.local import create_mlx_engine  # noqa: E402
 from tandem.model.output_constraint import OutputConstraint  # noqa: E402
 from tandem.model.sampling_params import SamplingParams  # noqa: E402
+from tandem.runner.assemble import create_local_engine  # noqa: E402
 from tandem.store.resolve import DEMO_MODEL_DIR  # noqa: E402
 
 SCHEMA = {
@@ -26,7 +26,7 @@ SCHEMA = {
 
 
 def test_json_schema_output_validates_on_mlx():
-    engine = create_mlx_engine(DEMO_MODEL_DIR, device="cpu", max_context=256)
+    engine = create_local_engine(DEMO_MODEL_DIR, engine="mlx", device="cpu", max_context=256)
     assert engine.tokenizer is not None
     prompt = engine.tokenizer.encode_chat([{"role": "user", "content": "Name thy king."}])
     params = SamplingParams(max_tokens=100, seed=4, constraint=OutputConstraint.json_schema(SCHEMA))

@@ -12,6 +12,7 @@ from tandem.bench.measure import context_for, copy_bandwidth, matmul_flops, time
 from tandem.bench.shapes import named_shape, shape_dir
 from tandem.bench.weights import transformers_model
 from tandem.engine.device import DTYPE_NAMES
+from tandem.engine.model_runner import ModelRunner
 from tandem.model.config import ModelConfig
 from tandem.runner.assemble import local_spec, start_rank
 
@@ -122,6 +123,7 @@ def run_benchmark(
     engine = rank.engine
     assert engine is not None
     if quantize is not None:  # the floor of what the quantized weights really read
+        assert isinstance(rank.stage, ModelRunner)  # a PyTorch-engine spec
         read = report.weight_bytes_read_per_token = model_bytes_read_per_token(rank.stage.model)
         report.decode_floor_tokens_per_second = bandwidth / read
     timing = time_generation(engine, config.vocab_size, prompt_lengths, decode_tokens, device)

@@ -30,6 +30,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--devices", help="devices this node may use, comma-separated (e.g. cpu or cuda:0,cuda:1)"
     )
+    parser.add_argument(
+        "--engine",
+        choices=("torch", "mlx"),
+        help="what computes this node's stages: mlx runs them on MLX (the Metal GPU on Apple silicon, "
+        "else MLX's CPU backend) in place of the CPU; torch: the PyTorch engine (default: mlx on "
+        "Apple silicon with mlx installed, else torch)",
+    )
     parser.add_argument("--runner-threads", type=int, help="CPU threads per runner process")
     parser.add_argument(
         "--data-dir",
@@ -90,6 +97,7 @@ def options_from_args(args: argparse.Namespace):
         discovery_interfaces=discovery,
         devices=tuple(d.strip() for d in args.devices.split(",")) if args.devices else None,
         runner_threads=args.runner_threads,
+        engine=args.engine,
         remeasure=args.remeasure,
         models_dirs=tuple(args.models_dir),
         api_key=args.api_key or settings.api_key(),

@@ -140,7 +140,7 @@ class PlacementRequest:
     def dtype_bytes(self, kind: DeviceKind | str) -> float:
         """Bytes per value (weights, cache, activations) on a device of this kind (`for_shape`
         has settled the CPU's)."""
-        if kind == "cuda":
+        if kind in ("cuda", "metal"):  # 16-bit unless asked otherwise
             return self.cuda_dtype_bytes
         return 4 if self.cpu_dtype_bytes is None else self.cpu_dtype_bytes
 
@@ -385,6 +385,10 @@ def _place_on_given_devices(
     given = []
     for stage in request.devices:
         members = [by_address[address] for address in stage]
+        if len(members) > 1 and any(member.engine == "mlx" for member in members):
+            return Infeasible(
+                f"an MLX device runs a stage on its own, not in a group: {' + '.join(map(str, stage))}"
+            )
         if len({member.kind for member in members}) > 1:
             return Infeasible(
                 f"a tensor-parallel group needs devices of one kind: {' + '.join(map(str, stage))}"

@@ -50,6 +50,7 @@ class Candidate:
     bandwidth: float
     members: tuple[tuple[NodeId, str], ...] = ()  # (node, torch device) of each; () : just this one
     all_reduce_seconds: float = 0.0
+    engine: str = "torch"  # "mlx": a device its node runs on MLX (a stage of one rank)
 
     def __post_init__(self) -> None:
         if not self.members:
@@ -69,11 +70,16 @@ class Candidate:
 
 
 def offered_devices(topology: Topology, request: PlacementRequest) -> list[Candidate]:
-    """Every device of every node, in topology order, each offered on its own."""
+    """Every device of every node, in topology order, each offered on its own (MLX devices not
+    when the request quantizes as it loads, which only the PyTorch engine does)."""
     candidates = []
     for node in topology.nodes:
         for device in node.devices:
+            if device.engine == "mlx" and request.quantize is not None:
+                continue
             value_bytes = request.dtype_bytes(device.kind)
+            if device.engine == "mlx" and device.kind == "cpu" and request.dtype is None:
+                value_bytes = 4  # MLX's CPU backend computes in float32 unless asked otherwise
             usable = device.memory_free * (1 - request.memory_margin) - request.device_overhead_bytes
             candidates.append(
                 Candidate(
@@ -84,6 +90,7 @@ def offered_devices(topology: Topology, request: PlacementRequest) -> list[Candi
                     value_bytes=value_bytes,
                     usable_bytes=usable,
                     bandwidth=device.memory_bandwidth,
+                    engine=device.engine,
                 )
             )
     return candidates

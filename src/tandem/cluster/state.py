@@ -36,6 +36,7 @@ class RunnerState:
     message: str | None = None
     stage: int = 0  # index of the pipeline stage in the placement
     kv_cache_bytes: int | None = None  # the KV cache the runner reports it allocated
+    engine: str | None = None  # what computes its stage, as it reports it: "torch" or "mlx"
 
 
 @dataclass(frozen=True)
@@ -132,6 +133,7 @@ class RunnerReported:
     parameter_bytes: int | None = None
     message: str | None = None
     kv_cache_bytes: int | None = None
+    engine: str | None = None
 
 
 @dataclass(frozen=True)
@@ -201,6 +203,7 @@ def _with_runner_report(instance: Instance, report: RunnerReported) -> Instance:
             parameter_bytes=report.parameter_bytes,
             message=report.message,
             kv_cache_bytes=report.kv_cache_bytes,
+            engine=report.engine,
         )
         if r.rank == report.rank
         else r

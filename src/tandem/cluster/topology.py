@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 NodeId = str
-DeviceKind = Literal["cuda", "cpu"]
+DeviceKind = Literal["cuda", "cpu", "metal"]  # metal: an Apple-silicon GPU, which MLX runs
+DeviceEngine = Literal["torch", "mlx"]  # what a device's runners compute with
 
 
 @dataclass(frozen=True)
@@ -27,10 +28,16 @@ class DeviceInfo:
     utilization: float | None = None  # fraction of the last interval the device was busy, 0..1
     power_draw: float | None = None  # watts
     power_limit: float | None = None  # watts
+    # The engine its runners use: "mlx" for a Metal GPU, or a CPU its node gave to MLX (`--engine
+    # mlx`), measured through MLX; a stage on it is one rank, its hidden states cross over gloo.
+    engine: DeviceEngine = "torch"
 
     @property
     def torch_device(self) -> str:
-        return "cpu" if self.kind == "cpu" else f"cuda:{self.index}"
+        """The device's name in its node (and in a runner's spec)."""
+        if self.kind == "cuda":
+            return f"cuda:{self.index}"
+        return self.kind
 
 
 @dataclass(frozen=True)

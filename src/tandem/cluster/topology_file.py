@@ -8,7 +8,9 @@ TFLOP/s for matrix throughput, Gbit/s for links, milliseconds for latency.
           "memory_bandwidth_gb_per_s": 1008, "matmul_tflops": 165}]}],
      "links": [{"source": "gpu-box", "target": "cpu-box", "latency_ms": 0.2, "bandwidth_gbit_per_s": 10}]}
 
-A link measured one way stands for both ways unless the reverse is listed too.
+A link measured one way stands for both ways unless the reverse is listed too. A device's
+"engine" is "torch" (the default) or "mlx": a "metal" device (an Apple-silicon GPU) always, a
+CPU when its node gives it to MLX (`tandem node --engine mlx`).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ _DEVICE_KEYS = {
     "memory_free_gb",
     "memory_bandwidth_gb_per_s",
     "matmul_tflops",
+    "engine",
 }
 _LINK_KEYS = {"source", "target", "latency_ms", "bandwidth_gbit_per_s"}
 
@@ -81,6 +84,7 @@ def topology_to_dict(topology: Topology) -> dict[str, Any]:
                         "memory_free_gb": device.memory_free / 1e9,
                         "memory_bandwidth_gb_per_s": device.memory_bandwidth / 1e9,
                         "matmul_tflops": device.matmul_flops / 1e12,
+                        "engine": device.engine,
                     }
                     for device in node.devices
                 ],
@@ -126,8 +130,16 @@ def _node(raw: Any, where: str) -> NodeInfo:
 def _device(raw: Any, where: str, cuda_seen: int) -> DeviceInfo:
     item = _object(raw, where, _DEVICE_KEYS)
     kind = item.get("kind")
-    if kind not in ("cuda", "cpu"):
-        raise TandemError(f"{where}: kind must be 'cuda' or 'cpu', got {kind!r}")
+    if kind not in ("cuda", "cpu", "metal"):
+        raise TandemError(
+            f"{where}: kind must be 'cuda' or 'cpu', got {kind!r} ('metal' names an Apple-silicon GPU)"
+        )
+    engine = item.get("engine", "mlx" if kind == "metal" else "torch")
+    engines = {"cuda": ("torch",), "metal": ("mlx",), "cpu": ("torch", "mlx")}[kind]
+    if engine not in engines:
+        raise TandemError(
+            f"{where}: a {kind} device runs engine {' or '.join(map(repr, engines))}, not {engine!r}"
+        )
     default_index = cuda_seen if kind == "cuda" else 0  # CUDA ordinals count up in listing order
     index = item.get("index", default_index)
     if isinstance(index, bool) or not isinstance(index, int) or index < 0:
@@ -144,6 +156,7 @@ def _device(raw: Any, where: str, cuda_seen: int) -> DeviceInfo:
         memory_free=round(free * 1e9),
         matmul_flops=_number(item, "matmul_tflops", where, default=0.0, positive=False) * 1e12,
         memory_bandwidth=_number(item, "memory_bandwidth_gb_per_s", where) * 1e9,
+        engine=engine,
     )
 
 

@@ -23,6 +23,7 @@ class ModelRunner:
     ) -> None:
         self.model = model
         self.device = next(model.parameters()).device
+        self.hidden_dtype = model.activation_dtype()  # what received hidden states are cast to
         self.max_context = max_context
         # The same pool as the engine's scheduler (`LLMEngine`), which hands out its blocks.
         self.kv_cache = KVCache.for_model(model, pool_blocks(num_slots, max_context))
@@ -146,7 +147,8 @@ class ModelRunner:
             prompt_from_start=all(c.start == 0 for c in plan.chunks),
         )
         if not self.is_first_stage:
-            inputs = hidden
+            assert hidden is not None
+            inputs = hidden.to(self.hidden_dtype)  # from an engine of another dtype (an MLX stage)
         elif feed is not None:
             inputs = feed.view(len(plan.chunks), 1)
         else:

@@ -2,9 +2,10 @@
 Apple silicon and on MLX's CPU backend elsewhere, beside the PyTorch one.
 
 Only this package imports `mlx`, and only its modules that compute (`engine`, `model`, `cache`,
-`weights`, `arrays`, `local`, `profile`); `affine` reads MLX's quantized checkpoints with torch
-and numpy alone, for the PyTorch engine. Nothing outside imports this package unless the MLX
-engine is asked for.
+`weights`, `arrays`, `profile`); `engine/affine.py` reads MLX's quantized checkpoints with torch
+and numpy alone, for the PyTorch engine. Outside, only `runner/assemble.py` (an MLX stage of a
+runner spec), `node/profile.py` (a node's MLX device) and the MLX benchmark import those
+modules, and only when MLX is asked for; this module tells whether it is installed.
 """
 
 from __future__ import annotations

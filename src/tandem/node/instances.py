@@ -52,7 +52,7 @@ from tandem.protocol.control import (
     StartRunner,
     StopRunners,
 )
-from tandem.protocol.runner import GenerateRequest, RequestEvent, RunnerSpec, ends_request
+from tandem.protocol.runner import EngineName, GenerateRequest, RequestEvent, RunnerSpec, ends_request
 
 log = logging.getLogger("tandem.instances")
 
@@ -209,6 +209,7 @@ class InstanceManager:
             stage_sizes=tuple(len(stage.members) for stage in instance.placement.stages),
             stage_backends=tuple(stage.backend for stage in instance.placement.stages),  # type: ignore[arg-type]
             options=settings.engine_options(),  # this node's; every rank of the instance runs the same
+            engine=self._engine_of(runner),
         )
         if runner.node_id == self.node.node_id:
             return await self.start_local_runner(StartRunner(spec))
@@ -222,6 +223,12 @@ class InstanceManager:
             timeout=120,
             to=runner.node_id,
         )
+
+    def _engine_of(self, runner: RunnerState) -> EngineName:
+        """The engine the runner's device runs, as its node advertises it."""
+        node = self.node.state.node(runner.node_id)
+        device = node.device(runner.device) if node is not None else None
+        return device.engine if device is not None else "torch"
 
     async def start_local_runner(self, request: StartRunner) -> RunnerStarted:
         """Start a runner here; for rank 0 of a pipeline, wait for its rendezvous port."""

@@ -118,3 +118,45 @@ def refresh_free_memory(devices: tuple[DeviceInfo, ...]) -> tuple[DeviceInfo, ..
             free = psutil.virtual_memory().available
         refreshed.append(DeviceInfo(**{**device.__dict__, "memory_free": free}))
     return tuple(refreshed)
+
+
+# --- engines ------------------------------------------------------------------------------------
+
+
+def is_apple_silicon() -> bool:
+    return platform.system() == "Darwin" and platform.machine() == "arm64"
+
+
+def node_engine(asked: str | None) -> str:
+    """The engine this node's CPU-side device runs: as asked ("torch", "mlx"), else MLX on an
+    Apple-silicon Mac where it is installed (its GPU is reached only through MLX), else torch."""
+    from tandem.mlx import mlx_available, require_mlx
+
+    if asked == "mlx":
+        require_mlx("--engine mlx")
+        return "mlx"
+    return "mlx" if asked is None and is_apple_silicon() and mlx_available() else "torch"
+
+
+def with_engine(devices: tuple[DeviceInfo, ...], engine: str) -> tuple[DeviceInfo, ...]:
+    """The devices with MLX's in place of the CPU when `engine` is "mlx": the Metal GPU where MLX
+    has one (the CPU shares its unified memory, so it is not offered beside it), else the CPU
+    through MLX's CPU backend; its rates measured through MLX (a second or two). CUDA devices
+    stay on the PyTorch engine."""
+    if engine != "mlx" or not any(device.kind == "cpu" for device in devices):
+        return devices
+    from tandem.mlx.profile import profile_mlx_device
+
+    profile = profile_mlx_device()
+    device = DeviceInfo(
+        kind="metal" if profile.backend == "metal" else "cpu",
+        index=0,
+        name=profile.name,
+        memory_total=profile.memory_total,
+        memory_free=profile.memory_free,
+        matmul_flops=profile.matmul_flops,
+        memory_bandwidth=profile.memory_bandwidth,
+        power_draw=profile.power_draw,
+        engine="mlx",
+    )
+    return tuple(device if old.kind == "cpu" else old for old in devices)

@@ -15,7 +15,7 @@ from tandem.node.instances import InstanceManager
 from tandem.node.model_files import ModelFiles
 from tandem.node.node import Node
 from tandem.node.options import NodeOptions
-from tandem.node.profile import profile_devices
+from tandem.node.profile import node_engine, profile_devices, with_engine
 from tandem.protocol.control import LaunchRequest
 from tandem.protocol.runner import GenerateRequest, RequestEvent
 from tandem.settings import SECRET_FILE
@@ -39,6 +39,7 @@ class NodeService:
         devices = profile_devices(
             options.data_dir, list(options.devices) if options.devices else None, remeasure=options.remeasure
         )
+        devices = with_engine(devices, node_engine(options.engine))
         board = DownloadBoard()
         node = Node(options, node_id, secret.secret, devices, board)
         files = ModelFiles(node, board)
@@ -52,8 +53,9 @@ class NodeService:
         )
         for device in devices:
             log.info(
-                "device %s: %s, %.1f GB, %.0f GB/s, %.0f GFLOP/s",
+                "device %s (%s engine): %s, %.1f GB, %.0f GB/s, %.0f GFLOP/s",
                 device.torch_device,
+                device.engine,
                 device.name,
                 device.memory_total / 1e9,
                 device.memory_bandwidth / 1e9,

@@ -118,6 +118,7 @@ class RunnerProcess:
                 stage.parameter_bytes if stage else None,
                 message,
                 stage.kv_cache_bytes if stage else None,
+                stage.engine if stage else None,
             )
         )
 
@@ -227,6 +228,7 @@ class Supervisor:
                     stage.parameter_bytes if stage else None,
                     f"runner exited with code {runner.process.returncode}" if exited else None,
                     stage.kv_cache_bytes if stage else None,
+                    stage.engine if stage else None,
                 )
             )
         return tuple(reports)

@@ -18,6 +18,7 @@ from tandem.protocol import codec
 from tandem.settings import EngineOptions
 
 Backend = Literal["gloo", "nccl"]
+EngineName = Literal["torch", "mlx"]  # the PyTorch engine (engine/), or the MLX one (mlx/)
 DEFAULT_QUEUE_LIMIT = 64  # requests an instance holds beyond its slots, waiting for room
 
 
@@ -90,6 +91,9 @@ class RunnerSpec:
     random_weights_seed: int | None = None
     # Requests rank 0 holds beyond `num_slots`; one more is refused with `Busy`.
     queue_limit: int = DEFAULT_QUEUE_LIMIT
+    # What computes this rank's stage: "mlx" runs it on MLX (`device` "auto", "cpu" or "metal"),
+    # a stage of one rank in a gloo instance, its hidden states crossing as torch CPU tensors.
+    engine: EngineName = "torch"
 
     def __post_init__(self) -> None:
         if self.queue_limit < 0:
@@ -100,6 +104,21 @@ class RunnerSpec:
             raise ValueError(f"stage sizes {self.stage_sizes} do not add up to a world of {self.world_size}")
         if len(self.group_backends) != self.layout.num_stages:
             raise ValueError("stage_backends needs one backend per stage")
+        if self.engine == "mlx":
+            self._check_mlx()
+
+    def _check_mlx(self) -> None:
+        """What an MLX stage cannot be, each refused in one line."""
+        if self.tp_size > 1:
+            raise ValueError("an MLX stage runs on one device: it cannot be part of a tensor-parallel group")
+        if self.backend != "gloo":
+            raise ValueError("an instance with an MLX stage sends between its stages over gloo, not nccl")
+        if self.quantize is not None:
+            raise ValueError(
+                "the MLX engine does not quantize as it loads; give it an MLX quantized checkpoint"
+            )
+        if self.random_weights_seed is not None:
+            raise ValueError("the MLX engine loads checkpoints; random weights are the PyTorch engine's")
 
     @property
     def layout(self) -> InstanceLayout:

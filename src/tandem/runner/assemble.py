@@ -34,6 +34,7 @@ from tandem.engine.embedding import Embedder
 from tandem.engine.engine import DEFAULT_MAX_PREFILL_TOKENS, LLMEngine
 from tandem.engine.executor import Executor, LocalExecutor
 from tandem.engine.grammar import Grammars
+from tandem.engine.interface import StageEngine
 from tandem.engine.loader import load_stage
 from tandem.engine.model_runner import ModelRunner
 from tandem.engine.models import build_empty_model
@@ -43,10 +44,11 @@ from tandem.engine.parallel.group import AllReduce, TensorParallelGroup
 from tandem.engine.parallel.latency import all_reduce_seconds
 from tandem.engine.random_weights import random_stage
 from tandem.errors import TandemError
+from tandem.mlx import require_mlx
 from tandem.model.config import context_size, load_model_config
 from tandem.model.pooling import read_pooling
 from tandem.model.tokenizer import Tokenizer
-from tandem.protocol.runner import RunnerSpec, StageReport
+from tandem.protocol.runner import EngineName, RunnerSpec, StageReport
 from tandem.runner.pipeline import PipelineExecutor, serve_stage
 from tandem.runner.rendezvous import Forwarder, Gate, loopback_listener
 from tandem.runner.stage_group import (
@@ -70,7 +72,7 @@ class Rank:
     `serve()`s until rank 0's engine is closed."""
 
     spec: RunnerSpec
-    stage: ModelRunner
+    stage: StageEngine
     report: StageReport
     engine: LLMEngine | None = None
     serve_loop: Callable[[], None] | None = None
@@ -97,6 +99,8 @@ class Rank:
             )
         if self.spec.world_size > 1:
             return "embeddings need the model on one device; launch it with min_stages 1 on one device"
+        if not isinstance(self.stage, ModelRunner):
+            return "embeddings are computed by the PyTorch engine; this instance runs on MLX"
         return Embedder(self.stage.model, pooling, self.spec.max_context)
 
     def close(self) -> None:
@@ -118,27 +122,21 @@ def start_rank(
     settings.use_engine_options(spec.options)
     if spec.threads:
         torch.set_num_threads(spec.threads)
-    device = resolve_device(spec.device)
-    if device.type == "cuda":  # "cuda" alone means the current GPU; set_device wants its index
-        index = torch.cuda.current_device() if device.index is None else device.index
-        device = torch.device("cuda", index)
-        torch.cuda.set_device(device)
-    config = load_model_config(spec.model_dir)
-    quantized = spec.quantize is not None or config.quantization is not None
-    dtype = resolve_dtype(spec.dtype, device, config.checkpoint_dtype, quantized)
+    if spec.engine == "mlx":  # it computes on MLX; its tensors cross the wire from the CPU
+        device, dtype = torch.device("cpu"), None
+    else:
+        device = _torch_device(spec.device)
+        config = load_model_config(spec.model_dir)
+        quantized = spec.quantize is not None or config.quantization is not None
+        dtype = resolve_dtype(spec.dtype, device, config.checkpoint_dtype, quantized)
     groups, wire = None, None
     if spec.world_size > 1:
         join_group(spec, rendezvous_token or settings.rendezvous_token(), on_listening)
         if spec.layout.num_stages > 1:  # every rank creates the same groups in the same order
             wire = pipeline_wire(device)
         groups = create_stage_groups(spec)
-    model, summing = load_shard(spec, groups, device, dtype)
-    stage = ModelRunner(model, spec.num_slots, spec.max_context)
-    stage.warm_up()  # all stages at once, before the first request
-    latency = None
-    if summing is not None and device.type == "cuda":
-        latency = all_reduce_seconds(summing, stage.config.hidden_size, device, dtype)
-    rank = Rank(spec, stage, stage.report(summing.name if summing else None, latency))
+    stage, report = load_stage_engine(spec, groups, device, dtype)
+    rank = Rank(spec, stage, report)
     channel = StageChannel.for_spec(spec, groups, device)
     samples = spec.tp_rank == 0 and spec.stage_index == spec.layout.num_stages - 1
     tokenizer = _tokenizer(spec) if spec.is_driver or samples else None
@@ -166,6 +164,44 @@ def start_rank(
             executor, tokenizer, eos, spec.max_context, spec.num_slots, spec.max_prefill_tokens
         )
     return rank
+
+
+def _torch_device(name: str) -> torch.device:
+    """The spec's device for the PyTorch engine; a GPU is made the current one."""
+    device = resolve_device(name)
+    if device.type == "cuda":  # "cuda" alone means the current GPU; set_device wants its index
+        index = torch.cuda.current_device() if device.index is None else device.index
+        device = torch.device("cuda", index)
+        torch.cuda.set_device(device)
+    return device
+
+
+def load_stage_engine(
+    spec: RunnerSpec, groups: StageGroups | None, device: torch.device, dtype: torch.dtype | None
+) -> tuple[StageEngine, StageReport]:
+    """This rank's stage engine on the spec's engine, loaded and warmed up, and its report."""
+    if spec.engine == "mlx":
+        return _load_mlx_stage(spec)
+    assert dtype is not None
+    model, summing = load_shard(spec, groups, device, dtype)
+    stage = ModelRunner(model, spec.num_slots, spec.max_context)
+    stage.warm_up()  # all stages at once, before the first request
+    latency = None
+    if summing is not None and device.type == "cuda":
+        latency = all_reduce_seconds(summing, stage.config.hidden_size, device, dtype)
+    return stage, stage.report(summing.name if summing else None, latency)
+
+
+def _load_mlx_stage(spec: RunnerSpec) -> tuple[StageEngine, StageReport]:
+    """The stage on MLX (`spec.device`: auto, cpu or metal); only here is `mlx` imported."""
+    require_mlx("an MLX stage")
+    from tandem.mlx.engine import MLXStageEngine
+
+    stage = MLXStageEngine.load(
+        spec.model_dir, spec.stage, spec.num_slots, spec.max_context, device=spec.device, dtype=spec.dtype
+    )
+    stage.warm_up()
+    return stage, stage.report()
 
 
 def start_local_instance(specs: list[RunnerSpec], log: Path) -> tuple[Rank, list[subprocess.Popen]]:
@@ -286,9 +322,11 @@ def local_spec(
     options: settings.EngineOptions | None = None,
     random_weights_seed: int | None = None,
     quantize: str | None = None,
+    engine: EngineName = "torch",
 ) -> RunnerSpec:
     """The spec of an instance of one rank holding the whole model in this process; `quantize`
-    ("int8", "int4") quantizes a 16/32-bit checkpoint as it loads."""
+    ("int8", "int4") quantizes a 16/32-bit checkpoint as it loads; `engine` "mlx" runs it on MLX
+    (`device` auto, cpu or metal)."""
     config = load_model_config(model_dir)
     return RunnerSpec(
         instance_id="local",
@@ -306,6 +344,7 @@ def local_spec(
         options=options or settings.engine_options(),
         random_weights_seed=random_weights_seed,
         quantize=quantize,
+        engine=engine,
     )
 
 

@@ -4,7 +4,9 @@ import { h, meter } from "./dom.js";
 import { byteRate, bytes, duration, flops, percent } from "./format.js";
 
 function deviceTitle(device) {
-  return device.kind === "cpu" ? "CPU" : `GPU ${device.index}`;
+  const names = { cpu: "CPU", metal: "Metal GPU" };
+  const title = names[device.kind] || `GPU ${device.index}`;
+  return device.engine === "mlx" ? `${title} (MLX)` : title;
 }
 
 /** A fraction's tone: calm, then busy, then nearly full. */
