@@ -21,6 +21,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from tandem.bench.measure import fresh_prompt
 from tandem.bench.shapes import shape_dir
+from tandem.engine.engine import DEFAULT_MAX_PREFILL_TOKENS
 from tandem.model.sampling_params import SamplingParams
 from tandem.runner.assemble import local_spec, start_rank
 
@@ -34,7 +35,12 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=64)
     parser.add_argument("--prompt", type=int, default=128)
     parser.add_argument("--new", type=int, default=128)
-    parser.add_argument("--prefill-tokens", type=int, default=None, help="most prompt tokens a step takes")
+    parser.add_argument(
+        "--prefill-tokens",
+        type=int,
+        default=None,
+        help="most prompt tokens a step takes (default: a served instance's)",
+    )
     parser.add_argument("--rows", type=int, default=25)
     parser.add_argument("--device", default="cuda")
     args = parser.parse_args()
@@ -46,7 +52,7 @@ def main() -> None:
         dtype="bfloat16" if args.device.startswith("cuda") else "float32",
         max_context=context,
         num_slots=args.requests,
-        max_prefill_tokens=args.prefill_tokens or context,
+        max_prefill_tokens=args.prefill_tokens or DEFAULT_MAX_PREFILL_TOKENS,
         random_weights_seed=0,
         quantize=args.quantize,
     )

@@ -21,11 +21,12 @@ class EngineOptions:
     triton_gemv: bool = True  # decode products through Triton's matrix-vector kernel, not cuBLAS
     symmetric_all_reduce: bool = True  # GPU groups of one host sum through symmetric memory, not NCCL
     micro_batches: int | None = None  # steps a pipeline keeps in flight: None one per stage, 1 one at a time
+    prefill_graphs: bool = True  # prompts of up to 512 tokens replay CUDA graphs (whole-model dense stages)
 
     @classmethod
     def from_environment(cls) -> EngineOptions:
-        """TANDEM_EAGER=1, TANDEM_PDL=0, TANDEM_RUN_AHEAD=0|1, TANDEM_GEMV=0, TANDEM_SYMMETRIC=0
-        and TANDEM_MICRO_BATCHES=N change the defaults."""
+        """TANDEM_EAGER=1, TANDEM_PDL=0, TANDEM_RUN_AHEAD=0|1, TANDEM_GEMV=0, TANDEM_SYMMETRIC=0,
+        TANDEM_MICRO_BATCHES=N and TANDEM_PREFILL_GRAPHS=0 change the defaults."""
         return cls(
             eager=os.environ.get("TANDEM_EAGER", "") not in ("", "0"),
             overlap_launches=os.environ.get("TANDEM_PDL", "") != "0",
@@ -33,6 +34,7 @@ class EngineOptions:
             triton_gemv=os.environ.get("TANDEM_GEMV", "") != "0",
             symmetric_all_reduce=os.environ.get("TANDEM_SYMMETRIC", "") != "0",
             micro_batches=_micro_batches(os.environ.get("TANDEM_MICRO_BATCHES", "")),
+            prefill_graphs=os.environ.get("TANDEM_PREFILL_GRAPHS", "") != "0",
         )
 
     def but(self, **changes: bool | int | None) -> EngineOptions:

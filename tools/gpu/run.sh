@@ -79,7 +79,7 @@ for task in "$@"; do
       for run in "llama3-8b" "llama3-8b int4" "llama3-8b fp8" "qwen3-30b-a3b" "deepseek-v3:4"; do
         set -- $run
         name=$1${2:+-$2}; name=${name//:/-}
-        timeout "${WAVE2_BENCH_TIMEOUT:-75}" python3 -m tandem.cli.main bench --shape "$1" ${2:+--quantize $2} \
+        timeout "${WAVE2_BENCH_TIMEOUT:-170}" python3 -m tandem.cli.main bench --shape "$1" ${2:+--quantize $2} \
           --prompt-lengths 128 --decode-tokens "$decode" --json "$OUT/bench-$name.json" \
           2>&1 | tee "$OUT/bench-$name.log" | tail -6 || status=1
       done

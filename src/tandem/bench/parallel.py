@@ -28,7 +28,7 @@ import torch
 from tandem import settings
 from tandem.bench.measure import aggregate_throughput, context_for, copy_bandwidth, prompt_of, time_generation
 from tandem.bench.shapes import named_shape, shape_dir
-from tandem.engine.engine import LLMEngine
+from tandem.engine.engine import DEFAULT_MAX_PREFILL_TOKENS, LLMEngine
 from tandem.model.sampling_params import SamplingParams
 from tandem.model.stage import split_evenly
 from tandem.protocol.runner import RunnerSpec
@@ -56,7 +56,7 @@ def plan_specs(plan: str, model_dir: Path, context: int, slots: int) -> list[Run
         dtype="bfloat16" if cuda else "float32",
         max_context=context,
         num_slots=slots,
-        max_prefill_tokens=context,
+        max_prefill_tokens=DEFAULT_MAX_PREFILL_TOKENS,  # what a served instance takes
         backend="nccl" if cuda else "gloo",
         threads=None if cuda else 1,
         stage_sizes=(1,) * gpus if pipeline else (gpus,),

@@ -1,11 +1,12 @@
 """The PyTorch stage engine: runs one stage of a model for a step plan, builds the input tensors,
-owns the KV cache, and on CUDA replays captured graphs for decode steps (`engine/interface.py`
-says what a runner asks of it)."""
+owns the KV cache, and on CUDA replays captured graphs for decode steps and short prompts
+(`engine/interface.py` says what a runner asks of it)."""
 
 from __future__ import annotations
 
 import torch
 
+from tandem import settings
 from tandem.engine.blocks import blocks_for, pool_blocks
 from tandem.engine.kv_cache import KVCache
 from tandem.engine.models.llama import CausalLM
@@ -35,6 +36,12 @@ class ModelRunner:
             from tandem.engine.cuda.graphs import DecodeGraphs
 
             self.graphs = DecodeGraphs(model, self.kv_cache, blocks_for(max_context))
+        self.prefill_graphs = None
+        if use_graphs and settings.engine_options().prefill_graphs and isinstance(self.kv_cache, KVCache):
+            from tandem.engine.cuda.prefill_graphs import PrefillGraphs, prefill_graphs_fit
+
+            if prefill_graphs_fit(model):
+                self.prefill_graphs = PrefillGraphs(model, self.kv_cache, blocks_for(max_context))
 
     @torch.inference_mode()
     def warm_up(self) -> None:
@@ -140,6 +147,8 @@ class ModelRunner:
             raise ValueError("a stage after the first needs the previous stage's hidden states")
         if self.graphs is not None and self.graphs.handles(plan) and all(c.sample for c in plan.chunks):
             return self.graphs.run(plan, hidden, feed)
+        if self.prefill_graphs is not None and self.prefill_graphs.handles(plan):
+            return self.prefill_graphs.run(plan)
         batch = self.model.attention_batch(
             self.positions(plan),
             self.block_table(plan),

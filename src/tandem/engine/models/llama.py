@@ -231,6 +231,11 @@ class CausalLM(nn.Module):
         the decode kernels, which read each sequence's length on the device."""
         return ops.kernels_available() and self.decode_kernels_fit()
 
+    def supports_prefill_graphs(self) -> bool:
+        """Whether short prompts can be captured in CUDA graphs (`engine/cuda/prefill_graphs.py`):
+        where decode steps can be, for dense layers (a mixture overrides this)."""
+        return self.supports_decode_graphs()
+
     def checkpoint_sources(self) -> dict[str, StackedSource]:
         """Parameters assembled from several checkpoint tensors (none here; see `StackedSource`)."""
         return {}

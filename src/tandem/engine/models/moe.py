@@ -221,6 +221,9 @@ class SparseCausalLM(CausalLM):
     """`CausalLM` over `SparseDecoderLayer`s: the loader's stacked experts, the router's float32
     parameters, and fusing what each layer holds."""
 
+    def supports_prefill_graphs(self) -> bool:
+        return False  # a prompt's routing sizes the experts' grouped products on the host
+
     def sparse_blocks(self) -> dict[str, SparseMoE]:
         """Checkpoint prefix (`model.layers.N.mlp`) → the sparse block there, for held layers."""
         blocks = {}
