@@ -1,8 +1,9 @@
 """Requests survive a machine's loss: three real node processes on loopback serve the demo
 model as a pipeline over two of them; the node of the last stage is killed mid-stream (or its
 runner frozen while the node still answers), the coordinator re-places the instance on what is
-left, and the client's stream goes on, its whole text the text of an undisturbed run. The
-cluster's history says what happened."""
+left, and the client's stream goes on, its whole text the text of an undisturbed run, greedy or
+sampled with a seed (the replacement draws from the same random state). The cluster's history
+says what happened."""
 
 from __future__ import annotations
 
@@ -20,6 +21,8 @@ from tandem.store.resolve import DEMO_MODEL_DIR
 
 PROMPT = "Tell me of the king."
 MAX_TOKENS = 160
+GREEDY = {"temperature": 0.0}
+SAMPLED = {"temperature": 0.9, "top_p": 0.95, "seed": 1234}
 
 
 def all_see(nodes, count: int) -> bool:
@@ -27,11 +30,11 @@ def all_see(nodes, count: int) -> bool:
     return all(len(view["nodes"]) == count for view in views) and len({v["coordinator"] for v in views}) == 1
 
 
-def undisturbed_text() -> str:
+def undisturbed_text(sampling: dict) -> str:
     engine = create_local_engine(DEMO_MODEL_DIR, device="cpu", dtype="float32", max_context=512)
     assert engine.tokenizer is not None
     ids = engine.tokenizer.encode_chat([{"role": "user", "content": PROMPT}])
-    params = SamplingParams(max_tokens=MAX_TOKENS, temperature=0.0, ignore_eos=True)
+    params = SamplingParams(max_tokens=MAX_TOKENS, ignore_eos=True, **sampling)
     return "".join(event.text for event in engine.generate(ids, params))
 
 
@@ -51,9 +54,13 @@ def freeze_the_runner(node) -> None:
         os.kill(pid, signal.SIGSTOP)
 
 
-@pytest.mark.parametrize("fault", [kill_the_node, freeze_the_runner], ids=["node-killed", "runner-frozen"])
-def test_a_stream_goes_on_when_the_stage_of_a_node_is_lost(tmp_path, fault):
-    expected = undisturbed_text()
+@pytest.mark.parametrize(
+    ("fault", "sampling"),
+    [(kill_the_node, GREEDY), (freeze_the_runner, GREEDY), (kill_the_node, SAMPLED)],
+    ids=["node-killed", "runner-frozen", "node-killed-sampled"],
+)
+def test_a_stream_goes_on_when_the_stage_of_a_node_is_lost(tmp_path, fault, sampling):
+    expected = undisturbed_text(sampling)
     env = {"TANDEM_RUNNER_SILENCE_SECONDS": "5"}  # the frozen runner is found within 5 s
     with running_nodes(tmp_path, 3, env=env) as nodes:
         wait_for(lambda: all_see(nodes, 3), timeout=30, what="three nodes to meet")
@@ -73,8 +80,8 @@ def test_a_stream_goes_on_when_the_stage_of_a_node_is_lost(tmp_path, fault):
             model="demo",
             messages=[{"role": "user", "content": PROMPT}],
             max_tokens=MAX_TOKENS,
-            temperature=0,
             stream=True,
+            **sampling,
             extra_body={"ignore_eos": True},
         )
         pieces: list[str] = []

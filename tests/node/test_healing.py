@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from tandem.api.serving import successor_of
+from tandem.api.serving import successor_of, with_seed
 from tandem.cluster.placement import Placement, PlacementRequest
 from tandem.cluster.state import (
     ClusterState,
@@ -17,6 +17,7 @@ from tandem.cluster.state import (
     apply,
 )
 from tandem.cluster.topology import NodeInfo
+from tandem.model.sampling_params import SamplingParams
 from tandem.model.stage import LayerRange
 from tandem.node.healing import (
     REPLACE_DELAY_SECONDS,
@@ -27,6 +28,7 @@ from tandem.node.healing import (
     replace_now,
     stale_launch_failures,
 )
+from tandem.protocol.runner import GenerateRequest
 
 REQUEST = PlacementRequest(context_length=256, num_sequences=4, quantize="int4", dtype="float32")
 
@@ -94,3 +96,13 @@ def test_joins_and_leaves_are_noted_against_the_recorded_nodes():
     )
     entries = membership_notes(before, {"a", "c"})
     assert [(e.kind, e.node_id) for e in entries] == [("joined", "c"), ("left", "b")]
+
+
+def test_a_sampled_request_keeps_one_seed_for_its_life_so_a_resume_draws_the_same():
+    sampled = with_seed(GenerateRequest(prompt="hi", params=SamplingParams(temperature=0.7)))
+    assert sampled.params.seed is not None
+    assert with_seed(sampled) == sampled  # a resume starts from the kept command
+    chosen = GenerateRequest(prompt="hi", params=SamplingParams(temperature=0.7, seed=5))
+    assert with_seed(chosen).params.seed == 5
+    greedy = GenerateRequest(prompt="hi", params=SamplingParams(temperature=0.0))
+    assert with_seed(greedy) == greedy

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import time
 from dataclasses import replace
 
@@ -141,6 +142,7 @@ class Serving:
         """Find (or launch) the instance and wait until its runner has accepted the request (a
         full queue is a 429). The caller owns the returned generation and must close it."""
         instance = await self.instance_for(name)
+        command = with_seed(command)
         release = self.in_flight.count_in(instance)
 
         async def resume(lost: Instance, sent: tuple[int, ...]) -> Resumed:
@@ -192,6 +194,15 @@ class Serving:
         raise GenerationFailed(
             f"instance {lost.instance_id} was lost and no replacement was ready within {RESUME_WAIT_SECONDS:.0f} s"
         )
+
+
+def with_seed(command: GenerateRequest) -> GenerateRequest:
+    """A sampled request without a seed gets one here, kept for its life: a resume on another
+    instance then draws what the lost one would have drawn."""
+    params = command.params
+    if params.seed is not None or params.greedy or command.embed:
+        return command
+    return replace(command, params=replace(params, seed=secrets.randbits(63)))
 
 
 def successor_of(state: ClusterState, instance_id: str) -> Instance | str | None:
