@@ -91,6 +91,9 @@ class Serving:
             failed = self.matching(name)
             if failed:
                 raise APIError(503, f"instance {failed[0].instance_id} of {name} failed: {failed[0].error}")
+            lost = not_replaced(self.cluster.state, name)
+            if lost is not None:
+                raise APIError(503, lost, code="model_does_not_fit")
             raise APIError(
                 404,
                 f"model {name!r} is not running and is not one this cluster can launch by name; "
@@ -123,6 +126,11 @@ class Serving:
             except TandemError as error:
                 raise planning_error(name, error) from None
             if isinstance(placement, Infeasible):
+                lost = not_replaced(self.cluster.state, name)
+                if lost is not None:  # it did fit, until a node left: the service is unavailable
+                    raise APIError(
+                        503, f"model {name!r} no longer fits this cluster: {lost}", code="model_does_not_fit"
+                    )
                 raise APIError(
                     400,
                     f"model {name!r} does not fit this cluster: {placement.reason}",
@@ -212,6 +220,15 @@ def successor_of(state: ClusterState, instance_id: str) -> Instance | str | None
     if successor is not None:
         return successor
     refused = [e for e in state.history if e.kind == "not_replaced" and e.instance_id == instance_id]
+    return refused[-1].message if refused else None
+
+
+def not_replaced(state: ClusterState, model: str) -> str | None:
+    """Why the newest instance of `model` that was lost could not be re-placed, if the history
+    says so (and no instance of it runs now)."""
+    if any(i.model == model and i.status != "failed" for i in state.instances):
+        return None
+    refused = [e for e in state.history if e.kind == "not_replaced" and e.model == model]
     return refused[-1].message if refused else None
 
 

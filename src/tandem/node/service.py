@@ -15,7 +15,7 @@ from tandem.node.instances import InstanceManager
 from tandem.node.model_files import ModelFiles
 from tandem.node.node import Node
 from tandem.node.options import NodeOptions
-from tandem.node.profile import profile_devices
+from tandem.node.profile import limit_memory, profile_devices
 from tandem.protocol.control import LaunchRequest
 from tandem.protocol.runner import GenerateRequest, RequestEvent
 from tandem.settings import SECRET_FILE
@@ -39,6 +39,7 @@ class NodeService:
         devices = profile_devices(
             options.data_dir, list(options.devices) if options.devices else None, remeasure=options.remeasure
         )
+        devices = limit_memory(devices, options.memory_limit)
         board = DownloadBoard()
         node = Node(options, node_id, secret.secret, devices, board)
         files = ModelFiles(node, board)
