@@ -178,7 +178,7 @@ class Serving:
             await events.aclose()  # type: ignore[attr-defined]
             detail = getattr(first, "message", None) or type(first).TAG
             raise GenerationFailed(f"the replacement {replacement.instance_id} refused it: {detail}")
-        return Resumed(events, replacement, release)
+        return Resumed(events, replacement, release, first)
 
     async def _replacement_of(self, lost: Instance) -> Instance:
         """The ready instance that took over from `lost` (following replacements of replacements);
