@@ -6,6 +6,7 @@ no runner process may leak and the coordinator's memory must stay put."""
 from __future__ import annotations
 
 import importlib.util
+import sys
 from pathlib import Path
 
 SOAK = Path(__file__).parents[2] / "tools" / "soak.py"
@@ -15,6 +16,7 @@ def load_soak():
     spec = importlib.util.spec_from_file_location("soak", SOAK)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
+    sys.modules["soak"] = module  # its dataclasses look their module up
     spec.loader.exec_module(module)
     return module
 
