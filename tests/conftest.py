@@ -39,6 +39,7 @@ SLOW_MODULES = {
     "cluster/test_discovery_nodes.py",
     "cluster/test_exposure_nodes.py",
     "cluster/test_control_walls.py",
+    "cluster/test_node_loss.py",
     "cluster/test_nodes.py",
     "cluster/test_request_paths.py",
     "dashboard/test_cluster_views.py",
@@ -61,6 +62,7 @@ SLOW_MODULES = {
     "store/test_download_errors.py",
     "store/test_ollama_pull.py",
     "store/test_peer_files.py",
+    "tools/test_soak.py",
 }
 
 TEST_DEVICE = os.environ.get("TANDEM_TEST_DEVICE", "cpu")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -135,3 +136,30 @@ def test_seeded_request_is_unaffected_by_its_batch_neighbours(checkpoint_factory
     together = [event.token_id for event in engine.generate([1, 2, 3], params)]
     engine.abort(other)
     assert together == alone
+
+
+@pytest.mark.parametrize("earlier", [1, 9])
+def test_a_resumed_request_draws_what_the_undisturbed_one_drew(checkpoint_factory, earlier):
+    """Resumed after `earlier` tokens (those ids after the prompt, `resumed` saying how many), a
+    seeded request draws the same next tokens: each draw depends on the seed and the token's
+    index, and the earlier tokens count as output for the penalties."""
+    checkpoint = checkpoint_factory("llama-gqa")
+    engine = create_local_engine(checkpoint.path, device="cpu", dtype="float32")
+    prompt = [5, 17, 42]
+    params = SamplingParams(
+        max_tokens=20,
+        temperature=1.0,
+        top_k=50,
+        seed=31,
+        presence_penalty=0.5,
+        frequency_penalty=0.3,
+        ignore_eos=True,
+    )
+    undisturbed = [event.token_id for event in engine.generate(prompt, params)]
+    resumed = replace(params, max_tokens=params.max_tokens - earlier, resumed=earlier)
+    neighbour = engine.add_request(
+        [9, 8, 7, 6], SamplingParams(max_tokens=40, temperature=1.0, ignore_eos=True)
+    )
+    rest = [event.token_id for event in engine.generate(prompt + undisturbed[:earlier], resumed)]
+    engine.abort(neighbour)
+    assert undisturbed[:earlier] + rest == undisturbed

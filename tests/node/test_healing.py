@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from tandem.api.serving import successor_of
+from tandem.api.serving import not_replaced, successor_of, with_seed
 from tandem.cluster.placement import Placement, PlacementRequest
 from tandem.cluster.state import (
     ClusterState,
@@ -17,9 +17,11 @@ from tandem.cluster.state import (
     apply,
 )
 from tandem.cluster.topology import NodeInfo
+from tandem.model.sampling_params import SamplingParams
 from tandem.model.stage import LayerRange
 from tandem.node.healing import (
     REPLACE_DELAY_SECONDS,
+    failure_reason,
     instances_to_replace,
     membership_notes,
     note,
@@ -27,6 +29,7 @@ from tandem.node.healing import (
     replace_now,
     stale_launch_failures,
 )
+from tandem.protocol.runner import GenerateRequest
 
 REQUEST = PlacementRequest(context_length=256, num_sequences=4, quantize="int4", dtype="float32")
 
@@ -94,3 +97,31 @@ def test_joins_and_leaves_are_noted_against_the_recorded_nodes():
     )
     entries = membership_notes(before, {"a", "c"})
     assert [(e.kind, e.node_id) for e in entries] == [("joined", "c"), ("left", "b")]
+
+
+def test_a_sampled_request_keeps_one_seed_for_its_life_so_a_resume_draws_the_same():
+    sampled = with_seed(GenerateRequest(prompt="hi", params=SamplingParams(temperature=0.7)))
+    assert sampled.params.seed is not None
+    assert with_seed(sampled) == sampled  # a resume starts from the kept command
+    chosen = GenerateRequest(prompt="hi", params=SamplingParams(temperature=0.7, seed=5))
+    assert with_seed(chosen).params.seed == 5
+    greedy = GenerateRequest(prompt="hi", params=SamplingParams(temperature=0.0))
+    assert with_seed(greedy) == greedy
+
+
+def test_a_failure_is_told_by_the_node_that_left_not_by_the_rank_that_saw_its_peer_go():
+    seen_by_rank_0 = instance("x", status="failed", served=True, error="rank 0 on node a: connection reset")
+    both = ClusterState(nodes=(NodeInfo("a", "h", "127.0.0.1:1", ()), NodeInfo("b", "h", "127.0.0.1:2", ())))
+    assert failure_reason(seen_by_rank_0, both) == "rank 0 on node a: connection reset"
+    only_a = replace(both, nodes=both.nodes[:1])
+    assert failure_reason(seen_by_rank_0, only_a) == "node b left the cluster"
+
+
+def test_new_requests_hear_why_a_lost_model_was_not_re_placed_until_it_runs_again():
+    entry = note(
+        "not_replaced", "x of demo was lost (node b left the cluster): no fit", instance_id="x", model="demo"
+    )
+    state = apply(ClusterState(), HistoryNoted(entry))
+    assert not_replaced(state, "demo") == entry.message
+    assert not_replaced(state, "other") is None
+    assert not_replaced(replace(state, instances=(instance("y"),)), "demo") is None

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from tandem.cluster.topology import DeviceInfo
+from tandem.node.profile import limit_memory
 from tandem.node.telemetry import Telemetry
 
 
@@ -49,3 +50,16 @@ def test_gpus_report_load_and_power_through_nvml():
         assert device.power_limit > 0 and 0 < device.power_draw < 2 * device.power_limit
         assert device.memory_free > 0
     assert busy[0].utilization > 0.5, busy[0]
+
+
+def test_a_node_offers_at_most_its_memory_limit_however_much_is_free():
+    cpu = DeviceInfo(
+        "cpu", 0, "cpu", psutil.virtual_memory().total, psutil.virtual_memory().available, 1.0, 1.0
+    )
+    (limited,) = limit_memory((cpu,), 10**9)
+    assert limited.memory_total == 10**9 and limited.memory_free <= 10**9
+    telemetry = Telemetry()
+    (read,) = telemetry.refresh((limited,))
+    telemetry.close()
+    assert read.memory_free <= 10**9
+    assert limit_memory((cpu,), None) == (cpu,)

@@ -8,6 +8,7 @@ answer ends, aborts the request if it is still running and frees its KV-cache sl
 When the instance is lost mid-answer (a node left, a runner died), the generation resumes on
 the instance that replaces it (`node/healing.py`): the prompt and the tokens already sent are
 computed again there and the stream goes on from the next token, none lost and none repeated.
+A request that reaches the instance as it breaks, before it was taken, starts on the replacement.
 """
 
 from __future__ import annotations
@@ -36,12 +37,13 @@ class GenerationFailed(TandemError):
 
 @dataclass
 class Resumed:
-    """Where a lost request goes on: the replacement's events (its `Accepted` already read),
-    the instance, and the function that counts the request out of it."""
+    """Where a lost request goes on: the replacement's events (its `Accepted`, here, already
+    read), the instance, and the function that counts the request out of it."""
 
     events: AsyncIterator[RequestEvent]
     instance: Instance
     release: Callable[[], None]
+    accepted: Accepted
 
 
 # Given the failed instance and the token ids sent so far: the request started again elsewhere.
@@ -96,13 +98,12 @@ class Generation:
             await self.aclose()
             raise APIError(404, str(error), code="model_not_found") from None
         except (TandemError, StopAsyncIteration) as error:
-            self.timer.finished("failed")
-            await self.aclose()
-            detail = str(error) or "the instance ended the request before taking it"
-            raise APIError(503, f"instance {self.instance.instance_id} is not available: {detail}") from None
+            first = RequestError(str(error) or "the instance ended the request before taking it")
         except BaseException:
             await self.aclose()
             raise
+        if isinstance(first, RequestError) and self.resume is not None:
+            first = await self._resume_before_accepted(first.message)
         if isinstance(first, Accepted):
             self.prompt_tokens = first.prompt_tokens
             self.tool_format = first.tool_format
@@ -126,6 +127,18 @@ class Generation:
                 retry_after=RETRY_AFTER_SECONDS,
             )
         raise APIError(503, f"instance {self.instance.instance_id} failed the request: {message}")
+
+    async def _resume_before_accepted(self, message: str) -> Accepted:
+        """The instance broke as the request reached it (a stage was lost): the request starts
+        on the replacement instead. APIError 503 when there is none."""
+        try:
+            return await self._resume_elsewhere(GenerationFailed(message))
+        except GenerationFailed as error:
+            await self.aclose()
+            raise APIError(503, f"instance {self.instance.instance_id} is not available: {error}") from None
+        except BaseException:
+            await self.aclose()
+            raise
 
     async def tokens(self) -> AsyncIterator[Token]:
         """The token events; the last one carries `finish_reason`. Raises GenerationFailed."""
@@ -165,8 +178,9 @@ class Generation:
             raise GenerationFailed(str(error)) from None
         raise GenerationFailed("the instance's event stream ended before the request finished")
 
-    async def _resume_elsewhere(self, error: GenerationFailed) -> None:
-        """Go on where the lost instance's replacement runs; GenerationFailed if there is none."""
+    async def _resume_elsewhere(self, error: GenerationFailed) -> Accepted:
+        """Go on where the lost instance's replacement runs (its acceptance returned);
+        GenerationFailed if there is none."""
         assert self.resume is not None
         self.resumes += 1
         log.warning(
@@ -186,6 +200,7 @@ class Generation:
             self.timer.finished("failed")
             raise
         self.events, self.instance, self.release = resumed.events, resumed.instance, resumed.release
+        return resumed.accepted
         log.info("request resumed on instance %s", self.instance.instance_id)
 
     async def collect(self) -> Completion:

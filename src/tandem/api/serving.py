@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import time
 from dataclasses import replace
 
@@ -90,6 +91,9 @@ class Serving:
             failed = self.matching(name)
             if failed:
                 raise APIError(503, f"instance {failed[0].instance_id} of {name} failed: {failed[0].error}")
+            lost = not_replaced(self.cluster.state, name)
+            if lost is not None:
+                raise APIError(503, lost, code="model_does_not_fit")
             raise APIError(
                 404,
                 f"model {name!r} is not running and is not one this cluster can launch by name; "
@@ -122,6 +126,11 @@ class Serving:
             except TandemError as error:
                 raise planning_error(name, error) from None
             if isinstance(placement, Infeasible):
+                lost = not_replaced(self.cluster.state, name)
+                if lost is not None:  # it did fit, until a node left: the service is unavailable
+                    raise APIError(
+                        503, f"model {name!r} no longer fits this cluster: {lost}", code="model_does_not_fit"
+                    )
                 raise APIError(
                     400,
                     f"model {name!r} does not fit this cluster: {placement.reason}",
@@ -141,6 +150,7 @@ class Serving:
         """Find (or launch) the instance and wait until its runner has accepted the request (a
         full queue is a 429). The caller owns the returned generation and must close it."""
         instance = await self.instance_for(name)
+        command = with_seed(command)
         release = self.in_flight.count_in(instance)
 
         async def resume(lost: Instance, sent: tuple[int, ...]) -> Resumed:
@@ -168,7 +178,7 @@ class Serving:
             await events.aclose()  # type: ignore[attr-defined]
             detail = getattr(first, "message", None) or type(first).TAG
             raise GenerationFailed(f"the replacement {replacement.instance_id} refused it: {detail}")
-        return Resumed(events, replacement, release)
+        return Resumed(events, replacement, release, first)
 
     async def _replacement_of(self, lost: Instance) -> Instance:
         """The ready instance that took over from `lost` (following replacements of replacements);
@@ -194,6 +204,15 @@ class Serving:
         )
 
 
+def with_seed(command: GenerateRequest) -> GenerateRequest:
+    """A sampled request without a seed gets one here, kept for its life: a resume on another
+    instance then draws what the lost one would have drawn."""
+    params = command.params
+    if params.seed is not None or params.greedy or command.embed:
+        return command
+    return replace(command, params=replace(params, seed=secrets.randbits(63)))
+
+
 def successor_of(state: ClusterState, instance_id: str) -> Instance | str | None:
     """The live instance placed to take over from `instance_id`, the reason there will be none
     (the history says it cannot be re-placed), or None (not decided yet)."""
@@ -201,6 +220,15 @@ def successor_of(state: ClusterState, instance_id: str) -> Instance | str | None
     if successor is not None:
         return successor
     refused = [e for e in state.history if e.kind == "not_replaced" and e.instance_id == instance_id]
+    return refused[-1].message if refused else None
+
+
+def not_replaced(state: ClusterState, model: str) -> str | None:
+    """Why the newest instance of `model` that was lost could not be re-placed, if the history
+    says so (and no instance of it runs now)."""
+    if any(i.model == model and i.status != "failed" for i in state.instances):
+        return None
+    refused = [e for e in state.history if e.kind == "not_replaced" and e.model == model]
     return refused[-1].message if refused else None
 
 

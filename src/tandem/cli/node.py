@@ -39,6 +39,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--runner-threads", type=int, help="CPU threads per runner process")
     parser.add_argument(
+        "--memory",
+        type=float,
+        metavar="GB",
+        help="memory each device offers the cluster at most, in GB (default: all that is free)",
+    )
+    parser.add_argument(
         "--data-dir",
         type=Path,
         help="identity, secret and caches (default: TANDEM_HOME or ~/.local/share/tandem)",
@@ -98,6 +104,7 @@ def options_from_args(args: argparse.Namespace):
         devices=tuple(d.strip() for d in args.devices.split(",")) if args.devices else None,
         runner_threads=args.runner_threads,
         engine=args.engine,
+        memory_limit=None if args.memory is None else round(args.memory * 1e9),
         remeasure=args.remeasure,
         models_dirs=tuple(args.models_dir),
         api_key=args.api_key or settings.api_key(),
@@ -109,6 +116,8 @@ def options_from_args(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     if args.queue_limit < 0:
         raise TandemError("--queue-limit must be 0 or more")
+    if args.memory is not None and args.memory <= 0:
+        raise TandemError("--memory must be more than 0 GB")
     from tandem.node.app import run_node
 
     run_node(options_from_args(args))

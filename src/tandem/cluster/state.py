@@ -72,6 +72,7 @@ class HistoryEntry:
     message: str
     node_id: NodeId | None = None
     instance_id: str | None = None
+    model: str | None = None  # the instance's model, where the event is about an instance
 
 
 @dataclass(frozen=True)

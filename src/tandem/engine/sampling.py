@@ -1,8 +1,10 @@
 """Choosing the next token: a chain of small pure functions over one sequence's logits.
 
 Order: the grammar mask of a constrained sequence (over the whole batch at once), penalties,
-temperature, top-k, top-p, min-p, then a draw from the sequence's own seeded generator (so a
-seeded request gives the same tokens whatever else shares its batch).
+temperature, top-k, top-p, min-p, then a draw from the sequence's own generator, seeded afresh
+for every token from the request's seed and the token's index in the output (`draw_seed`): a
+seeded request gives the same tokens whatever else shares its batch, and a request resumed
+after `resumed` tokens (on another instance) draws exactly what the lost one would have drawn.
 """
 
 from __future__ import annotations
@@ -20,6 +22,18 @@ from tandem.model.step import TokenChoice
 
 if TYPE_CHECKING:
     import xgrammar
+
+
+MASK_63 = (1 << 63) - 1
+
+
+def draw_seed(seed: int, index: int) -> int:
+    """The generator seed of output token `index` of a request seeded `seed` (splitmix64 of the
+    pair, so neighbouring indices and seeds give unrelated streams)."""
+    value = (seed + (index + 1) * 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF
+    value = ((value ^ (value >> 30)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
+    value = ((value ^ (value >> 27)) * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
+    return (value ^ (value >> 31)) & MASK_63
 
 
 def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
@@ -75,9 +89,11 @@ def apply_min_p(logits: torch.Tensor, min_p: float) -> torch.Tensor:
 
 @dataclass
 class SamplerState:
-    """What sampling remembers about one sequence: its generator and the tokens seen so far."""
+    """What sampling remembers about one sequence: its seed and generator, and the tokens seen
+    so far (`output_tokens` starts with a resumed request's earlier output)."""
 
     params: SamplingParams
+    seed: int
     generator: torch.Generator
     seen: torch.Tensor  # [n] unique ids of prompt and output tokens (repetition penalty)
     output_counts: torch.Tensor  # [vocab] occurrences of each generated token
@@ -93,8 +109,7 @@ class SamplerState:
         device: torch.device,
         grammars: Grammars | None = None,
     ) -> SamplerState:
-        generator = torch.Generator(device=device)
-        generator.manual_seed(params.seed if params.seed is not None else secrets.randbits(63))
+        seed = params.seed if params.seed is not None else secrets.randbits(63)
         needs_history = params.has_penalties
         seen = torch.tensor(sorted(set(prompt_ids)) if needs_history else [], dtype=torch.long, device=device)
         counts = torch.zeros(vocab_size if needs_history else 0, dtype=torch.long, device=device)
@@ -103,7 +118,11 @@ class SamplerState:
             if grammars is None:
                 raise InvalidRequestError("this engine cannot constrain its output to a grammar")
             matcher = grammars.matcher(params.constraint)
-        return cls(params=params, generator=generator, seen=seen, output_counts=counts, matcher=matcher)
+        state = cls(params, seed, torch.Generator(device=device), seen, counts, matcher=matcher)
+        earlier = prompt_ids[len(prompt_ids) - params.resumed :] if params.resumed else []
+        for token_id in earlier:
+            state.record(token_id)
+        return state
 
     def record(self, token_id: int) -> None:
         self.output_tokens.append(token_id)
@@ -135,6 +154,7 @@ def choose_token(logits: torch.Tensor, state: SamplerState) -> int:
     if state.params.greedy:
         return int(processed.argmax(-1))
     probs = processed.softmax(-1)
+    state.generator.manual_seed(draw_seed(state.seed, len(state.output_tokens)))
     return int(torch.multinomial(probs, 1, generator=state.generator))
 
 

@@ -33,6 +33,9 @@ class SamplingParams:
     logprobs: int | None = None  # None: off; n >= 0: the chosen token's log-probability and the top n
     skip_special_tokens: bool = True  # False: special tokens' text stays (a model's tool-call markers)
     constraint: OutputConstraint | None = None  # a grammar the output must follow (JSON, tool calls)
+    # A resumed request's output produced before (on an instance since lost): that many tokens end
+    # its prompt, count as output for penalties and grammar, and its draws go on from that index.
+    resumed: int = 0
 
     def __post_init__(self) -> None:
         checks = [
@@ -52,6 +55,7 @@ class SamplingParams:
                 "seed must be a non-negative integer below 2**63",
             ),
             (all(isinstance(s, str) and s for s in self.stop), "stop strings must be non-empty"),
+            (isinstance(self.resumed, int) and self.resumed >= 0, "resumed must be a non-negative integer"),
             (
                 self.logprobs is None or 0 <= self.logprobs <= MAX_TOP_LOGPROBS,
                 f"logprobs must be between 0 and {MAX_TOP_LOGPROBS}",

@@ -45,6 +45,17 @@ def stale_launch_failures(state: ClusterState) -> tuple[Instance, ...]:
     return tuple(stale)
 
 
+def failure_reason(instance: Instance, state: ClusterState) -> str:
+    """Why a failed instance failed, as the history and the requests left waiting hear it: the
+    nodes of its runners that left the cluster, where any did (the first error reported is often
+    a runner's about its dead peer, naming the node that is still alive), else its error."""
+    alive = {node.node_id for node in state.nodes}
+    gone = sorted({runner.node_id for runner in instance.runners} - alive)
+    if gone:
+        return f"node {', '.join(gone)} left the cluster"
+    return instance.error or "its runners stopped"
+
+
 def relaunch_request(instance: Instance) -> LaunchRequest:
     """The launch that replaces `instance`: its model, context, sequences, weights and dtype, on
     whatever devices the placement finds now (devices it was forced onto may be gone)."""
@@ -59,9 +70,13 @@ def relaunch_request(instance: Instance) -> LaunchRequest:
 
 
 def note(
-    kind: HistoryKind, message: str, node_id: str | None = None, instance_id: str | None = None
+    kind: HistoryKind,
+    message: str,
+    node_id: str | None = None,
+    instance_id: str | None = None,
+    model: str | None = None,
 ) -> HistoryEntry:
-    return HistoryEntry(time.time(), kind, message, node_id=node_id, instance_id=instance_id)
+    return HistoryEntry(time.time(), kind, message, node_id=node_id, instance_id=instance_id, model=model)
 
 
 def membership_notes(before: ClusterState, alive_ids: set[str]) -> list[HistoryEntry]:

@@ -34,6 +34,7 @@ from tandem.model.config import context_size, load_model_config
 from tandem.model.shapes import ModelShape, shape_from_model_config
 from tandem.node.healing import (
     MAX_REPLACE_ATTEMPTS,
+    failure_reason,
     instances_to_replace,
     note,
     relaunch_request,
@@ -312,22 +313,28 @@ class InstanceManager:
             if not replace_now(instance, now - failed_at):
                 continue
             self._failed_at.pop(instance.instance_id, None)
+            reason = failure_reason(instance, self.node.state)
             self.node.apply(InstanceRemoved(instance.instance_id))
-            message = f"instance {instance.instance_id} of {instance.model} failed: {instance.error}"
+            message = f"instance {instance.instance_id} of {instance.model} failed: {reason}"
             self.node.apply(HistoryNoted(note("failed", message, instance_id=instance.instance_id)))
             if not instance.served and instance.attempt >= MAX_REPLACE_ATTEMPTS:
                 message = (
                     f"instance {instance.replaces} of {instance.model} was lost and {instance.attempt} "
-                    f"replacements failed; the last: {instance.error}"
+                    f"replacements failed; the last: {reason}"
                 )
                 log.warning("%s", message)
-                self.node.apply(HistoryNoted(note("not_replaced", message, instance_id=instance.replaces)))
+                self.node.apply(
+                    HistoryNoted(
+                        note("not_replaced", message, instance_id=instance.replaces, model=instance.model)
+                    )
+                )
                 continue
-            self.node.keep_task_running(self._replace(instance))
+            self.node.keep_task_running(self._replace(instance, reason))
 
-    async def _replace(self, failed: Instance) -> None:
-        """Launch the instance that takes over from `failed`. A replacement that failed to launch
-        is retried under the id of the instance that was lost, so requests waiting for it find it."""
+    async def _replace(self, failed: Instance, reason: str) -> None:
+        """Launch the instance that takes over from `failed` (which failed for `reason`). A
+        replacement that failed to launch is retried under the id of the instance that was lost,
+        so requests waiting for it find it."""
         await self._stop_runners_everywhere(failed)
         lost = failed.instance_id if failed.served else (failed.replaces or failed.instance_id)
         attempt = 1 if failed.served else failed.attempt + 1
@@ -336,9 +343,11 @@ class InstanceManager:
                 relaunch_request(failed), replaces=lost, attempt=attempt
             )
         except TandemError as error:
-            message = f"instance {lost} of {failed.model} was lost ({failed.error}) and cannot be re-placed: {error}"
+            message = (
+                f"instance {lost} of {failed.model} was lost ({reason}) and cannot be re-placed: {error}"
+            )
             log.warning("%s", message)
-            self.node.apply(HistoryNoted(note("not_replaced", message, instance_id=lost)))
+            self.node.apply(HistoryNoted(note("not_replaced", message, instance_id=lost, model=failed.model)))
             return
         where = ", ".join(sorted({r.node_id for r in replacement.runners}))
         message = (

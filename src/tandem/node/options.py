@@ -26,6 +26,7 @@ class NodeOptions:
     devices: tuple[str, ...] | None = None  # torch device names this node may use; None: all
     runner_threads: int | None = None  # CPU threads per runner process
     engine: str | None = None  # --engine: "torch", "mlx"; None: MLX on Apple silicon, else torch
+    memory_limit: int | None = None  # bytes each device offers at most (--memory); None: all it has
     remeasure: bool = False
     models_dirs: tuple[Path, ...] = ()  # folders of checkpoint directories to offer (--models-dir)
     api_key: str | None = None  # --api-key, else TANDEM_API_KEY; None: no key

@@ -1,7 +1,9 @@
 """What this machine has: its devices, with matrix throughput and memory bandwidth measured once.
 
 The measurements take a second or two per device at a node's first start and are cached in the
-data directory, keyed by the hardware they describe; free memory is read fresh every time.
+data directory, keyed by the hardware they describe; free memory is read fresh every time. A
+node may offer less memory than it has (`--memory`): its devices' total is capped and free
+memory never reads more than the total.
 """
 
 from __future__ import annotations
@@ -108,15 +110,32 @@ def profile_devices(
     return tuple(devices)
 
 
+def limit_memory(devices: tuple[DeviceInfo, ...], limit: int | None) -> tuple[DeviceInfo, ...]:
+    """The devices offering at most `limit` bytes each (None: all they have)."""
+    if limit is None:
+        return devices
+    return tuple(
+        DeviceInfo(
+            **{
+                **device.__dict__,
+                "memory_total": min(device.memory_total, limit),
+                "memory_free": min(device.memory_free, limit),
+            }
+        )
+        for device in devices
+    )
+
+
 def refresh_free_memory(devices: tuple[DeviceInfo, ...]) -> tuple[DeviceInfo, ...]:
-    """The same devices with free memory read now (measurements unchanged)."""
+    """The same devices with free memory read now (measurements unchanged), never more than
+    their total (which `limit_memory` may have capped)."""
     refreshed = []
     for device in devices:
         if device.kind == "cuda":
             free, _ = torch.cuda.mem_get_info(device.index)
         else:
             free = psutil.virtual_memory().available
-        refreshed.append(DeviceInfo(**{**device.__dict__, "memory_free": free}))
+        refreshed.append(DeviceInfo(**{**device.__dict__, "memory_free": min(free, device.memory_total)}))
     return tuple(refreshed)
 
 

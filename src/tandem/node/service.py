@@ -15,7 +15,7 @@ from tandem.node.instances import InstanceManager
 from tandem.node.model_files import ModelFiles
 from tandem.node.node import Node
 from tandem.node.options import NodeOptions
-from tandem.node.profile import node_engine, profile_devices, with_engine
+from tandem.node.profile import limit_memory, node_engine, profile_devices, with_engine
 from tandem.protocol.control import LaunchRequest
 from tandem.protocol.runner import GenerateRequest, RequestEvent
 from tandem.settings import SECRET_FILE
@@ -40,6 +40,7 @@ class NodeService:
             options.data_dir, list(options.devices) if options.devices else None, remeasure=options.remeasure
         )
         devices = with_engine(devices, node_engine(options.engine))
+        devices = limit_memory(devices, options.memory_limit)
         board = DownloadBoard()
         node = Node(options, node_id, secret.secret, devices, board)
         files = ModelFiles(node, board)

@@ -250,7 +250,7 @@ class Driver:
             prompt = prompt or prompt_of(self.engine, request, self.vocab_size)
             params = prompt.params
             if resumed:
-                params = replace(params, max_tokens=params.max_tokens - len(resumed))
+                params = replace(params, max_tokens=params.max_tokens - len(resumed), resumed=len(resumed))
             seq_id = self.engine.add_request(prompt.prompt_ids + resumed, params)
         except TandemError as error:
             self.emit(Rejected(request_id, str(error)))
