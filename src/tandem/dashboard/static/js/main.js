@@ -1,6 +1,7 @@
 // The dashboard page: follow the cluster state and hand each new state to every panel.
 
 import { watchCluster } from "./api.js";
+import { KeyPrompt } from "./auth.js";
 import { ChatPanel } from "./chat.js";
 import { ClusterView } from "./cluster.js";
 import { InstancesPanel } from "./instances.js";
@@ -46,12 +47,23 @@ const instances = new InstancesPanel(
   },
 );
 
+const keyPrompt = new KeyPrompt({
+  panel: byId("key-panel"),
+  form: byId("key-form"),
+  input: byId("key-input"),
+  remember: byId("key-remember"),
+  message: byId("key-message"),
+  forget: byId("key-forget"),
+});
+
 const connection = byId("connection");
+const CONNECTION_TEXT = { live: "live", reconnecting: "reconnecting…", key: "API key needed" };
 
 function setConnection(status) {
   connection.dataset.status = status;
-  connection.textContent = status === "live" ? "live" : "reconnecting…";
+  connection.textContent = CONNECTION_TEXT[status];
   document.body.classList.toggle("stale", status !== "live");
+  if (status === "live") keyPrompt.accepted();
 }
 
 watchCluster((view) => {
