@@ -17,6 +17,8 @@ const cluster = new ClusterView({
 });
 const models = new ModelsPanel({
   list: byId("model-list"),
+  search: byId("model-search"),
+  shown: byId("model-count"),
   form: byId("launch-form"),
   devices: byId("launch-devices"),
   preview: byId("preview"),
