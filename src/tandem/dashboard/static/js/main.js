@@ -6,6 +6,7 @@ import { ChatPanel } from "./chat.js";
 import { ClusterView } from "./cluster.js";
 import { InstancesPanel } from "./instances.js";
 import { ModelsPanel } from "./models.js";
+import { TopologyView } from "./topology.js";
 
 const byId = (id) => document.getElementById(id);
 
@@ -15,6 +16,7 @@ const cluster = new ClusterView({
   summary: byId("cluster-summary"),
   history: byId("history"),
 });
+const topology = new TopologyView(byId("topology"));
 const models = new ModelsPanel({
   list: byId("model-list"),
   search: byId("model-search"),
@@ -72,6 +74,7 @@ watchCluster((view) => {
   setConnection("live");
   byId("node-title").textContent = view.nodes.find((node) => node.node_id === view.self)?.name ?? "";
   cluster.update(view);
+  topology.update(view);
   models.update(view);
   instances.update(view);
   chat.update(view);
