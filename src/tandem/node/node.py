@@ -36,6 +36,7 @@ from tandem.node.healing import membership_notes
 from tandem.node.log_throttle import LogThrottle
 from tandem.node.membership import Membership
 from tandem.node.options import HEARTBEAT_INTERVAL, LINK_MEASURE_INTERVAL, PEER_TIMEOUT, NodeOptions
+from tandem.node.profile import host_id
 from tandem.node.supervisor import Supervisor
 from tandem.node.telemetry import Telemetry
 from tandem.protocol.control import Blob, Done, Heartbeat, HeartbeatReply
@@ -79,6 +80,7 @@ class Node:
             address=f"{host}:{options.port}",
             devices=devices,
             version=__version__,
+            host=host_id(),
         )
         self.membership = Membership(node_id, self.started_at, PEER_TIMEOUT)
         for address in options.static_peers:
