@@ -89,6 +89,7 @@ class Node:
         self.control = ControlClient(node_id, secret)
         self.replay_window = ReplayWindow()  # nonces of the signed messages received lately
         self.refusal_log = LogThrottle()  # refused messages, logged once a minute per sender
+        self.refused_by: dict[str, str] = {}  # peer address -> why it refused our signature (dashboard)
         self.supervisor = Supervisor(self.on_runner_report, secret)
         self.downloads = downloads  # this node's downloads, shown in its heartbeats
         self._nodes_published_at = 0.0
@@ -229,6 +230,7 @@ class Node:
                 to=next(known, ANY_NODE),
             )
         except SignatureRefused as error:  # the other side logs it too; this side must not stay silent
+            self.refused_by[address] = str(error)
             if self.refusal_log.due(f"refused by {address}", time.monotonic()):
                 log.warning("%s", error)
             return
@@ -238,6 +240,7 @@ class Node:
             else:
                 log.warning("%s", error)
             return
+        self.refused_by.pop(address, None)
         self._accept_reply(reply, time.perf_counter() - started)
 
     async def heartbeat_forever(self) -> None:

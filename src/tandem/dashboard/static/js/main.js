@@ -6,6 +6,7 @@ import { ChatPanel } from "./chat.js";
 import { ClusterView } from "./cluster.js";
 import { InstancesPanel } from "./instances.js";
 import { ModelsPanel } from "./models.js";
+import { RefusalsView } from "./refusals.js";
 import { TopologyView } from "./topology.js";
 
 const byId = (id) => document.getElementById(id);
@@ -17,6 +18,7 @@ const cluster = new ClusterView({
   history: byId("history"),
 });
 const topology = new TopologyView(byId("topology"));
+const refusals = new RefusalsView(byId("refusals"));
 const models = new ModelsPanel({
   list: byId("model-list"),
   search: byId("model-search"),
@@ -75,6 +77,7 @@ watchCluster((view) => {
   byId("node-title").textContent = view.nodes.find((node) => node.node_id === view.self)?.name ?? "";
   cluster.update(view);
   topology.update(view);
+  refusals.update(view);
   models.update(view);
   instances.update(view);
   chat.update(view);
