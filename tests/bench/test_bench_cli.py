@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -11,6 +12,15 @@ import sys
 def tandem_bench(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "tandem.cli.main", "bench", "--shape", "tiny", *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def tandem_bench_shape(shape: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "tandem.cli.main", "bench", "--shape", shape, *args],
         capture_output=True,
         text=True,
         timeout=600,
@@ -74,3 +84,43 @@ def test_bad_plans_are_one_line_errors():
     result = tandem_bench("--plans", "1,tp9")
     assert result.returncode == 1
     assert result.stderr.strip().startswith("tandem: error: --plans takes")
+
+
+def test_on_a_cpu_the_shape_fits_the_free_ram_and_one_that_does_not_is_refused_first():
+    from tandem.bench.shapes import CPU_CHOICES, default_shape, fit_problem, shape_bytes
+
+    context, float32 = 700, 4
+    for free_gb in (2, 8, 22, 64):
+        chosen = default_shape("cpu", float32, float32, context, free_gb * 10**9)
+        assert fit_problem(chosen, float32, float32, context, free_gb * 10**9, "cpu") is None
+        larger = CPU_CHOICES[: CPU_CHOICES.index(chosen)]  # every larger choice does not fit
+        assert all(fit_problem(c, float32, float32, context, free_gb * 10**9, "cpu") for c in larger)
+    assert default_shape("cuda", 2, 2, context, 10**9) == "llama3-8b"  # GPUs keep their default
+    assert shape_bytes("llama3-8b", 1, 2, 0) == shape_bytes("llama3-8b", 2, 2, 0) // 2
+
+    # Refused before anything is allocated: one line, no traceback, a shape that fits named.
+    result = tandem_bench_shape("llama3-70b", "--device", "cpu")
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    [line] = result.stderr.strip().splitlines()
+    assert re.fullmatch(
+        r"tandem: error: shape llama3-70b needs [\d.]+ GB on cpu .* GB free there: --shape \S+ fits, .*", line
+    ), line
+
+
+def test_a_cpu_run_prints_its_progress_and_units_that_read_right():
+    result = tandem_bench("--device", "cpu", "--prompt-lengths", "8", "--decode-tokens", "4")
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.splitlines() == [
+        line for line in result.stderr.splitlines() if line.startswith("tandem bench: ")
+    ]
+    assert re.match(
+        r"tandem bench: tiny on cpu, [\d.]+ [kMG]?B of [\d.]+ GB free; prompts of 8 tokens, 4 decoded",
+        result.stderr,
+    )
+    assert "building the engine with random weights" in result.stderr
+    floors = next(line for line in result.stdout.splitlines() if line.startswith("floors:"))
+    # A CPU's figures in its own units, never "0 TFLOP/s" or "0.00 GB".
+    assert re.match(
+        r"floors: copy [\d.]+ [MGT]B/s, matmul [\d.]+ [MGT]FLOP/s; [\d.]+ [kMG]?B read per token", floors
+    ), floors
+    assert not re.search(r"\b0(\.0+)? [TG]", result.stdout), result.stdout

@@ -26,10 +26,16 @@ PHONE = {"width": 390, "height": 844}
 
 @contextlib.contextmanager
 def open_page(
-    browser, url: str, viewport: dict[str, int] = LAPTOP, allow_errors: bool = False, **options
+    browser,
+    url: str,
+    viewport: dict[str, int] = LAPTOP,
+    allow_errors: bool = False,
+    expected_errors: str | None = None,
+    **options,
 ) -> Iterator:
     """A page in its own context (its own storage), with JavaScript errors failing the test
-    (unless `allow_errors`: a page whose node goes away logs failed reconnections)."""
+    (unless `allow_errors`: a page whose node goes away logs failed reconnections; or they match
+    the regular expression `expected_errors`, as the browser's note on each refused request does)."""
     context = browser.new_context(viewport=viewport, **options)
     page = context.new_page()
     errors: list[str] = []
@@ -41,7 +47,8 @@ def open_page(
     page.goto(url)
     try:
         yield page
-        assert allow_errors or not errors, f"the page logged errors: {errors}"
+        unexpected = [e for e in errors if expected_errors is None or not re.search(expected_errors, e)]
+        assert allow_errors or not unexpected, f"the page logged errors: {unexpected}"
         assert not elsewhere, f"the page fetched from elsewhere: {elsewhere}"
     finally:
         context.close()

@@ -68,7 +68,8 @@ def test_models_list_the_demo_and_the_checkpoints_a_node_was_given(cluster):
     assert small["downloaded"] is False and small["layers"] == 16 and small["fits"]
     assert small["predicted_tokens_per_second"] > 0
     # The engine runs Kimi-K2's FP8 experts: what keeps it off these two nodes is memory.
-    assert not cards["kimi-k2"]["fits"] and "GB for weights" in cards["kimi-k2"]["reason"]
+    # (alpha and beta share this machine's RAM, so a single layer of it may already be too big.)
+    assert not cards["kimi-k2"]["fits"] and re.search(r"GB (for|of) weights", cards["kimi-k2"]["reason"])
     slow = listed["endless-tiny"]
     assert slow["name"] == str(cluster.slow_model) and slow["source"] == "directory"
     assert slow["fits"] and slow["predicted_tokens_per_second"] > 0 and slow["reason"] is None

@@ -12,6 +12,11 @@ from tandem.cluster.state import HistoryEntry, Instance
 from tandem.cluster.topology import LinkInfo, NodeInfo
 
 
+class Refusal(BaseModel):
+    address: str = Field(description="the peer's host:port")
+    message: str = Field(description="what it answered, and the likely cause")
+
+
 class ClusterView(BaseModel):
     """The cluster state as this node sees it."""
 
@@ -25,6 +30,10 @@ class ClusterView(BaseModel):
     instances: list[Instance]
     history: list[HistoryEntry] = Field(
         default_factory=list, description="joins, leaves, failures and re-placements, oldest first"
+    )
+    refused_by: list[Refusal] = Field(
+        default_factory=list,
+        description="peers that refused this node's signature (another cluster secret, most likely)",
     )
 
 

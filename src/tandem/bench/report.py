@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -76,11 +77,13 @@ def run_benchmark(
     decode_tokens: int,
     baseline: bool,
     quantize: str | None = None,
+    progress: Callable[[str], None] = lambda _: None,
 ) -> BenchReport:
     """`quantize` (int8, int4, fp8) runs the engine on the same weights quantized; the baseline
-    stays `transformers` in `dtype`."""
+    stays `transformers` in `dtype`. `progress` gets a line as each step begins."""
     config, raw = named_shape(shape)
     dtype_bytes = torch.finfo(dtype).bits // 8
+    progress("measuring the floors: copy bandwidth and matrix throughput")
     bandwidth = copy_bandwidth(device)
     flops = matmul_flops(device, dtype)
     read = bytes_read_per_token(config, dtype_bytes)
@@ -97,6 +100,7 @@ def run_benchmark(
         decode_floor_tokens_per_second=bandwidth / read,
     )
     if baseline:
+        progress("the baseline: transformers generate on random weights")
         reference = transformers_model(raw, device, dtype)
         timing = time_transformers(reference, config.vocab_size, prompt_lengths, decode_tokens, device)
         report.baseline = {
@@ -119,6 +123,7 @@ def run_benchmark(
         random_weights_seed=0,
         quantize=quantize,
     )
+    progress("building the engine with random weights")
     rank = start_rank(spec)  # what a cluster runner of one rank serves
     engine = rank.engine
     assert engine is not None
@@ -126,6 +131,7 @@ def run_benchmark(
         assert isinstance(rank.stage, ModelRunner)  # a PyTorch-engine spec
         read = report.weight_bytes_read_per_token = model_bytes_read_per_token(rank.stage.model)
         report.decode_floor_tokens_per_second = bandwidth / read
+    progress("timing the prompts, then the decode")
     timing = time_generation(engine, config.vocab_size, prompt_lengths, decode_tokens, device)
     report.engine = {
         "ttft_seconds": timing.ttft_seconds,
@@ -140,12 +146,26 @@ def run_benchmark(
     return report
 
 
+def amount(value: float, unit: str) -> str:
+    """A quantity in the unit that reads right: 40 GB, 1.2 TFLOP, 350 kB."""
+    for prefix, scale in (("P", 1e15), ("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if value >= scale:
+            scaled = value / scale
+            return f"{scaled:.{0 if scaled >= 100 else 1 if scaled >= 10 else 2}f} {prefix}{unit}"
+    return f"{value:.0f} {unit}"
+
+
+def rate(per_second: float, unit: str) -> str:
+    """A rate in the unit that reads right: a CPU's 40 GB/s and 1.2 TFLOP/s, a GPU's 3.1 TB/s."""
+    return f"{amount(per_second, unit)}/s"
+
+
 def format_report(report: BenchReport) -> list[str]:
     engine = report.engine
     lines = [
         f"{report.shape} {report.weights} on {report.device} (torch {report.torch_version}), batch 1",
-        f"floors: copy {report.copy_bandwidth / 1e12:.2f} TB/s, matmul {report.matmul_flops / 1e12:.0f} TFLOP/s; "
-        f"{report.weight_bytes_read_per_token / 1e9:.2f} GB read per token -> decode floor "
+        f"floors: copy {rate(report.copy_bandwidth, 'B')}, matmul {rate(report.matmul_flops, 'FLOP')}; "
+        f"{amount(report.weight_bytes_read_per_token, 'B')} read per token -> decode floor "
         f"{report.decode_floor_tokens_per_second:.1f} tokens/s",
         f"{'prompt':>8} {'TTFT ms':>9} {'floor ms':>9} {'x floor':>8} {'prefill tok/s':>14}"
         + (f" {'baseline ms':>12}" if report.baseline else ""),
@@ -158,7 +178,7 @@ def format_report(report: BenchReport) -> list[str]:
         lines.append(line)
     decode = engine["decode_tokens_per_second"]
     lines.append(
-        f"decode: {decode:.1f} tokens/s = {engine['decode_bytes_per_second'] / 1e12:.2f} TB/s, "
+        f"decode: {decode:.1f} tokens/s = {rate(engine['decode_bytes_per_second'], 'B')}, "
         f"{engine['fraction_of_floor'] * 100:.0f}% of the floor"
     )
     if report.baseline:

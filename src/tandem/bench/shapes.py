@@ -301,3 +301,61 @@ def shape_dir(name: str) -> Path:
     directory.mkdir()
     (directory / "config.json").write_text(json.dumps(raw))
     return directory
+
+
+# --- what fits this machine ------------------------------------------------------------------
+
+# Without --shape: the largest of these that fits (a GPU has always been given llama3-8b).
+CPU_CHOICES = ("llama3-8b", "llama3.2-3b", "llama3.2-1b", "llama-100m", "demo")
+GPU_DEFAULT = "llama3-8b"
+HEADROOM = 0.8  # of the free memory a benchmark may fill: activations, the allocator, the OS
+CPU_PROMPT_LENGTHS, GPU_PROMPT_LENGTHS = "128,512", "128,2048,8192"
+CPU_DECODE_TOKENS, GPU_DECODE_TOKENS = 64, 256
+
+
+def shape_bytes(name: str, weight_bytes: float, kv_bytes: int, context: int) -> int:
+    """What the engine holds for shape `name`: its weights at `weight_bytes` a parameter, and a KV
+    cache of `context` tokens for one sequence at `kv_bytes` an element."""
+    from tandem.model.shapes import shape_from_model_config
+
+    config, _ = named_shape(name)
+    kv = sum(shape_from_model_config(config, name).layer_kv_elements) * context * kv_bytes
+    return round(config.total_parameter_count() * weight_bytes + kv)
+
+
+def fit_problem(
+    name: str, weight_bytes: float, kv_bytes: int, context: int, available: int, device: str
+) -> str | None:
+    """One line saying why shape `name` does not fit `available` free bytes of `device`, or None."""
+    needed = shape_bytes(name, weight_bytes, kv_bytes, context)
+    if needed <= available * HEADROOM:
+        return None
+    smaller = next(
+        (
+            choice
+            for choice in CPU_CHOICES
+            if shape_bytes(choice, weight_bytes, kv_bytes, context) <= available * HEADROOM
+        ),
+        None,
+    )
+    advice = f"--shape {smaller} fits" if smaller else "no named shape fits; free some memory"
+    return (
+        f"shape {name} needs {needed / 1e9:.1f} GB on {device} ({weight_bytes:g} bytes a parameter and a "
+        f"{context}-token KV cache), more than {HEADROOM:.0%} of the {available / 1e9:.1f} GB free there: "
+        f"{advice}, or NAME:N keeps the first N layers"
+    )
+
+
+def default_shape(device: str, weight_bytes: float, kv_bytes: int, context: int, available: int) -> str:
+    """The shape `tandem bench` runs without --shape: llama3-8b on a GPU, else the largest of
+    `CPU_CHOICES` that fits the free RAM (the smallest when none does: its check then says so)."""
+    if device != "cpu":
+        return GPU_DEFAULT
+    return next(
+        (
+            choice
+            for choice in CPU_CHOICES
+            if fit_problem(choice, weight_bytes, kv_bytes, context, available, device) is None
+        ),
+        CPU_CHOICES[-1],
+    )

@@ -11,12 +11,12 @@ from pathlib import Path
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from tandem.bench.image_shapes import IMAGE_SHAPES
-    from tandem.bench.shapes import NAMED_SHAPES
+    from tandem.bench.shapes import CPU_CHOICES, NAMED_SHAPES
 
     parser.add_argument(
         "--shape",
-        default="llama3-8b",
-        help=f"model shape with random weights (default llama3-8b): {', '.join(sorted(NAMED_SHAPES))}; "
+        help="model shape with random weights (default: llama3-8b on a GPU; on a CPU the largest of "
+        f"{', '.join(CPU_CHOICES)} that fits the free RAM): {', '.join(sorted(NAMED_SHAPES))}; "
         "NAME:N keeps the first N layers (deepseek-v3:4); text-to-image: "
         f"{', '.join(sorted(IMAGE_SHAPES))}",
     )
@@ -34,10 +34,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", default="auto", help="auto (bfloat16 on CUDA, float32 on CPU)")
     parser.add_argument(
         "--prompt-lengths",
-        default="128,2048,8192",
-        help="prompt lengths for time to first token (default 128,2048,8192)",
+        help="prompt lengths for time to first token (default 128,2048,8192 on a GPU, 128,512 on a CPU)",
     )
-    parser.add_argument("--decode-tokens", type=int, default=256, help="tokens per decode run (default 256)")
+    parser.add_argument(
+        "--decode-tokens", type=int, help="tokens per decode run (default 256 on a GPU, 64 on a CPU)"
+    )
     parser.add_argument("--baseline", action="store_true", help="also run transformers generate (eager)")
     parser.add_argument(
         "--quantize",
@@ -119,6 +120,27 @@ def run_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def memory_free(device) -> int:
+    """Free bytes where the benchmark allocates: the GPU's, or the machine's available RAM."""
+    import psutil
+    import torch
+
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    return psutil.virtual_memory().available
+
+
+def weight_bytes(quantize: str | None, baseline: bool, dtype_bytes: int) -> float:
+    """Bytes a parameter takes at its largest in the run (the baseline holds the 16-bit weights)."""
+    return dtype_bytes if quantize is None or baseline else {"int8": 1, "fp8": 1, "int4": 0.5}[quantize]
+
+
+def progress(line: str) -> None:
+    import sys
+
+    print(f"tandem bench: {line}", file=sys.stderr, flush=True)
+
+
 def run(args: argparse.Namespace) -> int:
     if args.serve:
         return run_serve(args)
@@ -128,18 +150,30 @@ def run(args: argparse.Namespace) -> int:
         from tandem.bench.images import run_image_bench_command
 
         return run_image_bench_command(args)
-    from tandem.bench.report import format_report, run_benchmark
+    import torch
+
+    from tandem.bench import shapes
+    from tandem.bench.measure import context_for
+    from tandem.bench.report import amount, format_report, run_benchmark
     from tandem.engine.device import resolve_device, resolve_dtype
     from tandem.errors import InvalidRequestError
 
+    on_cpu = args.plans is None and args.engine == "torch" and resolve_device(args.device).type == "cpu"
+    prompt_lengths = args.prompt_lengths or (
+        shapes.CPU_PROMPT_LENGTHS if on_cpu else shapes.GPU_PROMPT_LENGTHS
+    )
+    if args.decode_tokens is None:
+        args.decode_tokens = shapes.CPU_DECODE_TOKENS if on_cpu else shapes.GPU_DECODE_TOKENS
     try:
-        lengths = [int(n) for n in args.prompt_lengths.split(",") if n.strip()]
+        lengths = [int(n) for n in prompt_lengths.split(",") if n.strip()]
     except ValueError:
         raise InvalidRequestError(
-            f"--prompt-lengths takes comma-separated integers, not {args.prompt_lengths!r}"
+            f"--prompt-lengths takes comma-separated integers, not {prompt_lengths!r}"
         ) from None
     if not lengths or min(lengths) < 1 or args.decode_tokens < 2:
         raise InvalidRequestError("prompt lengths must be positive and --decode-tokens at least 2")
+    if args.plans or args.engine == "mlx":
+        args.shape = args.shape or shapes.GPU_DEFAULT
     if args.plans:
         from tandem.bench.plans import compare_plans, parse_plans
 
@@ -172,8 +206,28 @@ def run(args: argparse.Namespace) -> int:
         return 0
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
+    dtype_bytes = torch.finfo(dtype).bits // 8
+    per_parameter = weight_bytes(args.quantize, args.baseline, dtype_bytes)
+    context, free = context_for(lengths, args.decode_tokens), memory_free(device)
+    shape = args.shape or shapes.default_shape(device.type, per_parameter, dtype_bytes, context, free)
+    problem = shapes.fit_problem(shape, per_parameter, dtype_bytes, context, free, str(device))
+    if problem is not None:  # checked before anything is allocated
+        raise InvalidRequestError(problem)
+    needed = shapes.shape_bytes(shape, per_parameter, dtype_bytes, context)
+    progress(
+        f"{shape}{'' if args.shape else ' (chosen to fit: --shape picks another)'} on {device}, "
+        f"{amount(needed, 'B')} of {amount(free, 'B')} free; prompts of {', '.join(map(str, lengths))} "
+        f"tokens, {args.decode_tokens} decoded"
+    )
     report = run_benchmark(
-        args.shape, device, dtype, lengths, args.decode_tokens, args.baseline, quantize=args.quantize
+        shape,
+        device,
+        dtype,
+        lengths,
+        args.decode_tokens,
+        args.baseline,
+        quantize=args.quantize,
+        progress=progress,
     )
     print("\n".join(format_report(report)))
     if args.json:

@@ -60,6 +60,7 @@ from tandem.cluster.placement_search import (
     split_layers,
 )
 from tandem.cluster.placement_why import oversized_layer, why_infeasible
+from tandem.cluster.shared_hosts import split_shared_memory
 from tandem.cluster.topology import DeviceKind, NodeId, Topology
 from tandem.errors import InvalidRequestError
 from tandem.model.config import DTYPE_BYTES
@@ -277,8 +278,10 @@ def place(shape: ModelShape, topology: Topology, request: PlacementRequest) -> P
     """Split `shape` over the devices of `topology` for `request`, or say in numbers why not.
 
     Plans every pool of candidates (devices alone, like GPUs grouped for tensor parallelism) and
-    keeps the best (`placement_groups.choose`); a forced `devices` list is planned as given."""
+    keeps the best (`placement_groups.choose`); a forced `devices` list is planned as given.
+    Nodes on one host share its RAM: each of their CPUs is offered its share (`shared_hosts`)."""
     request = request.for_shape(shape)
+    topology = split_shared_memory(topology)
     if request.context_length > shape.max_context:
         return Infeasible(
             f"a context of {request.context_length} tokens is longer than {shape.name}'s "

@@ -71,6 +71,8 @@ class NodeInfo:
     devices: tuple[DeviceInfo, ...]
     version: str = ""
     downloads: tuple[DownloadProgress, ...] = ()  # in progress or recently finished
+    # Which machine the node runs on: equal for nodes on one host (they share its RAM); "" unknown.
+    host: str = ""
 
     def device(self, torch_device: str) -> DeviceInfo | None:
         return next((d for d in self.devices if d.torch_device == torch_device), None)

@@ -104,7 +104,16 @@ def decoded(kind: type, data: dict[str, Any]) -> Any:
 
 def cluster_view(service: NodeService) -> dict[str, Any]:
     """What `GET /v1/cluster` and each `state` event carry."""
-    return {"self": service.node_id, **codec.to_json(service.state)}
+    return {"self": service.node_id, **codec.to_json(service.state), "refused_by": refusals(service)}
+
+
+def refusals(service: NodeService) -> list[dict[str, str]]:
+    """Peers that refused this node's signature (another cluster secret, most likely): this
+    node's own finding, not part of the cluster state, so its dashboard can say so."""
+    return [
+        {"address": address, "message": message}
+        for address, message in sorted(service.node.refused_by.items())
+    ]
 
 
 @router.get(
@@ -178,13 +187,13 @@ async def generate(instance_id: str, body: GenerateBody, request: Request) -> Re
 async def state_events(service: NodeService) -> AsyncIterator[bytes]:
     """SSE messages: the state now, then each new state, until the node shuts down."""
     yield f"retry: {RECONNECT_MILLISECONDS}\n\n".encode()
-    sent = None
+    sent, sent_refusals = None, None
     last_write = time.monotonic()
     closing = service.node.closing
     while not closing.is_set():
-        state = service.state
-        if state is not sent:
-            sent = state
+        state, refused = service.state, dict(service.node.refused_by)
+        if state is not sent or refused != sent_refusals:
+            sent, sent_refusals = state, refused
             data = json.dumps(cluster_view(service), separators=(",", ":"))
             yield f"event: state\nid: {state.version}\ndata: {data}\n\n".encode()
             last_write = time.monotonic()

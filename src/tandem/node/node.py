@@ -36,6 +36,7 @@ from tandem.node.healing import membership_notes
 from tandem.node.log_throttle import LogThrottle
 from tandem.node.membership import Membership
 from tandem.node.options import HEARTBEAT_INTERVAL, LINK_MEASURE_INTERVAL, PEER_TIMEOUT, NodeOptions
+from tandem.node.profile import host_id
 from tandem.node.supervisor import Supervisor
 from tandem.node.telemetry import Telemetry
 from tandem.protocol.control import Blob, Done, Heartbeat, HeartbeatReply
@@ -79,6 +80,7 @@ class Node:
             address=f"{host}:{options.port}",
             devices=devices,
             version=__version__,
+            host=host_id(),
         )
         self.membership = Membership(node_id, self.started_at, PEER_TIMEOUT)
         for address in options.static_peers:
@@ -87,6 +89,7 @@ class Node:
         self.control = ControlClient(node_id, secret)
         self.replay_window = ReplayWindow()  # nonces of the signed messages received lately
         self.refusal_log = LogThrottle()  # refused messages, logged once a minute per sender
+        self.refused_by: dict[str, str] = {}  # peer address -> why it refused our signature (dashboard)
         self.supervisor = Supervisor(self.on_runner_report, secret)
         self.downloads = downloads  # this node's downloads, shown in its heartbeats
         self._nodes_published_at = 0.0
@@ -227,6 +230,7 @@ class Node:
                 to=next(known, ANY_NODE),
             )
         except SignatureRefused as error:  # the other side logs it too; this side must not stay silent
+            self.refused_by[address] = str(error)
             if self.refusal_log.due(f"refused by {address}", time.monotonic()):
                 log.warning("%s", error)
             return
@@ -236,6 +240,7 @@ class Node:
             else:
                 log.warning("%s", error)
             return
+        self.refused_by.pop(address, None)
         self._accept_reply(reply, time.perf_counter() - started)
 
     async def heartbeat_forever(self) -> None:

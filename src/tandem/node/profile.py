@@ -8,10 +8,13 @@ memory never reads more than the total.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
+import socket
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -21,6 +24,30 @@ import torch
 from tandem.cluster.topology import DeviceInfo
 
 CACHE_FILE = "profile.json"
+MACHINE_ID_FILES = ("/etc/machine-id", "/var/lib/dbus/machine-id")
+BOOT_ID_FILE = "/proc/sys/kernel/random/boot_id"
+
+
+def _first_line(paths: tuple[str, ...]) -> str:
+    for path in paths:
+        try:
+            line = Path(path).read_text().strip()
+        except OSError:
+            continue
+        if line:
+            return line
+    return ""
+
+
+def host_id() -> str:
+    """Which machine this is, the same for every process on it: a digest of the machine id and
+    this boot's id (so a cloned disk or a container image booted twice is told apart), else of
+    the host name and a network card's address. Nodes that report the same one share the RAM."""
+    machine = _first_line(MACHINE_ID_FILES)
+    boot = _first_line((BOOT_ID_FILE,))
+    if not machine and not boot:
+        machine = f"{socket.gethostname()}/{uuid.getnode():012x}"
+    return hashlib.sha256(f"tandem-host\0{machine}\0{boot}".encode()).hexdigest()[:16]
 
 
 def _median_seconds(work: Callable[[], object], synchronize: Callable[[], None], repeats: int) -> float:

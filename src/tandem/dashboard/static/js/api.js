@@ -1,6 +1,11 @@
-// The node's public routes, as the page uses them. Every call goes to the node that served the page.
+// The node's public routes, as the page uses them. Every call goes to the node that served the page,
+// with the API key when one is kept (auth.js); a 401 hands the prompt its turn.
+
+import { authHeaders, keyRefused, onKeyChange } from "./auth.js";
 
 export class ApiError extends Error {}
+
+const RECONNECT_MILLISECONDS = 2000;
 
 function errorMessage(data, response, text) {
   if (data && typeof data.error === "string") return data.error;
@@ -17,7 +22,7 @@ async function request(method, path, body) {
   try {
     response = await fetch(path, {
       method,
-      headers: body === undefined ? {} : { "content-type": "application/json" },
+      headers: { ...authHeaders(), ...(body === undefined ? {} : { "content-type": "application/json" }) },
       body: body === undefined ? undefined : JSON.stringify(body),
     });
   } catch (error) {
@@ -30,6 +35,7 @@ async function request(method, path, body) {
   } catch {
     data = null;
   }
+  if (response.status === 401) keyRefused(errorMessage(data, response, text));
   if (!response.ok) throw new ApiError(errorMessage(data, response, text));
   return data;
 }
@@ -41,15 +47,64 @@ export const stopInstance = (id) => request("DELETE", `/v1/instances/${encodeURI
 
 /**
  * Follow the cluster state over server-sent events. `onState(view)` gets each new state (the
- * JSON of GET /v1/cluster); `onConnection("live" | "reconnecting")` tells whether it is current.
- * The browser reconnects by itself after the node's suggested delay.
+ * JSON of GET /v1/cluster); `onConnection("live" | "reconnecting" | "key")` tells whether it is
+ * current ("key": the node wants an API key; the stream resumes once one is given). Read with
+ * fetch rather than EventSource, which cannot send the key; reconnects every two seconds.
  */
 export function watchCluster(onState, onConnection) {
-  const source = new EventSource("/v1/events");
-  source.addEventListener("state", (message) => onState(JSON.parse(message.data)));
-  source.addEventListener("open", () => onConnection("live"));
-  source.addEventListener("error", () => onConnection("reconnecting"));
-  return source;
+  let waiting = null; // resolves when a key is given after a 401
+  onKeyChange((event) => event.kind === "given" && waiting?.());
+  const follow = async () => {
+    for (;;) {
+      try {
+        const response = await fetch("/v1/events", { headers: authHeaders(), cache: "no-store" });
+        if (response.status === 401) {
+          const text = await response.text();
+          onConnection("key");
+          const given = new Promise((resolve) => (waiting = resolve));
+          keyRefused(text);
+          await given;
+          continue;
+        }
+        if (!response.ok) throw new ApiError(`${response.status} ${response.statusText}`);
+        onConnection("live");
+        for await (const message of serverEvents(response.body)) {
+          if (message.event === "state") onState(JSON.parse(message.data));
+        }
+      } catch {
+        // the node went away (or the stream broke): say so below and try again
+      }
+      onConnection("reconnecting");
+      await new Promise((resolve) => setTimeout(resolve, RECONNECT_MILLISECONDS));
+    }
+  };
+  follow();
+}
+
+/** Server-sent event messages ({event, data}) from a response body, comments skipped. */
+async function* serverEvents(body) {
+  const reader = body.pipeThrough(new TextDecoderStream()).getReader();
+  let pending = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) return;
+    pending += value.replaceAll("\r\n", "\n");
+    let end;
+    while ((end = pending.indexOf("\n\n")) >= 0) {
+      const block = pending.slice(0, end);
+      pending = pending.slice(end + 2);
+      const message = { event: "message", data: [] };
+      for (const line of block.split("\n")) {
+        if (!line || line.startsWith(":")) continue;
+        const colon = line.indexOf(":");
+        const field = colon < 0 ? line : line.slice(0, colon);
+        const value = colon < 0 ? "" : line.slice(colon + 1).replace(/^ /, "");
+        if (field === "event") message.event = value;
+        else if (field === "data") message.data.push(value);
+      }
+      if (message.data.length) yield { event: message.event, data: message.data.join("\n") };
+    }
+  }
 }
 
 /**
@@ -59,7 +114,7 @@ export function watchCluster(onState, onConnection) {
 export async function* generate(instanceId, body, signal) {
   const response = await fetch(`/v1/instances/${encodeURIComponent(instanceId)}/generate`, {
     method: "POST",
-    headers: { "content-type": "application/json" },
+    headers: { ...authHeaders(), "content-type": "application/json" },
     body: JSON.stringify(body),
     signal,
   });
@@ -71,6 +126,7 @@ export async function* generate(instanceId, body, signal) {
     } catch {
       data = null;
     }
+    if (response.status === 401) keyRefused(errorMessage(data, response, text));
     throw new ApiError(errorMessage(data, response, text));
   }
   const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();

@@ -73,7 +73,16 @@ function linksTable(view, names) {
 function summary(view) {
   const devices = view.nodes.flatMap((node) => node.devices);
   const gpus = devices.filter((device) => device.kind === "cuda").length;
-  const free = devices.reduce((sum, device) => sum + device.memory_free, 0);
+  // Nodes on one host each report its whole RAM: count it once per host.
+  const hosts = new Set();
+  const free = view.nodes.reduce((total, node) => {
+    const shared = Boolean(node.host) && hosts.has(node.host);
+    if (node.host) hosts.add(node.host);
+    return (
+      total +
+      node.devices.reduce((sum, d) => sum + (shared && d.kind === "cpu" ? 0 : d.memory_free), 0)
+    );
+  }, 0);
   const nodes = `${view.nodes.length} ${view.nodes.length === 1 ? "node" : "nodes"}`;
   const gpuText = gpus ? `, ${gpus} ${gpus === 1 ? "GPU" : "GPUs"}` : "";
   return `${nodes}${gpuText}, ${bytes(free)} free`;

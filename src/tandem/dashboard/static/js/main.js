@@ -1,10 +1,13 @@
 // The dashboard page: follow the cluster state and hand each new state to every panel.
 
 import { watchCluster } from "./api.js";
+import { KeyPrompt } from "./auth.js";
 import { ChatPanel } from "./chat.js";
 import { ClusterView } from "./cluster.js";
 import { InstancesPanel } from "./instances.js";
 import { ModelsPanel } from "./models.js";
+import { RefusalsView } from "./refusals.js";
+import { TopologyView } from "./topology.js";
 
 const byId = (id) => document.getElementById(id);
 
@@ -14,8 +17,12 @@ const cluster = new ClusterView({
   summary: byId("cluster-summary"),
   history: byId("history"),
 });
+const topology = new TopologyView(byId("topology"));
+const refusals = new RefusalsView(byId("refusals"));
 const models = new ModelsPanel({
   list: byId("model-list"),
+  search: byId("model-search"),
+  shown: byId("model-count"),
   form: byId("launch-form"),
   devices: byId("launch-devices"),
   preview: byId("preview"),
@@ -46,18 +53,31 @@ const instances = new InstancesPanel(
   },
 );
 
+const keyPrompt = new KeyPrompt({
+  panel: byId("key-panel"),
+  form: byId("key-form"),
+  input: byId("key-input"),
+  remember: byId("key-remember"),
+  message: byId("key-message"),
+  forget: byId("key-forget"),
+});
+
 const connection = byId("connection");
+const CONNECTION_TEXT = { live: "live", reconnecting: "reconnecting…", key: "API key needed" };
 
 function setConnection(status) {
   connection.dataset.status = status;
-  connection.textContent = status === "live" ? "live" : "reconnecting…";
+  connection.textContent = CONNECTION_TEXT[status];
   document.body.classList.toggle("stale", status !== "live");
+  if (status === "live") keyPrompt.accepted();
 }
 
 watchCluster((view) => {
   setConnection("live");
   byId("node-title").textContent = view.nodes.find((node) => node.node_id === view.self)?.name ?? "";
   cluster.update(view);
+  topology.update(view);
+  refusals.update(view);
   models.update(view);
   instances.update(view);
   chat.update(view);

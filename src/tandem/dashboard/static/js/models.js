@@ -9,7 +9,7 @@ function modelOption(model, checked) {
   const facts = [
     model.parameters ? `${count(model.parameters)} parameters` : null,
     model.file_bytes ? bytes(model.file_bytes) : null,
-    model.layers ? `${model.layers} layers` : null,
+    model.layers ? `${model.layers} ${model.layers === 1 ? "layer" : "layers"}` : null,
     model.max_context ? `${model.max_context} context` : null,
     model.downloaded === false ? "downloaded on launch" : null,
   ].filter(Boolean);
@@ -19,7 +19,7 @@ function modelOption(model, checked) {
     : h("span", { class: "status status-failed", text: "does not fit" });
   return h(
     "div",
-    { class: "model" },
+    { class: "model", "data-model": model.name, "data-search": searchText(model) },
     h(
       "label",
       { class: "model-label" },
@@ -30,15 +30,50 @@ function modelOption(model, checked) {
         h(
           "span",
           { class: "model-head" },
-          h("strong", { text: model.label }),
+          h("strong", { class: "model-name", text: model.label }),
           h("span", { class: "badge", text: model.source }),
           fit,
         ),
         h("span", { class: "muted small", text: facts.join(" · ") }),
-        model.reason ? h("span", { class: "muted small model-reason", text: model.reason }) : null,
       ),
     ),
+    // Why it does not fit, on demand: the planner's numbers are long.
+    model.reason
+      ? h(
+          "details",
+          { class: "model-why" },
+          h("summary", { class: "small", text: model.fits ? "Notes" : "Why it does not fit" }),
+          h("p", { class: "muted small model-reason", text: model.reason }),
+        )
+      : null,
   );
+}
+
+function searchText(model) {
+  return [model.label, model.name, model.architecture, model.source].filter(Boolean).join(" ").toLowerCase();
+}
+
+/** Models that fit first (fastest first), then the rest by name; the server's order breaks ties. */
+export function modelOrder(models) {
+  return models
+    .map((model, index) => ({ model, index }))
+    .sort(
+      (a, b) =>
+        Number(b.model.fits) - Number(a.model.fits) ||
+        (b.model.fits ? (b.model.predicted_tokens_per_second ?? 0) - (a.model.predicted_tokens_per_second ?? 0) : 0) ||
+        (a.model.fits ? 0 : a.model.label.localeCompare(b.model.label)) ||
+        a.index - b.index,
+    )
+    .map(({ model }) => model);
+}
+
+/** Whether a model matches the search: every word of `query` appears in its name, family or source. */
+export function matches(text, query) {
+  return query
+    .toLowerCase()
+    .split(/\s+/)
+    .filter(Boolean)
+    .every((word) => text.includes(word));
 }
 
 function deviceOptions(view, checked) {
@@ -58,7 +93,7 @@ function deviceOptions(view, checked) {
 
 export class ModelsPanel {
   constructor(elements) {
-    this.el = elements; // list, form, devices, preview, status, refresh
+    this.el = elements; // list, search, shown, form, devices, preview, status, refresh
     this.view = null;
     this.models = [];
     this.refreshKey = "";
@@ -68,6 +103,10 @@ export class ModelsPanel {
     });
     this.el.previewButton.addEventListener("click", () => this.preview());
     this.el.refresh.addEventListener("click", () => this.refresh());
+    this.el.search.addEventListener("input", () => this.filter());
+    this.el.search.addEventListener("keydown", (event) => {
+      if (event.key === "Enter") event.preventDefault(); // not a launch
+    });
   }
 
   /** A new cluster state: refresh the device choices, and the fit of each model when the
@@ -98,15 +137,35 @@ export class ModelsPanel {
       this.say(`Could not list models: ${error.message}`, "error");
       return;
     }
-    const chosen = this.selectedModel() ?? this.models.find((m) => m.fits)?.name ?? this.models[0]?.name;
-    renderIfChanged(this.el.list, JSON.stringify([this.models, chosen]), () =>
-      this.models.length
-        ? this.models.map((model) => modelOption(model, model.name === chosen))
+    const ordered = modelOrder(this.models);
+    const chosen = this.selectedModel() ?? ordered.find((m) => m.fits)?.name ?? ordered[0]?.name;
+    renderIfChanged(this.el.list, JSON.stringify([ordered, chosen]), () =>
+      ordered.length
+        ? ordered.map((model) => modelOption(model, model.name === chosen))
         : h("p", {
             class: "muted",
             text: "No models. Start the node with --models-dir DIR to offer checkpoints.",
           }),
     );
+    this.filter();
+  }
+
+  /** Show the models the search matches (the chosen one stays chosen, even when hidden). */
+  filter() {
+    const query = this.el.search.value;
+    const rows = [...this.el.list.querySelectorAll(".model")];
+    let shown = 0;
+    let fitting = 0;
+    for (const row of rows) {
+      row.hidden = !matches(row.dataset.search, query);
+      if (!row.hidden) {
+        shown += 1;
+        if (row.querySelector(".status-ready")) fitting += 1;
+      }
+    }
+    this.el.shown.textContent = rows.length
+      ? `${query.trim() ? `${shown} of ${rows.length} shown` : `${rows.length} models`} · ${fitting} fit now`
+      : "";
   }
 
   selectedModel() {
