@@ -4,6 +4,7 @@ commands it reads on stdin and the events it writes on stdout, one JSON message 
     node -> runner:  Generate | Abort | Shutdown
     runner -> node:  Listening | Ready | Failed | Load | CacheReport   (about the runner)
                      Accepted | Rejected | Busy | Token | Embedding | Finished | RequestError   (about one request)
+                     ImageProgress | Images   (about one request to an image model: `protocol.images`)
 """
 
 from __future__ import annotations
@@ -15,9 +16,11 @@ from tandem.model.sampling_params import SamplingParams
 from tandem.model.stage import LayerRange, StageSpec
 from tandem.model.tool_calls import FormatName, ToolCall, ToolChoice, ToolFunction
 from tandem.protocol import codec
+from tandem.protocol.images import ImageFields, ImageProgress, Images
 from tandem.settings import EngineOptions
 
 Backend = Literal["gloo", "nccl"]
+Task = Literal["text", "image"]  # what an instance's model makes: tokens, or images (FLUX.1)
 DEFAULT_QUEUE_LIMIT = 64  # requests an instance holds beyond its slots, waiting for room
 
 
@@ -90,6 +93,9 @@ class RunnerSpec:
     random_weights_seed: int | None = None
     # Requests rank 0 holds beyond `num_slots`; one more is refused with `Busy`.
     queue_limit: int = DEFAULT_QUEUE_LIMIT
+    # "image": a FLUX.1 checkpoint in diffusers' layout, its transformer's blocks as the layers
+    # (`runner/images_assemble.py`)
+    task: Task = "text"
 
     def __post_init__(self) -> None:
         if self.queue_limit < 0:
@@ -172,6 +178,7 @@ class GenerateRequest:
     # sent. They are computed after the prompt, not sent again, and count against max_tokens.
     resume_ids: tuple[int, ...] = ()
     embed: bool = False  # the input's embedding (an `Embedding` event) instead of generated tokens
+    image: ImageFields | None = None  # images of `prompt` (an image model's `Images` event)
 
     def __post_init__(self) -> None:
         given = [name for name in ("prompt", "messages", "prompt_ids") if getattr(self, name) is not None]
@@ -365,7 +372,9 @@ class RequestError:
     request_id: str | None = None
 
 
-RequestEvent = Accepted | Rejected | Busy | Token | Embedding | Finished | RequestError
+RequestEvent = (
+    Accepted | Rejected | Busy | Token | Embedding | Finished | RequestError | ImageProgress | Images
+)
 RunnerEvent = Listening | Ready | Failed | Load | CacheReport | Alive | RequestEvent
 
 
@@ -373,4 +382,4 @@ def ends_request(event: RequestEvent) -> bool:
     """Whether `event` is the last one of its request."""
     if isinstance(event, Token):
         return event.finish_reason is not None
-    return not isinstance(event, Accepted)
+    return not isinstance(event, Accepted | ImageProgress)

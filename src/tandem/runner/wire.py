@@ -59,6 +59,11 @@ class Wire:
         for part, group in self._encode(header, tensor):
             dist.send(part, dst, group=group)
 
+    def post(self, header: StageMessage, tensor: torch.Tensor | None, dst: int) -> Posted:
+        """Send without waiting for the receiver: the parts go out in order behind any posted
+        before; `Posted` holds them until they are sent."""
+        return Posted([dist.isend(part, dst, group=group) for part, group in self._encode(header, tensor)])
+
     def recv(self, src: int) -> tuple[StageMessage, torch.Tensor | None]:
         return self._decode(lambda buffer, group: dist.recv(buffer, src, group=group))
 
@@ -114,6 +119,21 @@ class Wire:
             tensor = torch.empty(shape, dtype=WIRE_DTYPES[preamble[2]], device=self.tensor_device)
             receive(tensor, self.tensor_group)
         return codec.decode(StageMessage, payload), tensor  # after every part: the stream stays aligned
+
+
+class Posted:
+    """The sends of one posted message, each kept (with its buffer) until it completes."""
+
+    def __init__(self, works: list[Any]) -> None:
+        self.works = works
+
+    def done(self) -> bool:
+        return all(work is None or work.is_completed() for work in self.works)
+
+    def wait(self) -> None:
+        for work in self.works:
+            if work is not None:
+                work.wait()
 
 
 def pipeline_wire(device: torch.device) -> Wire:
