@@ -31,6 +31,8 @@ from tandem.cluster.state import (
 )
 from tandem.errors import InvalidRequestError, PeerUnreachable, TandemError, UnknownInstance
 from tandem.model.config import context_size, load_model_config
+from tandem.model.image_config import is_image_model_dir, load_image_model_config
+from tandem.model.image_shapes import image_model_shape
 from tandem.model.shapes import ModelShape, shape_from_model_config
 from tandem.node.healing import (
     MAX_REPLACE_ATTEMPTS,
@@ -120,8 +122,12 @@ class InstanceManager:
     def plan(self, request: LaunchRequest) -> Placement | Infeasible:
         """The placement a launch request would get now."""
         check_requested_model(request.model, self.node.options.models_dirs)
-        config = load_model_config(self.files.config_dir(request.model))  # fetches config.json if need be
-        return self.plan_shape(shape_from_model_config(config, request.model), request)
+        directory = self.files.config_dir(request.model)  # fetches config.json if need be
+        if is_image_model_dir(directory):  # its transformer's blocks are the layers to split
+            shape = image_model_shape(load_image_model_config(directory)).as_model_shape()
+        else:
+            shape = shape_from_model_config(load_model_config(directory), request.model)
+        return self.plan_shape(shape, request)
 
     def plan_shape(self, shape: ModelShape, request: LaunchRequest) -> Placement | Infeasible:
         """The placement of a model known by its shape alone (a catalog card: nothing downloaded)."""
@@ -209,6 +215,7 @@ class InstanceManager:
             stage_sizes=tuple(len(stage.members) for stage in instance.placement.stages),
             stage_backends=tuple(stage.backend for stage in instance.placement.stages),  # type: ignore[arg-type]
             options=settings.engine_options(),  # this node's; every rank of the instance runs the same
+            task="image" if is_image_model_dir(self.files.config_dir(instance.model)) else "text",
         )
         if runner.node_id == self.node.node_id:
             return await self.start_local_runner(StartRunner(spec))
