@@ -124,7 +124,9 @@ def test_bad_fields_progress_and_tasks(checkpoint, tmp_path):
         assert text_model.json()["error"]["param"] == "model"
 
         events = []
-        with http.stream("POST", "/v1/images/generations", json={**base, "stream": True}, timeout=120) as answer:
+        with http.stream(
+            "POST", "/v1/images/generations", json={**base, "stream": True}, timeout=120
+        ) as answer:
             assert answer.status_code == 200
             for line in answer.iter_lines():
                 if line.startswith("data: "):

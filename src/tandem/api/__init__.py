@@ -48,7 +48,17 @@ def mount_api(app: FastAPI, cluster: ClusterAccess, api_key: str | None, open_ap
     machines may call without a key), JSON bodies whatever their content type, and the OpenAPI
     additions."""
     app.state.serving = Serving(cluster)
-    for module in (openai, anthropic, models, ollama, ollama_models, ollama_pull, embeddings, images, metrics):
+    for module in (
+        openai,
+        anthropic,
+        models,
+        ollama,
+        ollama_models,
+        ollama_pull,
+        embeddings,
+        images,
+        metrics,
+    ):
         app.include_router(module.router)
     install_error_handlers(app)
     app.add_middleware(ApiGate, api_key=api_key, open_api=open_api)

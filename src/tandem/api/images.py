@@ -89,7 +89,9 @@ async def collect_images(generation: Generation) -> Images:
             if isinstance(event, Images):
                 return event
     except GenerationFailed as error:
-        raise APIError(503, f"the request failed on instance {generation.instance.instance_id}: {error}") from None
+        raise APIError(
+            503, f"the request failed on instance {generation.instance.instance_id}: {error}"
+        ) from None
     finally:
         await generation.aclose()
     raise APIError(503, "the instance ended the request without its images")

@@ -144,7 +144,11 @@ def describe_model(
     """The model's size from its config and files, and whether `plan` finds room for it now."""
     listing = ModelListing(model.name, model.label, model.source, str(model.path))
     try:
-        listing = image_listing(listing, model.path) if is_image_model_dir(model.path) else text_listing(listing, model.path)
+        listing = (
+            image_listing(listing, model.path)
+            if is_image_model_dir(model.path)
+            else text_listing(listing, model.path)
+        )
     except TandemError as error:
         return replace(listing, reason=str(error))
     try:

@@ -236,7 +236,11 @@ class Driver:
             self._embed(request_id, request, prompt)
             return
         if request.image is not None:
-            self.emit(Rejected(request_id, "model: this is a text model; it cannot make images (use an image model)"))
+            self.emit(
+                Rejected(
+                    request_id, "model: this is a text model; it cannot make images (use an image model)"
+                )
+            )
             return
         resumed = list(request.resume_ids)
         held = len(self.seq_of)

@@ -88,8 +88,10 @@ def start_image_rank(
     if not spec.is_driver:
         assert wire is not None
         report = StageReport("torch", str(device), parameters, 0)
-        return ImageRank(spec, report, serve_loop=lambda: serve_image_stage(stage, wire, spec.layout, spec.stage_index))
-    from diffusers import FlowMatchEulerDiscreteScheduler
+        return ImageRank(
+            spec, report, serve_loop=lambda: serve_image_stage(stage, wire, spec.layout, spec.stage_index)
+        )
+    from diffusers import FlowMatchEulerDiscreteScheduler  # pyright: ignore[reportPrivateImportUsage]
 
     ring = RingDriver(stage, wire, spec.layout) if wire is not None else None
     driver: StageDriver = ring or LocalDriver([stage])
@@ -97,6 +99,6 @@ def start_image_rank(
     decoder = ImageDecoder.from_checkpoint(spec.model_dir, config.vae, device, dtype)
     for module in (encoder.clip, encoder.t5, decoder.vae):
         parameters += sum(p.numel() * p.element_size() for p in module.parameters())
-    scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(Path(spec.model_dir) / "scheduler")  # pyright: ignore[reportPrivateImportUsage]
+    scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(Path(spec.model_dir) / "scheduler")
     pipeline = FluxImagePipeline(config, driver, scheduler, decoder, encoder, device, dtype)
     return ImageRank(spec, StageReport("torch", str(device), parameters, 0), pipeline=pipeline, ring=ring)

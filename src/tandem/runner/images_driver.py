@@ -112,7 +112,10 @@ class ImageDriver:
     def admit(self, request_id: str, request: GenerateRequest) -> None:
         if len(self.queued) >= self.queue_limit:
             self.emit(
-                Busy(request_id, f"the instance's queue is full ({len(self.queued)} image requests); retry shortly")
+                Busy(
+                    request_id,
+                    f"the instance's queue is full ({len(self.queued)} image requests); retry shortly",
+                )
             )
             return
         try:

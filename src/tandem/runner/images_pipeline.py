@@ -127,7 +127,9 @@ def serve_image_stage(stage: TransformerStage, wire: Wire, layout: InstanceLayou
                     context=context,
                     image=tensor[:, text_length:],
                     text=tensor[:, :text_length],
-                    timestep=torch.full([tensor.shape[0]], timestep, dtype=tensor.dtype, device=tensor.device),
+                    timestep=torch.full(
+                        [tensor.shape[0]], timestep, dtype=tensor.dtype, device=tensor.device
+                    ),
                 )
                 outputs = stage.forward(step)
                 if following is None:

@@ -118,6 +118,7 @@ class _MicroBatch:
 
 _batch_ids = itertools.count()  # unique within a process: the stages key their contexts by it
 
+
 def denoise(
     driver: StageDriver,
     base_scheduler,
