@@ -10,6 +10,7 @@ import io
 import json
 
 import numpy as np
+import ollama
 import openai
 import pytest
 import torch
@@ -89,9 +90,10 @@ def test_split_over_nodes_matches_flux_pipeline(checkpoint, tmp_path, stages, re
     assert difference <= 1
 
 
-def test_bad_fields_progress_and_tasks(checkpoint, tmp_path):
+def test_bad_fields_progress_tasks_and_ollama(checkpoint, tmp_path):
     """Over 2 nodes: each bad field is a 400 naming it, a text model refuses images and the
-    image model refuses chat, and a streamed request reports every step before its image."""
+    image model refuses chat, a streamed request reports every step before its image, and the
+    official `ollama` client gets the same image through Ollama's image fields."""
     model = str(checkpoint.path)
     with running_nodes(tmp_path, 2, extra_args=("--models-dir", model)) as nodes:
         launch_split(nodes, model)
@@ -135,3 +137,26 @@ def test_bad_fields_progress_and_tasks(checkpoint, tmp_path):
         assert kinds == ["image_generation.progress"] * 2 + ["image_generation.completed"], kinds
         assert [(e["step"], e["steps"]) for e in events[:2]] == [(1, 2), (2, 2)]
         assert decoded(events[-1]["b64_json"]).shape == (HEIGHT, WIDTH, 3)
+
+        client = ollama.Client(host=nodes[1].url)
+        reply = client.generate(
+            model=model, prompt=PROMPT, width=WIDTH, height=HEIGHT, steps=2, options={"seed": 9}
+        )
+        assert reply.done and reply.image
+        parts = list(
+            client.generate(
+                model=model,
+                prompt=PROMPT,
+                width=WIDTH,
+                height=HEIGHT,
+                steps=2,
+                options={"seed": 9},
+                stream=True,
+            )
+        )
+        assert [(p.completed, p.total) for p in parts[:-1]] == [(1, 2), (2, 2)]
+        assert parts[-1].image == reply.image  # the same seed, the same image
+        unnamed = client.generate(
+            model=model, prompt=PROMPT, options={"seed": 9}
+        )  # no image field: the defaults
+        assert decoded(unnamed.image or "").shape == (1024, 1024, 3)
