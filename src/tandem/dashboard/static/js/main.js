@@ -3,6 +3,7 @@
 import { watchCluster } from "./api.js";
 import { ChatPanel } from "./chat.js";
 import { ClusterView } from "./cluster.js";
+import { ImagesPanel } from "./images.js";
 import { InstancesPanel } from "./instances.js";
 import { ModelsPanel } from "./models.js";
 
@@ -46,6 +47,8 @@ const instances = new InstancesPanel(
   },
 );
 
+const images = new ImagesPanel(document.querySelector("main"));
+
 const connection = byId("connection");
 
 function setConnection(status) {
@@ -61,5 +64,6 @@ watchCluster((view) => {
   models.update(view);
   instances.update(view);
   chat.update(view);
+  images.update(view);
   document.body.dataset.stateVersion = String(view.version);
 }, setConnection);
