@@ -70,6 +70,7 @@ def test_split_over_nodes_matches_flux_pipeline(checkpoint, tmp_path, stages, re
     with running_nodes(tmp_path, stages, extra_args=("--models-dir", model)) as nodes:
         instance = launch_split(nodes, model)
         assert len({runner["node_id"] for runner in instance["runners"]}) == stages
+        assert any(note.startswith("compute-bound steps") for note in instance["placement"]["notes"])
         client = openai.OpenAI(base_url=f"{nodes[-1].url}/v1", api_key="unused", max_retries=0)
         response = client.images.generate(
             model=model,

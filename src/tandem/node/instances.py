@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator
 from dataclasses import replace
 
 from tandem import settings
+from tandem.cluster.image_timing import with_image_timing
 from tandem.cluster.node_names import with_node_ids
 from tandem.cluster.placement import DeviceAddress, Infeasible, Placement, PlacementRequest, place
 from tandem.cluster.state import (
@@ -123,11 +124,20 @@ class InstanceManager:
         """The placement a launch request would get now."""
         check_requested_model(request.model, self.node.options.models_dirs)
         directory = self.files.config_dir(request.model)  # fetches config.json if need be
-        if is_image_model_dir(directory):  # its transformer's blocks are the layers to split
-            shape = image_model_shape(load_image_model_config(directory)).as_model_shape()
-        else:
-            shape = shape_from_model_config(load_model_config(directory), request.model)
-        return self.plan_shape(shape, request)
+        if not is_image_model_dir(directory):
+            return self.plan_shape(
+                shape_from_model_config(load_model_config(directory), request.model), request
+            )
+        # an image model: its transformer's blocks are the layers to split, by memory; its
+        # compute-bound step times join the plan's notes
+        config = load_image_model_config(directory)
+        shape = image_model_shape(config)
+        placement = self.plan_shape(shape.as_model_shape(), request)
+        if isinstance(placement, Infeasible):
+            return placement
+        return with_image_timing(
+            placement, shape, self.node.state.topology(), config.default_steps, config.default_size
+        )
 
     def plan_shape(self, shape: ModelShape, request: LaunchRequest) -> Placement | Infeasible:
         """The placement of a model known by its shape alone (a catalog card: nothing downloaded)."""
