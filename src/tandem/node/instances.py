@@ -55,7 +55,7 @@ from tandem.protocol.control import (
     StartRunner,
     StopRunners,
 )
-from tandem.protocol.runner import GenerateRequest, RequestEvent, RunnerSpec, ends_request
+from tandem.protocol.runner import GenerateRequest, RequestEvent, RunnerSpec, Task, ends_request
 
 log = logging.getLogger("tandem.instances")
 
@@ -225,7 +225,7 @@ class InstanceManager:
             stage_sizes=tuple(len(stage.members) for stage in instance.placement.stages),
             stage_backends=tuple(stage.backend for stage in instance.placement.stages),  # type: ignore[arg-type]
             options=settings.engine_options(),  # this node's; every rank of the instance runs the same
-            task="image" if is_image_model_dir(self.files.config_dir(instance.model)) else "text",
+            task=await asyncio.to_thread(self.task_of, instance.model),
         )
         if runner.node_id == self.node.node_id:
             return await self.start_local_runner(StartRunner(spec))
@@ -239,6 +239,11 @@ class InstanceManager:
             timeout=120,
             to=runner.node_id,
         )
+
+    def task_of(self, model: str) -> Task:
+        """What `model` makes: images (a diffusers pipeline directory) or text. Blocking: reads
+        its config files, fetched for planning already."""
+        return "image" if is_image_model_dir(self.files.config_dir(model)) else "text"
 
     async def start_local_runner(self, request: StartRunner) -> RunnerStarted:
         """Start a runner here; for rank 0 of a pipeline, wait for its rendezvous port."""
