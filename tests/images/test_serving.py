@@ -97,7 +97,7 @@ def test_bad_fields_progress_tasks_and_ollama(checkpoint, tmp_path):
     official `ollama` client gets the same image through Ollama's image fields."""
     model = str(checkpoint.path)
     with running_nodes(tmp_path, 2, extra_args=("--models-dir", model)) as nodes:
-        launch_split(nodes, model)
+        instance = launch_split(nodes, model)
         http = nodes[1].http
         base = {"model": model, "prompt": PROMPT, "size": f"{WIDTH}x{HEIGHT}", "steps": 2}
         bad = {
@@ -161,3 +161,20 @@ def test_bad_fields_progress_tasks_and_ollama(checkpoint, tmp_path):
             model=model, prompt=PROMPT, options={"seed": 9}
         )  # no image field: the defaults
         assert decoded(unnamed.image or "").shape == (1024, 1024, 3)
+
+        # a client that leaves mid-request: its request stops after the current step
+        long = {**base, "size": "512x512", "steps": 100, "stream": True}
+        with http.stream("POST", "/v1/images/generations", json=long, timeout=120) as answer:
+            for line in answer.iter_lines():
+                if line.startswith("data: "):
+                    assert json.loads(line.removeprefix("data: "))["step"] == 1
+                    break
+        load = f"/v1/instances/{instance['instance_id']}/load"
+        wait_for(lambda: http.get(load).json()["requests"] == 0, timeout=30, what="the request to stop")
+        assert "the client left after 0 tokens; aborting its request" in nodes[1].log_text()
+        again = http.post("/v1/images/generations", json={**base, "seed": 1}, timeout=120)
+        assert again.status_code == 200 and decoded(again.json()["data"][0]["b64_json"]).shape == (
+            HEIGHT,
+            WIDTH,
+            3,
+        )
