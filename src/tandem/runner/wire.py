@@ -62,7 +62,8 @@ class Wire:
     def post(self, header: StageMessage, tensor: torch.Tensor | None, dst: int) -> Posted:
         """Send without waiting for the receiver: the parts go out in order behind any posted
         before; `Posted` holds them until they are sent."""
-        return Posted([dist.isend(part, dst, group=group) for part, group in self._encode(header, tensor)])
+        parts = self._encode(header, tensor)
+        return Posted([dist.isend(part, dst, group=group) for part, group in parts], parts)
 
     def recv(self, src: int) -> tuple[StageMessage, torch.Tensor | None]:
         return self._decode(lambda buffer, group: dist.recv(buffer, src, group=group))
@@ -122,10 +123,11 @@ class Wire:
 
 
 class Posted:
-    """The sends of one posted message, each kept (with its buffer) until it completes."""
+    """The sends of one posted message, kept with their buffers until they complete."""
 
-    def __init__(self, works: list[Any]) -> None:
+    def __init__(self, works: list[Any], parts: list[tuple[torch.Tensor, Any]]) -> None:
         self.works = works
+        self.parts = parts  # the buffers must outlive their sends
 
     def done(self) -> bool:
         return all(work is None or work.is_completed() for work in self.works)

@@ -49,7 +49,13 @@ export class ImagesPanel {
     this.steps = h("input", { type: "number", min: "1", max: "100", step: "1", placeholder: "model's" });
     this.seed = h("input", { type: "number", min: "0", step: "1", placeholder: "random" });
     this.make = h("button", { type: "submit", class: "primary", text: "Make image" });
-    this.stop = h("button", { type: "button", class: "danger", text: "Stop", disabled: true });
+    this.stop = h("button", {
+      type: "button",
+      class: "danger",
+      text: "Stop",
+      "aria-label": "Stop the image",
+      disabled: true,
+    });
     this.progress = h("progress", { id: "image-progress", max: "1", value: "0", "aria-label": "Denoising progress" });
     this.status = h("p", { class: "form-status muted", role: "status", "aria-live": "polite" });
     this.gallery = h("div", { class: "gallery", role: "list", "aria-label": "Gallery" });
