@@ -168,3 +168,31 @@ def test_wrong_tensor_shape_is_refused(tmp_path, tiny_flux_factory):
     config = load_image_model_config(copy).transformer
     with pytest.raises(ModelFormatError, match=r"context_embedder\.weight has shape"):
         load_transformer_stage(copy, config, None, torch.device("cpu"), torch.float32)
+
+
+def test_compute_bound_timing_of_a_split_flux_dev():
+    """A diffusion step's time per stage is its blocks' FLOPs over its device's matrix rate: on
+    two GPUs of one rate, the stages' times add up to the whole transformer's step, and the plan
+    carries them (and an image's time) among its notes."""
+    from tandem.cluster.image_timing import image_timing, with_image_timing
+    from tandem.model.image_shapes import image_seconds
+    from topologies import cluster, gpu, node
+
+    shape = image_model_shape(_dev_config())
+    topology = cluster(node("a", gpu(16)), node("b", gpu(16)))
+    plan = place(shape.as_model_shape(), topology, PlacementRequest(context_length=4608, num_sequences=1))
+    assert isinstance(plan, Placement), plan
+    rate = topology.nodes[0].devices[0].matmul_flops
+    stage_seconds = [shape.stage_step_seconds(s.layers.start, s.layers.end, rate) for s in plan.stages]
+    assert sum(stage_seconds) == pytest.approx(shape.stage_flops(0, 57, 1) / rate)
+    # one image takes each stage in turn; a second one in flight costs only the slowest stage
+    assert image_seconds(stage_seconds, 28) == pytest.approx(28 * sum(stage_seconds))
+    assert image_seconds(stage_seconds, 28, images=2) == pytest.approx(
+        28 * (sum(stage_seconds) + max(stage_seconds))
+    )
+    line = image_timing(plan, shape, topology, 28, 1024)
+    assert line is not None and line.startswith("compute-bound steps at 1024x1024: stage 1 ")
+    assert f"≈ {image_seconds(stage_seconds, 28):.3g} s" in line
+    assert with_image_timing(plan, shape, topology, 28, 1024).notes[-1] == line
+    with pytest.raises(ValueError, match="positive"):
+        shape.stage_step_seconds(0, 57, 0.0)

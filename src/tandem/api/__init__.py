@@ -9,7 +9,17 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from tandem.api import anthropic, embeddings, metrics, models, ollama, ollama_models, ollama_pull, openai
+from tandem.api import (
+    anthropic,
+    embeddings,
+    images,
+    metrics,
+    models,
+    ollama,
+    ollama_models,
+    ollama_pull,
+    openai,
+)
 from tandem.api.anthropic_schemas import Message
 from tandem.api.auth import ApiGate
 from tandem.api.cluster import ClusterAccess
@@ -38,7 +48,17 @@ def mount_api(app: FastAPI, cluster: ClusterAccess, api_key: str | None, open_ap
     machines may call without a key), JSON bodies whatever their content type, and the OpenAPI
     additions."""
     app.state.serving = Serving(cluster)
-    for module in (openai, anthropic, models, ollama, ollama_models, ollama_pull, embeddings, metrics):
+    for module in (
+        openai,
+        anthropic,
+        models,
+        ollama,
+        ollama_models,
+        ollama_pull,
+        embeddings,
+        images,
+        metrics,
+    ):
         app.include_router(module.router)
     install_error_handlers(app)
     app.add_middleware(ApiGate, api_key=api_key, open_api=open_api)

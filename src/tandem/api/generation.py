@@ -24,6 +24,7 @@ from tandem.api.metrics import RequestTimer
 from tandem.cluster.state import Instance
 from tandem.errors import TandemError, UnknownInstance
 from tandem.model.tool_calls import FormatName
+from tandem.protocol.images import ImageProgress, Images
 from tandem.protocol.runner import Accepted, Busy, Embedding, Rejected, RequestError, RequestEvent, Token
 
 log = logging.getLogger("tandem.api")
@@ -243,6 +244,30 @@ class Generation:
             return event
         message = getattr(event, "message", None) or type(event).TAG
         raise APIError(503, f"the request failed on instance {self.instance.instance_id}: {message}")
+
+    async def image_events(self) -> AsyncIterator[ImageProgress | Images]:
+        """An image request's progress after each step, then its `Images` (the last event).
+        Raises GenerationFailed (image requests are not resumed elsewhere)."""
+        try:
+            async for event in self.events:
+                if isinstance(event, ImageProgress):
+                    yield event
+                elif isinstance(event, Images):
+                    self.finished = True
+                    self.ended_at = time.monotonic()
+                    self.timer.finished("ok")
+                    self.release()
+                    yield event
+                    return
+                elif not isinstance(event, Accepted):
+                    self.finished = True
+                    self.timer.finished("failed")
+                    raise GenerationFailed(getattr(event, "message", None) or "the request was aborted")
+        except TandemError as error:
+            if isinstance(error, GenerationFailed):
+                raise
+            raise GenerationFailed(str(error)) from None
+        raise GenerationFailed("the instance's event stream ended before the images")
 
     async def aclose(self) -> None:
         """End the request: abort it if it is still running (its slot comes back); idempotent."""

@@ -14,6 +14,7 @@ from fastapi import APIRouter, Request
 
 from tandem.api.errors import APIError
 from tandem.api.generation import Generation, GenerationFailed
+from tandem.api.images_ollama import IMAGE_MODEL_REFUSAL, asks_for_an_image, ollama_generate_image
 from tandem.api.ollama_schemas import (
     OllamaChatMessage,
     OllamaChatRequest,
@@ -214,6 +215,8 @@ async def chat(body: OllamaChatRequest, request: Request) -> Any:
 )
 async def generate(body: OllamaGenerateRequest, request: Request) -> Any:
     refuse_unsupported(body)
+    if asks_for_an_image(body):
+        return await ollama_generate_image(body, request)
     params = replace(sampling_params(body.options), constraint=format_constraint(body.format))
     command: GenerateRequest | None = None
     if body.prompt and body.raw:
@@ -221,4 +224,9 @@ async def generate(body: OllamaGenerateRequest, request: Request) -> Any:
     elif body.prompt:
         system = (ChatMessage("system", body.system),) if body.system else ()
         command = GenerateRequest(messages=(*system, ChatMessage("user", body.prompt)), params=params)
-    return await answer(request, body.model, command, body.stream, generate_piece)
+    try:
+        return await answer(request, body.model, command, body.stream, generate_piece)
+    except APIError as error:
+        if command is None or IMAGE_MODEL_REFUSAL not in error.message:
+            raise
+    return await ollama_generate_image(body, request)  # an image model, asked without image fields

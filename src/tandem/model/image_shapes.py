@@ -12,6 +12,7 @@ Counts are parameters and elements, never bytes: bytes depend on the dtype each 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from tandem.errors import ModelFormatError
@@ -69,6 +70,13 @@ class ImageModelShape:
         """Matrix FLOPs of one step of blocks [start, end) for `images` images."""
         return images * sum(self.block_flops_per_image[start:end])
 
+    def stage_step_seconds(self, start: int, end: int, matrix_flops: float, images: int = 1) -> float:
+        """A stage's time for one step, compute-bound: its blocks' FLOPs over its device's
+        measured matrix rate (FLOP/s)."""
+        if matrix_flops <= 0:
+            raise ValueError(f"a matrix rate must be positive, not {matrix_flops}")
+        return self.stage_flops(start, end, images) / matrix_flops
+
     def transformer_parameter_count(self) -> int:
         return self.stage_parameters(0, self.num_blocks)
 
@@ -118,3 +126,13 @@ def image_model_shape(
         text_encoder_2_parameters=config.text_encoder_2_parameters,
         vae_parameters=config.vae_parameters,
     )
+
+
+def image_seconds(stage_seconds: Sequence[float], steps: int, images: int = 1) -> float:
+    """The transformer's time for `images` images of `steps` steps through stages of the given
+    per-image step times, with the images in flight one micro-batch each: the first image's
+    step takes every stage in turn, each further one the slowest stage's time more (hops and the
+    once-per-request encoders and VAE not counted)."""
+    if not stage_seconds:
+        raise ValueError("a transformer needs at least one stage")
+    return steps * (sum(stage_seconds) + (images - 1) * max(stage_seconds))

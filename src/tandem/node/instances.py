@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator
 from dataclasses import replace
 
 from tandem import settings
+from tandem.cluster.image_timing import with_image_timing
 from tandem.cluster.node_names import with_node_ids
 from tandem.cluster.placement import DeviceAddress, Infeasible, Placement, PlacementRequest, place
 from tandem.cluster.state import (
@@ -31,6 +32,8 @@ from tandem.cluster.state import (
 )
 from tandem.errors import InvalidRequestError, PeerUnreachable, TandemError, UnknownInstance
 from tandem.model.config import context_size, load_model_config
+from tandem.model.image_config import is_image_model_dir, load_image_model_config
+from tandem.model.image_shapes import image_model_shape
 from tandem.model.shapes import ModelShape, shape_from_model_config
 from tandem.node.healing import (
     MAX_REPLACE_ATTEMPTS,
@@ -53,7 +56,7 @@ from tandem.protocol.control import (
     StartRunner,
     StopRunners,
 )
-from tandem.protocol.runner import EngineName, GenerateRequest, RequestEvent, RunnerSpec, ends_request
+from tandem.protocol.runner import EngineName, GenerateRequest, RequestEvent, RunnerSpec, Task, ends_request
 
 log = logging.getLogger("tandem.instances")
 
@@ -121,8 +124,21 @@ class InstanceManager:
     def plan(self, request: LaunchRequest) -> Placement | Infeasible:
         """The placement a launch request would get now."""
         check_requested_model(request.model, self.node.options.models_dirs)
-        config = load_model_config(self.files.config_dir(request.model))  # fetches config.json if need be
-        return self.plan_shape(shape_from_model_config(config, request.model), request)
+        directory = self.files.config_dir(request.model)  # fetches config.json if need be
+        if not is_image_model_dir(directory):
+            return self.plan_shape(
+                shape_from_model_config(load_model_config(directory), request.model), request
+            )
+        # an image model: its transformer's blocks are the layers to split, by memory; its
+        # compute-bound step times join the plan's notes
+        config = load_image_model_config(directory)
+        shape = image_model_shape(config)
+        placement = self.plan_shape(shape.as_model_shape(), request)
+        if isinstance(placement, Infeasible):
+            return placement
+        return with_image_timing(
+            placement, shape, self.node.state.topology(), config.default_steps, config.default_size
+        )
 
     def plan_shape(self, shape: ModelShape, request: LaunchRequest) -> Placement | Infeasible:
         """The placement of a model known by its shape alone (a catalog card: nothing downloaded)."""
@@ -211,6 +227,7 @@ class InstanceManager:
             stage_backends=tuple(stage.backend for stage in instance.placement.stages),  # type: ignore[arg-type]
             options=settings.engine_options(),  # this node's; every rank of the instance runs the same
             engine=self._engine_of(runner),
+            task=await asyncio.to_thread(self.task_of, instance.model),
         )
         if runner.node_id == self.node.node_id:
             return await self.start_local_runner(StartRunner(spec))
@@ -230,6 +247,11 @@ class InstanceManager:
         node = self.node.state.node(runner.node_id)
         device = node.device(runner.device) if node is not None else None
         return device.engine if device is not None else "torch"
+
+    def task_of(self, model: str) -> Task:
+        """What `model` makes: images (a diffusers pipeline directory) or text. Blocking: reads
+        its config files, fetched for planning already."""
+        return "image" if is_image_model_dir(self.files.config_dir(model)) else "text"
 
     async def start_local_runner(self, request: StartRunner) -> RunnerStarted:
         """Start a runner here; for rank 0 of a pipeline, wait for its rendezvous port."""

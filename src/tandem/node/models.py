@@ -23,6 +23,7 @@ from typing import Literal
 from tandem.cluster.placement import Infeasible, Placement
 from tandem.errors import InvalidRequestError, TandemError
 from tandem.model.config import load_model_config
+from tandem.model.image_config import is_image_model_dir, load_image_model_config
 from tandem.model.shapes import ModelShape
 from tandem.protocol.control import LaunchRequest
 from tandem.store.catalog import ModelCard
@@ -62,7 +63,8 @@ class ModelListing:
 
 
 def is_checkpoint_dir(path: Path) -> bool:
-    return (path / "config.json").is_file() and any(path.glob("*.safetensors"))
+    """A text model's checkpoint, or an image model's in diffusers' layout (model_index.json)."""
+    return ((path / "config.json").is_file() and any(path.glob("*.safetensors"))) or is_image_model_dir(path)
 
 
 def bundled_models(_: tuple[Path, ...]) -> Iterator[LocalModel]:
@@ -142,17 +144,13 @@ def describe_model(
     """The model's size from its config and files, and whether `plan` finds room for it now."""
     listing = ModelListing(model.name, model.label, model.source, str(model.path))
     try:
-        config = load_model_config(model.path)
+        listing = (
+            image_listing(listing, model.path)
+            if is_image_model_dir(model.path)
+            else text_listing(listing, model.path)
+        )
     except TandemError as error:
         return replace(listing, reason=str(error))
-    listing = replace(
-        listing,
-        architecture=config.model_type,
-        parameters=config.total_parameter_count(),
-        file_bytes=sum(file.stat().st_size for file in model.path.glob("*.safetensors")),
-        layers=config.num_layers,
-        max_context=config.max_position_embeddings,
-    )
     try:
         placement = plan(LaunchRequest(model.name))
     except TandemError as error:
@@ -160,3 +158,28 @@ def describe_model(
     if isinstance(placement, Infeasible):
         return replace(listing, reason=placement.reason)
     return replace(listing, fits=True, predicted_tokens_per_second=placement.predicted_tokens_per_second)
+
+
+def text_listing(listing: ModelListing, path: Path) -> ModelListing:
+    config = load_model_config(path)
+    return replace(
+        listing,
+        architecture=config.model_type,
+        parameters=config.total_parameter_count(),
+        file_bytes=sum(file.stat().st_size for file in path.glob("*.safetensors")),
+        layers=config.num_layers,
+        max_context=config.max_position_embeddings,
+    )
+
+
+def image_listing(listing: ModelListing, path: Path) -> ModelListing:
+    """An image model: its transformer's blocks as the layers (what placement splits)."""
+    config = load_image_model_config(path)
+    transformer = config.transformer
+    return replace(
+        listing,
+        architecture=f"flux-{config.variant}",
+        parameters=transformer.total_parameter_count(),
+        file_bytes=sum(file.stat().st_size for file in path.glob("*/*.safetensors")),
+        layers=transformer.num_blocks,
+    )

@@ -4,6 +4,7 @@ commands it reads on stdin and the events it writes on stdout, one JSON message 
     node -> runner:  Generate | Abort | Shutdown
     runner -> node:  Listening | Ready | Failed | Load | CacheReport   (about the runner)
                      Accepted | Rejected | Busy | Token | Embedding | Finished | RequestError   (about one request)
+                     ImageProgress | Images   (about one request to an image model: `protocol.images`)
 """
 
 from __future__ import annotations
@@ -15,10 +16,12 @@ from tandem.model.sampling_params import SamplingParams
 from tandem.model.stage import LayerRange, StageSpec
 from tandem.model.tool_calls import FormatName, ToolCall, ToolChoice, ToolFunction
 from tandem.protocol import codec
+from tandem.protocol.images import ImageFields, ImageProgress, Images
 from tandem.settings import EngineOptions
 
 Backend = Literal["gloo", "nccl"]
 EngineName = Literal["torch", "mlx"]  # the PyTorch engine (engine/), or the MLX one (mlx/)
+Task = Literal["text", "image"]  # what an instance's model makes: tokens, or images (FLUX.1)
 DEFAULT_QUEUE_LIMIT = 64  # requests an instance holds beyond its slots, waiting for room
 
 
@@ -94,6 +97,9 @@ class RunnerSpec:
     # What computes this rank's stage: "mlx" runs it on MLX (`device` "auto", "cpu" or "metal"),
     # a stage of one rank in a gloo instance, its hidden states crossing as torch CPU tensors.
     engine: EngineName = "torch"
+    # "image": a FLUX.1 checkpoint in diffusers' layout, its transformer's blocks as the layers
+    # (`runner/images_assemble.py`)
+    task: Task = "text"
 
     def __post_init__(self) -> None:
         if self.queue_limit < 0:
@@ -191,6 +197,7 @@ class GenerateRequest:
     # sent. They are computed after the prompt, not sent again, and count against max_tokens.
     resume_ids: tuple[int, ...] = ()
     embed: bool = False  # the input's embedding (an `Embedding` event) instead of generated tokens
+    image: ImageFields | None = None  # images of `prompt` (an image model's `Images` event)
 
     def __post_init__(self) -> None:
         given = [name for name in ("prompt", "messages", "prompt_ids") if getattr(self, name) is not None]
@@ -384,7 +391,9 @@ class RequestError:
     request_id: str | None = None
 
 
-RequestEvent = Accepted | Rejected | Busy | Token | Embedding | Finished | RequestError
+RequestEvent = (
+    Accepted | Rejected | Busy | Token | Embedding | Finished | RequestError | ImageProgress | Images
+)
 RunnerEvent = Listening | Ready | Failed | Load | CacheReport | Alive | RequestEvent
 
 
@@ -392,4 +401,4 @@ def ends_request(event: RequestEvent) -> bool:
     """Whether `event` is the last one of its request."""
     if isinstance(event, Token):
         return event.finish_reason is not None
-    return not isinstance(event, Accepted)
+    return not isinstance(event, Accepted | ImageProgress)

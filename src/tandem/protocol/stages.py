@@ -4,6 +4,8 @@ carries them, beside the hidden states as plain tensors).
     rank 0 -> next stage leader -> ... -> last stage leader:  Step | KeepAlive | Stop
     last stage leader -> rank 0:                              Choices
     a stage's leader -> the other ranks of its group:         Step | KeepAlive | Stop
+
+An image instance's stages pass `protocol.images`' messages instead (and KeepAlive, Stop).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from typing import ClassVar
 
 from tandem.model.sampling_params import SamplingParams
 from tandem.model.step import StepPlan, TokenChoice
+from tandem.protocol.images import ImageStageMessage
 
 
 @dataclass(frozen=True)
@@ -63,4 +66,4 @@ class Choices:
 
 
 StageHeader = Step | KeepAlive | Stop
-StageMessage = Step | KeepAlive | Stop | Choices
+StageMessage = Step | KeepAlive | Stop | Choices | ImageStageMessage

@@ -235,6 +235,13 @@ class Driver:
         if request.embed:
             self._embed(request_id, request, prompt)
             return
+        if request.image is not None:
+            self.emit(
+                Rejected(
+                    request_id, "model: this is a text model; it cannot make images (use an image model)"
+                )
+            )
+            return
         resumed = list(request.resume_ids)
         held = len(self.seq_of)
         if held >= self.num_slots + self.queue_limit:

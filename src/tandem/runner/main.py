@@ -2,7 +2,8 @@
 
 Builds its rank (`assemble.start_rank`: joins the instance's process group, loads its part of
 its stage), reports `Ready`, then serves: rank 0 takes requests from stdin (`driver.py`), the
-other ranks follow rank 0's steps. Events go to stdout as JSON lines, logs to stderr.
+other ranks follow rank 0's steps. An image model's ranks (`spec.task == "image"`) are built and
+served by `images_assemble` and `images_driver`. Events go to stdout as JSON lines, logs to stderr.
 """
 
 from __future__ import annotations
@@ -19,9 +20,14 @@ from tandem.errors import TandemError
 from tandem.protocol.runner import ALIVE_SECONDS, Alive, Failed, Listening, Ready, RunnerSpec
 from tandem.runner.assemble import start_rank
 from tandem.runner.driver import Driver, Emit, line_emitter, prompt_preparer, read_commands
+from tandem.runner.images_assemble import start_image_rank
+from tandem.runner.images_driver import ImageDriver
 
 
 def run(spec: RunnerSpec, emit: Emit) -> None:
+    if spec.task == "image":
+        run_images(spec, emit)
+        return
     rank = start_rank(spec, on_listening=lambda port: emit(Listening(port)))
     emit(Ready(spec.rank, spec.stage_index, spec.tp_rank, spec.stage.layers, rank.report))
     if rank.engine is None:
@@ -41,6 +47,22 @@ def run(spec: RunnerSpec, emit: Emit) -> None:
             queue_limit=spec.queue_limit,
             embedder=rank.embedder(),
         ).run(commands)
+    finally:
+        rank.close()
+
+
+def run_images(spec: RunnerSpec, emit: Emit) -> None:
+    """An image model's rank (`images_assemble`): rank 0 serves requests, the others the ring."""
+    rank = start_image_rank(spec, on_listening=lambda port: emit(Listening(port)))
+    emit(Ready(spec.rank, spec.stage_index, 0, spec.stage.layers, rank.report))
+    if rank.pipeline is None:
+        rank.serve()
+        return
+    commands: queue.Queue = queue.Queue()
+    threading.Thread(target=read_commands, args=(sys.stdin, commands), daemon=True).start()
+    try:
+        micro_batch = 1 if spec.world_size > 1 else None  # one image at a time keeps every stage busy
+        ImageDriver(rank, emit, spec.keep_alive_seconds, spec.queue_limit, micro_batch).run(commands)
     finally:
         rank.close()
 

@@ -133,11 +133,12 @@ class Sending:
         self._works = works
 
     def done(self) -> bool:
-        return all(work.is_completed() for work in self._works)
+        return all(work is None or work.is_completed() for work in self._works)
 
     def wait(self) -> None:
         for work in self._works:
-            work.wait()
+            if work is not None:  # no work where this rank is not in the part's group
+                work.wait()
 
 
 def pipeline_wire(device: torch.device) -> Wire:

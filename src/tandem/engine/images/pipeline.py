@@ -6,8 +6,8 @@ FlowMatchEulerDiscreteScheduler, sigmas shifted by mu from the image's token cou
 checkpoint asks for it), the same timestep and guidance rounding, the same VAE scaling. So for
 the same weights, prompt and seed the image is the same.
 
-`LocalDriver` runs every stage in this process; a driver over runner processes (phase 2) needs
-only the same `ImageStage.forward`. A batch can be cut into micro-batches, each with its own
+`LocalDriver` runs every stage in this process; `runner/images_pipeline.py`'s driver sends
+each step through stages in runner processes instead. A batch can be cut into micro-batches, each with its own
 latents and schedule, taken step by step in turn: the order a pipeline of stages on several
 devices keeps busy.
 """
@@ -17,10 +17,13 @@ devices keeps busy.
 
 from __future__ import annotations
 
+import itertools
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -58,17 +61,40 @@ class GeneratedImages:
         return encode_png(self.pixels[index])
 
 
+class StageDriver(Protocol):
+    """Takes steps through the transformer's stages and hands back their velocities in the order
+    they were submitted; several steps (of different batches) may be in flight at once."""
+
+    def submit(self, batch_id: int, step: StepInputs) -> None: ...
+
+    def collect(self) -> torch.Tensor: ...
+
+    def release(self, batch_ids: Sequence[int]) -> None:
+        """The batches are done (their stages may forget them)."""
+        ...
+
+
 class LocalDriver:
-    """Runs a step through every stage in turn, in this process."""
+    """Runs a step through every stage in turn, in this process, as it is submitted."""
 
     def __init__(self, stages: Sequence[ImageStage]) -> None:
         self.stages = list(stages)
+        self._done: deque[torch.Tensor] = deque()
 
     def velocity(self, step: StepInputs) -> torch.Tensor:
         """The predicted velocity [B, N, out_channels] of one step of one batch."""
         for stage in self.stages[:-1]:
             step = next_inputs(step, stage.forward(step))
         return self.stages[-1].forward(step).image
+
+    def submit(self, batch_id: int, step: StepInputs) -> None:
+        self._done.append(self.velocity(step))
+
+    def collect(self) -> torch.Tensor:
+        return self._done.popleft()
+
+    def release(self, batch_ids: Sequence[int]) -> None:
+        self._done.clear()
 
 
 def flow_match_schedule(base, config: FlowMatchConfig, steps: int, image_tokens: int, device: torch.device):
@@ -87,10 +113,14 @@ class _MicroBatch:
     text: torch.Tensor  # [b, T, joint_dim]
     context: ImageBatchContext
     scheduler: object
+    batch_id: int = field(default_factory=lambda: next(_batch_ids))
+
+
+_batch_ids = itertools.count()  # unique within a process: the stages key their contexts by it
 
 
 def denoise(
-    driver: LocalDriver,
+    driver: StageDriver,
     base_scheduler,
     schedule_config: FlowMatchConfig,
     latents: torch.Tensor,
@@ -102,7 +132,9 @@ def denoise(
     on_step: StepCallback | None = None,
 ) -> torch.Tensor:
     """Noise [B, N, in_channels] → denoised latents of the same shape, `micro_batch` images at
-    a time through the stages (all B at once when None)."""
+    a time through the stages (all B at once when None). Every micro-batch's next step is
+    submitted as soon as its last one's velocity is back, so with a driver over several devices
+    the micro-batches are in flight through the stages together."""
     images = latents.shape[0]
     size = micro_batch or images
     batches = []
@@ -125,15 +157,26 @@ def denoise(
         )
         batches.append(_MicroBatch(latents[part], embeddings.sequence[part], context, scheduler))
     timesteps = batches[0].scheduler.timesteps  # type: ignore[attr-defined]
-    for index, t in enumerate(timesteps):
+
+    def submit(index: int, batch: _MicroBatch) -> None:
+        # the model's timestep is sigma, rounded to the latents' dtype first (as FluxPipeline does)
+        timestep = timesteps[index].expand(batch.latents.shape[0]).to(batch.latents.dtype) / 1000
+        step = StepInputs(context=batch.context, image=batch.latents, text=batch.text, timestep=timestep)
+        driver.submit(batch.batch_id, step)
+
+    try:
         for batch in batches:
-            # the model's timestep is sigma, rounded to the latents' dtype first (as FluxPipeline does)
-            timestep = t.expand(batch.latents.shape[0]).to(batch.latents.dtype) / 1000
-            step = StepInputs(context=batch.context, image=batch.latents, text=batch.text, timestep=timestep)
-            velocity = driver.velocity(step)
-            batch.latents = batch.scheduler.step(velocity, t, batch.latents, return_dict=False)[0]  # type: ignore[attr-defined]
-        if on_step is not None:
-            on_step(index + 1, len(timesteps))
+            submit(0, batch)
+        for index, t in enumerate(timesteps):
+            for batch in batches:
+                velocity = driver.collect()
+                batch.latents = batch.scheduler.step(velocity, t, batch.latents, return_dict=False)[0]  # type: ignore[attr-defined]
+                if index + 1 < len(timesteps):
+                    submit(index + 1, batch)
+            if on_step is not None:
+                on_step(index + 1, len(timesteps))
+    finally:
+        driver.release([batch.batch_id for batch in batches])
     return torch.cat([batch.latents for batch in batches])
 
 
@@ -145,7 +188,7 @@ class FluxImagePipeline:
     def __init__(
         self,
         config: ImageModelConfig,
-        driver: LocalDriver,
+        driver: StageDriver,
         scheduler,
         decoder: ImageDecoder,
         encoder: PromptEncoder | None,

@@ -4,6 +4,7 @@ import { watchCluster } from "./api.js";
 import { KeyPrompt } from "./auth.js";
 import { ChatPanel } from "./chat.js";
 import { ClusterView } from "./cluster.js";
+import { ImagesPanel } from "./images.js";
 import { InstancesPanel } from "./instances.js";
 import { ModelsPanel } from "./models.js";
 import { RefusalsView } from "./refusals.js";
@@ -61,6 +62,7 @@ const keyPrompt = new KeyPrompt({
   message: byId("key-message"),
   forget: byId("key-forget"),
 });
+const images = new ImagesPanel(document.querySelector("main"));
 
 const connection = byId("connection");
 const CONNECTION_TEXT = { live: "live", reconnecting: "reconnecting…", key: "API key needed" };
@@ -81,5 +83,6 @@ watchCluster((view) => {
   models.update(view);
   instances.update(view);
   chat.update(view);
+  images.update(view);
   document.body.dataset.stateVersion = String(view.version);
 }, setConnection);
