@@ -5,7 +5,8 @@
 # build/demo-data, carried with the call); tp-check (tensor parallel on 2 GPUs against one, token for
 # token); plans-8b, plans-70b (placements compared on every GPU of the machine); multi (all three);
 # all-reduce (decode-sized all-reduces in CUDA graphs, each way); wave2 (the mixtures' and quantized
-# kernels on CUDA, then llama3-8b bf16/int4/fp8, qwen3-30b-a3b and deepseek-v3:4 benches).
+# kernels on CUDA, then llama3-8b bf16/int4/fp8, qwen3-30b-a3b and deepseek-v3:4 benches); serve (64
+# requests through one engine: TTFT, tokens/s, steps and kernels).
 # Logs and results go to $OUT (or ./artifacts/gpu when run elsewhere).
 set -uo pipefail
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
@@ -83,6 +84,12 @@ for task in "$@"; do
           --prompt-lengths 128 --decode-tokens "$decode" --json "$OUT/bench-$name.json" \
           2>&1 | tee "$OUT/bench-$name.log" | tail -6 || status=1
       done
+      ;;
+    serve)
+      # many requests through the engine a runner serves: a fresh prompt's TTFT, a round of
+      # SERVE_REQUESTS (64) requests of 128 tokens, its steps and kernels (tools/profile_step.py)
+      timeout "${SERVE_TIMEOUT:-200}" python3 tools/profile_step.py --shape "${SERVE_SHAPE:-llama3-8b}" \
+        --requests "${SERVE_REQUESTS:-64}" 2>&1 | tee "$OUT/serve.log" | grep -E "^round|steps|first token|loaded" || status=1
       ;;
     multi)
       "$0" tp-check plans-8b plans-70b || status=1
