@@ -57,6 +57,21 @@ def test_cpus_of_one_host_share_its_ram_and_gpus_and_other_hosts_keep_theirs():
     )
 
 
+def test_a_capped_cpu_keeps_its_cap_as_its_share():
+    capped = DeviceInfo(
+        "cpu",
+        0,
+        "cpu",
+        memory_total=GB,
+        memory_free=GB,
+        matmul_flops=1e11,
+        memory_bandwidth=2e10,
+        memory_capped=True,
+    )
+    shared = split_shared_memory(Topology((node("a", "h1", capped), node("b", "h1", cpu(30 * GB)))))
+    assert [n.devices[0].memory_free for n in shared.nodes] == [GB, 15 * GB]
+
+
 def test_placement_does_not_fill_a_shared_host_twice():
     # 10 GB of weights (one byte a parameter): two hosts of 8 GB hold them, one host of 8 GB
     # shared by two nodes does not, however its nodes each report all of it.

@@ -4,7 +4,7 @@ Each node reads the free RAM of the whole machine, so several `tandem node` proc
 host (as loopback tests and some setups run them) would each offer all of it, and placement could
 fill it several times over. Nodes report which host they run on (`NodeInfo.host`, from the machine
 and boot ids: `tandem.node.profile.host_id`); placement offers each CPU on a shared host an equal
-share of what that host reports. GPUs are not split: a CUDA ordinal names a different card in
+share of what that host reports, unless its node was given a cap (`--memory`), which is its share. GPUs are not split: a CUDA ordinal names a different card in
 each process when the nodes are given different cards, which is how nodes share a multi-GPU host.
 """
 
@@ -36,7 +36,7 @@ def _share(node: NodeInfo, sharing: int) -> NodeInfo:
 
 
 def _cpu_share(device: DeviceInfo, sharing: int) -> DeviceInfo:
-    if device.kind != "cpu":
+    if device.kind != "cpu" or device.memory_capped:  # a cap is the operator's share already
         return device
     return replace(
         device, memory_total=device.memory_total // sharing, memory_free=device.memory_free // sharing

@@ -31,6 +31,9 @@ class DeviceInfo:
     # The engine its runners use: "mlx" for a Metal GPU, or a CPU its node gave to MLX (`--engine
     # mlx`), measured through MLX; a stage on it is one rank, its hidden states cross over gloo.
     engine: DeviceEngine = "torch"
+    # The operator capped what it offers (`tandem node --memory`): placement takes the cap as this
+    # node's share and does not split it again among nodes sharing the host.
+    memory_capped: bool = False
 
     @property
     def torch_device(self) -> str:

@@ -147,6 +147,7 @@ def limit_memory(devices: tuple[DeviceInfo, ...], limit: int | None) -> tuple[De
                 **device.__dict__,
                 "memory_total": min(device.memory_total, limit),
                 "memory_free": min(device.memory_free, limit),
+                "memory_capped": True,
             }
         )
         for device in devices
