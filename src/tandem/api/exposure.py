@@ -4,8 +4,8 @@ browser on another machine gets when it may not.
 With no API key, a node answers its API and dashboard only on its own machine (loopback, or a
 connection from one of its own addresses) unless the operator passes `--open-api`: Ollama's
 convention, which keeps a model server off the LAN until someone decides otherwise. With a key,
-other machines use the API with the key; the dashboard cannot send one, so it stays on the
-node's machine unless the API is open. `/internal/*` routes are never limited here: node-to-node
+other machines use the API and the dashboard with the key (the dashboard's pages hold nothing
+of the cluster: it asks for the key and sends it with every call). `/internal/*` routes are never limited here: node-to-node
 traffic comes from every interface and is authenticated by the cluster secret's signatures.
 """
 
@@ -37,22 +37,14 @@ class Exposure:
         return {
             "open": "API and dashboard open to every machine that reaches this node (--open-api)"
             + (", with the API key" if self.api_key_set else ", no API key"),
-            "key": "API open to other machines with the API key; the dashboard on this machine only "
-            "(--open-api opens it to the network)",
+            "key": "API and dashboard open to other machines with the API key",
             "local": "API and dashboard on this machine only (no --api-key); other machines get in "
             "once the node is started with --api-key KEY or --open-api",
         }[self.mode]
 
     def refusal(self, path: str, local: bool) -> str | None:
         """Why a caller may not use `path`, or None when it may (the API key is checked after)."""
-        if local or self.open_api or path.startswith(NODE_ROUTES):
-            return None
-        if self.api_key_set:
-            if is_dashboard(path):
-                return (
-                    "this node's dashboard answers only on its own machine: it cannot send the API key; "
-                    "open it there (or through ssh -L), or start the node with --open-api"
-                )
+        if local or self.open_api or self.api_key_set or path.startswith(NODE_ROUTES):
             return None
         return (
             "this node answers its API and dashboard only on its own machine; start it with "
