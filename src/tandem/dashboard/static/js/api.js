@@ -9,6 +9,7 @@ const RECONNECT_MILLISECONDS = 2000;
 
 function errorMessage(data, response, text) {
   if (data && typeof data.error === "string") return data.error;
+  if (data && typeof data.error?.message === "string") return data.error.message; // OpenAI's shape
   if (data && typeof data.detail === "string") return data.detail;
   if (data && Array.isArray(data.detail)) {
     // FastAPI's validation errors: [{loc: ["body", "context"], msg: "..."}]
@@ -81,6 +82,34 @@ export function watchCluster(onState, onConnection) {
   follow();
 }
 
+/**
+ * Stream an image request's events (server-sent JSON: progress, completed, error) from POST
+ * /v1/images/generations; `body` asks for `"stream": true`. Aborting `signal` stops it.
+ */
+export async function* generateImages(body, signal) {
+  const response = await fetch("/v1/images/generations", {
+    method: "POST",
+    headers: { ...authHeaders(), "content-type": "application/json" },
+    body: JSON.stringify(body),
+    signal,
+  });
+  if (!response.ok) throw await refusal(response);
+  for await (const message of serverEvents(response.body)) yield JSON.parse(message.data);
+}
+
+/** The error of a refused streaming request (a 401 hands the key prompt its turn). */
+async function refusal(response) {
+  const text = await response.text();
+  let data = null;
+  try {
+    data = JSON.parse(text);
+  } catch {
+    data = null;
+  }
+  if (response.status === 401) keyRefused(errorMessage(data, response, text));
+  return new ApiError(errorMessage(data, response, text));
+}
+
 /** Server-sent event messages ({event, data}) from a response body, comments skipped. */
 async function* serverEvents(body) {
   const reader = body.pipeThrough(new TextDecoderStream()).getReader();
@@ -118,17 +147,7 @@ export async function* generate(instanceId, body, signal) {
     body: JSON.stringify(body),
     signal,
   });
-  if (!response.ok) {
-    const text = await response.text();
-    let data = null;
-    try {
-      data = JSON.parse(text);
-    } catch {
-      data = null;
-    }
-    if (response.status === 401) keyRefused(errorMessage(data, response, text));
-    throw new ApiError(errorMessage(data, response, text));
-  }
+  if (!response.ok) throw await refusal(response);
   const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
   let pending = "";
   for (;;) {

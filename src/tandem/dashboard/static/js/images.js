@@ -2,33 +2,11 @@
 // image is made, and a gallery of the images of this visit. It posts to the node's OpenAI-style
 // POST /v1/images/generations with "stream": true and reads its server-sent events.
 
-import { listModels } from "./api.js";
-import { authHeaders } from "./auth.js";
+import { generateImages, listModels } from "./api.js";
 import { h } from "./dom.js";
 import { duration, modelLabel } from "./format.js";
 
 const IMAGE_ARCHITECTURE = /^flux/; // how the model list names an image model's architecture
-
-/** Parse a fetch response of server-sent events into their JSON payloads, in order. */
-export async function* serverEvents(response) {
-  const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
-  let pending = "";
-  for (;;) {
-    const { value, done } = await reader.read();
-    if (done) break;
-    pending += value;
-    const blocks = pending.split("\n\n");
-    pending = blocks.pop();
-    for (const block of blocks) {
-      const data = block
-        .split("\n")
-        .filter((line) => line.startsWith("data: "))
-        .map((line) => line.slice(6))
-        .join("\n");
-      if (data) yield JSON.parse(data);
-    }
-  }
-}
 
 function field(label, input) {
   return h("label", { class: "field" }, label, input);
@@ -158,17 +136,7 @@ export class ImagesPanel {
     this.progress.value = 0;
     this.status.textContent = "starting…";
     try {
-      const response = await fetch("/v1/images/generations", {
-        method: "POST",
-        headers: { "content-type": "application/json", ...authHeaders() },
-        body: JSON.stringify(body),
-        signal: controller.signal,
-      });
-      if (!response.ok) {
-        const data = await response.json().catch(() => null);
-        throw new Error(data?.error?.message || `${response.status} ${response.statusText}`);
-      }
-      for await (const event of serverEvents(response)) {
+      for await (const event of generateImages(body, controller.signal)) {
         if (event.type === "image_generation.progress") {
           this.progress.max = event.steps;
           this.progress.value = event.step;
