@@ -9,6 +9,8 @@ context length.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from tandem.engine.kv_cache import KVCache
@@ -18,6 +20,21 @@ from tandem.model.step import StepPlan
 
 BUCKETS = (1, 2, 4, 8, 16, 32, 64)
 WARMUP_RUNS = 2
+
+
+def capture(forward: Callable[[], torch.Tensor], pool) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
+    """`forward` run a few times on a side stream (compiling and tuning its kernels), then
+    captured in a graph drawing on `pool`; returns the graph and its output tensor."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(WARMUP_RUNS):
+            forward()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph, pool=pool):
+        output = forward()
+    return graph, output
 
 
 def bucket_for(batch: int, max_batch: int) -> int:
@@ -64,16 +81,7 @@ class DecodeGraphs:
 
     def _capture(self, bucket: int) -> None:
         self.tables.fill_(self.scratch_block)  # warm-up writes go to the scratch block
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):
-            for _ in range(WARMUP_RUNS):  # compiles kernels, creates library handles
-                self._forward(bucket)
-        torch.cuda.current_stream().wait_stream(stream)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self.pool):
-            output = self._forward(bucket)
-        self.graphs[bucket] = (graph, output)
+        self.graphs[bucket] = capture(lambda: self._forward(bucket), self.pool)
 
     @torch.inference_mode()
     def run(

@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 
 from tandem.engine.blocks import BLOCK_SIZE
+from tandem.engine.cuda.graphs import capture
 from tandem.engine.kv_cache import KVCache
 from tandem.engine.models.llama import CausalLM
 from tandem.engine.parallel.group import AllReduce
@@ -23,7 +24,6 @@ from tandem.engine.quant.linear import QuantizedEmbedding, QuantizedLinear
 from tandem.model.step import StepPlan
 
 PREFILL_BUCKETS = (16, 32, 64, 128, 256, 512)
-WARMUP_RUNS = 2
 
 
 def prefill_bucket(tokens: int, buckets: tuple[int, ...]) -> int | None:
@@ -84,16 +84,7 @@ class PrefillGraphs:
     def _capture(self, bucket: int) -> None:
         self.table.fill_(self.scratch_block)  # warm-up writes go to the scratch block
         self.row.zero_()
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):
-            for _ in range(WARMUP_RUNS):  # compiles and tunes kernels for this size
-                self._forward(bucket)
-        torch.cuda.current_stream().wait_stream(stream)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self.pool):
-            output = self._forward(bucket)
-        self.graphs[bucket] = (graph, output)
+        self.graphs[bucket] = capture(lambda: self._forward(bucket), self.pool)
 
     @torch.inference_mode()
     def run(self, plan: StepPlan) -> torch.Tensor:
