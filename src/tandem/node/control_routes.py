@@ -148,7 +148,9 @@ async def stop_runners(request: Request) -> Response:
 
 @router.post("/internal/instances")
 async def internal_launch(request: Request) -> Response:
-    return await answer(request, LaunchRequest, lambda service, launch: service.instances.launch(launch))
+    return await answer(
+        request, LaunchRequest, lambda service, launch: service.instances.launch_checked(launch)
+    )
 
 
 @router.delete("/internal/instances/{instance_id}")

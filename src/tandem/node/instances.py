@@ -102,7 +102,14 @@ class InstanceManager:
     # --- launching (any node asks; the coordinator decides) -----------------------------------
 
     async def launch(self, request: LaunchRequest) -> Instance:
+        """A request from this node's own API: its model must be one this node offers."""
         check_requested_model(request.model, self.node.options.models_dirs)
+        return await self.launch_checked(request)
+
+    async def launch_checked(self, request: LaunchRequest) -> Instance:
+        """A launch whose model name was already checked by the node that took the request (this
+        one, or a cluster member that signed its forward): the coordinator need not offer a
+        directory that a member offers."""
         if not self.node.is_coordinator:
             address = self.node.reachable_address(self.node.coordinator, "the coordinator")
             launched = await self.node.control.call(
@@ -122,8 +129,12 @@ class InstanceManager:
         return instance
 
     def plan(self, request: LaunchRequest) -> Placement | Infeasible:
-        """The placement a launch request would get now."""
+        """The placement a request from this node's own API would get now."""
         check_requested_model(request.model, self.node.options.models_dirs)
+        return self.plan_checked(request)
+
+    def plan_checked(self, request: LaunchRequest) -> Placement | Infeasible:
+        """The placement a launch whose model name was already checked would get now."""
         directory = self.files.config_dir(request.model)  # fetches config.json if need be
         if not is_image_model_dir(directory):
             return self.plan_shape(
@@ -156,7 +167,7 @@ class InstanceManager:
     async def _launch_as_coordinator(
         self, request: LaunchRequest, replaces: str | None = None, attempt: int = 0
     ) -> Instance:
-        placement = await asyncio.to_thread(self.plan, request)  # may fetch the config: off the loop
+        placement = await asyncio.to_thread(self.plan_checked, request)  # may fetch the config: off the loop
         if isinstance(placement, Infeasible):
             raise InvalidRequestError(f"cannot place {request.model}: {placement.reason}")
         if request.reuse:  # no await from this check to InstanceCreated: one launch wins

@@ -9,7 +9,9 @@ A launch names the model by its `name` (the directory's path), which must exist 
 path on every node that will hold a stage, as for any launch.
 
 A request may name a directory only if it is one of these (`check_requested_model`): never an
-arbitrary path, and the refusal reads the same whether or not the path exists.
+arbitrary path, and the refusal reads the same whether or not the path exists. The node that
+takes the request checks; the coordinator trusts a member's signed forward, so a directory one
+member offers launches even when the coordinator offers none.
 """
 
 from __future__ import annotations
