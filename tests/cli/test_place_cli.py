@@ -47,9 +47,9 @@ def test_kimi_k2_in_fp8_spreads_over_the_mac_studios():
 def test_kimi_k2_in_float32_does_not_fit_and_says_why():
     assert_one_line_error(
         tandem_place(KIMI, "--topology", MACS, "--dtype", "float32", "--weight-bytes", "4"),
-        "cannot place kimi-k2: kimi-k2 needs 4105.6 GB for weights",
+        "cannot place kimi-k2: kimi-k2 needs 4.1 TB for weights",
         "(4096 tokens × 8 sequences)",
-        "the cluster has 1796.0 GB free on 4 devices after a 10% margin",
+        "the cluster has 1.8 TB free on 4 devices after a 10% margin",
     )
 
 

@@ -43,7 +43,9 @@ def test_a_member_launches_what_it_offers_though_the_coordinator_does_not(tmp_pa
     """The node that takes the request checks the name; the coordinator trusts its signed forward."""
     offered = checkpoint_factory("llama-gqa").path
     with running_nodes(tmp_path, 1) as (coordinator,):
-        member = start_node(tmp_path, "member", [coordinator.address], extra_args=("--models-dir", str(offered)))
+        member = start_node(
+            tmp_path, "member", [coordinator.address], extra_args=("--models-dir", str(offered))
+        )
         try:
             wait_for(member.cluster, timeout=60, what="the member to answer")
             wait_for(

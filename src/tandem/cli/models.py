@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from tandem.store.cache import format_bytes
+from tandem.sizes import format_bytes
 
 SHORT_DTYPES = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32", "float8": "fp8"}
 COLUMNS = ("ID", "PARAMETERS", "LAYERS", "CONTEXT", "WEIGHTS", "ENGINE", "HERE", "HUGGING FACE REPO")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from tandem.cluster.placement_search import Candidate, LayerCosts
+from tandem.sizes import format_bytes
 
 if TYPE_CHECKING:
     from tandem.cluster.placement import PlacementRequest
@@ -17,7 +18,7 @@ def why_infeasible(
     shape = costs.shape
     after = (
         f"after a {request.memory_margin * 100:g}% margin and "
-        f"{request.device_overhead_bytes / 1e9:.1f} GB per device for activations"
+        f"{format_bytes(request.device_overhead_bytes)} per device for activations"
     )
     usable = [device for device in devices if device.usable_bytes > 0]
     if not usable:
@@ -27,23 +28,23 @@ def why_infeasible(
         largest = max(usable, key=lambda device: device.usable_bytes)
         weights, kv, held = _layer_bytes(costs, largest, layer)
         return (
-            f"layer {layer} of {shape.name} alone needs {_gb(held)} ({_gb(weights)} of weights and "
-            f"{_gb(kv)} of KV cache for {_tokens(request)}), more than any device can hold: the largest, "
-            f"{largest.label}, has {_gb(largest.usable_bytes)} free {after}"
+            f"layer {layer} of {shape.name} alone needs {format_bytes(held)} ({format_bytes(weights)} of weights and "
+            f"{format_bytes(kv)} of KV cache for {_tokens(request)}), more than any device can hold: the largest, "
+            f"{largest.label}, has {format_bytes(largest.usable_bytes)} free {after}"
         )
     reference = next((device for device in usable if device.kind == "cuda"), usable[0])
     whole = costs.stage(reference, 0, shape.num_layers)
     free = sum(device.usable_bytes for device in usable)
     offer = (
-        f"the {len(usable)} given devices have {_gb(free)} free"
+        f"the {len(usable)} given devices have {format_bytes(free)} free"
         if forced
-        else f"the cluster has {_gb(free)} free on {len(usable)} devices"
+        else f"the cluster has {format_bytes(free)} free on {len(usable)} devices"
     )
     spare_none = len(devices) - len(usable)
     if spare_none:
         offer += f" ({spare_none} more with none to spare)"
     reason = (
-        f"{shape.name} needs {_gb(whole.weight_bytes)} for weights and {_gb(whole.kv_bytes)} for the KV cache "
+        f"{shape.name} needs {format_bytes(whole.weight_bytes)} for weights and {format_bytes(whole.kv_bytes)} for the KV cache "
         f"({_tokens(request)}){_dtype_note(costs, usable, reference)}; {offer} {after}"
     )
     if sum(costs.model_fraction(device) for device in usable) >= 1:
@@ -79,10 +80,6 @@ def _dtype_note(costs: LayerCosts, usable: list[Candidate], reference: Candidate
             f" on {reference.kind.upper()} devices ({'/'.join(f'{size:g}' for size in others)} on the others)"
         )
     return note
-
-
-def _gb(size: float) -> str:
-    return f"{size / 1e9:.1f} GB"
 
 
 def _tokens(request: PlacementRequest) -> str:

@@ -19,6 +19,7 @@ from pathlib import Path
 from huggingface_hub import constants
 
 from tandem.errors import TandemError
+from tandem.sizes import format_bytes
 from tandem.store.manifest import GIT_SHA1, SHA256, RepoFile, RepoManifest
 from tandem.store.names import COMMIT_HASH
 
@@ -147,11 +148,3 @@ def check_disk_space(needed: int, directory: Path, what: str) -> None:
             f"not enough disk space for {what}: it needs {format_bytes(needed)} in {directory}, "
             f"which has {format_bytes(free)} free; free some space or set HF_HOME to a larger disk"
         )
-
-
-def format_bytes(count: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if abs(count) < 1000 or unit == "TB":
-            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
-        count /= 1000
-    raise AssertionError("unreachable")

@@ -24,7 +24,8 @@ from typing import Protocol
 from tandem.errors import TandemError
 from tandem.model.config import read_config_json
 from tandem.model.stage import LayerRange, StageSpec
-from tandem.store.cache import RepoCache, check_disk_space, format_bytes
+from tandem.sizes import format_bytes
+from tandem.store.cache import RepoCache, check_disk_space
 from tandem.store.hub import Hub, HubRefused, HubUnreachable
 from tandem.store.manifest import RepoFile, RepoManifest, is_metadata_file
 from tandem.store.names import ModelName, parse_model_name

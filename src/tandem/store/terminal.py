@@ -11,7 +11,7 @@ from typing import TextIO
 
 from tandem.cluster.topology import DownloadProgress
 from tandem.model.stage import LayerRange
-from tandem.store.cache import format_bytes
+from tandem.sizes import format_bytes
 from tandem.store.progress import DownloadBoard
 
 REFRESH_SECONDS = 0.25
