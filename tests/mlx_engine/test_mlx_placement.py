@@ -40,6 +40,15 @@ def test_a_pipeline_runs_through_a_metal_device_at_16_bits_over_gloo():
         "metal",
     }
     assert placement.backend == "gloo"
+    assert [stage.engine for stage in placement.stages] == ["torch", "mlx"]
+    # The plan's lines say which stage MLX computes (`tandem place` and the dashboard print them).
+    lines = placement.explain()
+    assert [line.split()[2:4] for line in lines if line.startswith("  stage")] == [
+        ["gpu", "cuda:0"],
+        ["mac", "metal"],
+    ]
+    assert "mac  metal (mlx)  layers" in lines[2]
+    assert "(mlx)" not in lines[1]
 
 
 def test_an_mlx_cpu_is_sized_at_32_bits_unless_a_dtype_is_asked():
@@ -105,16 +114,35 @@ def test_a_spec_names_its_engine_through_the_codec():
     assert RunnerSpec.from_json(spec(engine="torch").to_json()).engine == "torch"
 
 
-def test_a_node_given_to_mlx_offers_its_cpu_as_an_mlx_device_measured_through_mlx(tmp_path: Path):
+def test_a_node_given_to_mlx_offers_its_cpu_as_an_mlx_device_measured_through_mlx(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
     require_mlx()
+    import tandem.mlx.profile as mlx_profile
+
     devices = (gpu(24), cpu(64))
     assert node_engine("torch") == "torch"
-    assert with_engine(devices, "torch") == devices
+    assert with_engine(devices, "torch", tmp_path) == devices
     assert node_engine("mlx") == "mlx"
-    kept, mlx_cpu = with_engine(devices, "mlx")
+    kept, mlx_cpu = with_engine(devices, "mlx", tmp_path)
     assert kept == devices[0]
     assert (mlx_cpu.kind, mlx_cpu.engine, mlx_cpu.torch_device) == ("cpu", "mlx", "cpu")
     assert mlx_cpu.matmul_flops > 0 and mlx_cpu.memory_bandwidth > 0 and mlx_cpu.memory_total > GB
+
+    def no_measuring(*args: object) -> float:
+        raise AssertionError("measured again")
+
+    # The next start reads the rates the first one measured; --remeasure measures again.
+    monkeypatch.setattr(mlx_profile, "matmul_flops", no_measuring)
+    _, again = with_engine(devices, "mlx", tmp_path)
+    assert (again.matmul_flops, again.memory_bandwidth) == (mlx_cpu.matmul_flops, mlx_cpu.memory_bandwidth)
+    with pytest.raises(AssertionError, match="measured again"):
+        with_engine(devices, "mlx", tmp_path, remeasure=True)
+
+
+def test_mlx_asked_for_a_node_that_offers_no_cpu_is_refused(tmp_path: Path):
+    with pytest.raises(TandemError, match=r"offers no CPU \(devices: cuda:0\): add cpu to --devices"):
+        with_engine((gpu(24),), "mlx", tmp_path)
 
 
 def test_a_topology_file_describes_mlx_devices():

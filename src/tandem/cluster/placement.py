@@ -61,7 +61,7 @@ from tandem.cluster.placement_search import (
 )
 from tandem.cluster.placement_why import oversized_layer, why_infeasible
 from tandem.cluster.shared_hosts import split_shared_memory
-from tandem.cluster.topology import DeviceKind, NodeId, Topology
+from tandem.cluster.topology import DeviceEngine, DeviceKind, NodeId, Topology
 from tandem.errors import InvalidRequestError
 from tandem.model.config import DTYPE_BYTES
 from tandem.model.quantization import QUANTIZE_CHOICES
@@ -180,6 +180,7 @@ class Stage:
     compute_seconds: float  # reading this stage's bytes for one token (each member reads 1/k)
     send_seconds: float  # the hop to the next stage (from the last: back to the first)
     all_reduce_seconds: float = 0.0  # the tensor-parallel group's collectives for one token
+    engine: DeviceEngine = "torch"  # what computes it: "mlx" on a Metal GPU or a CPU given to MLX
 
     @property
     def predicted_seconds(self) -> float:
@@ -233,7 +234,7 @@ class Placement:
         if self.weight_format:
             lines.append(f"weights: {self.weight_format}")
         width = max(len(member.node_id) for stage in self.stages for member in stage.members)
-        members = [_members_text(stage.members, width) for stage in self.stages]
+        members = [_members_text(stage.members, width, stage.engine) for stage in self.stages]
         column = max(len(text) for text in members)
         for index, stage in enumerate(self.stages):
             lines.append(
@@ -249,9 +250,11 @@ class Placement:
         return lines
 
 
-def _members_text(members: tuple[DeviceAddress, ...], width: int) -> str:
+def _members_text(members: tuple[DeviceAddress, ...], width: int, engine: str) -> str:
     """A stage's devices: `node  cuda:0`, `node  cuda:0+cuda:1` (a group within a node), or
-    `a cuda:0 + b cuda:0` (a group across nodes)."""
+    `a cuda:0 + b cuda:0` (a group across nodes); `node  cpu (mlx)` where MLX computes it."""
+    if engine == "mlx":  # a stage of one device
+        return f"{members[0].node_id:<{width}}  {members[0].torch_device} (mlx)"
     node_id = members[0].node_id
     if any(member.node_id != node_id for member in members):
         return " + ".join(str(member) for member in members)
@@ -433,6 +436,7 @@ def _placement(
                 compute_seconds=cost.read_bytes / device.bandwidth,
                 send_seconds=hop,
                 all_reduce_seconds=costs.collectives(device, start, end) * device.all_reduce_seconds,
+                engine=device.engine,
             )
         )
     ring_pairs = (

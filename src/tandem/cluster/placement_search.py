@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from itertools import accumulate, pairwise
 from typing import TYPE_CHECKING
 
-from tandem.cluster.topology import LinkInfo, NodeId, Topology
+from tandem.cluster.topology import DeviceEngine, LinkInfo, NodeId, Topology
 from tandem.model.quantization import QuantFormat, loaded_format
 from tandem.model.shapes import ModelShape
 
@@ -50,7 +50,7 @@ class Candidate:
     bandwidth: float
     members: tuple[tuple[NodeId, str], ...] = ()  # (node, torch device) of each; () : just this one
     all_reduce_seconds: float = 0.0
-    engine: str = "torch"  # "mlx": a device its node runs on MLX (a stage of one rank)
+    engine: DeviceEngine = "torch"  # "mlx": a device its node runs on MLX (a stage of one rank)
 
     def __post_init__(self) -> None:
         if not self.members:

@@ -25,6 +25,8 @@ CPU_COPY_BYTES = 64 * 2**20
 METAL_MATMUL_SIZE = 4096
 CPU_MATMUL_SIZE = 512
 
+RatesOf = Callable[[str, Callable[[], tuple[float, float]]], tuple[float, float]]
+
 
 @dataclass(frozen=True)
 class MLXDeviceProfile:
@@ -75,24 +77,34 @@ def matmul_flops(device: mx.DeviceType, dtype: mx.Dtype, size: int | None = None
     return 2 * size**3 / seconds
 
 
-def profile_mlx_device(backend: str | None = None) -> MLXDeviceProfile:
-    """Measure the device MLX computes on: Metal where available (or asked), else its CPU."""
+def profile_mlx_device(backend: str | None = None, rates_of: RatesOf | None = None) -> MLXDeviceProfile:
+    """Measure the device MLX computes on: Metal where available (or asked), else its CPU.
+    `rates_of(key, measure)` may answer the rates from what an earlier start measured (the
+    node's cache, keyed by backend, device name and memory); without it they are measured."""
     backend = backend or ("metal" if mx.metal.is_available() else "cpu")
     device = mx.gpu if backend == "metal" else mx.cpu
     dtype, dtype_name = (mx.float16, "float16") if backend == "metal" else (mx.float32, "float32")
     memory = psutil.virtual_memory()
     total = macos_memory_bytes() or memory.total
     info = _metal_info() if backend == "metal" else {}
+    name = str(info.get("device_name") or info.get("architecture") or _cpu_name())
+    memory_total = int(info.get("memory_size") or total)
+
+    def measure() -> tuple[float, float]:
+        return matmul_flops(device, dtype), copy_bandwidth(device)
+
+    key = f"mlx:{backend}|{name}|{memory_total}"
+    flops, bandwidth = rates_of(key, measure) if rates_of is not None else measure()
     return MLXDeviceProfile(
         engine="mlx",
         backend=backend,
-        name=str(info.get("device_name") or info.get("architecture") or _cpu_name()),
-        memory_total=int(info.get("memory_size") or total),
+        name=name,
+        memory_total=memory_total,
         memory_free=memory.available,
         working_set_limit=info.get("max_recommended_working_set_size"),
-        matmul_flops=matmul_flops(device, dtype),
+        matmul_flops=flops,
         matmul_dtype=dtype_name,
-        memory_bandwidth=copy_bandwidth(device),
+        memory_bandwidth=bandwidth,
         power_draw=macos_power_watts(),
     )
 

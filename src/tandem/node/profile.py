@@ -22,6 +22,7 @@ import psutil
 import torch
 
 from tandem.cluster.topology import DeviceInfo
+from tandem.errors import TandemError
 
 CACHE_FILE = "profile.json"
 MACHINE_ID_FILES = ("/etc/machine-id", "/var/lib/dbus/machine-id")
@@ -91,6 +92,26 @@ def cpu_name() -> str:
     return f"{name} ({os.cpu_count()} cores)"
 
 
+class RateCache:
+    """Measured rates kept in the data directory, keyed by the hardware they describe: a
+    device is measured at a node's first start (or with `--remeasure`), not at every start."""
+
+    def __init__(self, data_dir: Path, remeasure: bool = False) -> None:
+        self.path = data_dir / CACHE_FILE
+        self.rates = {} if remeasure else _load_cache(self.path)
+
+    def rates_of(self, key: str, measure: Callable[[], tuple[float, float]]) -> tuple[float, float]:
+        """(matmul FLOP/s, copy bandwidth) for the device `key` names, measured if not kept yet."""
+        if key not in self.rates:
+            self.rates[key] = list(measure())
+        flops, bandwidth = self.rates[key]
+        return flops, bandwidth
+
+    def save(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.write_text(json.dumps(self.rates, indent=2))
+
+
 def _load_cache(path: Path) -> dict[str, list[float]]:
     try:
         data = json.loads(path.read_text())
@@ -103,8 +124,7 @@ def profile_devices(
     data_dir: Path, allowed: list[str] | None = None, remeasure: bool = False
 ) -> tuple[DeviceInfo, ...]:
     """This machine's devices (`allowed` torch names such as ["cpu", "cuda:0"]; None for all)."""
-    cache_path = data_dir / CACHE_FILE
-    cache = {} if remeasure else _load_cache(cache_path)
+    cache = RateCache(data_dir, remeasure)
     found: list[tuple[torch.device, str, int, int]] = []
     if torch.cuda.is_available():
         for index in range(torch.cuda.device_count()):
@@ -117,10 +137,9 @@ def profile_devices(
         torch_name = "cpu" if device.type == "cpu" else f"cuda:{device.index}"
         if allowed is not None and torch_name not in allowed:
             continue
-        key = f"{torch_name}|{name}|{total}"
-        if key not in cache:
-            cache[key] = list(measure_device(device))
-        flops, bandwidth = cache[key]
+        flops, bandwidth = cache.rates_of(
+            f"{torch_name}|{name}|{total}", lambda device=device: measure_device(device)
+        )
         devices.append(
             DeviceInfo(
                 kind="cpu" if device.type == "cpu" else "cuda",
@@ -132,8 +151,7 @@ def profile_devices(
                 memory_bandwidth=bandwidth,
             )
         )
-    data_dir.mkdir(parents=True, exist_ok=True)
-    cache_path.write_text(json.dumps(cache, indent=2))
+    cache.save()
     return tuple(devices)
 
 
@@ -185,16 +203,27 @@ def node_engine(asked: str | None) -> str:
     return "mlx" if asked is None and is_apple_silicon() and mlx_available() else "torch"
 
 
-def with_engine(devices: tuple[DeviceInfo, ...], engine: str) -> tuple[DeviceInfo, ...]:
+def with_engine(
+    devices: tuple[DeviceInfo, ...], engine: str, data_dir: Path, remeasure: bool = False
+) -> tuple[DeviceInfo, ...]:
     """The devices with MLX's in place of the CPU when `engine` is "mlx": the Metal GPU where MLX
     has one (the CPU shares its unified memory, so it is not offered beside it), else the CPU
-    through MLX's CPU backend; its rates measured through MLX (a second or two). CUDA devices
-    stay on the PyTorch engine."""
-    if engine != "mlx" or not any(device.kind == "cpu" for device in devices):
+    through MLX's CPU backend; its rates measured through MLX at the first start (a second or
+    two) and kept with the others. CUDA devices stay on the PyTorch engine. MLX asked for where
+    the node offers no CPU (`--devices cuda:0`) is an error: there is nothing for it to run."""
+    if engine != "mlx":
         return devices
+    if not any(device.kind == "cpu" for device in devices):
+        offered = ", ".join(device.torch_device for device in devices) or "none"
+        raise TandemError(
+            f"--engine mlx runs this node's CPU side (its Metal GPU or CPU) on MLX, but the node "
+            f"offers no CPU (devices: {offered}): add cpu to --devices or drop --engine mlx"
+        )
     from tandem.mlx.profile import profile_mlx_device
 
-    profile = profile_mlx_device()
+    cache = RateCache(data_dir, remeasure)
+    profile = profile_mlx_device(rates_of=cache.rates_of)
+    cache.save()
     device = DeviceInfo(
         kind="metal" if profile.backend == "metal" else "cpu",
         index=0,

@@ -39,7 +39,7 @@ class NodeService:
         devices = profile_devices(
             options.data_dir, list(options.devices) if options.devices else None, remeasure=options.remeasure
         )
-        devices = with_engine(devices, node_engine(options.engine))
+        devices = with_engine(devices, node_engine(options.engine), options.data_dir, options.remeasure)
         devices = limit_memory(devices, options.memory_limit)
         board = DownloadBoard()
         node = Node(options, node_id, secret.secret, devices, board)
