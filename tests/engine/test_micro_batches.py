@@ -26,6 +26,8 @@ class InOrder:
         self.micro_batches = micro_batches
         self.answers: deque[tuple[StepPlan, list[TokenChoice]]] = deque()
         self.most_in_flight = 0
+        self.mixed_steps = 0  # steps with both a new prompt's chunk and a decoding sequence's row
+        self.sampled: set[int] = set()  # sequences a step has chosen a token for
 
     def start_sequence(self, seq_id: int, prompt_ids: list[int], params: SamplingParams) -> None:
         self.local.start_sequence(seq_id, prompt_ids, params)
@@ -39,6 +41,12 @@ class InOrder:
     def submit(self, plan: StepPlan) -> None:
         held = {chunk.seq_id for step, _ in self.answers for chunk in step.chunks}
         assert not held & {chunk.seq_id for chunk in plan.chunks}, "a sequence in two steps in flight"
+        prompts = [chunk for chunk in plan.chunks if chunk.seq_id not in self.sampled]
+        decodes = [
+            chunk for chunk in plan.chunks if chunk.seq_id in self.sampled and len(chunk.token_ids) == 1
+        ]
+        self.mixed_steps += bool(prompts and decodes)
+        self.sampled |= {chunk.seq_id for chunk in plan.chunks if chunk.sample}
         self.answers.append((plan, self.local.execute(plan)))
         self.most_in_flight = max(self.most_in_flight, len(self.answers))
 
@@ -64,6 +72,7 @@ def test_32_requests_in_micro_batches_get_what_they_get_alone(checkpoint_factory
         engine, executor = engine_in_order(checkpoint.path, micro_batches, num_slots)
         assert run_all(engine, requests) == expected, (micro_batches, num_slots)
         assert executor.most_in_flight == micro_batches
+        assert executor.mixed_steps, "no group of decodes joined a prompts' step"
         stats = engine.cache_stats()
         assert stats.blocks_free == stats.blocks_total and not engine.has_work()
 

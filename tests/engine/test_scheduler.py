@@ -133,3 +133,23 @@ def test_a_prompt_in_chunks_gets_its_next_chunk_once_the_last_is_back():
     scheduler.step_done(plan, {0: long})
     following = scheduler.next_plan(set(), groups=2)
     assert following is not None and following.chunks[0].start == 4
+
+
+def test_a_group_of_decodes_joins_a_short_prompt_under_micro_batches():
+    """Two micro-batches of two decoding sequences each: a short prompt arrives and the group
+    not in flight advances in the prompt's step; the other group follows in its own step."""
+    scheduler = Scheduler(BlockPool(64, block_size=8), max_prefill_tokens=64)
+    sequences = started(scheduler, (3, 3, 3, 3))
+    sequences[4] = sequence(4, 5)
+    scheduler.add(sequences[4])
+    mixed = scheduler.next_plan(set(), groups=2)
+    assert mixed is not None
+    assert [(c.seq_id, len(c.token_ids)) for c in mixed.chunks] == [(4, 5), (0, 1), (1, 1)]
+    other = scheduler.next_plan(set(seq_ids(mixed)), groups=2)
+    assert other is not None and seq_ids(other) == [2, 3]
+    # A prompt too long to share a step with the group runs alone.
+    scheduler.step_done(mixed, sequences)
+    sequences[5] = sequence(5, 30)
+    scheduler.add(sequences[5])
+    alone = scheduler.next_plan(set(seq_ids(other)), groups=2)
+    assert alone is not None and seq_ids(alone) == [5]

@@ -16,8 +16,8 @@ cache), so the oldest always progress and nothing deadlocks.
 Micro-batches: where several steps are in flight at once (a pipeline's stages each on its own),
 `next_plan` is told which sequences a step in flight holds (`busy`) and into how many `groups`
 to split the decoding ones: it plans only sequences that are not busy, a decode step at most a
-`groups`-th of all decoding sequences, and never preempts a busy one. Decodes join a prompts'
-step only with one step at a time.
+`groups`-th of all decoding sequences, and never preempts a busy one. A group of decodes joins
+a prompts' step as all decodes do with one step at a time: where every row padded fits.
 """
 
 from __future__ import annotations
@@ -117,15 +117,14 @@ class Scheduler:
         """The next step, of sequences not in `busy` (held by steps in flight); a decode step
         takes at most a `groups`-th of the decoding sequences."""
         ready = [sequence for sequence in self.decoding if sequence.seq_id not in busy]
+        group = ready[: group_size(len(self.decoding), groups)]
         can_prefill = self._can_prefill(busy)
-        if can_prefill and not busy and groups == 1 and self._decodes_can_join():
-            plan = self._mixed_plan()
-            self._last_was_prefill = len(plan.chunks) == len(self.starting)  # decodes could not join
-            return plan
+        if can_prefill and self._decodes_can_join(group):
+            return self._mixed_plan(group)
         prefer_decode = ready and (self._last_was_prefill or not can_prefill)
         if prefer_decode:
             self._last_was_prefill = False
-            plan = self._decode_plan(ready[: group_size(len(self.decoding), groups)], busy)
+            plan = self._decode_plan(group, busy)
             if plan is not None:
                 return plan
             can_prefill = self._can_prefill(busy)  # every sequence of the group was preempted
@@ -134,21 +133,24 @@ class Scheduler:
             return self._prefill_plan()
         return None
 
-    def _decodes_can_join(self) -> bool:
-        """Whether the first waiting prompt's uncached tokens and the decoding sequences' next
-        ones fit one step, every row padded alike."""
-        if self.prefilling is not None or not self.decoding:
+    def _decodes_can_join(self, group: list[Sequence]) -> bool:
+        """Whether the first waiting prompt's uncached tokens and the next tokens of `group` (the
+        decoding sequences this step may take) fit one step, every row padded alike."""
+        if self.prefilling is not None or not group:
             return False
         width = self._tokens_to_compute(self.waiting[0])
-        return step_fits(1 + len(self.decoding), width, self.max_prefill_tokens)
+        return step_fits(1 + len(group), width, self.max_prefill_tokens)
 
-    def _mixed_plan(self) -> StepPlan:
-        """Waiting prompts, as many as fit beside the decoding sequences, and those sequences'
-        next tokens; the prompts alone where the free blocks do not hold the decodes' tokens."""
-        chunks = self._whole_prompts(rows_beside=len(self.decoding))
-        if not all(self._grow(sequence, sequence.num_tokens) for sequence in self.decoding):
+    def _mixed_plan(self, group: list[Sequence]) -> StepPlan:
+        """Waiting prompts, as many as fit beside `group`, and the group's next tokens; the
+        prompts alone where the free blocks do not hold the group's tokens (then the next step
+        decodes, as after any prompts' step)."""
+        chunks = self._whole_prompts(rows_beside=len(group))
+        joined = all(self._grow(sequence, sequence.num_tokens) for sequence in group)
+        self._last_was_prefill = not joined
+        if not joined:
             return StepPlan(tuple(chunks))
-        return StepPlan((*chunks, *(self._decode_chunk(sequence) for sequence in self.decoding)))
+        return StepPlan((*chunks, *(self._decode_chunk(sequence) for sequence in group)))
 
     def _prefill_plan(self) -> StepPlan:
         if self.prefilling is None:
