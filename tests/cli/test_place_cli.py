@@ -42,6 +42,9 @@ def test_kimi_k2_in_fp8_spreads_over_the_mac_studios():
     )
     assert stages[-1].split("layers ")[1].startswith("[") and ", 61)" in stages[-1]
     assert any(line.startswith("predicted ") and "tokens/s" in line for line in lines)
+    # A topology file's plan is a dry run already: the flag beside it is accepted, same plan.
+    same = tandem_place(KIMI, "--topology", MACS, "--weight-bytes", "1", "--dry-run")
+    assert same.returncode == 0 and same.stdout == result.stdout, same.stderr
 
 
 def test_kimi_k2_in_float32_does_not_fit_and_says_why():

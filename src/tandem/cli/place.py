@@ -1,8 +1,9 @@
 """`tandem place`: plan where a model's layers go, on the live cluster or a topology file.
 
 `--dry-run` asks the node for the plan a launch would get now; `--topology FILE` plans a
-hypothetical cluster written down as JSON. Neither loads a model or imports torch: they print the
-plan or, with exit code 1, why no plan fits. Without either, the model is launched.
+hypothetical cluster written down as JSON (always a dry run: `--dry-run` beside it changes
+nothing). Neither loads a model or imports torch: they print the plan or, with exit code 1, why no
+plan fits. Without either, the model is launched.
 """
 
 from __future__ import annotations
@@ -27,11 +28,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="MODEL",
         help="a catalog id, a Hugging Face repo id, a checkpoint directory, its config.json file, or 'demo'",
     )
-    target = parser.add_mutually_exclusive_group()
-    target.add_argument(
-        "--topology", metavar="FILE", help="plan for a cluster written as a JSON file (docs/placement.md)"
+    parser.add_argument(
+        "--topology",
+        metavar="FILE",
+        help="plan for a cluster written as a JSON file (docs/placement.md); launches nothing",
     )
-    target.add_argument(
+    parser.add_argument(
         "--dry-run", action="store_true", help="print the plan for the live cluster; launch nothing"
     )
     add_node_argument(parser)
