@@ -90,6 +90,17 @@ def _group_order(g_idx: torch.Tensor, group_size: int, name: str) -> torch.Tenso
     return order
 
 
+def _in_group_order(
+    checkpoint: Checkpoint, g_name: str, unsigned: torch.Tensor, group: int, name: str
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The values [out, in] with their inputs sorted by group where the checkpoint's `g_name`
+    (act-order) groups them out of order, and that order (None: in order, or no `g_name`)."""
+    if g_name not in checkpoint:
+        return unsigned, None
+    order = _group_order(_read(checkpoint, g_name, (unsigned.shape[1],)), group, name)
+    return (unsigned, None) if order is None else (unsigned[:, order], order)
+
+
 def read_fp8(checkpoint: Checkpoint, name: str, fmt: QuantFormat, out: int, inputs: int) -> QuantizedWeight:
     scheme = fmt.layers
     data = _read(checkpoint, f"{name}.weight", (out, inputs))
@@ -136,12 +147,7 @@ def read_compressed_tensors(
     if not scheme.symmetric:
         packed_zeros = _read(checkpoint, zero_name, (_ceil_div(out, per_word), groups))
         zeros = _held_zeros(scheme.kind, unpack_int32(packed_zeros.T, bits)[:, :out].T)
-    order = None
-    g_name = f"{name}.weight_g_idx"
-    if g_name in checkpoint:
-        order = _group_order(_read(checkpoint, g_name, (inputs,)), group, name)
-        if order is not None:
-            unsigned = unsigned[:, order]
+    unsigned, order = _in_group_order(checkpoint, f"{name}.weight_g_idx", unsigned, group, name)
     return QuantizedWeight(
         scheme.kind,
         (out, inputs),
@@ -193,12 +199,7 @@ def read_gptq(checkpoint: Checkpoint, name: str, fmt: QuantFormat, out: int, inp
     if fmt.checkpoint_format == "gptq":
         zeros = zeros + 1  # gptq v1 stored zero - 1
     scales = _read(checkpoint, f"{name}.scales", (groups, out)).T.contiguous()
-    order = None
-    g_name = f"{name}.g_idx"
-    if g_name in checkpoint:
-        order = _group_order(_read(checkpoint, g_name, (inputs,)), group, name)
-        if order is not None:
-            unsigned = unsigned[:, order]
+    unsigned, order = _in_group_order(checkpoint, f"{name}.g_idx", unsigned, group, name)
     return QuantizedWeight(
         scheme.kind,
         (out, inputs),
