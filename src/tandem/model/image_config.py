@@ -102,6 +102,14 @@ class FluxTransformerConfig:
             return self.double_block_parameter_count()
         return self.single_block_parameter_count()
 
+    def block_linear_weight_count(self, block_index: int) -> int:
+        """The weights of a block's linear projections, biases and norms not counted: what
+        `quantize` holds quantized (modulations, attention, feed-forward / MLP)."""
+        dim, mlp = self.inner_dim, self.mlp_hidden_dim
+        if self.is_double(block_index):
+            return 2 * (6 * dim * dim) + 2 * (4 * dim * dim) + 2 * (8 * dim * dim)
+        return 3 * dim * dim + 3 * dim * dim + dim * mlp + (dim + mlp) * dim
+
     def embedder_parameter_count(self) -> int:
         """x_embedder and context_embedder: what only the first stage holds."""
         dim = self.inner_dim
