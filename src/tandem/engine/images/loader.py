@@ -54,13 +54,25 @@ def load_transformer_stage(
     are read (`engine/images/quantized.py`)."""
     stage = stage or StageSpec.whole(config.num_blocks)
     checkpoint = Checkpoint(Path(model_dir) / "transformer")
-    model = build_empty_stage(config, stage)
+    model = fill_stage(build_empty_stage(config, stage), checkpoint, device, dtype, quantize)
+    checkpoint.close()
+    return model
+
+
+def fill_stage(
+    model: FluxTransformerStage,
+    checkpoint,
+    device: torch.device,
+    dtype: torch.dtype,
+    quantize: str | None = None,
+) -> FluxTransformerStage:
+    """A built (empty) stage filled from `checkpoint` by name, its blocks' projections quantized
+    as they are read where `quantize` asks, its projections fused, ready to run."""
     quantized = hold_quantized(model) if quantize else []
     load_state(model, checkpoint, device, dtype)
     if quantize:
         fill_quantized(model, quantized, checkpoint, quantize, device, dtype)
-    checkpoint.close()
     model.fuse_projections()
     if quantize:
-        prepare_quantized(model, device, dtype)
+        prepare_quantized(model, device, dtype)  # CPUs: torch's packed int4 layout where it fits
     return model.eval()
