@@ -5,7 +5,6 @@ the embedders, conditioning, output layers, text encoders and VAE stay in their 
 
 from __future__ import annotations
 
-import copy
 import json
 from dataclasses import replace
 
@@ -14,8 +13,8 @@ import pytest
 import torch
 from torch import nn
 
+from images.dequantized import BLOCKS, dequantized_reference
 from images.tiny_flux import T5_MAX_LENGTH
-from quant_checkpoints import int4_groups, int8_rows
 from tandem.engine.images.loader import load_transformer_stage
 from tandem.engine.images.pipeline import FluxImagePipeline
 from tandem.engine.quant.linear import QuantizedLinear
@@ -26,26 +25,6 @@ CPU = torch.device("cpu")
 PROMPT = "a photo of an astronaut riding a horse on the moon"
 HEIGHT, WIDTH = 48, 32
 STEPS, GUIDANCE, SEED = 3, 3.5, 11
-BLOCKS = ("transformer_blocks.", "single_transformer_blocks.")
-
-
-def dequantized_reference(checkpoint, mode: str):
-    """FluxPipeline on the checkpoint's components, its transformer's block projections
-    quantized and dequantized as `quantize: mode` documents it."""
-    from diffusers import FluxPipeline  # pyright: ignore[reportPrivateImportUsage]
-
-    transformer = copy.deepcopy(checkpoint.pipeline.transformer)
-    rule = int8_rows if mode == "int8" else lambda w: int4_groups(w, 128)
-    changed = 0
-    with torch.no_grad():
-        for name, module in transformer.named_modules():
-            if isinstance(module, nn.Linear) and name.startswith(BLOCKS):
-                module.weight.copy_(rule(module.weight))
-                changed += 1
-    assert changed == 2 * 14 + 3 * 6  # every projection of 2 double and 3 single blocks
-    pipeline = FluxPipeline(**{**checkpoint.pipeline.components, "transformer": transformer.eval()})
-    pipeline.set_progress_bar_config(disable=True)
-    return pipeline
 
 
 def reference_pixels(pipeline, n: int) -> np.ndarray:
