@@ -48,6 +48,7 @@ SLOW_MODULES = {
     "engine/test_matches_transformers.py",
     "engine/test_run_ahead.py",
     "engine/test_tensor_parallel.py",
+    "images/test_quantized_serving.py",
     "mlx_engine/test_mlx_matches_transformers.py",
     "mlx_engine/test_mlx_profile_bench.py",
     "mlx_engine/test_mlx_quantized.py",

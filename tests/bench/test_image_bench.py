@@ -64,3 +64,35 @@ def test_bad_image_size_is_one_line():
     )
     assert result.returncode != 0
     assert "multiple of 16" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_quantized_image_bench_runs_on_the_cpu(tmp_path):
+    """`--quantize int4` through the command line: the engine runs its quantized blocks."""
+    report_path = tmp_path / "int4.json"
+    command = [sys.executable, "-m", "tandem.cli.main", "bench", "--shape", "flux-tiny", "--device"]
+    command += ["cpu", "--dtype", "bfloat16", "--size", "32", "--steps", "2", "--quantize", "int4"]
+    result = subprocess.run(
+        [*command, "--json", str(report_path)], capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0, result.stderr
+    assert "flux-tiny bfloat16, blocks int4 on cpu" in result.stdout
+    report = json.loads(report_path.read_text())
+    assert report["quantize"] == "int4" and report["engine"]["seconds_per_image"] > 0
+
+
+def test_every_bench_format_holds_fewer_bytes():
+    """int8, int4 and fp8 (the benchmark's own) each run a step on the CPU, and hold the
+    transformer in fewer bytes than bfloat16 does."""
+    import torch
+
+    from tandem.bench.images import run_image_benchmark
+
+    held = {}
+    for mode in (None, "int8", "int4", "fp8"):
+        report = run_image_benchmark(
+            "flux-tiny", torch.device("cpu"), torch.bfloat16, 32, 1, baseline=False, repeats=1, quantize=mode
+        )
+        assert report.quantize == mode and report.engine["seconds_per_image"] > 0
+        held[mode] = report.weight_bytes
+    assert held["int4"] < held["int8"] < held[None] * 0.75
+    assert held["fp8"] < held[None] * 0.75

@@ -45,8 +45,9 @@ def decoded(b64: str) -> np.ndarray:
     return np.asarray(image)
 
 
-def launch_split(nodes, model: str) -> dict:
-    """The model over every node's CPU, one stage each, launched through the coordinator."""
+def launch_split(nodes, model: str, **options) -> dict:
+    """The model over every node's CPU, one stage each, launched through the coordinator
+    (`options`: more fields of the launch body)."""
     wait_for(
         lambda: all(len(node.cluster()["nodes"]) == len(nodes) for node in nodes),
         timeout=30,
@@ -55,7 +56,7 @@ def launch_split(nodes, model: str) -> dict:
     coordinator = nodes[0].cluster()["coordinator"]
     taker = next(node for node in nodes if node.node_id == coordinator)
     devices = [f"{node.node_id}/cpu" for node in nodes]
-    return launch(taker, model=model, devices=devices, min_stages=len(nodes), dtype="float32")
+    return launch(taker, model=model, devices=devices, min_stages=len(nodes), dtype="float32", **options)
 
 
 @pytest.fixture(scope="module")

@@ -27,13 +27,14 @@ from tandem.bench.image_shapes import IMAGE_SHAPES, ImageBenchShape
 from tandem.bench.measure import matmul_flops, synchronize, timed
 from tandem.engine.device import DTYPE_NAMES
 from tandem.engine.images.decode import ImageDecoder
-from tandem.engine.images.loader import build_empty_stage, load_state
+from tandem.engine.images.loader import build_empty_stage, fill_stage
 from tandem.engine.images.pipeline import FluxImagePipeline, LocalDriver
 from tandem.engine.images.stages import TransformerStage
 from tandem.engine.images.text import PromptEmbeddings
 from tandem.engine.models.flux import FluxTransformerStage
 from tandem.model.image_request import image_request
 from tandem.model.stage import StageSpec
+from tandem.sizes import format_bytes
 
 
 @dataclass
@@ -53,13 +54,15 @@ class ImageBenchReport:
     baseline: dict[str, Any] | None = None
     max_pixel_difference: int | None = None  # our image against diffusers' (same seed)
     peak_memory_bytes: int = 0
+    quantize: str | None = None  # the engine's transformer blocks (the baseline stays in `dtype`)
+    weight_bytes: int = 0  # the engine's transformer, as held
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
 
 
 class _StateCheckpoint:
-    """The part of `engine.checkpoint.Checkpoint` that `load_state` reads, over a state dict."""
+    """The part of `engine.checkpoint.Checkpoint` that `fill_stage` reads, over a state dict."""
 
     def __init__(self, tensors: dict[str, torch.Tensor]) -> None:
         self.tensors = tensors
@@ -82,18 +85,20 @@ def _random_module(build, device: torch.device, dtype: torch.dtype):
         torch.set_default_dtype(previous)
 
 
-def build_models(shape: ImageBenchShape, device: torch.device, dtype: torch.dtype):
+def build_models(
+    shape: ImageBenchShape, device: torch.device, dtype: torch.dtype, quantize: str | None = None
+):
     """diffusers' transformer and VAE with random weights, and our transformer on the very same
-    tensors (loaded by name; only the fused projections are new copies)."""
+    tensors (loaded by name; only the fused projections are new copies), its blocks' projections
+    quantized as the loader quantizes them with `quantize` (int8, int4, fp8)."""
     from diffusers import AutoencoderKL, FluxTransformer2DModel
 
     reference = _random_module(lambda: FluxTransformer2DModel(**shape.transformer), device, dtype)
     vae = _random_module(lambda: AutoencoderKL(**shape.vae), device, dtype)
     config = shape.config()
     ours = build_empty_stage(config.transformer, StageSpec.whole(config.transformer.num_blocks))
-    load_state(ours, _StateCheckpoint(dict(reference.state_dict())), device, dtype)
-    ours.fuse_projections()
-    return reference, vae, ours.eval()
+    tensors = _StateCheckpoint(dict(reference.state_dict()))
+    return reference, vae, fill_stage(ours, tensors, device, dtype, quantize)
 
 
 def our_pipeline(
@@ -147,8 +152,11 @@ def run_image_benchmark(
     steps: int | None = None,
     baseline: bool = True,
     repeats: int = 3,
+    quantize: str | None = None,
 ) -> ImageBenchReport:
-    """Time one image of `size`² pixels at `steps` steps (the shape's defaults when None)."""
+    """Time one image of `size`² pixels at `steps` steps (the shape's defaults when None), the
+    engine's transformer blocks quantized with `quantize` (int8, int4, fp8; the baseline stays
+    in `dtype`, so the pixel difference then measures what quantizing changed)."""
     shape = IMAGE_SHAPES[name]
     config = shape.config()
     request = image_request(config, "benchmark", width=size, height=size, steps=steps, seed=0)
@@ -167,8 +175,10 @@ def run_image_benchmark(
         flops_per_step=flops_per_step,
         matmul_flops=rate,
         floor_seconds=request.steps * flops_per_step / rate,
+        quantize=quantize,
     )
-    reference, vae, model = build_models(shape, device, dtype)
+    reference, vae, model = build_models(shape, device, dtype, quantize)
+    report.weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     embeddings = random_embeddings(shape, device, dtype)
     ours = our_pipeline(shape, model, vae, device, dtype)
     warmup = image_request(config, "warm-up", width=request.width, height=request.height, steps=2, seed=1)
@@ -216,9 +226,11 @@ def run_image_benchmark(
 
 def format_image_report(report: ImageBenchReport) -> list[str]:
     engine = report.engine
+    blocks = f", blocks {report.quantize}" if report.quantize else ""
     lines = [
-        f"{report.shape} {report.dtype} on {report.device} (torch {report.torch_version}): "
-        f"one {report.width}x{report.height} image, {report.steps} steps",
+        f"{report.shape} {report.dtype}{blocks} on {report.device} (torch {report.torch_version}): "
+        f"one {report.width}x{report.height} image, {report.steps} steps; transformer weights "
+        f"{format_bytes(report.weight_bytes)}",
         f"floor: {report.flops_per_step / 1e12:.1f} TFLOP per step at the measured "
         f"{report.matmul_flops / 1e12:.0f} TFLOP/s matmul -> {report.floor_seconds:.2f} s",
         f"engine: {engine['seconds_per_image']:.2f} s per image ({engine['seconds_per_step'] * 1e3:.0f} ms "
@@ -242,7 +254,9 @@ def run_image_bench_command(args) -> int:
 
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
-    report = run_image_benchmark(args.shape, device, dtype, args.size, args.steps, baseline=args.baseline)
+    report = run_image_benchmark(
+        args.shape, device, dtype, args.size, args.steps, baseline=args.baseline, quantize=args.quantize
+    )
     print("\n".join(format_image_report(report)))
     if args.json:
         args.json.write_text(report.to_json())

@@ -12,10 +12,18 @@ import argparse
 from pathlib import Path
 
 from tandem.cli.client import NodeClient, add_node_argument
+from tandem.cluster.image_timing import with_image_timing
 from tandem.cluster.placement import Infeasible, PlacementRequest, place
 from tandem.cluster.topology import Topology
 from tandem.errors import TandemError
 from tandem.model.config import DEFAULT_MAX_CONTEXT, DTYPE_BYTES, context_size, read_config_json
+from tandem.model.image_config import (
+    ImageModelConfig,
+    is_image_model_dir,
+    load_image_model_config,
+    loaded_image_quantize,
+)
+from tandem.model.image_shapes import image_model_shape
 from tandem.model.quantization import QUANTIZE_CHOICES
 from tandem.model.shapes import ModelShape, load_shape, shape_from_hf_config
 
@@ -75,8 +83,9 @@ def run(args: argparse.Namespace) -> int:
     if args.topology:
         from tandem.cluster.topology_file import load_topology
 
-        shape = load_model_shape(args.model)
-        return print_plan(shape, load_topology(args.topology), request_from_args(args, shape))
+        image = image_model_config(args.model, args.quantize)
+        shape = image_model_shape(image).as_model_shape() if image else load_model_shape(args.model)
+        return print_plan(shape, load_topology(args.topology), request_from_args(args, shape), image)
     client = NodeClient(args.node)
     body = {
         "model": args.model,
@@ -98,16 +107,34 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def print_plan(shape: ModelShape, topology: Topology, request: PlacementRequest) -> int:
-    """Place `shape` on any topology (a file's or, later, the live cluster's) and print the plan.
+def print_plan(
+    shape: ModelShape, topology: Topology, request: PlacementRequest, image: ImageModelConfig | None = None
+) -> int:
+    """Place `shape` on any topology (a file's or, later, the live cluster's) and print the plan;
+    for an image model (`image`), with its compute-bound step times among the notes.
 
     Returns 0; a model that does not fit raises a TandemError with the reason (exit code 1)."""
     result = place(shape, topology, request)
     if isinstance(result, Infeasible):
         raise TandemError(f"cannot place {shape.name}: {result.reason}")
+    if image is not None:
+        result = with_image_timing(
+            result, image_model_shape(image), topology, image.default_steps, image.default_size
+        )
     for line in result.explain():
         print(line)
     return 0
+
+
+def image_model_config(model: str, quantize: str | None) -> ImageModelConfig | None:
+    """The config of MODEL when it is a diffusers image pipeline's directory (None: it is not),
+    `quantize` checked against its transformer."""
+    path = Path(model).expanduser()
+    if not is_image_model_dir(path):
+        return None
+    config = load_image_model_config(path)
+    loaded_image_quantize(config, quantize)  # a stored-quantized transformer: one line
+    return config
 
 
 def load_model_shape(model: str) -> ModelShape:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from bisect import bisect_right
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from itertools import accumulate, pairwise
 from typing import TYPE_CHECKING
 
@@ -101,7 +101,10 @@ def weight_format(shape: ModelShape, request: PlacementRequest) -> QuantFormat |
     own; none where `weight_bytes_per_parameter` sets every parameter's size."""
     if request.weight_bytes_per_parameter is not None:
         return None
-    return loaded_format(shape.quantization, request.quantize)
+    fmt = loaded_format(shape.quantization, request.quantize)
+    if fmt is not None and fmt.is_load_time and not shape.quantizes_ends_at_load:
+        return replace(fmt, head=None, embedding=None)
+    return fmt
 
 
 class LinkTable:

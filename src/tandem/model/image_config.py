@@ -16,8 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tandem.errors import ModelFormatError, UnsupportedModelError
+from tandem.errors import InvalidRequestError, ModelFormatError, UnsupportedModelError
 from tandem.model.config import read_config_json
+from tandem.model.quantization import QUANTIZE_CHOICES
 
 MODEL_INDEX = "model_index.json"
 SUPPORTED_PIPELINES = ("FluxPipeline",)
@@ -100,6 +101,14 @@ class FluxTransformerConfig:
         if self.is_double(block_index):
             return self.double_block_parameter_count()
         return self.single_block_parameter_count()
+
+    def block_linear_weight_count(self, block_index: int) -> int:
+        """The weights of a block's linear projections, biases and norms not counted: what
+        `quantize` holds quantized (modulations, attention, feed-forward / MLP)."""
+        dim, mlp = self.inner_dim, self.mlp_hidden_dim
+        if self.is_double(block_index):
+            return 2 * (6 * dim * dim) + 2 * (4 * dim * dim) + 2 * (8 * dim * dim)
+        return 3 * dim * dim + 3 * dim * dim + dim * mlp + (dim + mlp) * dim
 
     def embedder_parameter_count(self) -> int:
         """x_embedder and context_embedder: what only the first stage holds."""
@@ -210,6 +219,9 @@ class ImageModelConfig:
     text_encoder_2_parameters: int = 0  # T5
     vae_parameters: int = 0
     checkpoint_dtype: str = "bfloat16"
+    # How the transformer's weights are stored quantized ("bitsandbytes", "MLX affine 4-bit"),
+    # from its config.json; None: 16 or 32 bits, the only kind the image engine reads.
+    stored_quantization: str | None = None
 
     @property
     def variant(self) -> str:
@@ -272,6 +284,41 @@ def load_image_model_config(model_dir: str | Path) -> ImageModelConfig:
         text_encoder_2_parameters=safetensors_parameter_count(root / "text_encoder_2"),
         vae_parameters=safetensors_parameter_count(root / "vae"),
         checkpoint_dtype=str(_read(root / "transformer" / "config.json").get("torch_dtype") or "bfloat16"),
+        stored_quantization=stored_quantization(_read(root / "transformer" / "config.json")),
+    )
+
+
+def stored_quantization(raw: dict[str, Any]) -> str | None:
+    """How a transformer config says its weights are stored quantized: diffusers' and
+    transformers' `quantization_config` (bitsandbytes, torchao, GGUF, ...) or MLX's `quantization`."""
+    declared = raw.get("quantization_config")
+    if isinstance(declared, dict):
+        return str(declared.get("quant_method") or "quantization_config")
+    mlx = raw.get("quantization")
+    if isinstance(mlx, dict):
+        return f"MLX affine {mlx.get('bits', '?')}-bit"
+    return None
+
+
+def loaded_image_quantize(config: ImageModelConfig, quantize: str | None) -> str | None:
+    """The format the transformer's blocks load in: `quantize` (int8, int4) checked against the
+    checkpoint, or None for its own 16/32-bit weights. A checkpoint stored quantized is refused
+    in one line either way (the image engine reads none of those formats)."""
+    if quantize is not None and quantize not in QUANTIZE_CHOICES:
+        raise InvalidRequestError(
+            f"unsupported quantize {quantize!r} for an image model; supported: {', '.join(QUANTIZE_CHOICES)}"
+        )
+    if config.stored_quantization is None:
+        return quantize
+    if quantize is not None:
+        raise InvalidRequestError(
+            f"quantize {quantize}: this checkpoint's transformer is already quantized "
+            f"({config.stored_quantization}); quantize applies to 16- and 32-bit checkpoints"
+        )
+    raise UnsupportedModelError(
+        f"this checkpoint's transformer is stored quantized ({config.stored_quantization}), which "
+        "the image engine does not read; give a 16- or 32-bit FLUX.1 checkpoint (quantize: int8 or "
+        "int4 quantizes it as it loads)"
     )
 
 

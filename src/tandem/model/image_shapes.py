@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from tandem.errors import ModelFormatError
 from tandem.model.image_config import ImageModelConfig
-from tandem.model.shapes import ModelShape
+from tandem.model.shapes import LinearRole, ModelShape
 
 
 @dataclass(frozen=True)
@@ -31,6 +31,8 @@ class ImageModelShape:
     name: str
     block_parameters: tuple[int, ...]
     block_flops_per_image: tuple[int, ...]  # one step, one image, at `image_tokens`
+    # of `block_parameters`, the linear projections' weights (what `quantize` shrinks)
+    block_linear_parameters: tuple[int, ...]
     embedder_parameters: int
     conditioning_parameters: int
     head_parameters: int
@@ -46,6 +48,8 @@ class ImageModelShape:
             raise ModelFormatError(f"image model {self.name!r} has no blocks")
         if len(self.block_flops_per_image) != len(self.block_parameters):
             raise ModelFormatError(f"image model {self.name!r}: FLOPs need one entry per block")
+        if len(self.block_linear_parameters) != len(self.block_parameters):
+            raise ModelFormatError(f"image model {self.name!r}: linear weights need one entry per block")
 
     @property
     def num_blocks(self) -> int:
@@ -85,7 +89,11 @@ class ImageModelShape:
         the embedders as the embedding and the output layers as the head, each end with its
         stage's copy of the conditioning, and no KV cache. A middle stage's copy (0.03 B
         parameters for FLUX.1) is left inside the per-device overhead. A first cut: that
-        placement's speed model is bandwidth-bound, where a diffusion step is compute-bound."""
+        placement's speed model is bandwidth-bound, where a diffusion step is compute-bound.
+
+        Each block's projections are listed as one linear role, so a `quantize` request counts
+        them in its format; the embedders, conditioning and output layers stay in the dtype
+        (`quantizes_ends_at_load` False), as the engine holds them."""
         return ModelShape(
             name=self.name,
             layer_parameters=self.block_parameters,
@@ -96,6 +104,10 @@ class ImageModelShape:
             tie_word_embeddings=False,
             hidden_size=self.hidden_size,
             max_context=self.image_tokens + self.text_tokens,
+            layer_linears=tuple(
+                (LinearRole("projections", count, count),) for count in self.block_linear_parameters
+            ),
+            quantizes_ends_at_load=False,
         )
 
 
@@ -116,6 +128,7 @@ def image_model_shape(
         block_flops_per_image=tuple(
             transformer.block_flops(index, image_tokens, text_tokens) for index in blocks
         ),
+        block_linear_parameters=tuple(transformer.block_linear_weight_count(index) for index in blocks),
         embedder_parameters=transformer.embedder_parameter_count(),
         conditioning_parameters=transformer.conditioning_parameter_count(),
         head_parameters=transformer.head_parameter_count(),

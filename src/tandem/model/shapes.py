@@ -69,6 +69,10 @@ class ModelShape:
     # Whether a stage may be split over a group of ranks (the family has a tensor- and
     # expert-parallel plan); False: each stage runs on one device.
     splits_over_ranks: bool = True
+    # Whether quantizing at load (`quantize`) also holds the embedding and head in int8 rows, as
+    # for text models; False: they stay in the device's dtype (an image model's embedders and
+    # output layers).
+    quantizes_ends_at_load: bool = True
 
     def __post_init__(self) -> None:
         layers = len(self.layer_parameters)

@@ -32,7 +32,7 @@ from tandem.cluster.state import (
 )
 from tandem.errors import InvalidRequestError, PeerUnreachable, TandemError, UnknownInstance
 from tandem.model.config import context_size, load_model_config
-from tandem.model.image_config import is_image_model_dir, load_image_model_config
+from tandem.model.image_config import is_image_model_dir, load_image_model_config, loaded_image_quantize
 from tandem.model.image_shapes import image_model_shape
 from tandem.model.shapes import ModelShape, shape_from_model_config
 from tandem.node.healing import (
@@ -143,6 +143,7 @@ class InstanceManager:
         # an image model: its transformer's blocks are the layers to split, by memory; its
         # compute-bound step times join the plan's notes
         config = load_image_model_config(directory)
+        loaded_image_quantize(config, request.quantize)  # a stored-quantized transformer: one line
         shape = image_model_shape(config)
         placement = self.plan_shape(shape.as_model_shape(), request)
         if isinstance(placement, Infeasible):

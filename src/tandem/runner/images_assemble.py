@@ -1,6 +1,9 @@
 """From a runner spec to a running rank of an image model (`spec.task == "image"`): a FLUX.1
 checkpoint in diffusers' layout whose transformer blocks are the spec's layers.
 
+`spec.quantize` (int8, int4) quantizes the transformer's block projections as they load
+(`engine/images/quantized.py`); the text encoders and the VAE stay in the run's dtype.
+
 Rank 0 holds the first stage and everything that runs once per request: the text encoders (the
 prompt is encoded once and shared by the request's images), the scheduler and the VAE, so only
 hidden states cross the wire and the images come back where the request came in. Every other
@@ -23,7 +26,7 @@ from tandem.engine.images.pipeline import FluxImagePipeline, LocalDriver, StageD
 from tandem.engine.images.stages import TransformerStage
 from tandem.engine.images.text import PromptEncoder
 from tandem.errors import TandemError
-from tandem.model.image_config import load_image_model_config
+from tandem.model.image_config import load_image_model_config, loaded_image_quantize
 from tandem.protocol.runner import RunnerSpec, StageReport
 from tandem.runner.assemble import join_group
 from tandem.runner.images_pipeline import RingDriver, serve_image_stage
@@ -76,13 +79,14 @@ def start_image_rank(
             f"the spec splits {spec.num_layers} layers, but {spec.model_dir}'s transformer has "
             f"{config.transformer.num_blocks} blocks"
         )
-    dtype = resolve_dtype(spec.dtype, device, config.checkpoint_dtype)
+    quantize = loaded_image_quantize(config, spec.quantize)
+    dtype = resolve_dtype(spec.dtype, device, config.checkpoint_dtype, quantized=quantize is not None)
     wire = None
     if spec.world_size > 1:
         join_group(spec, rendezvous_token or settings.rendezvous_token(), on_listening)
         wire = pipeline_wire(device)
     stage = TransformerStage(
-        load_transformer_stage(spec.model_dir, config.transformer, spec.stage, device, dtype)
+        load_transformer_stage(spec.model_dir, config.transformer, spec.stage, device, dtype, quantize)
     )
     parameters = sum(p.numel() * p.element_size() for p in stage.model.parameters())
     if not spec.is_driver:

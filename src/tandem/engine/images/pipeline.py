@@ -41,7 +41,12 @@ from tandem.engine.images.stages import (
     stage_specs,
 )
 from tandem.engine.images.text import PromptEmbeddings, PromptEncoder
-from tandem.model.image_config import FlowMatchConfig, ImageModelConfig, load_image_model_config
+from tandem.model.image_config import (
+    FlowMatchConfig,
+    ImageModelConfig,
+    load_image_model_config,
+    loaded_image_quantize,
+)
 from tandem.model.image_request import ImageRequest, image_request
 from tandem.model.stage import LayerRange
 
@@ -207,16 +212,21 @@ class FluxImagePipeline:
         dtype: torch.dtype,
         stages: int | list[LayerRange] = 1,
         config: ImageModelConfig | None = None,
+        quantize: str | None = None,
     ) -> FluxImagePipeline:
         """A checkpoint in diffusers' layout, its transformer split into `stages` (a count of
-        near-equal block ranges, or the ranges themselves), everything on `device`."""
+        near-equal block ranges, or the ranges themselves), everything on `device`; `quantize`
+        (int8, int4) quantizes the transformer's blocks as they load."""
         from diffusers import FlowMatchEulerDiscreteScheduler
 
         config = config or load_image_model_config(model_dir)
+        quantize = loaded_image_quantize(config, quantize)
         transformer = config.transformer
         driver = LocalDriver(
             [
-                TransformerStage(load_transformer_stage(model_dir, transformer, spec, device, dtype))
+                TransformerStage(
+                    load_transformer_stage(model_dir, transformer, spec, device, dtype, quantize)
+                )
                 for spec in stage_specs(transformer.num_blocks, stages)
             ]
         )

@@ -183,13 +183,19 @@ class FeedForward(nn.Module):
         return ops.linear(self.net[2], self.net[0](x))
 
 
-def _fused_linear(parts: list[nn.Linear]) -> nn.Linear:
-    """One Linear whose output is the concatenation of `parts`' outputs (all have biases)."""
-    weight = torch.cat([part.weight for part in parts], dim=0)
+def _fused_linear(parts: list[nn.Module]) -> nn.Module | None:
+    """One layer whose output is the concatenation of `parts`' outputs (all have biases), or
+    None where quantized parts cannot share one weight (they then run one by one)."""
+    if not all(type(part) is nn.Linear for part in parts):
+        from tandem.engine.quant.linear import fuse_quantized
+
+        return fuse_quantized(parts)
+    linears: list[nn.Linear] = parts  # type: ignore[assignment]
+    weight = torch.cat([part.weight for part in linears], dim=0)
     fused = nn.Linear(weight.shape[1], weight.shape[0], device=weight.device, dtype=weight.dtype)
     with torch.no_grad():
         fused.weight.copy_(weight)
-        fused.bias.copy_(torch.cat([part.bias for part in parts]))  # type: ignore[misc]
+        fused.bias.copy_(torch.cat([part.bias for part in linears]))  # type: ignore[misc]
     return fused
 
 
@@ -213,8 +219,8 @@ class JointAttention(nn.Module):
         self.add_q_proj: nn.Linear | None = nn.Linear(dim, dim)
         self.add_k_proj: nn.Linear | None = nn.Linear(dim, dim)
         self.add_v_proj: nn.Linear | None = nn.Linear(dim, dim)
-        self.to_qkv: nn.Linear | None = None
-        self.to_added_qkv: nn.Linear | None = None
+        self.to_qkv: nn.Module | None = None
+        self.to_added_qkv: nn.Module | None = None
         self.to_out = nn.ModuleList([nn.Linear(dim, dim)])  # diffusers' [Linear, Dropout]
         self.to_add_out = nn.Linear(dim, dim)
         self.norm_q, self.norm_k = RMSNorm(head), RMSNorm(head)
@@ -223,8 +229,11 @@ class JointAttention(nn.Module):
     def fuse(self) -> None:
         assert self.to_q is not None and self.to_k is not None and self.to_v is not None
         assert self.add_q_proj is not None and self.add_k_proj is not None and self.add_v_proj is not None
-        self.to_qkv = _fused_linear([self.to_q, self.to_k, self.to_v])
-        self.to_added_qkv = _fused_linear([self.add_q_proj, self.add_k_proj, self.add_v_proj])
+        to_qkv = _fused_linear([self.to_q, self.to_k, self.to_v])
+        to_added_qkv = _fused_linear([self.add_q_proj, self.add_k_proj, self.add_v_proj])
+        if to_qkv is None or to_added_qkv is None:
+            return
+        self.to_qkv, self.to_added_qkv = to_qkv, to_added_qkv
         self.to_q = self.to_k = self.to_v = None
         self.add_q_proj = self.add_k_proj = self.add_v_proj = None
 
@@ -339,11 +348,14 @@ class SingleStreamBlock(nn.Module):
         self.proj_mlp: nn.Linear | None = nn.Linear(dim, config.mlp_hidden_dim)
         self.proj_out = nn.Linear(dim + config.mlp_hidden_dim, dim)
         self.attn = SingleStreamAttention(config)
-        self.qkv_mlp: nn.Linear | None = None  # after fuse: to_q, to_k, to_v and proj_mlp as one
+        self.qkv_mlp: nn.Module | None = None  # after fuse: to_q, to_k, to_v and proj_mlp as one
 
     def fuse(self) -> None:
         assert self.proj_mlp is not None
-        self.qkv_mlp = _fused_linear([self.attn.to_q, self.attn.to_k, self.attn.to_v, self.proj_mlp])
+        fused = _fused_linear([self.attn.to_q, self.attn.to_k, self.attn.to_v, self.proj_mlp])
+        if fused is None:
+            return
+        self.qkv_mlp = fused
         del self.attn.to_q, self.attn.to_k, self.attn.to_v
         self.proj_mlp = None
 
